@@ -1,0 +1,190 @@
+package router
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+
+	"github.com/trafficpolice/trafficpolice/router/policy"
+)
+
+const dnsExchangeTimeout = 10 * time.Second
+
+// serveDNS answers the sandbox's DNS over UDP and TCP on addr:53, inside the
+// netstack (the sandbox's resolv.conf points there).
+func (r *Router) serveDNS(addr netip.Addr) error {
+	proto := ipv4.ProtocolNumber
+	if addr.Is6() {
+		proto = ipv6.ProtocolNumber
+	}
+	full := tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFromSlice(addr.AsSlice()), Port: 53}
+	pc, err := gonet.DialUDP(r.stack, &full, nil, proto)
+	if err != nil {
+		return fmt.Errorf("router: DNS on %s udp: %w", addr, err)
+	}
+	ln, err := gonet.ListenTCP(r.stack, full, proto)
+	if err != nil {
+		pc.Close()
+		return fmt.Errorf("router: DNS on %s tcp: %w", addr, err)
+	}
+	handler := dns.HandlerFunc(r.answerDNS)
+	for _, srv := range []*dns.Server{
+		{PacketConn: pc, Handler: handler, UDPSize: dns.MaxMsgSize},
+		{Listener: ln, Handler: handler},
+	} {
+		srv := srv
+		r.closers = append(r.closers, closerFunc(func() error { return srv.Shutdown() }))
+		started := make(chan struct{})
+		srv.NotifyStartedFunc = func() { close(started) }
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			if err := srv.ActivateAndServe(); err != nil && r.ctx.Err() == nil {
+				r.log.Error("DNS server stopped", "addr", addr, "err", err)
+			}
+		}()
+		<-started
+	}
+	return nil
+}
+
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }
+
+// answerDNS resolves one query on the side the policy picks, records the
+// addresses it hands out, and answers.
+func (r *Router) answerDNS(w dns.ResponseWriter, q *dns.Msg) {
+	r.stats.dnsQueries.Add(1)
+	if len(q.Question) != 1 {
+		m := new(dns.Msg)
+		m.SetRcode(q, dns.RcodeFormatError)
+		w.WriteMsg(m)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.ctx, dnsExchangeTimeout)
+	defer cancel()
+	answer, side, err := r.resolve(ctx, q)
+	if err != nil {
+		r.log.Debug("DNS query failed", "name", q.Question[0].Name, "side", side, "err", err)
+		m := new(dns.Msg)
+		m.SetRcode(q, dns.RcodeServerFailure)
+		w.WriteMsg(m)
+		return
+	}
+	answer.Id = q.Id
+	if _, udp := w.RemoteAddr().(*net.UDPAddr); udp || w.RemoteAddr().Network() == "udp" {
+		size := dns.MinMsgSize
+		if opt := q.IsEdns0(); opt != nil {
+			size = int(opt.UDPSize())
+		}
+		answer.Truncate(size)
+	}
+	w.WriteMsg(answer)
+}
+
+// resolve answers q from the side the policy decides, rewriting the name
+// when the policy resolves a search-domain expansion as its bare name.
+func (r *Router) resolve(ctx context.Context, q *dns.Msg) (*dns.Msg, policy.Route, error) {
+	qname := q.Question[0].Name
+	d := r.cfg.Policy.ResolveSide(qname)
+	if d.Route == policy.Remote && r.cfg.Remote == nil {
+		d = policy.Decision{Route: policy.Local, Rule: "no agent", Name: d.Name}
+	}
+	query := q.Copy()
+	query.Id = dns.Id()
+	rename := d.Name != "" && !strings.EqualFold(dns.Fqdn(d.Name), qname)
+	if rename {
+		query.Question[0].Name = dns.Fqdn(d.Name)
+	}
+	raw, err := query.Pack()
+	if err != nil {
+		return nil, d.Route, fmt.Errorf("pack query: %w", err)
+	}
+	var ex Exchanger = r.cfg.LocalResolver
+	if d.Route == policy.Remote {
+		ex = r.cfg.Remote
+	}
+	rawAnswer, err := ex.Exchange(ctx, raw)
+	if err != nil {
+		return nil, d.Route, err
+	}
+	answer := new(dns.Msg)
+	if err := answer.Unpack(rawAnswer); err != nil {
+		return nil, d.Route, fmt.Errorf("unpack answer: %w", err)
+	}
+	if rename {
+		answer.Question = q.Question
+		for _, rr := range answer.Answer {
+			if strings.EqualFold(rr.Header().Name, dns.Fqdn(d.Name)) {
+				rr.Header().Name = qname
+			}
+		}
+	}
+	r.remember(qname, d.Route, answer)
+	return answer, d.Route, nil
+}
+
+// remember records which name produced which address, for the policy.
+func (r *Router) remember(qname string, side policy.Route, m *dns.Msg) {
+	name := strings.ToLower(strings.TrimSuffix(qname, "."))
+	for _, rr := range m.Answer {
+		var ip net.IP
+		switch v := rr.(type) {
+		case *dns.A:
+			ip = v.A
+		case *dns.AAAA:
+			ip = v.AAAA
+		default:
+			continue
+		}
+		if a, ok := netip.AddrFromSlice(ip); ok {
+			r.names.record(a, name, side, time.Duration(rr.Header().Ttl)*time.Second)
+		}
+	}
+}
+
+// lookupLocal resolves name on the host side (A or AAAA).
+func (r *Router) lookupLocal(ctx context.Context, name string, v6 bool) ([]netip.Addr, error) {
+	qtype := dns.TypeA
+	if v6 {
+		qtype = dns.TypeAAAA
+	}
+	q := new(dns.Msg)
+	q.SetQuestion(dns.Fqdn(name), qtype)
+	raw, err := q.Pack()
+	if err != nil {
+		return nil, err
+	}
+	rawAnswer, err := r.cfg.LocalResolver.Exchange(ctx, raw)
+	if err != nil {
+		return nil, err
+	}
+	m := new(dns.Msg)
+	if err := m.Unpack(rawAnswer); err != nil {
+		return nil, err
+	}
+	var out []netip.Addr
+	for _, rr := range m.Answer {
+		switch v := rr.(type) {
+		case *dns.A:
+			if a, ok := netip.AddrFromSlice(v.A); ok {
+				out = append(out, a.Unmap())
+			}
+		case *dns.AAAA:
+			if a, ok := netip.AddrFromSlice(v.AAAA); ok {
+				out = append(out, a)
+			}
+		}
+	}
+	return out, nil
+}

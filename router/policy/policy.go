@@ -1,0 +1,371 @@
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+)
+
+// Route is where a flow goes.
+type Route uint8
+
+const (
+	// Remote: through the agent, from the target pod's network namespace.
+	Remote Route = iota
+	// Local: from the host, as if the app ran there.
+	Local
+	// Block: refused at once.
+	Block
+	// Sandbox: stays inside the sandbox (the app talking to its own port).
+	Sandbox
+)
+
+func (r Route) String() string {
+	switch r {
+	case Local:
+		return "local"
+	case Block:
+		return "block"
+	case Sandbox:
+		return "sandbox"
+	}
+	return "remote"
+}
+
+// Rules is the policy's input, straight from the configuration. A nil list
+// is absent; a non-nil empty list is an error, as in mirrord.
+type Rules struct {
+	Local, Remote, Block []string
+	// TCP and UDP say whether outgoing traffic of that protocol is
+	// intercepted at all; when false it all goes local (mirrord's
+	// "outgoing": false, "tcp": false).
+	TCP, UDP bool
+	// IgnoreLocalhost sends loopback flows to the host's loopback.
+	IgnoreLocalhost bool
+
+	// DNS: Enabled false resolves every name locally; DNSLocal/DNSRemote
+	// are the dns.filter lists for names no outgoing rule names.
+	DNSEnabled          bool
+	DNSLocal, DNSRemote []string
+
+	// HaveRemote says an agent or target is configured. Without one, flows
+	// that would go remote by default go local instead (loopback excepted:
+	// the host's loopback is never reached by default).
+	HaveRemote bool
+}
+
+// EntryError is a filter entry that does not parse, with where it came from.
+type EntryError struct {
+	List  string // "local", "remote", "block", "dns.local", "dns.remote"
+	Index int
+	Entry string
+	Err   error
+}
+
+func (e *EntryError) Error() string {
+	return fmt.Sprintf("%s[%d] %q: %v", e.List, e.Index, e.Entry, e.Err)
+}
+
+func (e *EntryError) Unwrap() error { return e.Err }
+
+// Policy decides routes. It is safe for concurrent use.
+type Policy struct {
+	rules                    Rules
+	local, remote, block     []Entry
+	dnsLocal, dnsRemote      []Entry
+	localSet, remoteSet      bool
+	dnsLocalSet, dnsRemotSet bool
+
+	mu            sync.RWMutex
+	searchDomains []string
+	// known holds addresses that a rule's hostname resolves to on the side
+	// the rule sends it to, so a flow to such an address matches the rule
+	// even when the app did not resolve the name through the sandbox.
+	known map[string][]netip.Addr
+}
+
+// New parses and checks the rules.
+func New(r Rules) (*Policy, error) {
+	p := &Policy{rules: r, known: map[string][]netip.Addr{}}
+	if r.Local != nil && r.Remote != nil {
+		return nil, fmt.Errorf("outgoing filter: \"local\" and \"remote\" cannot both be set; choose one (\"block\" may stand beside either)")
+	}
+	var err error
+	if p.local, p.localSet, err = parseList("local", r.Local); err != nil {
+		return nil, err
+	}
+	if p.remote, p.remoteSet, err = parseList("remote", r.Remote); err != nil {
+		return nil, err
+	}
+	if p.block, _, err = parseList("block", r.Block); err != nil {
+		return nil, err
+	}
+	if r.DNSLocal != nil && r.DNSRemote != nil {
+		return nil, fmt.Errorf("dns filter: \"local\" and \"remote\" cannot both be set; choose one")
+	}
+	if p.dnsLocal, p.dnsLocalSet, err = parseList("dns.local", r.DNSLocal); err != nil {
+		return nil, err
+	}
+	if p.dnsRemote, p.dnsRemotSet, err = parseList("dns.remote", r.DNSRemote); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func parseList(name string, raw []string) ([]Entry, bool, error) {
+	if raw == nil {
+		return nil, false, nil
+	}
+	if len(raw) == 0 {
+		return nil, false, fmt.Errorf("%s: the list is empty; remove it or add entries", name)
+	}
+	out := make([]Entry, 0, len(raw))
+	for i, s := range raw {
+		e, err := ParseEntry(s)
+		if err != nil {
+			return nil, false, &EntryError{List: name, Index: i, Entry: s, Err: err}
+		}
+		out = append(out, e)
+	}
+	return out, true, nil
+}
+
+// SetSearchDomains tells the policy the sandbox's resolv.conf search list, so
+// that a rule "app-db" also matches the query "app-db.default.svc.cluster.local"
+// that a resolver makes from it.
+func (p *Policy) SetSearchDomains(domains []string) {
+	norm := make([]string, 0, len(domains))
+	for _, d := range domains {
+		if d = normalizeName(d); d != "" {
+			norm = append(norm, d)
+		}
+	}
+	p.mu.Lock()
+	p.searchDomains = norm
+	p.mu.Unlock()
+}
+
+// Hostnames lists the hostnames named by outgoing rules, with the side each
+// rule sends them to, so the router can resolve them there (LearnAddrs).
+func (p *Policy) Hostnames() map[string]Route {
+	out := map[string]Route{}
+	for _, e := range p.local {
+		if e.Host != "" {
+			out[e.Host] = Local
+		}
+	}
+	for _, e := range p.remote {
+		if e.Host != "" {
+			out[e.Host] = Remote
+		}
+	}
+	for _, e := range p.block {
+		if e.Host != "" {
+			out[e.Host] = Block
+		}
+	}
+	return out
+}
+
+// LearnAddrs records what a rule's hostname resolves to.
+func (p *Policy) LearnAddrs(host string, addrs []netip.Addr) {
+	p.mu.Lock()
+	p.known[normalizeName(host)] = append([]netip.Addr(nil), addrs...)
+	p.mu.Unlock()
+}
+
+// Flow is what the policy knows about a new flow.
+type Flow struct {
+	Proto Proto
+	// Dst is the destination as the app addressed it (loopback already
+	// mapped back from the sandbox's alias).
+	Dst netip.AddrPort
+	// Host is the name the sandbox's DNS server answered with Dst's address,
+	// if any.
+	Host string
+	// AppListens says the app itself listens on Dst's port inside the sandbox.
+	AppListens bool
+}
+
+// Decision is a route and the reason for it.
+type Decision struct {
+	Route Route
+	// Rule is the filter entry that decided, as written, or a short reason
+	// ("default", "ignore_localhost", ...).
+	Rule string
+	// Name is, for DNS decisions, the name to resolve on the chosen side
+	// (a search-domain expansion of a rule's name is resolved as the bare
+	// name on the local side).
+	Name string
+}
+
+func (d Decision) String() string { return d.Route.String() + " (" + d.Rule + ")" }
+
+// Decide routes one flow.
+func (p *Policy) Decide(f Flow) Decision {
+	dst := f.Dst.Addr().Unmap()
+	loop := dst.IsLoopback()
+	if loop && f.AppListens {
+		return Decision{Route: Sandbox, Rule: fmt.Sprintf("the app listens on port %d", f.Dst.Port())}
+	}
+	if e, ok := p.match(p.block, f, dst); ok {
+		return Decision{Route: Block, Rule: "block " + e.Raw}
+	}
+	if f.Proto == TCP && !p.rules.TCP {
+		return Decision{Route: Local, Rule: "outgoing.tcp is false"}
+	}
+	if f.Proto == UDP && !p.rules.UDP {
+		return Decision{Route: Local, Rule: "outgoing.udp is false"}
+	}
+	if loop && p.rules.IgnoreLocalhost {
+		return Decision{Route: Local, Rule: "ignore_localhost"}
+	}
+	switch {
+	case p.localSet:
+		if e, ok := p.match(p.local, f, dst); ok {
+			return Decision{Route: Local, Rule: "local " + e.Raw}
+		}
+		return p.byDefault(loop, "default: not in the local filter")
+	case p.remoteSet:
+		if e, ok := p.match(p.remote, f, dst); ok {
+			return Decision{Route: Remote, Rule: "remote " + e.Raw}
+		}
+		return Decision{Route: Local, Rule: "default: not in the remote filter"}
+	}
+	return p.byDefault(loop, "default")
+}
+
+// byDefault is the remote default, which without an agent becomes local for
+// everything but loopback.
+func (p *Policy) byDefault(loop bool, why string) Decision {
+	if !p.rules.HaveRemote && !loop {
+		return Decision{Route: Local, Rule: why + " (no agent or target: local)"}
+	}
+	return Decision{Route: Remote, Rule: why}
+}
+
+func (p *Policy) match(list []Entry, f Flow, dst netip.Addr) (Entry, bool) {
+	for _, e := range list {
+		if p.entryMatches(e, f, dst) {
+			return e, true
+		}
+	}
+	return Entry{}, false
+}
+
+func (p *Policy) entryMatches(e Entry, f Flow, dst netip.Addr) bool {
+	if e.Proto != AnyProto && f.Proto != AnyProto && e.Proto != f.Proto {
+		return false
+	}
+	if e.Port != 0 && e.Port != f.Dst.Port() {
+		return false
+	}
+	switch {
+	case e.AnyAddress():
+		return true
+	case e.Prefix.IsValid():
+		return e.Prefix.Contains(dst)
+	}
+	if e.Host == "localhost" && dst.IsLoopback() {
+		return true
+	}
+	if f.Host != "" && p.nameMatches(e.Host, f.Host) {
+		return true
+	}
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	for _, a := range p.known[e.Host] {
+		if a.Unmap() == dst {
+			return true
+		}
+	}
+	return false
+}
+
+// nameMatches reports whether the queried name is the rule's name or one of
+// its search-domain expansions; it returns the bare name too.
+func (p *Policy) nameMatches(rule, name string) bool {
+	_, ok := p.expansionBase(rule, normalizeName(name))
+	return ok
+}
+
+func (p *Policy) expansionBase(rule, name string) (string, bool) {
+	if name == rule {
+		return rule, true
+	}
+	if !strings.HasPrefix(name, rule+".") {
+		return "", false
+	}
+	suffix := name[len(rule)+1:]
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	for _, d := range p.searchDomains {
+		if suffix == d {
+			return rule, true
+		}
+	}
+	return "", false
+}
+
+// ResolveSide decides which side resolves a DNS name: the host (Local) or the
+// cluster (Remote). Block is never returned: a blocked name still resolves,
+// and the flow to it is refused, which tells the app (and the flow log) why.
+func (p *Policy) ResolveSide(name string) Decision {
+	n := normalizeName(name)
+	for _, list := range []struct {
+		entries []Entry
+		route   Route
+		label   string
+	}{{p.local, Local, "local "}, {p.remote, Remote, "remote "}} {
+		for _, e := range list.entries {
+			if e.Host == "" {
+				continue
+			}
+			if base, ok := p.expansionBase(e.Host, n); ok {
+				if list.route == Local {
+					return Decision{Route: Local, Rule: list.label + e.Raw, Name: base}
+				}
+				return Decision{Route: Remote, Rule: list.label + e.Raw, Name: n}
+			}
+		}
+	}
+	if !p.rules.DNSEnabled {
+		return Decision{Route: Local, Rule: "dns is false", Name: n}
+	}
+	switch {
+	case p.dnsLocalSet:
+		if e, base, ok := p.dnsMatch(p.dnsLocal, n); ok {
+			return Decision{Route: Local, Rule: "dns local " + e.Raw, Name: base}
+		}
+		return p.dnsDefault(n, "default: not in the dns local filter")
+	case p.dnsRemotSet:
+		if e, _, ok := p.dnsMatch(p.dnsRemote, n); ok {
+			return Decision{Route: Remote, Rule: "dns remote " + e.Raw, Name: n}
+		}
+		return Decision{Route: Local, Rule: "default: not in the dns remote filter", Name: n}
+	}
+	return p.dnsDefault(n, "default")
+}
+
+func (p *Policy) dnsDefault(n, why string) Decision {
+	if !p.rules.HaveRemote {
+		return Decision{Route: Local, Rule: why + " (no agent or target: local)", Name: n}
+	}
+	return Decision{Route: Remote, Rule: why, Name: n}
+}
+
+func (p *Policy) dnsMatch(list []Entry, n string) (Entry, string, bool) {
+	for _, e := range list {
+		if e.AnyAddress() {
+			return e, n, true
+		}
+		if e.Host == "" {
+			continue
+		}
+		if base, ok := p.expansionBase(e.Host, n); ok {
+			return e, base, true
+		}
+	}
+	return Entry{}, "", false
+}

@@ -1,0 +1,210 @@
+package router
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+
+	"github.com/trafficpolice/trafficpolice/router/policy"
+)
+
+// DialFunc opens a connection, like net.Dialer.DialContext.
+type DialFunc func(ctx context.Context, network, address string) (net.Conn, error)
+
+// Config is everything the router needs; the sandbox fills it in.
+type Config struct {
+	// Link is the packet device: the TUN (see NewTUNEndpoint) or, in tests,
+	// an in-memory endpoint.
+	Link stack.LinkEndpoint
+	// Policy decides each flow's route.
+	Policy *policy.Policy
+	// Remote is the agent's tunnel; nil when no agent is configured, in
+	// which case remote flows are refused.
+	Remote Remote
+	// DialLocal dials from the host; nil means a plain net.Dialer.
+	DialLocal DialFunc
+	// DialSandbox dials inside the sandbox (the app's own loopback ports);
+	// nil refuses such flows.
+	DialSandbox DialFunc
+	// AppListens reports whether the app listens on a port in the sandbox.
+	AppListens func(proto policy.Proto, port uint16) bool
+	// LoopbackAlias maps the address the sandbox's NAT gave to a loopback
+	// destination back to the loopback address the app used.
+	LoopbackAlias func(netip.Addr) (netip.Addr, bool)
+	// DNSAddrs are the addresses the sandbox's resolv.conf points at.
+	DNSAddrs []netip.Addr
+	// LocalResolver resolves names on the host side; nil uses the host's
+	// /etc/resolv.conf and /etc/hosts.
+	LocalResolver Exchanger
+	// FlowLog receives one JSON line per finished flow; nil disables it.
+	FlowLog io.Writer
+	// Logger receives the router's own messages.
+	Logger *slog.Logger
+}
+
+// Exchanger answers one DNS query.
+type Exchanger interface {
+	Exchange(ctx context.Context, query []byte) ([]byte, error)
+}
+
+// Router forwards the sandbox's flows. Start it with Start, stop it with Close.
+type Router struct {
+	cfg    Config
+	stack  *stack.Stack
+	names  *nameTable
+	log    *slog.Logger
+	flows  *flowLog
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	warnOnce sync.Map // destinations already warned about
+	stats    Stats
+	closers  []io.Closer
+}
+
+const nicID tcpip.NICID = 1
+
+// New builds the router's netstack on cfg.Link. Nothing is read from the
+// link before Start.
+func New(cfg Config) (*Router, error) {
+	if cfg.Link == nil || cfg.Policy == nil {
+		return nil, fmt.Errorf("router: Link and Policy are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.DialLocal == nil {
+		var d net.Dialer
+		cfg.DialLocal = d.DialContext
+	}
+	if cfg.LocalResolver == nil {
+		cfg.LocalResolver = NewHostResolver("/etc/resolv.conf", "/etc/hosts")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &Router{
+		cfg:    cfg,
+		names:  newNameTable(),
+		log:    cfg.Logger,
+		flows:  newFlowLog(cfg.FlowLog),
+		ctx:    ctx,
+		cancel: cancel,
+	}
+	s, err := newStack(cfg.Link)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	r.stack = s
+	return r, nil
+}
+
+func newStack(link stack.LinkEndpoint) (*stack.Stack, error) {
+	s := stack.New(stack.Options{
+		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
+		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
+	})
+	if err := s.CreateNIC(nicID, link); err != nil {
+		return nil, fmt.Errorf("router: create NIC: %s", err)
+	}
+	// Promiscuous + spoofing: accept packets for any destination and answer
+	// from it, so the app's peer address is the one it dialed.
+	if err := s.SetPromiscuousMode(nicID, true); err != nil {
+		return nil, fmt.Errorf("router: promiscuous mode: %s", err)
+	}
+	if err := s.SetSpoofing(nicID, true); err != nil {
+		return nil, fmt.Errorf("router: spoofing: %s", err)
+	}
+	s.SetRouteTable([]tcpip.Route{
+		{Destination: header.IPv4EmptySubnet, NIC: nicID},
+		{Destination: header.IPv6EmptySubnet, NIC: nicID},
+	})
+	sack := tcpip.TCPSACKEnabled(true)
+	s.SetTransportProtocolOption(tcp.ProtocolNumber, &sack)
+	moderate := tcpip.TCPModerateReceiveBufferOption(true)
+	s.SetTransportProtocolOption(tcp.ProtocolNumber, &moderate)
+	// Buffers sized for a fast local link: the default 1 MiB maximum caps a
+	// single flow well below what the TUN can carry.
+	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 8 << 20}
+	s.SetTransportProtocolOption(tcp.ProtocolNumber, &rcv)
+	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 8 << 20}
+	s.SetTransportProtocolOption(tcp.ProtocolNumber, &snd)
+	return s, nil
+}
+
+// Start installs the forwarders and the DNS server.
+func (r *Router) Start() error {
+	for _, a := range r.cfg.DNSAddrs {
+		proto := ipv4.ProtocolNumber
+		if a.Is6() {
+			proto = ipv6.ProtocolNumber
+		}
+		pa := tcpip.ProtocolAddress{Protocol: proto, AddressWithPrefix: tcpip.AddrFromSlice(a.AsSlice()).WithPrefix()}
+		if err := r.stack.AddProtocolAddress(nicID, pa, stack.AddressProperties{}); err != nil {
+			return fmt.Errorf("router: add DNS address %s: %s", a, err)
+		}
+	}
+	tcpFwd := tcp.NewForwarder(r.stack, 0, maxPendingDials, r.handleTCP)
+	r.stack.SetTransportProtocolHandler(tcp.ProtocolNumber, tcpFwd.HandlePacket)
+	udpFwd := udp.NewForwarder(r.stack, r.handleUDP)
+	r.stack.SetTransportProtocolHandler(udp.ProtocolNumber, udpFwd.HandlePacket)
+	for _, a := range r.cfg.DNSAddrs {
+		if err := r.serveDNS(a); err != nil {
+			r.Close()
+			return err
+		}
+	}
+	return nil
+}
+
+// Close stops every flow and the netstack. It is safe to call twice.
+func (r *Router) Close() error {
+	r.cancel()
+	for _, c := range r.closers {
+		c.Close()
+	}
+	r.closers = nil
+	r.stack.Close()
+	r.wg.Wait()
+	r.stack.Wait()
+	return nil
+}
+
+// Stats returns counters about the router's flows.
+func (r *Router) Stats() StatsSnapshot { return r.stats.snapshot() }
+
+func (r *Router) warnOnceFor(key string, msg string, args ...any) {
+	if _, loaded := r.warnOnce.LoadOrStore(key, true); !loaded {
+		r.log.Warn(msg, args...)
+	}
+}
+
+func addrFrom(a tcpip.Address) netip.Addr {
+	ip, _ := netip.AddrFromSlice(a.AsSlice())
+	return ip.Unmap()
+}
+
+// appDst turns the destination the netstack saw into the one the app
+// dialed (loopback aliases mapped back).
+func (r *Router) appDst(a tcpip.Address, port uint16) netip.AddrPort {
+	ip := addrFrom(a)
+	if r.cfg.LoopbackAlias != nil {
+		if lo, ok := r.cfg.LoopbackAlias(ip); ok {
+			ip = lo
+		}
+	}
+	return netip.AddrPortFrom(ip, port)
+}

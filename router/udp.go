@@ -1,0 +1,120 @@
+package router
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+	"gvisor.dev/gvisor/pkg/waiter"
+
+	"github.com/trafficpolice/trafficpolice/router/policy"
+)
+
+const (
+	// udpIdleTimeout ends a UDP flow nobody used for this long, as a NAT's
+	// conntrack entry would expire.
+	udpIdleTimeout = 60 * time.Second
+	// dnsIdleTimeout is shorter: a query and its answer are the whole flow.
+	dnsIdleTimeout = 10 * time.Second
+	udpDialTimeout = 30 * time.Second
+	maxDatagram    = 64 << 10
+)
+
+// handleUDP runs in the netstack's receive path for the first datagram of
+// every new (source, destination) pair, so connected and unconnected
+// (sendto) UDP are routed alike. It must not block: it creates the
+// endpoint, which queues the datagram, and leaves the rest to a goroutine.
+func (r *Router) handleUDP(req *udp.ForwarderRequest) bool {
+	id := req.ID()
+	src := netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort)
+	dst := r.appDst(id.LocalAddress, id.LocalPort)
+	f := r.newFlow(policy.UDP, src, dst)
+	r.stats.udpFlows.Add(1)
+	if f.decision.Route == policy.Block {
+		r.stats.blocked.Add(1)
+		r.sendUnreachable(src, netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort))
+		f.rec.Error = errBlocked.Error()
+		r.endFlow(f)
+		return true
+	}
+	var wq waiter.Queue
+	ep, terr := req.CreateEndpoint(&wq)
+	if terr != nil {
+		f.rec.Error = "app side: " + terr.String()
+		r.endFlow(f)
+		return true
+	}
+	in := gonet.NewUDPConn(&wq, ep)
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		r.relayUDP(f, in)
+	}()
+	return true
+}
+
+func (r *Router) relayUDP(f *flow, in *gonet.UDPConn) {
+	ctx, cancel := context.WithTimeout(r.ctx, udpDialTimeout)
+	out, err := r.dial(ctx, f)
+	cancel()
+	if err != nil {
+		r.stats.failed.Add(1)
+		in.Close()
+		f.rec.Error = err.Error()
+		r.endFlow(f)
+		return
+	}
+	idle := udpIdleTimeout
+	if f.dst.Port() == 53 {
+		idle = dnsIdleTimeout
+	}
+	r.stats.open.Add(1)
+	stop := context.AfterFunc(r.ctx, func() { in.Close(); out.Close() })
+	var outBytes, inBytes atomic.Int64
+	var lastActive atomic.Int64
+	touch := func() { lastActive.Store(time.Now().UnixNano()) }
+	touch()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		relayDatagrams(out, in, &inBytes, touch, idle, &lastActive)
+	}()
+	relayDatagrams(in, out, &outBytes, touch, idle, &lastActive)
+	in.Close()
+	out.Close()
+	<-done
+	stop()
+	r.stats.open.Add(-1)
+	f.rec.BytesOut, f.rec.BytesIn = outBytes.Load(), inBytes.Load()
+	r.endFlow(f)
+}
+
+// relayDatagrams copies datagrams from src to dst until neither direction
+// has carried one for idle, or either side fails.
+func relayDatagrams(src, dst net.Conn, n *atomic.Int64, touch func(), idle time.Duration, lastActive *atomic.Int64) {
+	buf := make([]byte, maxDatagram)
+	for {
+		src.SetReadDeadline(time.Now().Add(idle))
+		nr, err := src.Read(buf)
+		if err != nil {
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				// The other direction may have been busy meanwhile.
+				if time.Since(time.Unix(0, lastActive.Load())) < idle {
+					continue
+				}
+			}
+			return
+		}
+		touch()
+		if _, err := dst.Write(buf[:nr]); err != nil {
+			// A refused datagram (ICMP port unreachable on the host side)
+			// is not the end of a UDP flow.
+			continue
+		}
+		n.Add(int64(nr))
+	}
+}
