@@ -74,7 +74,13 @@ type Router struct {
 	warnOnce sync.Map // destinations already warned about
 	stats    Stats
 	closers  []io.Closer
+	onClose  []func()
+	closed   sync.Once
 }
+
+// OnClose registers fn to run after the netstack has stopped (e.g. to
+// close the TUN descriptor it read from).
+func (r *Router) OnClose(fn func()) { r.onClose = append(r.onClose, fn) }
 
 const nicID tcpip.NICID = 1
 
@@ -172,14 +178,18 @@ func (r *Router) Start() error {
 
 // Close stops every flow and the netstack. It is safe to call twice.
 func (r *Router) Close() error {
-	r.cancel()
-	for _, c := range r.closers {
-		c.Close()
-	}
-	r.closers = nil
-	r.stack.Close()
-	r.wg.Wait()
-	r.stack.Wait()
+	r.closed.Do(func() {
+		r.cancel()
+		for _, c := range r.closers {
+			c.Close()
+		}
+		r.stack.Close()
+		r.wg.Wait()
+		r.stack.Wait()
+		for _, fn := range r.onClose {
+			fn()
+		}
+	})
 	return nil
 }
 

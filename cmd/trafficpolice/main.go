@@ -5,9 +5,14 @@ package main
 import (
 	"fmt"
 	"os"
+
+	"github.com/trafficpolice/trafficpolice/sandbox/launch"
 )
 
 func main() {
+	// The sandbox's process launcher re-executes this binary to set up the
+	// app's namespaces between fork and exec; it never returns then.
+	launch.MaybeRunInit()
 	if err := newRootCommand().Execute(); err != nil {
 		var exitErr *exitError
 		if asExit(err, &exitErr) {

@@ -1,0 +1,124 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/trafficpolice/trafficpolice/sandbox"
+)
+
+func newSandboxCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "sandbox", Short: "Run apps in a policed network sandbox"}
+	cmd.AddCommand(newSandboxRunCommand(), newSandboxGCCommand())
+	return cmd
+}
+
+type runFlags struct {
+	file    string
+	extra   sandbox.ExtraRules
+	flowLog string
+	mtu     int
+	quiet   bool
+	verbose bool
+}
+
+func newSandboxRunCommand() *cobra.Command {
+	var f runFlags
+	cmd := &cobra.Command{
+		Use:   "run [-f FILE] [flags] -- COMMAND [ARG...]",
+		Short: "Run COMMAND in its own network namespace behind the policing router",
+		Long: "Run COMMAND in a fresh network namespace whose default route and DNS point at trafficpolice's\n" +
+			"router. Each flow goes local (from this host), remote (through the agent, from the target pod)\n" +
+			"or is blocked, by the outgoing filter. Exits with COMMAND's status (128+N for signal N);\n" +
+			"trafficpolice's own failures exit 2.",
+		Example: "  trafficpolice sandbox run -f config.json -- ./uwu-app\n" +
+			"  trafficpolice sandbox run --local :5432 --block prod-db --flow-log flows.jsonl -- go test ./...",
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if cmd.ArgsLenAtDash() != 0 {
+				return fmt.Errorf("put the command after --, as in `trafficpolice sandbox run -f config.json -- %s`", args[0])
+			}
+			return runSandbox(cmd.Context(), f, args)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVarP(&f.file, "file", "f", "", "configuration file (mirrord's format: JSON, YAML or TOML)")
+	fl.StringArrayVar(&f.extra.Local, "local", nil, "add a local filter rule (repeatable), e.g. :5432 or app-db")
+	fl.StringArrayVar(&f.extra.Remote, "remote", nil, "add a remote filter rule (repeatable)")
+	fl.StringArrayVar(&f.extra.Block, "block", nil, "refuse flows matching this rule (repeatable)")
+	fl.StringVar(&f.flowLog, "flow-log", "", "write one JSON line per finished flow to this file")
+	fl.IntVar(&f.mtu, "mtu", 0, "MTU of the sandbox's TUN device (default 65520)")
+	fl.BoolVarP(&f.quiet, "quiet", "q", false, "no progress lines")
+	fl.BoolVarP(&f.verbose, "verbose", "v", false, "log the router's decisions to stderr")
+	return cmd
+}
+
+func runSandbox(ctx context.Context, f runFlags, argv []string) error {
+	cfg, err := loadConfig(f.file)
+	if err != nil {
+		return err
+	}
+	if cfg.Target.Path != "" || cfg.Agent.Address != "" {
+		return fmt.Errorf("target %q / agent %q: connecting to an agent is not available in this build yet; remove target and agent.address to run with local and block routes only", cfg.Target.Path, cfg.Agent.Address)
+	}
+	pol, err := sandbox.Policy(cfg, f.extra, false)
+	if err != nil {
+		return err
+	}
+	progress := sandbox.NewProgress(os.Stderr)
+	if f.quiet {
+		progress.Quiet()
+	}
+	level := slog.LevelWarn
+	if f.verbose {
+		level = slog.LevelDebug
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	wd, _ := os.Getwd()
+	code, err := sandbox.Run(ctx, sandbox.Options{
+		Policy:   pol,
+		Argv:     argv,
+		Env:      os.Environ(),
+		Dir:      wd,
+		FlowLog:  f.flowLog,
+		MTU:      f.mtu,
+		NoIPv6:   false,
+		Stdin:    os.Stdin,
+		Stdout:   os.Stdout,
+		Stderr:   os.Stderr,
+		Progress: progress,
+		Logger:   logger,
+	})
+	if err != nil {
+		return err
+	}
+	if code != 0 {
+		return &exitError{code: code}
+	}
+	return nil
+}
+
+func newSandboxGCCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "gc",
+		Short: "Remove what killed runs left behind (namespaces, processes, state)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cleaned, err := sandbox.Collect()
+			for _, id := range cleaned {
+				fmt.Fprintf(cmd.OutOrStdout(), "removed run %s\n", id)
+			}
+			if err != nil {
+				return err
+			}
+			if len(cleaned) == 0 {
+				fmt.Fprintln(cmd.OutOrStdout(), "nothing to remove")
+			}
+			return nil
+		},
+	}
+}

@@ -1,0 +1,142 @@
+package netns
+
+import (
+	"fmt"
+	"strconv"
+
+	"github.com/coreos/go-iptables/iptables"
+)
+
+// The loopback redirect. Traffic to the app's own loopback never touches a
+// link, so NAT in the sandbox's OUTPUT chain rewrites it to an alias the
+// default route sends through the TUN, where the router can decide where it
+// goes. The router's own sockets (RouterMark) and the app's own listening
+// ports (listener bypass rules, inserted at the top) stay on lo.
+//
+// go-iptables shells out to iptables; every call here runs inside Do so the
+// child process inherits the namespace.
+
+var markMatch = []string{"-m", "mark", "--mark", fmt.Sprintf("%#x", RouterMark), "-j", "RETURN"}
+
+func newIPTables(proto iptables.Protocol) (*iptables.IPTables, error) {
+	ipt, err := iptables.New(iptables.IPFamily(proto))
+	if err != nil {
+		return nil, fmt.Errorf("find %s (install the iptables package): %w", cmdName(proto), err)
+	}
+	return ipt, nil
+}
+
+func cmdName(proto iptables.Protocol) string {
+	if proto == iptables.ProtocolIPv6 {
+		return "ip6tables"
+	}
+	return "iptables"
+}
+
+// installLoopbackRules adds the redirect for one IP family. Call inside Do.
+func installLoopbackRules(proto iptables.Protocol, link string) error {
+	ipt, err := newIPTables(proto)
+	if err != nil {
+		return err
+	}
+	name := cmdName(proto)
+	var redirect [][]string
+	var lo string
+	if proto == iptables.ProtocolIPv6 {
+		lo = "::1/128"
+		for _, p := range []string{"tcp", "udp"} {
+			redirect = append(redirect, []string{"-d", lo, "-p", p, "-j", "DNAT", "--to-destination", LoopbackAlias6.String()})
+		}
+	} else {
+		lo = "127.0.0.0/8"
+		for _, p := range []string{"tcp", "udp"} {
+			redirect = append(redirect, []string{"-d", LoopbackNet4.String(), "-p", p, "-j", "NETMAP", "--to", LoopbackAlias4.String()})
+		}
+	}
+	// ClearChain creates the chain or empties a leftover one.
+	if err := ipt.ClearChain("nat", LoopbackChain); err != nil {
+		return fmt.Errorf("%s: create nat chain %s: %w", name, LoopbackChain, err)
+	}
+	rules := append([][]string{markMatch}, redirect...)
+	for _, r := range rules {
+		if err := ipt.Append("nat", LoopbackChain, r...); err != nil {
+			return fmt.Errorf("%s: add nat %s rule %v: %w", name, LoopbackChain, r, err)
+		}
+	}
+	if err := ipt.AppendUnique("nat", "OUTPUT", "-j", LoopbackChain); err != nil {
+		return fmt.Errorf("%s: jump from nat OUTPUT to %s: %w", name, LoopbackChain, err)
+	}
+	// The redirected packets still carry a loopback source, which the router
+	// could not answer; give them the sandbox's own address.
+	if err := ipt.AppendUnique("nat", "POSTROUTING", "-o", link, "-s", lo, "-j", "MASQUERADE"); err != nil {
+		return fmt.Errorf("%s: masquerade loopback sources on %s: %w", name, link, err)
+	}
+	return nil
+}
+
+func bypassRule(proto string, port uint16) ([]string, error) {
+	if proto != "tcp" && proto != "udp" {
+		return nil, fmt.Errorf("listener bypass: proto %q is invalid: want \"tcp\" or \"udp\"", proto)
+	}
+	if port == 0 {
+		return nil, fmt.Errorf("listener bypass: port 0 is invalid: want 1-65535")
+	}
+	return []string{"-p", proto, "--dport", strconv.Itoa(int(port)), "-j", "RETURN"}, nil
+}
+
+// AddListenerBypass keeps the app's loopback traffic to its own listening
+// port inside the sandbox: it inserts `-p PROTO --dport PORT -j RETURN` at
+// the top of LoopbackChain (IPv4, and IPv6 where the chain exists). Adding
+// a bypass that exists already is a no-op. proto is "tcp" or "udp".
+func AddListenerBypass(n *Namespace, proto string, port uint16) error {
+	rule, err := bypassRule(proto, port)
+	if err != nil {
+		return err
+	}
+	return forEachFamily(n, func(ipt *iptables.IPTables) error {
+		ok, err := ipt.Exists("nat", LoopbackChain, rule...)
+		if err != nil || ok {
+			return err
+		}
+		return ipt.Insert("nat", LoopbackChain, 1, rule...)
+	}, fmt.Sprintf("add listener bypass %s/%d", proto, port))
+}
+
+// RemoveListenerBypass deletes what AddListenerBypass inserted; a missing
+// rule is not an error.
+func RemoveListenerBypass(n *Namespace, proto string, port uint16) error {
+	rule, err := bypassRule(proto, port)
+	if err != nil {
+		return err
+	}
+	return forEachFamily(n, func(ipt *iptables.IPTables) error {
+		return ipt.DeleteIfExists("nat", LoopbackChain, rule...)
+	}, fmt.Sprintf("remove listener bypass %s/%d", proto, port))
+}
+
+// forEachFamily runs fn inside n for each IP family whose LoopbackChain
+// exists (IPv6 is absent when the sandbox was set up without it).
+func forEachFamily(n *Namespace, fn func(*iptables.IPTables) error, what string) error {
+	return n.Do(func() error {
+		for _, proto := range []iptables.Protocol{iptables.ProtocolIPv4, iptables.ProtocolIPv6} {
+			ipt, err := newIPTables(proto)
+			if err != nil {
+				return fmt.Errorf("%s in netns %q: %w", what, n.name, err)
+			}
+			ok, err := ipt.ChainExists("nat", LoopbackChain)
+			if err != nil {
+				return fmt.Errorf("%s in netns %q: %s: %w", what, n.name, cmdName(proto), err)
+			}
+			if !ok {
+				if proto == iptables.ProtocolIPv4 {
+					return fmt.Errorf("%s in netns %q: nat chain %s is missing (was SetupSandbox run?)", what, n.name, LoopbackChain)
+				}
+				continue
+			}
+			if err := fn(ipt); err != nil {
+				return fmt.Errorf("%s in netns %q: %s: %w", what, n.name, cmdName(proto), err)
+			}
+		}
+		return nil
+	})
+}

@@ -1,0 +1,157 @@
+package netns
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+func nsInode(t *testing.T, path string) uint64 {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Ino
+}
+
+func TestCreateOpenListDelete(t *testing.T) {
+	needRoot(t)
+	name := testName(t)
+	n, err := Create(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Delete() })
+	if n.Name() != name || n.Path() != RunDir+"/"+name {
+		t.Errorf("Name, Path = %q, %q", n.Name(), n.Path())
+	}
+	if _, err := Create(name); err == nil || !strings.Contains(err.Error(), "already exists") {
+		t.Errorf("second Create(%q): err = %v, want 'already exists'", name, err)
+	}
+	o, err := Open(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nsInode(t, o.Path()) == nsInode(t, "/proc/self/ns/net") {
+		t.Error("the new namespace is the host's")
+	}
+	names, err := List("tpt-")
+	if err != nil || !slices.Contains(names, name) {
+		t.Errorf("List(tpt-) = %v, %v; want it to contain %s", names, err, name)
+	}
+	if names, _ := List(name + "x"); len(names) != 0 {
+		t.Errorf("List(%sx) = %v, want none", name, names)
+	}
+	if err := n.Delete(); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Delete(); err != nil {
+		t.Errorf("second Delete: %v, want nil (idempotent)", err)
+	}
+	if names, _ := List(name); len(names) != 0 {
+		t.Errorf("after Delete, List = %v", names)
+	}
+	if _, err := Open(name); err == nil {
+		t.Error("Open after Delete succeeded")
+	}
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	if strings.Contains(string(mi), name) {
+		t.Errorf("mount of %s left in /proc/self/mountinfo", name)
+	}
+}
+
+func TestOpenRejectsPlainFile(t *testing.T) {
+	needRoot(t)
+	newTestNS(t) // makes sure RunDir exists
+	stale := testName(t)
+	if err := os.WriteFile(RunDir+"/"+stale, nil, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(RunDir + "/" + stale) })
+	if _, err := Open(stale); err == nil || !strings.Contains(err.Error(), "not a mounted namespace") {
+		t.Errorf("Open(stale file) err = %v", err)
+	}
+}
+
+func TestBadNames(t *testing.T) {
+	for _, name := range []string{"", ".", "..", "a/b", "x\x00"} {
+		if _, err := Create(name); err == nil || !strings.Contains(err.Error(), "invalid") {
+			t.Errorf("Create(%q) err = %v, want invalid", name, err)
+		}
+		if _, err := Open(name); err == nil {
+			t.Errorf("Open(%q) succeeded", name)
+		}
+	}
+}
+
+func TestDoEntersAndRestores(t *testing.T) {
+	needRoot(t)
+	n := newTestNS(t)
+	host := nsInode(t, "/proc/self/ns/net")
+	want := nsInode(t, n.Path())
+	var inside uint64
+	if err := n.Do(func() error {
+		inside = nsInode(t, "/proc/thread-self/ns/net")
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if inside != want {
+		t.Errorf("inside Do the thread's netns inode = %d, want %d", inside, want)
+	}
+	if got := nsInode(t, "/proc/self/ns/net"); got != host {
+		t.Errorf("process netns changed: %d, want %d", got, host)
+	}
+	sentinel := errors.New("sentinel")
+	if err := n.Do(func() error { return sentinel }); !errors.Is(err, sentinel) {
+		t.Errorf("Do's error = %v, want the function's", err)
+	}
+	// Many calls, so that a thread left in the namespace would be reused
+	// and noticed.
+	for range 50 {
+		if err := n.Do(func() error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if got := nsInode(t, "/proc/thread-self/ns/net"); got != host {
+			t.Fatalf("a thread came back from Do in netns %d", got)
+		}
+	}
+}
+
+func TestProcessesAndKill(t *testing.T) {
+	needRoot(t)
+	n := newTestNS(t)
+	var cmd *exec.Cmd
+	if err := n.Do(func() error {
+		// exec from the locked thread: the child inherits the namespace.
+		cmd = exec.Command("sleep", "1000")
+		return cmd.Start()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+
+	pids, err := Processes(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(pids, []int{cmd.Process.Pid}) {
+		t.Errorf("Processes = %v, want [%d]", pids, cmd.Process.Pid)
+	}
+	if err := KillProcesses(n); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err == nil || !strings.Contains(err.Error(), "killed") {
+		t.Errorf("sleep ended with %v, want killed", err)
+	}
+	if pids, _ := Processes(n); len(pids) != 0 {
+		t.Errorf("after KillProcesses: %v", pids)
+	}
+}

@@ -1,0 +1,387 @@
+package sandbox
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/trafficpolice/trafficpolice/config"
+	"github.com/trafficpolice/trafficpolice/netns"
+	"github.com/trafficpolice/trafficpolice/sandbox/launch"
+)
+
+func TestMain(m *testing.M) {
+	launch.MaybeRunInit()
+	os.Exit(m.Run())
+}
+
+// needRoot fails under CI (which is root and must run every test) and
+// skips elsewhere when not root.
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("this test needs root (network namespaces, TUN); CI runs as root")
+	}
+	t.Skip("needs root")
+}
+
+func suffix() string {
+	b := make([]byte, 3)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+var (
+	probeOnce sync.Once
+	probePath string
+	probeErr  error
+)
+
+// probe builds the static test client once per test binary.
+func probe(t *testing.T) string {
+	t.Helper()
+	probeOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "tp-probe-")
+		if err != nil {
+			probeErr = err
+			return
+		}
+		probePath = filepath.Join(dir, "probe")
+		cmd := exec.Command("go", "build", "-o", probePath, "./testdata/probe")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			probeErr = fmt.Errorf("build probe: %v\n%s", err, out)
+		}
+	})
+	if probeErr != nil {
+		t.Fatal(probeErr)
+	}
+	// Readable by the unprivileged user the app may run as.
+	os.Chmod(filepath.Dir(probePath), 0o755)
+	return probePath
+}
+
+// hostState is what the host had before a test: the test must leave it so.
+// Tests of other packages run at the same time, so the check looks for what
+// this test's runs created (their namespaces, records and mounts), plus
+// host links.
+type hostState struct {
+	mu         *sync.Mutex
+	namespaces *[]string // the sandbox namespaces this test's runs made
+	links      []string
+}
+
+var currentState hostState
+
+func snapshot(t *testing.T) hostState {
+	t.Helper()
+	s := hostState{mu: &sync.Mutex{}, namespaces: &[]string{}}
+	links, _ := netlink.LinkList()
+	for _, l := range links {
+		s.links = append(s.links, l.Attrs().Name)
+	}
+	return s
+}
+
+func (s hostState) add(ns string) {
+	s.mu.Lock()
+	*s.namespaces = append(*s.namespaces, ns)
+	s.mu.Unlock()
+}
+
+// cleanCheck records the host's state and checks, after every other
+// cleanup of the test, that nothing of the test's runs is left.
+func cleanCheck(t *testing.T) hostState {
+	t.Helper()
+	before := snapshot(t)
+	currentState = before
+	t.Cleanup(func() { assertClean(t, before) })
+	return before
+}
+
+func assertClean(t *testing.T, before hostState) {
+	t.Helper()
+	before.mu.Lock()
+	created := append([]string(nil), *before.namespaces...)
+	before.mu.Unlock()
+	left, _ := netns.List(NamespacePrefix)
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, ns := range created {
+		for _, l := range left {
+			if l == ns {
+				t.Errorf("namespace %s left behind", ns)
+			}
+		}
+		if bytes.Contains(mounts, []byte("/"+ns+" ")) || bytes.Contains(mounts, []byte(StateDir+"/"+strings.TrimPrefix(ns, NamespacePrefix))) {
+			t.Errorf("mount of run %s left behind", ns)
+		}
+		if _, err := os.Stat(filepath.Join(StateDir, strings.TrimPrefix(ns, NamespacePrefix))); err == nil {
+			t.Errorf("run record of %s left behind", ns)
+		}
+		if pids, err := processesIn(ns); err == nil && len(pids) > 0 {
+			t.Errorf("processes %v left in %s", pids, ns)
+		}
+	}
+	links, _ := netlink.LinkList()
+	var extra []string
+	for _, l := range links {
+		name := l.Attrs().Name
+		found := false
+		for _, b := range before.links {
+			found = found || b == name
+		}
+		if !found && strings.HasPrefix(name, "tp") {
+			extra = append(extra, name)
+		}
+	}
+	if len(extra) > 0 {
+		t.Errorf("links left on the host: %v", extra)
+	}
+}
+
+func processesIn(name string) ([]int, error) {
+	ns, err := netns.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	return netns.Processes(ns)
+}
+
+// lockedBuffer is a bytes.Buffer safe for the progress lines and the app's
+// output copier writing at once.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// result is one sandboxed run.
+type result struct {
+	code   int
+	stdout string
+	stderr string
+	err    error
+}
+
+type runOpt func(*Options)
+
+// run runs argv in a sandbox with the given config and extra rules.
+func run(t *testing.T, cfg *config.Config, extra ExtraRules, argv []string, opts ...runOpt) result {
+	t.Helper()
+	if cfg == nil {
+		cfg = config.Default()
+	}
+	pol, err := Policy(cfg, extra, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr lockedBuffer
+	o := Options{
+		Policy: pol, Argv: argv, Env: os.Environ(),
+		Stdout: &stdout, Stderr: &stderr,
+		Progress: NewProgress(&stderr),
+	}
+	o.Started = func(ns string, _ int) { currentState.add(ns) }
+	for _, f := range opts {
+		f(&o)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	code, err := Run(ctx, o)
+	r := result{code: code, stdout: stdout.String(), stderr: stderr.String(), err: err}
+	t.Logf("run %v: code %d err %v\nstdout: %s\nstderr: %s", argv, code, err, trim(r.stdout), trim(r.stderr))
+	return r
+}
+
+func trim(s string) string {
+	if len(s) > 2000 {
+		return s[:2000] + "…"
+	}
+	return s
+}
+
+// serviceNet is a namespace joined to the host by a veth pair: a stand-in
+// for "somewhere the host can reach" that the test itself created.
+type serviceNet struct {
+	ns       *netns.Namespace
+	hostLink string
+	hostIP   netip.Addr
+	svcIP    netip.Addr
+	silentIP netip.Addr // routed towards the namespace, dropped there
+}
+
+func newServiceNet(t *testing.T) *serviceNet {
+	t.Helper()
+	sfx := suffix()
+	ns, err := netns.Create("tpt-svc-" + sfx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A /29 from a range nobody uses here, chosen per test so tests can
+	// run side by side.
+	b := []byte(sfx)
+	third := int(b[0])%200 + 20
+	base := netip.AddrFrom4([4]byte{10, 213, byte(third), byte(int(b[1]) % 31 * 8)})
+	s := &serviceNet{ns: ns, hostLink: "tpv" + sfx, hostIP: base.Next(), svcIP: base.Next().Next()}
+	s.silentIP = s.svcIP.Next()
+	t.Cleanup(func() {
+		netns.KillProcesses(ns)
+		if l, err := netlink.LinkByName(s.hostLink); err == nil {
+			netlink.LinkDel(l)
+		}
+		ns.Delete()
+	})
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: s.hostLink}, PeerName: "tpp" + sfx}
+	if err := netlink.LinkAdd(veth); err != nil {
+		t.Fatalf("veth: %v", err)
+	}
+	peer, err := netlink.LinkByName("tpp" + sfx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := os.Open(ns.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fd.Close()
+	if err := netlink.LinkSetNsFd(peer, int(fd.Fd())); err != nil {
+		t.Fatal(err)
+	}
+	host, _ := netlink.LinkByName(s.hostLink)
+	must(t, netlink.AddrAdd(host, &netlink.Addr{IPNet: prefixNet(s.hostIP, 29)}))
+	must(t, netlink.LinkSetUp(host))
+	must(t, ns.Do(func() error {
+		lo, _ := netlink.LinkByName("lo")
+		netlink.LinkSetUp(lo)
+		p, err := netlink.LinkByName("tpp" + sfx)
+		if err != nil {
+			return err
+		}
+		if err := netlink.AddrAdd(p, &netlink.Addr{IPNet: prefixNet(s.svcIP, 29)}); err != nil {
+			return err
+		}
+		if err := netlink.AddrAdd(p, &netlink.Addr{IPNet: prefixNet(s.silentIP, 29)}); err != nil {
+			return err
+		}
+		return netlink.LinkSetUp(p)
+	}))
+	// The silent address drops every TCP SYN: a destination that never answers.
+	s.exec(t, "iptables", "-A", "INPUT", "-d", s.silentIP.String(), "-p", "tcp", "-j", "DROP")
+	return s
+}
+
+func prefixNet(a netip.Addr, bits int) *net.IPNet {
+	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, 32)}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (s *serviceNet) exec(t *testing.T, argv ...string) {
+	t.Helper()
+	out, err := exec.Command("ip", append([]string{"netns", "exec", s.ns.Name()}, argv...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v: %v\n%s", argv, err, out)
+	}
+}
+
+// start runs a long-lived process in the service namespace until the test ends.
+func (s *serviceNet) start(t *testing.T, argv ...string) {
+	t.Helper()
+	cmd := exec.Command("ip", append([]string{"netns", "exec", s.ns.Name()}, argv...)...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("%v output:\n%s", argv, out.String())
+		}
+	})
+}
+
+// listen opens a TCP listener inside the service namespace.
+func (s *serviceNet) listen(t *testing.T, port int) net.Listener {
+	t.Helper()
+	var ln net.Listener
+	must(t, s.ns.Do(func() error {
+		var err error
+		ln, err = net.Listen("tcp", net.JoinHostPort(s.svcIP.String(), fmt.Sprint(port)))
+		return err
+	}))
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// serveEcho echoes every connection.
+func serveEcho(ln net.Listener) {
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				io.Copy(c, c)
+				c.Close()
+			}()
+		}
+	}()
+}
+
+func hostListener(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+func portOf(ln net.Listener) string {
+	_, p, _ := net.SplitHostPort(ln.Addr().String())
+	return p
+}
+
+func contains(t *testing.T, s, want string) {
+	t.Helper()
+	if !strings.Contains(s, want) {
+		t.Errorf("output %q does not contain %q", trim(s), want)
+	}
+}

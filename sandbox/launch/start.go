@@ -1,0 +1,86 @@
+package launch
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"syscall"
+)
+
+// initArg0 is the argv[0] that turns this binary into the init helper.
+const initArg0 = "trafficpolice-sandbox-init"
+
+// The init helper's inherited descriptors (exec.Cmd.ExtraFiles start at 3).
+const (
+	errFD  = 3 // init → Start: a JSON StartError, or EOF when exec succeeded
+	specFD = 4 // Start → init: the JSON payload
+)
+
+// Start starts the app described by spec and returns once it runs: the
+// Cmd's process is the app itself (the init helper execs it in place), so
+// Wait gives its exit status and signals go straight to it. If anything
+// fails before the app runs, Start reaps the helper and returns a
+// *StartError. The app gets SIGKILL if the OS thread that called Start
+// ends, so call it from an ordinary goroutine (not one that locks its
+// thread and exits). The binary's main, and TestMain in tests, must call
+// MaybeRunInit first.
+func Start(spec Spec) (*exec.Cmd, error) {
+	p, err := spec.payload()
+	if err != nil {
+		return nil, &StartError{Step: "spec", Msg: err.Error()}
+	}
+	body, err := json.Marshal(p)
+	if err != nil {
+		return nil, fmt.Errorf("encode init spec: %w", err)
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("init error pipe: %w", err)
+	}
+	defer errR.Close()
+	specR, specW, err := os.Pipe()
+	if err != nil {
+		errW.Close()
+		return nil, fmt.Errorf("init spec pipe: %w", err)
+	}
+
+	cmd := &exec.Cmd{
+		Path:       "/proc/self/exe",
+		Args:       []string{initArg0},
+		Stdin:      spec.Stdin,
+		Stdout:     spec.Stdout,
+		Stderr:     spec.Stderr,
+		ExtraFiles: []*os.File{errW, specR},
+		SysProcAttr: &syscall.SysProcAttr{
+			// A private mount namespace for the app's resolv.conf and hosts.
+			Cloneflags: syscall.CLONE_NEWNS,
+			Pdeathsig:  syscall.SIGKILL,
+		},
+	}
+	err = cmd.Start()
+	errW.Close()
+	specR.Close()
+	if err != nil {
+		specW.Close()
+		return nil, fmt.Errorf("start sandbox init (%s): %w", initArg0, err)
+	}
+	// A write error means the helper died early; what it said, if
+	// anything, is on the error pipe.
+	_, werr := specW.Write(body)
+	specW.Close()
+
+	msg, rerr := io.ReadAll(errR)
+	if rerr == nil && len(msg) == 0 && werr == nil {
+		return cmd, nil
+	}
+	werr = errors.Join(werr, rerr)
+	waitErr := cmd.Wait()
+	var se StartError
+	if len(msg) > 0 && json.Unmarshal(msg, &se) == nil {
+		return nil, &se
+	}
+	return nil, &StartError{Step: "init", Msg: fmt.Sprintf("init helper failed before reporting (%v; exit: %v)", werr, waitErr)}
+}

@@ -1,0 +1,121 @@
+package sandbox
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/trafficpolice/trafficpolice/netns"
+	"github.com/trafficpolice/trafficpolice/router/policy"
+)
+
+// listenerPoll is how often the app's listening sockets are re-read. A flow
+// that races a new listener still works: the router asks listens(), which
+// re-reads on a miss, and dials the app inside the sandbox.
+const listenerPoll = 250 * time.Millisecond
+
+// listenerWatch keeps track of the app's listening ports, and keeps the
+// app's loopback traffic to its own TCP listeners inside the namespace (a
+// bypass rule per port) so it never makes the trip through the router.
+type listenerWatch struct {
+	ns  *netns.Namespace
+	log *slog.Logger
+
+	mu       sync.Mutex
+	tcp, udp map[uint16]bool
+	bypassed map[uint16]bool
+
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func newListenerWatch(ns *netns.Namespace, log *slog.Logger) *listenerWatch {
+	return &listenerWatch{ns: ns, log: log, tcp: map[uint16]bool{}, udp: map[uint16]bool{}, bypassed: map[uint16]bool{}}
+}
+
+func (w *listenerWatch) start(ctx context.Context) {
+	ctx, w.cancel = context.WithCancel(ctx)
+	w.done = make(chan struct{})
+	go func() {
+		defer close(w.done)
+		t := time.NewTicker(listenerPoll)
+		defer t.Stop()
+		for {
+			w.refresh()
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+}
+
+func (w *listenerWatch) stop() {
+	if w.cancel != nil {
+		w.cancel()
+		<-w.done
+	}
+}
+
+// refresh re-reads the listening sockets and updates the bypass rules.
+func (w *listenerWatch) refresh() {
+	tcp, udp, err := netns.ListeningPorts(w.ns)
+	if err != nil {
+		w.log.Debug("read listening ports", "err", err)
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.tcp, w.udp = tcp, udp
+	for p := range tcp {
+		if !w.bypassed[p] {
+			if err := netns.AddListenerBypass(w.ns, "tcp", p); err != nil {
+				w.log.Debug("listener bypass", "port", p, "err", err)
+				continue
+			}
+			w.bypassed[p] = true
+		}
+	}
+	for p := range w.bypassed {
+		if !tcp[p] {
+			if err := netns.RemoveListenerBypass(w.ns, "tcp", p); err != nil {
+				w.log.Debug("remove listener bypass", "port", p, "err", err)
+				continue
+			}
+			delete(w.bypassed, p)
+		}
+	}
+}
+
+// listens answers the router's question for a loopback flow; on a miss it
+// re-reads, so a listener that appeared since the last poll is found (an
+// app often listens and connects to itself within microseconds). Misses
+// are loopback flows to the pod's or host's loopback: rare enough.
+func (w *listenerWatch) listens(proto policy.Proto, port uint16) bool {
+	if w.has(proto, port) {
+		return true
+	}
+	tcp, udp, err := netns.ListeningPorts(w.ns)
+	if err != nil {
+		w.log.Debug("read listening ports", "err", err)
+		return false
+	}
+	w.mu.Lock()
+	w.tcp, w.udp = tcp, udp
+	w.mu.Unlock()
+	return w.has(proto, port)
+}
+
+func (w *listenerWatch) has(proto policy.Proto, port uint16) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch proto {
+	case policy.TCP:
+		return w.tcp[port]
+	case policy.UDP:
+		return w.udp[port]
+	}
+	return w.tcp[port] || w.udp[port]
+}

@@ -1,0 +1,356 @@
+package sandbox
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
+
+	"github.com/trafficpolice/trafficpolice/netns"
+	"github.com/trafficpolice/trafficpolice/router"
+	"github.com/trafficpolice/trafficpolice/router/policy"
+	"github.com/trafficpolice/trafficpolice/sandbox/launch"
+)
+
+// Options describe one run.
+type Options struct {
+	Policy *policy.Policy
+	// Remote is the agent's tunnel, already connected; nil without agent.
+	Remote router.Remote
+	// Argv is the app's command line.
+	Argv []string
+	Env  []string
+	Dir  string
+	// FlowLog is a path for the JSON flow log; "" for none.
+	FlowLog string
+	// MTU of the sandbox's TUN; 0 for the default.
+	MTU int
+	// NoIPv6 leaves IPv6 out of the sandbox.
+	NoIPv6 bool
+
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+	Progress       *Progress
+	Logger         *slog.Logger
+	// HostResolvConf and HostHosts are the host's resolver files; "" for
+	// /etc/resolv.conf and /etc/hosts.
+	HostResolvConf, HostHosts string
+	// Started, if set, is told the namespace name once the app runs (tests
+	// use it to look inside).
+	Started func(namespace string, pid int)
+}
+
+// Run runs the app in a fresh sandbox and returns its exit status (128+N
+// when a signal N ended it). The error is for failures of the sandbox
+// itself; everything created is removed before Run returns.
+func Run(ctx context.Context, o Options) (int, error) {
+	if len(o.Argv) == 0 {
+		return 0, errors.New("no command to run: give one after --, as in `trafficpolice sandbox run -- ./app`")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.HostResolvConf == "" {
+		o.HostResolvConf = "/etc/resolv.conf"
+	}
+	if o.HostHosts == "" {
+		o.HostHosts = "/etc/hosts"
+	}
+	if cleaned, err := Collect(); err != nil {
+		o.Logger.Warn("cleaning up after earlier runs", "err", err)
+	} else if len(cleaned) > 0 {
+		o.Progress.Note("removed what %d earlier killed run(s) left behind", len(cleaned))
+	}
+
+	id, err := newID()
+	if err != nil {
+		return 0, err
+	}
+	rec := &record{ID: id, Namespace: NamespacePrefix + id, PID: os.Getpid(), PIDStart: processStart(os.Getpid()), Created: time.Now()}
+	// The record is written before anything is created, so that whatever
+	// exists can always be found and removed.
+	if err := writeRecord(rec); err != nil {
+		return 0, err
+	}
+	defer func() {
+		if err := rec.teardown(); err != nil {
+			o.Logger.Error("teardown", "err", err)
+			fmt.Fprintf(stderrOf(o), "trafficpolice: cleaning up: %v (run `trafficpolice sandbox gc` to retry)\n", err)
+		}
+	}()
+
+	done := o.Progress.Step("namespace ready")
+	ns, tun, err := buildNamespace(rec.Namespace, o)
+	done(err)
+	if err != nil {
+		return 0, err
+	}
+	defer tun.Close()
+
+	files, err := writeResolverFiles(rec.dir(), o)
+	if err != nil {
+		return 0, err
+	}
+
+	done = o.Progress.Step("router up")
+	rt, watch, err := startRouter(ctx, ns, tun, o)
+	done(err)
+	if err != nil {
+		return 0, err
+	}
+	defer rt.Close()
+	defer watch.stop()
+	if o.Remote == nil {
+		o.Progress.Note("no agent or target: flows go out from this host unless a rule blocks them; the host's loopback only through a --local rule or ignore_localhost")
+	}
+
+	return runApp(ctx, ns, files, o)
+}
+
+func dupFD(f *os.File) (int, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return -1, fmt.Errorf("TUN descriptor: %w", err)
+	}
+	dup := -1
+	var dupErr error
+	if err := rc.Control(func(fd uintptr) {
+		dup, dupErr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return -1, fmt.Errorf("TUN descriptor: %w", err)
+	}
+	if dupErr != nil {
+		return -1, fmt.Errorf("duplicate the TUN descriptor: %w", dupErr)
+	}
+	return dup, nil
+}
+
+func stderrOf(o Options) io.Writer {
+	if o.Stderr != nil {
+		return o.Stderr
+	}
+	return os.Stderr
+}
+
+func newID() (string, error) {
+	b := make([]byte, 4)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("random run id: %w", err)
+	}
+	return hex.EncodeToString(b), nil
+}
+
+func buildNamespace(name string, o Options) (*netns.Namespace, *os.File, error) {
+	ns, err := netns.Create(name)
+	if err != nil {
+		return nil, nil, fmt.Errorf("create network namespace %s: %w", name, err)
+	}
+	tun, err := netns.SetupSandbox(ns, netns.SandboxLink{MTU: o.MTU, NoIPv6: o.NoIPv6})
+	if err != nil {
+		return nil, nil, fmt.Errorf("set up the sandbox's TUN in %s: %w", name, err)
+	}
+	return ns, tun, nil
+}
+
+type resolverFiles struct{ resolvConf, hosts string }
+
+// writeResolverFiles writes the sandbox's resolv.conf (the router's DNS, the
+// pod's search list and ndots, or the host's) and a minimal hosts file: the
+// host's own /etc/hosts entries must not answer for the app, or names the
+// cluster should resolve would resolve locally behind the policy's back.
+func writeResolverFiles(dir string, o Options) (resolverFiles, error) {
+	var search []string
+	var options []string
+	if o.Remote != nil {
+		f := o.Remote.Facts()
+		search = f.SearchDomains
+		if f.Ndots > 0 {
+			options = append(options, fmt.Sprintf("ndots:%d", f.Ndots))
+		}
+		options = append(options, f.Options...)
+	} else if cfg, err := dns.ClientConfigFromFile(o.HostResolvConf); err == nil {
+		search = cfg.Search
+		if cfg.Ndots != 1 {
+			options = append(options, fmt.Sprintf("ndots:%d", cfg.Ndots))
+		}
+	}
+	o.Policy.SetSearchDomains(search)
+	var b strings.Builder
+	b.WriteString("# written by trafficpolice: the sandbox's DNS is its router\n")
+	fmt.Fprintf(&b, "nameserver %s\n", netns.DNSAddr4)
+	if !o.NoIPv6 {
+		fmt.Fprintf(&b, "nameserver %s\n", netns.DNSAddr6)
+	}
+	if len(search) > 0 {
+		fmt.Fprintf(&b, "search %s\n", strings.Join(search, " "))
+	}
+	if len(options) > 0 {
+		fmt.Fprintf(&b, "options %s\n", strings.Join(options, " "))
+	}
+	files := resolverFiles{resolvConf: filepath.Join(dir, "resolv.conf"), hosts: filepath.Join(dir, "hosts")}
+	if err := os.WriteFile(files.resolvConf, []byte(b.String()), 0o644); err != nil {
+		return files, fmt.Errorf("write the sandbox's resolv.conf: %w", err)
+	}
+	hosts := "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+	if o.Remote != nil {
+		f := o.Remote.Facts()
+		if f.Hostname != "" {
+			for _, a := range f.Addresses {
+				hosts += fmt.Sprintf("%s\t%s\n", a, f.Hostname)
+			}
+		}
+	}
+	if err := os.WriteFile(files.hosts, []byte(hosts), 0o644); err != nil {
+		return files, fmt.Errorf("write the sandbox's hosts file: %w", err)
+	}
+	// The app may run as the invoking user: it must be able to read them.
+	os.Chmod(dir, 0o755)
+	return files, nil
+}
+
+func startRouter(ctx context.Context, ns *netns.Namespace, tun *os.File, o Options) (*router.Router, *listenerWatch, error) {
+	mtu := o.MTU
+	if mtu == 0 {
+		mtu = netns.DefaultMTU
+	}
+	// tun.Fd() would switch the file to blocking mode; the netstack wants
+	// its own non-blocking descriptor of the same open file.
+	fd, err := dupFD(tun)
+	if err != nil {
+		return nil, nil, err
+	}
+	link, err := router.NewTUNEndpoint(fd, uint32(mtu))
+	if err != nil {
+		unix.Close(fd)
+		return nil, nil, err
+	}
+	watch := newListenerWatch(ns, o.Logger)
+	var flowLog io.Writer
+	if o.FlowLog != "" {
+		f, err := os.OpenFile(o.FlowLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			return nil, nil, fmt.Errorf("open the flow log: %w", err)
+		}
+		// Closed by the process exit; the router writes until Close.
+		flowLog = f
+	}
+	dnsAddrs := []netip.Addr{netns.DNSAddr4}
+	if !o.NoIPv6 {
+		dnsAddrs = append(dnsAddrs, netns.DNSAddr6)
+	}
+	cfg := router.Config{
+		Link:   link,
+		Policy: o.Policy,
+		DialSandbox: func(ctx context.Context, network, address string) (net.Conn, error) {
+			return netns.DialInside(ctx, ns, network, address)
+		},
+		AppListens:    watch.listens,
+		LoopbackAlias: netns.AliasToLoopback,
+		DNSAddrs:      dnsAddrs,
+		LocalResolver: router.NewHostResolver(o.HostResolvConf, o.HostHosts),
+		FlowLog:       flowLog,
+		Logger:        o.Logger,
+	}
+	if o.Remote != nil {
+		cfg.Remote = o.Remote
+	}
+	rt, err := router.New(cfg)
+	if err != nil {
+		unix.Close(fd)
+		return nil, nil, err
+	}
+	rt.OnClose(func() { unix.Close(fd) })
+	if err := rt.Start(); err != nil {
+		rt.Close()
+		return nil, nil, err
+	}
+	watch.start(ctx)
+	return rt, watch, nil
+}
+
+// runApp starts the app in the namespace, forwards signals to it and waits.
+func runApp(ctx context.Context, ns *netns.Namespace, files resolverFiles, o Options) (int, error) {
+	uid, gid, err := launch.CredentialsFromSudo()
+	if err != nil {
+		return 0, err
+	}
+	spec := launch.Spec{
+		NetnsPath:  ns.Path(),
+		ResolvConf: files.resolvConf,
+		Hosts:      files.hosts,
+		Argv:       o.Argv,
+		Env:        o.Env,
+		Dir:        o.Dir,
+		UID:        uid,
+		GID:        gid,
+		Stdin:      o.Stdin,
+		Stdout:     o.Stdout,
+		Stderr:     o.Stderr,
+	}
+	// Signals are caught before the app starts, so none is lost between.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+
+	done := o.Progress.Step("starting " + strings.Join(o.Argv, " "))
+	cmd, err := launch.Start(spec)
+	var startErr *launch.StartError
+	if errors.As(err, &startErr) && startErr.ExitCode != 0 {
+		// The app could not be started (not found, not executable): exit
+		// as a shell would, 127 or 126, with the shell's message.
+		done(nil)
+		fmt.Fprintf(stderrOf(o), "trafficpolice: %v\n", startErr)
+		return startErr.ExitCode, nil
+	}
+	done(err)
+	if err != nil {
+		return 0, err
+	}
+	if o.Started != nil {
+		o.Started(ns.Name(), cmd.Process.Pid)
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	for {
+		select {
+		case sig := <-sigs:
+			cmd.Process.Signal(sig)
+		case <-ctx.Done():
+			cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case err := <-waited:
+				return exitStatus(cmd, err)
+			case <-time.After(5 * time.Second):
+				cmd.Process.Kill()
+			}
+		case err := <-waited:
+			return exitStatus(cmd, err)
+		}
+	}
+}
+
+func exitStatus(cmd *exec.Cmd, err error) (int, error) {
+	st := cmd.ProcessState
+	if st == nil {
+		return 0, fmt.Errorf("wait for the app: %w", err)
+	}
+	if ws, ok := st.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal()), nil
+	}
+	return st.ExitCode(), nil
+}

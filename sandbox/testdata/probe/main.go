@@ -1,0 +1,173 @@
+// Command probe is a statically linked test client the sandbox tests run
+// inside the sandbox. It uses Go's own resolver and sockets, no libc.
+//
+//	probe dial ADDR            connect, print "connected" or the error
+//	probe echo ADDR N          N concurrent connections, each echoes a message
+//	probe sha256 ADDR          read until EOF, print the SHA-256 of the bytes
+//	probe resolve NAME         print the addresses NAME resolves to
+//	probe self                 listen on 127.0.0.1, connect to itself
+//	probe udp ADDR             send a datagram, print the answer or the error
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: probe dial|echo|sha256|resolve|self|udp ...")
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "dial":
+		err = dial(os.Args[2])
+	case "echo":
+		n, _ := strconv.Atoi(os.Args[3])
+		err = echo(os.Args[2], n)
+	case "sha256":
+		err = sum(os.Args[2])
+	case "resolve":
+		err = resolve(os.Args[2])
+	case "self":
+		err = self()
+	case "udp":
+		err = udp(os.Args[2])
+	default:
+		err = fmt.Errorf("unknown mode %q", os.Args[1])
+	}
+	if err != nil {
+		fmt.Println("error:", err)
+		os.Exit(1)
+	}
+}
+
+func dial(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return err
+	}
+	fmt.Println("connected")
+	return c.Close()
+}
+
+func echo(addr string, n int) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	conns := make([]net.Conn, n)
+	// Open all first, so they are all open at once.
+	for i := range n {
+		c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+		if err != nil {
+			return fmt.Errorf("connection %d: %w", i, err)
+		}
+		conns[i] = c
+	}
+	for i, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer c.Close()
+			msg := fmt.Sprintf("hello %d\n", i)
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			if _, err := c.Write([]byte(msg)); err != nil {
+				errs <- err
+				return
+			}
+			buf := make([]byte, len(msg))
+			if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg {
+				errs <- fmt.Errorf("connection %d: got %q, %v", i, buf, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		return err
+	}
+	fmt.Printf("%d echoed\n", n)
+	return nil
+}
+
+func sum(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, c)
+	if err != nil {
+		return err
+	}
+	fmt.Println(n, hex.EncodeToString(h.Sum(nil)))
+	return nil
+}
+
+func resolve(name string) error {
+	r := &net.Resolver{PreferGo: true}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	addrs, err := r.LookupHost(ctx, name)
+	if err != nil {
+		return err
+	}
+	for _, a := range addrs {
+		fmt.Println(a)
+	}
+	return nil
+}
+
+func self() error {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			c.Write([]byte("me"))
+			c.Close()
+		}
+	}()
+	c, err := net.DialTimeout("tcp", ln.Addr().String(), 2*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	b, err := io.ReadAll(c)
+	if err != nil {
+		return err
+	}
+	fmt.Println("self:", string(b))
+	return nil
+}
+
+func udp(addr string) error {
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := c.Write([]byte("ping")); err != nil {
+		return err
+	}
+	buf := make([]byte, 100)
+	n, err := c.Read(buf)
+	if err != nil {
+		return err
+	}
+	fmt.Println("udp:", string(buf[:n]))
+	return nil
+}

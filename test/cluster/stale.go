@@ -1,0 +1,128 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+)
+
+// A test binary that dies without its cleanups (a -timeout panic, a
+// SIGKILL) leaves namespaces and temp dirs behind; its processes die with
+// it (Pdeathsig). Temp dirs carry the owner's PID, so the next cluster in
+// any test binary removes what a dead owner left.
+var (
+	clusterDirRE = regexp.MustCompile(`^tpc-([a-z0-9]{6})-p([0-9]+)-`)
+	buildDirRE   = regexp.MustCompile(`^tpc-build-p([0-9]+)-`)
+	sweepOnce    sync.Once
+)
+
+// clusterDirPattern is the os.MkdirTemp pattern of a cluster's temp dir.
+func clusterDirPattern(prefix string) string {
+	return fmt.Sprintf("%s-p%d-", prefix, os.Getpid())
+}
+
+// buildDirPattern is the os.MkdirTemp pattern of Main's build dir.
+func buildDirPattern() string {
+	return fmt.Sprintf("tpc-build-p%d-", os.Getpid())
+}
+
+// ownerAlive says whether pid may still be the owner: when in doubt, yes.
+func ownerAlive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || !errors.Is(err, syscall.ESRCH)
+}
+
+// sweepStale removes the namespaces, processes and temp dirs of clusters
+// whose test binary is gone. It returns what it removed and what failed.
+func sweepStale() (removed []string, err error) {
+	tmp := os.TempDir()
+	entries, err := os.ReadDir(tmp)
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", tmp, err)
+	}
+	var errs []error
+	for _, e := range entries {
+		dir := filepath.Join(tmp, e.Name())
+		if m := buildDirRE.FindStringSubmatch(e.Name()); m != nil {
+			if pid, _ := strconv.Atoi(m[1]); !ownerAlive(pid) {
+				if err := os.RemoveAll(dir); err != nil {
+					errs = append(errs, err)
+				} else {
+					removed = append(removed, dir)
+				}
+			}
+			continue
+		}
+		m := clusterDirRE.FindStringSubmatch(e.Name())
+		if m == nil {
+			continue
+		}
+		if pid, _ := strconv.Atoi(m[2]); ownerAlive(pid) {
+			continue
+		}
+		names, err := removeNamespaces("tpc-" + m[1])
+		removed = append(removed, names...)
+		if err != nil {
+			errs = append(errs, err)
+			continue // keep the dir: it marks the namespaces as stale
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			errs = append(errs, err)
+		} else {
+			removed = append(removed, dir)
+		}
+	}
+	return removed, errors.Join(errs...)
+}
+
+// removeNamespaces kills the processes left in the named namespaces of a
+// cluster prefix and deletes the namespaces.
+func removeNamespaces(prefix string) ([]string, error) {
+	entries, err := os.ReadDir(netnsDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", netnsDir, err)
+	}
+	var removed []string
+	var errs []error
+	for _, e := range entries {
+		name := e.Name()
+		if name != prefix && !strings.HasPrefix(name, prefix+"-") {
+			continue
+		}
+		var st syscall.Stat_t
+		if err := syscall.Stat(netnsPath(name), &st); err == nil {
+			killProcessesInNetns(st.Ino)
+		}
+		if err := deleteNamedNetns(name); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		removed = append(removed, netnsPath(name))
+	}
+	return removed, errors.Join(errs...)
+}
+
+// killProcessesInNetns sends SIGKILL to every process whose network
+// namespace has inode ino.
+func killProcessesInNetns(ino uint64) {
+	links, _ := filepath.Glob("/proc/[0-9]*/ns/net")
+	want := fmt.Sprintf("net:[%d]", ino)
+	for _, l := range links {
+		if target, err := os.Readlink(l); err != nil || target != want {
+			continue
+		}
+		pid, err := strconv.Atoi(filepath.Base(filepath.Dir(filepath.Dir(l))))
+		if err == nil && pid != os.Getpid() {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
