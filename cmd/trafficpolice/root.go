@@ -26,7 +26,7 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newVersionCommand(), newConfigCommand(), newRouteCommand(), newSandboxCommand())
+	root.AddCommand(newVersionCommand(), newConfigCommand(), newRouteCommand(), newSandboxCommand(), newAgentCommand())
 	return root
 }
 

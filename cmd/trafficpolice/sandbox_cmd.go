@@ -5,9 +5,14 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/trafficpolice/trafficpolice/agent"
+	"github.com/trafficpolice/trafficpolice/agent/client"
+	"github.com/trafficpolice/trafficpolice/config"
+	"github.com/trafficpolice/trafficpolice/router"
 	"github.com/trafficpolice/trafficpolice/sandbox"
 )
 
@@ -18,12 +23,14 @@ func newSandboxCommand() *cobra.Command {
 }
 
 type runFlags struct {
-	file    string
-	extra   sandbox.ExtraRules
-	flowLog string
-	mtu     int
-	quiet   bool
-	verbose bool
+	file           string
+	extra          sandbox.ExtraRules
+	flowLog        string
+	mtu            int
+	quiet          bool
+	verbose        bool
+	agentAddress   string
+	agentTokenFile string
 }
 
 func newSandboxRunCommand() *cobra.Command {
@@ -51,6 +58,8 @@ func newSandboxRunCommand() *cobra.Command {
 	fl.StringArrayVar(&f.extra.Remote, "remote", nil, "add a remote filter rule (repeatable)")
 	fl.StringArrayVar(&f.extra.Block, "block", nil, "refuse flows matching this rule (repeatable)")
 	fl.StringVar(&f.flowLog, "flow-log", "", "write one JSON line per finished flow to this file")
+	fl.StringVar(&f.agentAddress, "agent-address", "", "HOST:PORT of a running agent (overrides agent.address)")
+	fl.StringVar(&f.agentTokenFile, "agent-token-file", "", "file holding the agent's token (default: $"+agent.EnvToken+")")
 	fl.IntVar(&f.mtu, "mtu", 0, "MTU of the sandbox's TUN device (default 65520)")
 	fl.BoolVarP(&f.quiet, "quiet", "q", false, "no progress lines")
 	fl.BoolVarP(&f.verbose, "verbose", "v", false, "log the router's decisions to stderr")
@@ -62,10 +71,15 @@ func runSandbox(ctx context.Context, f runFlags, argv []string) error {
 	if err != nil {
 		return err
 	}
-	if cfg.Target.Path != "" || cfg.Agent.Address != "" {
-		return fmt.Errorf("target %q / agent %q: connecting to an agent is not available in this build yet; remove target and agent.address to run with local and block routes only", cfg.Target.Path, cfg.Agent.Address)
+	address := f.agentAddress
+	if address == "" {
+		address = cfg.Agent.Address
 	}
-	pol, err := sandbox.Policy(cfg, f.extra, false)
+	if address == "" && cfg.Target.Path != "" {
+		return fmt.Errorf("target %q: starting the agent through Kubernetes is not available in this build yet; "+
+			"run `trafficpolice agent` in the pod's network namespace and pass --agent-address HOST:PORT", cfg.Target.Path)
+	}
+	pol, err := sandbox.Policy(cfg, f.extra, address != "")
 	if err != nil {
 		return err
 	}
@@ -78,9 +92,20 @@ func runSandbox(ctx context.Context, f runFlags, argv []string) error {
 		level = slog.LevelDebug
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	var remote router.Remote
+	if address != "" {
+		c, err := connectAgent(ctx, address, f.agentTokenFile, cfg, progress, logger)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		remote = c
+	}
 	wd, _ := os.Getwd()
 	code, err := sandbox.Run(ctx, sandbox.Options{
 		Policy:   pol,
+		Remote:   remote,
 		Argv:     argv,
 		Env:      os.Environ(),
 		Dir:      wd,
@@ -100,6 +125,38 @@ func runSandbox(ctx context.Context, f runFlags, argv []string) error {
 		return &exitError{code: code}
 	}
 	return nil
+}
+
+// connectAgent connects to a running agent and reports on the tunnel as it
+// comes and goes.
+func connectAgent(ctx context.Context, address, tokenFile string, cfg *config.Config, progress *sandbox.Progress, logger *slog.Logger) (*client.Client, error) {
+	token, err := agent.LoadToken(tokenFile)
+	if err != nil {
+		return nil, err
+	}
+	timeout := time.Duration(cfg.Agent.CommunicationTimeout) * time.Second
+	done := progress.Step("connected to agent at " + address)
+	c, err := client.Dial(ctx, client.Options{
+		Address:              address,
+		Token:                token,
+		Logger:               logger,
+		CommunicationTimeout: timeout,
+		OnState: func(st client.State, err error) {
+			switch st {
+			case client.StateReconnecting:
+				progress.Note("lost the agent (%v): reconnecting; new remote flows wait up to %s", err, timeout)
+			case client.StateConnected:
+				progress.Note("reconnected to the agent")
+			}
+		},
+	})
+	done(err)
+	if err != nil {
+		return nil, fmt.Errorf("connect to the agent at %s: %w", address, err)
+	}
+	facts := c.Facts()
+	progress.Note("pod %s %v, search %v", facts.Hostname, facts.Addresses, facts.SearchDomains)
+	return c, nil
 }
 
 func newSandboxGCCommand() *cobra.Command {

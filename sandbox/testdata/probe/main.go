@@ -7,6 +7,11 @@
 //	probe resolve NAME         print the addresses NAME resolves to
 //	probe self                 listen on 127.0.0.1, connect to itself
 //	probe udp ADDR             send a datagram, print the answer or the error
+//	probe udpto ADDR           the same from an unconnected socket (sendto)
+//	probe read ADDR            print what the server sends
+//	probe serve-whoami ADDR TAG   TCP and UDP: answer "TAG peer=IP:PORT"
+//	probe serve-echo ADDR         TCP echo
+//	probe serve-bytes ADDR N      send N bytes of a fixed pattern, then close
 package main
 
 import (
@@ -42,6 +47,17 @@ func main() {
 		err = self()
 	case "udp":
 		err = udp(os.Args[2])
+	case "udpto":
+		err = udpTo(os.Args[2])
+	case "read":
+		err = read(os.Args[2])
+	case "serve-whoami":
+		err = serveWhoami(os.Args[2], os.Args[3])
+	case "serve-echo":
+		err = serveEcho(os.Args[2])
+	case "serve-bytes":
+		n, _ := strconv.Atoi(os.Args[3])
+		err = serveBytes(os.Args[2], n)
 	default:
 		err = fmt.Errorf("unknown mode %q", os.Args[1])
 	}
@@ -170,4 +186,109 @@ func udp(addr string) error {
 	}
 	fmt.Println("udp:", string(buf[:n]))
 	return nil
+}
+
+func udpTo(addr string) error {
+	raddr, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return err
+	}
+	c, err := net.ListenUDP("udp", nil)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := c.WriteToUDP([]byte("ping"), raddr); err != nil {
+		return err
+	}
+	buf := make([]byte, 200)
+	n, from, err := c.ReadFromUDP(buf)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("udpto: %s from %s\n", buf[:n], from)
+	return nil
+}
+
+func read(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	b, err := io.ReadAll(c)
+	fmt.Print(string(b))
+	return err
+}
+
+func serveWhoami(addr, tag string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return err
+	}
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo([]byte(tag+" peer="+from.String()), from)
+		}
+	}()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(c, "%s peer=%s\n", tag, c.RemoteAddr())
+		c.Close()
+	}
+}
+
+func serveEcho(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			io.Copy(c, c)
+			c.Close()
+		}()
+	}
+}
+
+// Pattern is the byte at offset i of serve-bytes' stream.
+func Pattern(i int) byte { return byte(i*7 + i>>11) }
+
+func serveBytes(addr string, n int) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	data := make([]byte, n)
+	for i := range data {
+		data[i] = Pattern(i)
+	}
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			c.Write(data)
+			c.Close()
+		}()
+	}
 }

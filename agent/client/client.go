@@ -1,0 +1,489 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/trafficpolice/trafficpolice/agent/proto"
+	"github.com/trafficpolice/trafficpolice/router"
+)
+
+// DefaultCommunicationTimeout is used when Options.CommunicationTimeout is zero.
+const DefaultCommunicationTimeout = 30 * time.Second
+
+// Reconnection backoff: doubling from the first to the cap, each wait
+// drawn between half and all of the current step so that many clients
+// of one agent do not come back in lockstep.
+const (
+	firstBackoff = 100 * time.Millisecond
+	maxBackoff   = 2 * time.Second
+)
+
+// State is the tunnel's state as OnState reports it.
+type State int
+
+// The states.
+const (
+	// StateConnected: a tunnel is up (after a reconnection).
+	StateConnected State = iota + 1
+	// StateReconnecting: the tunnel was lost; the client is reconnecting.
+	StateReconnecting
+	// StateClosed: the client was closed; no more events follow.
+	StateClosed
+)
+
+func (s State) String() string {
+	switch s {
+	case StateConnected:
+		return "connected"
+	case StateReconnecting:
+		return "reconnecting"
+	case StateClosed:
+		return "closed"
+	}
+	return fmt.Sprintf("State(%d)", int(s))
+}
+
+// Options configure a Client.
+type Options struct {
+	// Address is the agent's HOST:PORT. Not needed when Dialer is set.
+	Address string
+	// Token is the shared secret the agent expects. Required.
+	Token string
+	// Logger receives the client's log; nil discards it.
+	Logger *slog.Logger
+	// CommunicationTimeout bounds connecting and the handshake, and how
+	// long a new flow waits for a lost tunnel to come back.
+	CommunicationTimeout time.Duration
+	// Dialer, when set, opens the connection to the agent instead of
+	// dialing Address (a Kubernetes port-forward, say).
+	Dialer func(ctx context.Context) (net.Conn, error)
+	// OnState, when set, is called on every state change after Dial has
+	// returned, one call at a time. It must not call Close.
+	OnState func(State, error)
+}
+
+// Client is a tunnel to an agent that reconnects when it drops. It is
+// safe for concurrent use.
+type Client struct {
+	opts Options
+	log  *slog.Logger
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	cur     *tunnel // nil while reconnecting
+	facts   proto.Facts
+	changed chan struct{} // closed whenever cur changes
+}
+
+var _ router.Remote = (*Client)(nil)
+
+// Dial connects to the agent and completes the handshake; it fails with
+// ErrTokenRefused (wrapped) when the agent rejects the token. ctx bounds
+// the client's whole life: when it ends, the client closes as if Close
+// had been called. The first connection is bounded by
+// CommunicationTimeout.
+func Dial(ctx context.Context, opts Options) (*Client, error) {
+	if opts.Address == "" && opts.Dialer == nil {
+		return nil, errors.New("agent client options: Address is empty: give the agent's HOST:PORT (or a Dialer)")
+	}
+	if opts.Token == "" {
+		return nil, errors.New("agent client options: Token is empty: the agent refuses clients without the shared token")
+	}
+	if opts.CommunicationTimeout < 0 {
+		return nil, fmt.Errorf("agent client options: CommunicationTimeout %s is negative: use a positive duration, or zero for %s",
+			opts.CommunicationTimeout, DefaultCommunicationTimeout)
+	}
+	if opts.CommunicationTimeout == 0 {
+		opts.CommunicationTimeout = DefaultCommunicationTimeout
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	c := &Client{opts: opts, log: log, changed: make(chan struct{})}
+	c.ctx, c.cancel = context.WithCancel(ctx)
+	t, err := c.connect(c.ctx)
+	if err != nil {
+		c.cancel()
+		c.wg.Wait()
+		return nil, err
+	}
+	c.setTunnel(t)
+	c.log.Info("connected to agent", "agent", c.where(), "pod", t.facts.Hostname)
+	c.wg.Add(1)
+	go c.run(t)
+	return c, nil
+}
+
+// Close ends the tunnel and every flow on it, and waits for the client's
+// goroutines to end.
+func (c *Client) Close() error {
+	c.cancel()
+	c.wg.Wait()
+	return nil
+}
+
+// Facts describes the pod, as its agent last reported it.
+func (c *Client) Facts() router.PodFacts {
+	c.mu.Lock()
+	f := c.facts
+	c.mu.Unlock()
+	return router.PodFacts{
+		Hostname:      f.Hostname,
+		Addresses:     slices.Clone(f.Addresses),
+		SearchDomains: slices.Clone(f.SearchDomains),
+		Ndots:         f.Ndots,
+		Options:       slices.Clone(f.Options),
+	}
+}
+
+func (c *Client) where() string {
+	if c.opts.Address != "" {
+		return c.opts.Address
+	}
+	return "(custom dialer)"
+}
+
+func (c *Client) emit(s State, err error) {
+	if c.opts.OnState != nil {
+		c.opts.OnState(s, err)
+	}
+}
+
+func (c *Client) setTunnel(t *tunnel) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.cur = t
+	if t != nil {
+		c.facts = t.facts
+	}
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+// run watches the tunnel and replaces it when it drops, until the client
+// is closed.
+func (c *Client) run(t *tunnel) {
+	defer c.wg.Done()
+	for {
+		select {
+		case <-c.ctx.Done():
+			_ = t.sess.Close()
+			c.setTunnel(nil)
+			c.emit(StateClosed, nil)
+			return
+		case <-t.sess.CloseChan():
+		}
+		c.setTunnel(nil)
+		lost := fmt.Errorf("tunnel to agent at %s closed", c.where())
+		c.log.Warn("agent connection lost, reconnecting", "agent", c.where())
+		c.emit(StateReconnecting, lost)
+		if t = c.reconnect(); t == nil {
+			c.setTunnel(nil)
+			c.emit(StateClosed, nil)
+			return
+		}
+		c.setTunnel(t)
+		c.log.Info("reconnected to agent", "agent", c.where())
+		c.emit(StateConnected, nil)
+	}
+}
+
+// reconnect retries until it has a tunnel or the client is closed (nil).
+func (c *Client) reconnect() *tunnel {
+	step := firstBackoff
+	warned := false
+	for attempt := 1; ; attempt++ {
+		t, err := c.connect(c.ctx)
+		if err == nil {
+			return t
+		}
+		if c.ctx.Err() != nil {
+			return nil
+		}
+		if errors.Is(err, ErrTokenRefused) && !warned {
+			// A new agent with another token: say so once, keep trying.
+			c.log.Warn("reconnect to agent", "attempt", attempt, "err", err)
+			warned = true
+		} else {
+			c.log.Debug("reconnect to agent", "attempt", attempt, "err", err)
+		}
+		wait := step/2 + rand.N(step/2+1)
+		step = min(step*2, maxBackoff)
+		timer := time.NewTimer(wait)
+		select {
+		case <-c.ctx.Done():
+			timer.Stop()
+			return nil
+		case <-timer.C:
+		}
+	}
+}
+
+// connect opens a connection, starts yamux on it and shakes hands.
+func (c *Client) connect(ctx context.Context) (*tunnel, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.opts.CommunicationTimeout)
+	defer cancel()
+	conn, err := c.dialAgent(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("connect to agent at %s: %w", c.where(), err)
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	sess, err := yamux.Client(conn, proto.MuxConfig(c.log))
+	if err != nil {
+		_ = conn.Close()
+		return nil, fmt.Errorf("start tunnel session with agent at %s: %w", c.where(), err)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = sess.Close() })
+	t, err := c.handshake(sess)
+	if !stop() {
+		_ = sess.Close()
+		return nil, fmt.Errorf("handshake with agent at %s: %w", c.where(), ctx.Err())
+	}
+	if err != nil {
+		_ = sess.Close()
+		return nil, err
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		t.readControl()
+	}()
+	return t, nil
+}
+
+func (c *Client) dialAgent(ctx context.Context) (net.Conn, error) {
+	if c.opts.Dialer != nil {
+		return c.opts.Dialer(ctx)
+	}
+	d := net.Dialer{KeepAlive: 15 * time.Second}
+	return d.DialContext(ctx, "tcp", c.opts.Address)
+}
+
+func (c *Client) handshake(sess *yamux.Session) (*tunnel, error) {
+	ctrl, err := sess.OpenStream()
+	if err != nil {
+		return nil, fmt.Errorf("open control stream to agent at %s: %w", c.where(), err)
+	}
+	if err := proto.WriteMessage(ctrl, proto.Hello{Version: proto.Version, Token: c.opts.Token}); err != nil {
+		return nil, fmt.Errorf("greet agent at %s: %w", c.where(), err)
+	}
+	m, err := proto.ReadMessage(ctrl)
+	if err != nil {
+		return nil, fmt.Errorf("read the agent's answer to Hello from %s: %w", c.where(), err)
+	}
+	switch m := m.(type) {
+	case proto.Welcome:
+		if m.Version != proto.Version {
+			return nil, fmt.Errorf("agent at %s speaks protocol version %d, this client %d", c.where(), m.Version, proto.Version)
+		}
+		return &tunnel{sess: sess, ctrl: ctrl, facts: m.Facts, conns: map[uint32]*tcpConn{}}, nil
+	case proto.Refused:
+		if m.Code == proto.RefuseToken {
+			return nil, fmt.Errorf("connect to agent at %s: %w (%s): check --agent-token-file or %s",
+				c.where(), ErrTokenRefused, m.Reason, "TRAFFICPOLICE_AGENT_TOKEN")
+		}
+		return nil, fmt.Errorf("agent at %s refused the tunnel: %s", c.where(), m.Reason)
+	}
+	return nil, fmt.Errorf("agent at %s answered Hello with %s", c.where(), m.Type())
+}
+
+// tunnelFor returns the current tunnel, waiting for one while the client
+// reconnects, until giveUp.
+func (c *Client) tunnelFor(ctx context.Context, giveUp time.Time) (*tunnel, error) {
+	var timeout <-chan time.Time
+	for {
+		c.mu.Lock()
+		t, changed := c.cur, c.changed
+		c.mu.Unlock()
+		if c.ctx.Err() != nil {
+			return nil, ErrClosed
+		}
+		if t != nil && !t.sess.IsClosed() {
+			return t, nil
+		}
+		if timeout == nil {
+			timer := time.NewTimer(time.Until(giveUp))
+			defer timer.Stop()
+			timeout = timer.C
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil, ctxError(ctx)
+		case <-c.ctx.Done():
+			return nil, ErrClosed
+		case <-timeout:
+			return nil, fmt.Errorf("%w: no tunnel to %s for %s: %w", ErrAgentUnavailable, c.where(), c.opts.CommunicationTimeout, syscall.EHOSTUNREACH)
+		}
+	}
+}
+
+// ctxError is ctx's error, wrapping os.ErrDeadlineExceeded for a deadline
+// so the router answers it like a socket timeout.
+func ctxError(ctx context.Context) error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return fmt.Errorf("no answer from the agent in time: %w (%w)", os.ErrDeadlineExceeded, ctx.Err())
+	}
+	return ctx.Err()
+}
+
+// request opens a stream, sends req and reads the Result. On success the
+// stream is left open for the flow's payload. onOpen, when set, sees the
+// stream before the request goes out (to register it for Abort).
+func (c *Client) request(ctx context.Context, req proto.Message, onOpen func(*tunnel, *yamux.Stream)) (*yamux.Stream, *tunnel, proto.Result, error) {
+	giveUp := time.Now().Add(c.opts.CommunicationTimeout)
+	for {
+		t, err := c.tunnelFor(ctx, giveUp)
+		if err != nil {
+			return nil, nil, proto.Result{}, err
+		}
+		st, err := t.sess.OpenStream()
+		if err != nil {
+			if t.sess.IsClosed() {
+				continue // lost it just now: wait for the next one
+			}
+			return nil, nil, proto.Result{}, fmt.Errorf("open stream to agent: %w", err)
+		}
+		if onOpen != nil {
+			onOpen(t, st)
+		}
+		res, err := exchange(ctx, st, req)
+		if err != nil {
+			_ = st.Close()
+			if _, isTCP := req.(proto.DialTCP); isTCP {
+				t.remove(st.StreamID())
+				t.sendAbort(st.StreamID()) // the agent may be dialing still
+			}
+			if ctx.Err() == nil && tunnelDying(t) {
+				continue // the tunnel broke under the request: retry on the next one
+			}
+			return nil, nil, proto.Result{}, err
+		}
+		return st, t, res, nil
+	}
+}
+
+// tunnelDying reports whether t's session is closing: a stream error it
+// caused may be seen a moment before the session says it is closed.
+func tunnelDying(t *tunnel) bool {
+	select {
+	case <-t.sess.CloseChan():
+		return true
+	case <-time.After(time.Second):
+		return false
+	}
+}
+
+func exchange(ctx context.Context, st *yamux.Stream, req proto.Message) (proto.Result, error) {
+	stop := context.AfterFunc(ctx, func() { _ = st.SetDeadline(time.Now()) })
+	werr := proto.WriteMessage(st, req)
+	var m proto.Message
+	if werr == nil {
+		m, werr = proto.ReadMessage(st)
+	}
+	if !stop() {
+		return proto.Result{}, ctxError(ctx)
+	}
+	if werr != nil {
+		return proto.Result{}, fmt.Errorf("%s through the agent's tunnel: %w", req.Type(), streamError("dial", "tunnel", nil, nil, werr))
+	}
+	res, ok := m.(proto.Result)
+	if !ok {
+		return proto.Result{}, fmt.Errorf("agent answered %s with %s, want Result", req.Type(), m.Type())
+	}
+	return res, nil
+}
+
+// timeoutFor is the time left before ctx's deadline, for the agent to bound
+// its own work by; zero when ctx has none.
+func timeoutFor(ctx context.Context) time.Duration {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		return 0
+	}
+	return max(time.Until(dl), time.Millisecond)
+}
+
+// DialTCP opens a TCP connection from the pod to dst. A failure the agent
+// reports is a *RemoteError that unwraps to the errno the app would see.
+func (c *Client) DialTCP(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
+	var conn *tcpConn
+	// Registered before the request: the agent's Abort for a peer that
+	// resets at once may come right behind the Result.
+	register := func(t *tunnel, st *yamux.Stream) {
+		conn = &tcpConn{st: st, t: t, remote: net.TCPAddrFromAddrPort(dst)}
+		t.add(st.StreamID(), conn)
+	}
+	st, t, res, err := c.request(ctx, proto.DialTCP{Timeout: timeoutFor(ctx), Dst: dst}, register)
+	if err != nil {
+		return nil, err
+	}
+	if res.Class != proto.ClassOK {
+		t.remove(st.StreamID())
+		_ = st.Close()
+		return nil, &RemoteError{Class: res.Class, Message: res.Message}
+	}
+	conn.start()
+	return conn, nil
+}
+
+// DialUDP opens a UDP flow from the pod to dst; the returned conn keeps
+// datagram boundaries.
+func (c *Client) DialUDP(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
+	st, t, res, err := c.request(ctx, proto.DialUDP{Timeout: timeoutFor(ctx), Dst: dst}, nil)
+	if err != nil {
+		return nil, err
+	}
+	if res.Class != proto.ClassOK {
+		_ = st.Close()
+		return nil, &RemoteError{Class: res.Class, Message: res.Message}
+	}
+	return &udpConn{st: st, t: t, remote: net.UDPAddrFromAddrPort(dst)}, nil
+}
+
+// Exchange resolves one raw DNS query with the pod's resolver settings
+// and returns the raw answer.
+func (c *Client) Exchange(ctx context.Context, query []byte) ([]byte, error) {
+	st, _, res, err := c.request(ctx, proto.DNS{Timeout: timeoutFor(ctx), Query: query}, nil)
+	if err != nil {
+		return nil, err
+	}
+	_ = st.Close()
+	if res.Class != proto.ClassOK {
+		return nil, &RemoteError{Class: res.Class, Message: res.Message}
+	}
+	return res.Data, nil
+}
+
+// Ping measures one round trip through the tunnel and the agent.
+func (c *Client) Ping(ctx context.Context) (time.Duration, error) {
+	start := time.Now()
+	st, _, res, err := c.request(ctx, proto.Ping{}, nil)
+	if err != nil {
+		return 0, err
+	}
+	_ = st.Close()
+	if res.Class != proto.ClassOK {
+		return 0, &RemoteError{Class: res.Class, Message: res.Message}
+	}
+	return time.Since(start), nil
+}

@@ -1,0 +1,592 @@
+package client_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/trafficpolice/trafficpolice/agent"
+	"github.com/trafficpolice/trafficpolice/agent/client"
+)
+
+func TestDialHandshakesAndReportsPodFacts(t *testing.T) {
+	t.Parallel()
+	rc := writeFile(t, "resolv.conf", "search ns1.svc.cluster.local svc.cluster.local cluster.local\nnameserver 127.0.0.53\noptions ndots:5 attempts:2\n")
+	a := startAgent(t, agent.Options{ResolvConfPath: rc})
+	c := dial(t, a.addr, client.Options{})
+	f := c.Facts()
+	host, _ := os.Hostname()
+	if f.Hostname != host || f.Ndots != 5 || strings.Join(f.SearchDomains, ",") != "ns1.svc.cluster.local,svc.cluster.local,cluster.local" ||
+		strings.Join(f.Options, ",") != "attempts:2" {
+		t.Errorf("Facts() = %+v", f)
+	}
+	if d, err := c.Ping(ctxTimeout(t, 5*time.Second)); err != nil || d <= 0 {
+		t.Errorf("Ping = %s, %v", d, err)
+	}
+}
+
+func TestDialFailsWhenTheAgentRefusesTheToken(t *testing.T) {
+	t.Parallel()
+	a := startAgent(t, agent.Options{})
+	_, err := client.Dial(context.Background(), client.Options{Address: a.addr, Token: "wrong", CommunicationTimeout: 5 * time.Second})
+	if !errors.Is(err, client.ErrTokenRefused) || !strings.Contains(err.Error(), "agent refused the token") {
+		t.Fatalf("Dial with a wrong token = %v, want ErrTokenRefused", err)
+	}
+}
+
+func TestDialNeedsAddressAndToken(t *testing.T) {
+	t.Parallel()
+	if _, err := client.Dial(context.Background(), client.Options{Token: "x"}); err == nil || !strings.Contains(err.Error(), "Address is empty") {
+		t.Errorf("no address: %v", err)
+	}
+	if _, err := client.Dial(context.Background(), client.Options{Address: "127.0.0.1:1"}); err == nil || !strings.Contains(err.Error(), "Token is empty") {
+		t.Errorf("no token: %v", err)
+	}
+	if _, err := client.Dial(context.Background(), client.Options{Address: "127.0.0.1:1", Token: "x", CommunicationTimeout: -1}); err == nil ||
+		!strings.Contains(err.Error(), "CommunicationTimeout -1ns is negative") {
+		t.Errorf("negative timeout: %v", err)
+	}
+}
+
+func TestDialUsesTheGivenDialer(t *testing.T) {
+	t.Parallel()
+	a := startAgent(t, agent.Options{})
+	used := false
+	c, err := client.Dial(context.Background(), client.Options{Token: testToken, Dialer: func(ctx context.Context) (net.Conn, error) {
+		used = true
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", a.addr)
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if !used {
+		t.Error("the Dialer was not used")
+	}
+}
+
+func TestDialTCPReachesTheServerAndHalfClosePassesThrough(t *testing.T) {
+	t.Parallel()
+	a := startAgent(t, agent.Options{})
+	c := dial(t, a.addr, client.Options{})
+	dst := tcpEchoServer(t)
+	conn, err := c.DialTCP(ctxTimeout(t, 5*time.Second), dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if conn.RemoteAddr().String() != dst.String() {
+		t.Errorf("RemoteAddr = %s, want %s", conn.RemoteAddr(), dst)
+	}
+	msg := bytes.Repeat([]byte("uwu "), 100000)
+	go func() {
+		_, _ = conn.Write(msg)
+		_ = conn.(interface{ CloseWrite() error }).CloseWrite()
+	}()
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(conn) // the echo server closes after our FIN
+	if err != nil {
+		t.Fatalf("read the echo: %v", err)
+	}
+	if !bytes.Equal(got, msg) {
+		t.Fatalf("echo: got %d bytes, want %d", len(got), len(msg))
+	}
+}
+
+func TestDialTCPToAClosedPortIsRefused(t *testing.T) {
+	t.Parallel()
+	a := startAgent(t, agent.Options{})
+	c := dial(t, a.addr, client.Options{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := netip.MustParseAddrPort(ln.Addr().String())
+	ln.Close()
+	_, err = c.DialTCP(ctxTimeout(t, 5*time.Second), closed)
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("DialTCP to a closed port = %v, want ECONNREFUSED", err)
+	}
+	var re *client.RemoteError
+	if !errors.As(err, &re) || !strings.Contains(err.Error(), "connection refused") {
+		t.Errorf("error %v is not a RemoteError with the agent's message", err)
+	}
+}
+
+// fullListener is a loopback TCP listener whose accept queue is full, so
+// the kernel drops further SYNs: a dial to it times out.
+func fullListener(t *testing.T) netip.AddrPort {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ap := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(sa.(*syscall.SockaddrInet4).Port))
+	for range 4 { // fill the queue; the later ones time out themselves
+		if c, err := net.DialTimeout("tcp", ap.String(), 200*time.Millisecond); err == nil {
+			t.Cleanup(func() { c.Close() })
+		}
+	}
+	return ap
+}
+
+func TestDialTCPToASilentPortTimesOut(t *testing.T) {
+	t.Parallel()
+	a := startAgent(t, agent.Options{})
+	c := dial(t, a.addr, client.Options{})
+	dst := fullListener(t)
+	start := time.Now()
+	_, err := c.DialTCP(ctxTimeout(t, 700*time.Millisecond), dst)
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("DialTCP to a port that drops SYNs = %v, want os.ErrDeadlineExceeded", err)
+	}
+	if el := time.Since(start); el > 5*time.Second {
+		t.Errorf("the dial took %s, far past its 700ms deadline", el)
+	}
+}
+
+func TestPeerResetReachesTheApp(t *testing.T) {
+	t.Parallel()
+	a := startAgent(t, agent.Options{})
+	c := dial(t, a.addr, client.Options{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		s, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		buf := make([]byte, 1)
+		_, _ = s.Read(buf)
+		_ = s.(*net.TCPConn).SetLinger(0) // close with RST
+		_ = s.Close()
+	}()
+	conn, err := c.DialTCP(ctxTimeout(t, 5*time.Second), netip.MustParseAddrPort(ln.Addr().String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = conn.Read(make([]byte, 10))
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("Read after the peer's RST = %v, want ECONNRESET", err)
+	}
+}
+
+func TestAppCloseClosesThePodSideSocket(t *testing.T) {
+	t.Parallel()
+	a := startAgent(t, agent.Options{})
+	c := dial(t, a.addr, client.Options{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan string, 1)
+	go func() {
+		s, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer s.Close()
+		// The server talks without pause: the app's close must still
+		// reach it, and the agent must not stay stuck sending to it.
+		go func() {
+			for {
+				if _, err := s.Write(make([]byte, 32<<10)); err != nil {
+					return
+				}
+			}
+		}()
+		// As with a kernel socket closed while data is still arriving,
+		// the end may come as a FIN or as a reset; it must come.
+		_ = s.SetReadDeadline(time.Now().Add(10 * time.Second))
+		var b []byte
+		buf := make([]byte, 16)
+		for {
+			n, err := s.Read(buf)
+			b = append(b, buf[:n]...)
+			if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
+				got <- string(b)
+				return
+			}
+			if err != nil {
+				got <- "error: " + err.Error()
+				return
+			}
+		}
+	}()
+	conn, err := c.DialTCP(ctxTimeout(t, 5*time.Second), netip.MustParseAddrPort(ln.Addr().String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Write([]byte("bye")); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if s := <-got; s != "bye" {
+		t.Fatalf("the server read %q, want %q then the end of the connection", s, "bye")
+	}
+	if _, err := conn.Read(make([]byte, 1)); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Read after Close = %v, want net.ErrClosed", err)
+	}
+}
+
+func TestLoopbackDestinationIsThePodsOwnLoopback(t *testing.T) {
+	t.Parallel()
+	// The agent runs in this process's namespace here, so the pod's
+	// loopback is ours: a listener on 127.0.0.1 stands in for a sidecar.
+	a := startAgent(t, agent.Options{})
+	c := dial(t, a.addr, client.Options{})
+	sidecar := tcpEchoServer(t)
+	conn, err := c.DialTCP(ctxTimeout(t, 5*time.Second), sidecar)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	echoOnce(t, conn, "ping sidecar")
+}
+
+func echoOnce(t *testing.T, conn net.Conn, msg string) {
+	t.Helper()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := conn.Write([]byte(msg)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(conn, buf); err != nil {
+		t.Fatal(err)
+	}
+	if string(buf) != msg {
+		t.Fatalf("echo = %q, want %q", buf, msg)
+	}
+}
+
+func TestDialUDPRoundTripKeepsDatagrams(t *testing.T) {
+	t.Parallel()
+	a := startAgent(t, agent.Options{})
+	c := dial(t, a.addr, client.Options{})
+	dst := udpEchoServer(t)
+	conn, err := c.DialUDP(ctxTimeout(t, 5*time.Second), dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	sizes := []int{1, 0, 1200, 9000, 65000}
+	for _, n := range sizes {
+		if _, err := conn.Write(bytes.Repeat([]byte{byte(n)}, n)); err != nil {
+			t.Fatalf("write %d bytes: %v", n, err)
+		}
+	}
+	buf := make([]byte, 65535)
+	for _, want := range sizes {
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n != want || (n > 0 && buf[0] != byte(want)) {
+			t.Fatalf("datagram of %d bytes, want %d", n, want)
+		}
+	}
+	// A short buffer truncates the datagram, as a UDP socket does, and
+	// the next datagram is still whole.
+	if _, err := conn.Write([]byte("0123456789")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Write([]byte("next")); err != nil {
+		t.Fatal(err)
+	}
+	small := make([]byte, 4)
+	if n, err := conn.Read(small); err != nil || string(small[:n]) != "0123" {
+		t.Fatalf("truncated read = %q, %v", small[:n], err)
+	}
+	if n, err := conn.Read(buf); err != nil || string(buf[:n]) != "next" {
+		t.Fatalf("next read = %q, %v", buf[:n], err)
+	}
+	// A read deadline with nothing to read leaves the flow usable.
+	_ = conn.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, err := conn.Read(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read past the deadline = %v, want os.ErrDeadlineExceeded", err)
+	}
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := conn.Write([]byte("again")); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := conn.Read(buf); err != nil || string(buf[:n]) != "again" {
+		t.Fatalf("read after a deadline = %q, %v", buf[:n], err)
+	}
+}
+
+func TestManyConcurrentStreams(t *testing.T) {
+	t.Parallel()
+	a := startAgent(t, agent.Options{})
+	c := dial(t, a.addr, client.Options{})
+	dst := tcpEchoServer(t)
+	const flows = 500
+	var wg sync.WaitGroup
+	errs := make(chan error, flows)
+	conns := make(chan net.Conn, flows)
+	for i := range flows {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conn, err := c.DialTCP(ctxTimeout(t, 30*time.Second), dst)
+			if err != nil {
+				errs <- fmt.Errorf("flow %d: dial: %w", i, err)
+				return
+			}
+			conns <- conn // all stay open at once
+			_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+			msg := fmt.Sprintf("flow %d says hello", i)
+			if _, err := conn.Write([]byte(msg)); err != nil {
+				errs <- fmt.Errorf("flow %d: write: %w", i, err)
+				return
+			}
+			buf := make([]byte, len(msg))
+			if _, err := io.ReadFull(conn, buf); err != nil || string(buf) != msg {
+				errs <- fmt.Errorf("flow %d: echo %q: %v", i, buf, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	close(conns)
+	for err := range errs {
+		t.Error(err)
+	}
+	n := 0
+	for conn := range conns {
+		n++
+		conn.Close()
+	}
+	if n != flows {
+		t.Errorf("%d of %d flows opened", n, flows)
+	}
+}
+
+func TestAgentRestartReconnects(t *testing.T) {
+	t.Parallel()
+	a := startAgent(t, agent.Options{})
+	states := make(chan client.State, 10)
+	c := dial(t, a.addr, client.Options{
+		CommunicationTimeout: 10 * time.Second,
+		OnState:              func(s client.State, _ error) { states <- s },
+	})
+	dst := tcpEchoServer(t)
+	open, err := c.DialTCP(ctxTimeout(t, 5*time.Second), dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	echoOnce(t, open, "before")
+
+	a.stop()
+	// The open flow ends as a reset, as the router expects.
+	_ = open.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := open.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("Read on a flow whose tunnel dropped = %v, want ECONNRESET", err)
+	}
+	if s := waitState(t, states); s != client.StateReconnecting {
+		t.Fatalf("first state after the agent died = %s, want reconnecting", s)
+	}
+
+	// A dial made while the agent is down waits for it to return.
+	result := make(chan error, 1)
+	go func() {
+		conn, err := c.DialTCP(ctxTimeout(t, 15*time.Second), dst)
+		if err == nil {
+			conn.Close()
+		}
+		result <- err
+	}()
+	time.Sleep(300 * time.Millisecond)
+	restarted := time.Now()
+	a.start()
+	if err := <-result; err != nil {
+		t.Fatalf("a dial waiting for the reconnection failed: %v", err)
+	}
+	if s := waitState(t, states); s != client.StateConnected {
+		t.Fatalf("state after the agent returned = %s, want connected", s)
+	}
+	if el := time.Since(restarted); el > 5*time.Second {
+		t.Errorf("reconnection took %s after the agent returned, want under 5s", el)
+	}
+	conn, err := c.DialTCP(ctxTimeout(t, 5*time.Second), dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	echoOnce(t, conn, "after")
+}
+
+func waitState(t *testing.T, states <-chan client.State) client.State {
+	t.Helper()
+	select {
+	case s := <-states:
+		return s
+	case <-time.After(10 * time.Second):
+		t.Fatal("no state change within 10s")
+		return 0
+	}
+}
+
+func TestDialFailsCleanlyWhenTheAgentStaysAway(t *testing.T) {
+	t.Parallel()
+	a := startAgent(t, agent.Options{})
+	c := dial(t, a.addr, client.Options{CommunicationTimeout: 500 * time.Millisecond})
+	a.stop()
+	start := time.Now()
+	_, err := c.DialTCP(context.Background(), netip.MustParseAddrPort("127.0.0.1:9"))
+	if !errors.Is(err, client.ErrAgentUnavailable) || !errors.Is(err, syscall.EHOSTUNREACH) {
+		t.Fatalf("DialTCP with no agent = %v, want ErrAgentUnavailable and EHOSTUNREACH", err)
+	}
+	if el := time.Since(start); el < 400*time.Millisecond || el > 5*time.Second {
+		t.Errorf("the dial gave up after %s, want about the 500ms CommunicationTimeout", el)
+	}
+	// The caller's own deadline wins when it is shorter.
+	_, err = c.Exchange(ctxTimeout(t, 50*time.Millisecond), []byte{0})
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("Exchange with a short deadline and no agent = %v, want os.ErrDeadlineExceeded", err)
+	}
+}
+
+func TestClosedClientFailsDials(t *testing.T) {
+	t.Parallel()
+	a := startAgent(t, agent.Options{})
+	c := dial(t, a.addr, client.Options{})
+	c.Close()
+	if _, err := c.DialTCP(context.Background(), netip.MustParseAddrPort("127.0.0.1:9")); !errors.Is(err, client.ErrClosed) {
+		t.Errorf("DialTCP after Close = %v, want ErrClosed", err)
+	}
+}
+
+// TestCloseLeavesNoGoroutines runs alone (not parallel), so that every
+// tunnel goroutine in the process is this test's.
+func TestCloseLeavesNoGoroutines(t *testing.T) {
+	a := startAgent(t, agent.Options{})
+	c := dial(t, a.addr, client.Options{})
+	tcpDst, udpDst := tcpEchoServer(t), udpEchoServer(t)
+	tcp, err := c.DialTCP(ctxTimeout(t, 5*time.Second), tcpDst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	echoOnce(t, tcp, "tcp")
+	udp, err := c.DialUDP(ctxTimeout(t, 5*time.Second), udpDst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	echoOnce(t, udp, "udp")
+	// Left open on purpose: Close must end them too.
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	a.stop()
+	var left []string
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if left = tunnelGoroutines(); len(left) == 0 {
+			return
+		}
+	}
+	t.Fatalf("%d goroutines of the tunnel outlived Close:\n%s", len(left), strings.Join(left, "\n\n"))
+}
+
+func tunnelGoroutines() []string {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	var out []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "trafficpolice/agent/client.") || strings.Contains(g, "trafficpolice/agent.") ||
+			strings.Contains(g, "hashicorp/yamux.") {
+			out = append(out, g)
+		}
+	}
+	return out
+}
+
+func TestUDPFlowEndsWhenIdle(t *testing.T) {
+	t.Parallel()
+	a := startAgent(t, agent.Options{UDPIdleTimeout: 200 * time.Millisecond})
+	c := dial(t, a.addr, client.Options{})
+	conn, err := c.DialUDP(ctxTimeout(t, 5*time.Second), udpEchoServer(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	start := time.Now()
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := conn.Read(make([]byte, 10)); !errors.Is(err, io.EOF) {
+		t.Fatalf("Read on an idle flow = %v, want io.EOF once the agent ends it", err)
+	}
+	if el := time.Since(start); el < 150*time.Millisecond {
+		t.Errorf("the flow ended after %s, before its 200ms idle timeout", el)
+	}
+}
+
+func TestAgentDropsAClientsFlowsWhenItsTunnelCloses(t *testing.T) {
+	t.Parallel()
+	a := startAgent(t, agent.Options{})
+	c, err := client.Dial(context.Background(), client.Options{Address: a.addr, Token: testToken})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ended := make(chan error, 1)
+	go func() {
+		s, err := ln.Accept()
+		if err != nil {
+			ended <- err
+			return
+		}
+		defer s.Close()
+		_ = s.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err = io.Copy(io.Discard, s)
+		ended <- err
+	}()
+	conn, err := c.DialTCP(ctxTimeout(t, 5*time.Second), netip.MustParseAddrPort(ln.Addr().String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	c.Close() // the whole tunnel goes, without closing the flow first
+	if err := <-ended; err != nil && !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("the pod-side connection did not end with the tunnel: %v", err)
+	}
+}

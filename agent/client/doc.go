@@ -1,0 +1,14 @@
+// Package client is the router's end of the agent's tunnel: it connects to
+// an agent, authenticates with the shared token, and turns the router's
+// remote flows into tunnel streams (see package agent/proto). A Client
+// implements router.Remote.
+//
+// When the tunnel drops, the flows on it end with ECONNRESET, the client
+// reconnects with capped exponential backoff and jitter, and new dials wait
+// for the new tunnel up to Options.CommunicationTimeout before they fail
+// with ErrAgentUnavailable. Options.OnState hears about each change.
+//
+// The client must not decide where traffic goes (that is the router's
+// policy) and must not know how the agent was started or reached beyond
+// the net.Conn its dialer returns (a direct address or a port-forward).
+package client

@@ -1,0 +1,211 @@
+package proto
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// Version is the protocol version this build speaks.
+const Version uint16 = 1
+
+// MaxBodySize bounds a frame's body. It leaves room for the largest DNS
+// message (64 KiB) plus the fields around it; anything bigger is an attack
+// or a bug, not a message.
+const MaxBodySize = 1 << 17
+
+// HeaderSize is the size of a frame's header: type u8, length u32.
+const HeaderSize = 5
+
+// Type identifies a message on the wire.
+type Type uint8
+
+// The message types; the numbers are the wire values.
+const (
+	TypeHello   Type = 1
+	TypeWelcome Type = 2
+	TypeRefused Type = 3
+	TypeDialTCP Type = 4
+	TypeDialUDP Type = 5
+	TypeDNS     Type = 6
+	TypePing    Type = 7
+	TypeResult  Type = 8
+	TypeAbort   Type = 9
+)
+
+func (t Type) String() string {
+	switch t {
+	case TypeHello:
+		return "Hello"
+	case TypeWelcome:
+		return "Welcome"
+	case TypeRefused:
+		return "Refused"
+	case TypeDialTCP:
+		return "DialTCP"
+	case TypeDialUDP:
+		return "DialUDP"
+	case TypeDNS:
+		return "DNS"
+	case TypePing:
+		return "Ping"
+	case TypeResult:
+		return "Result"
+	case TypeAbort:
+		return "Abort"
+	}
+	return fmt.Sprintf("Type(%d)", uint8(t))
+}
+
+// Message is one protocol message.
+type Message interface {
+	// Type is the message's wire type.
+	Type() Type
+	appendBody(b []byte) ([]byte, error)
+}
+
+// Hello opens a tunnel: the client's protocol version and shared token.
+type Hello struct {
+	Version uint16
+	Token   string
+}
+
+// Welcome accepts a tunnel and tells the client about the pod.
+type Welcome struct {
+	Version uint16
+	Facts   Facts
+}
+
+// RefuseCode says why the agent refused a tunnel.
+type RefuseCode uint8
+
+// The refusal codes.
+const (
+	RefuseToken   RefuseCode = 1
+	RefuseVersion RefuseCode = 2
+)
+
+func (c RefuseCode) String() string {
+	switch c {
+	case RefuseToken:
+		return "token"
+	case RefuseVersion:
+		return "version"
+	}
+	return fmt.Sprintf("RefuseCode(%d)", uint8(c))
+}
+
+// Refused rejects a tunnel.
+type Refused struct {
+	Code   RefuseCode
+	Reason string
+}
+
+// Facts describe the pod the agent runs in, as the sandbox needs them to
+// make the app's view match the pod's.
+type Facts struct {
+	Hostname      string
+	Addresses     []netip.Addr
+	SearchDomains []string
+	Ndots         int
+	// Options are the other resolv.conf "options" (e.g. "timeout:2").
+	Options []string
+}
+
+// DialTCP asks the agent to open a TCP connection from the pod to Dst.
+type DialTCP struct {
+	// Timeout bounds the dial on the agent; zero means the agent's default.
+	Timeout time.Duration
+	Dst     netip.AddrPort
+}
+
+// DialUDP asks the agent to open a UDP flow from the pod to Dst.
+type DialUDP struct {
+	Timeout time.Duration
+	Dst     netip.AddrPort
+}
+
+// DNS asks the agent to resolve one raw DNS query the way the pod would.
+type DNS struct {
+	Timeout time.Duration
+	Query   []byte
+}
+
+// Ping asks the agent for an empty Result, to measure the round trip
+// through the tunnel and the agent.
+type Ping struct{}
+
+// Class is the outcome class of a request.
+type Class uint8
+
+// The outcome classes; the numbers are the wire values.
+const (
+	ClassOK              Class = 0
+	ClassRefused         Class = 1
+	ClassHostUnreachable Class = 2
+	ClassNetUnreachable  Class = 3
+	ClassTimeout         Class = 4
+	ClassNameNotFound    Class = 5
+	ClassOther           Class = 6
+	maxClass                   = ClassOther
+)
+
+func (c Class) String() string {
+	switch c {
+	case ClassOK:
+		return "ok"
+	case ClassRefused:
+		return "refused"
+	case ClassHostUnreachable:
+		return "host-unreachable"
+	case ClassNetUnreachable:
+		return "net-unreachable"
+	case ClassTimeout:
+		return "timeout"
+	case ClassNameNotFound:
+		return "name-not-found"
+	case ClassOther:
+		return "other"
+	}
+	return fmt.Sprintf("Class(%d)", uint8(c))
+}
+
+// Result answers a request.
+type Result struct {
+	Class   Class
+	Message string
+	// Data is the raw DNS answer for a DNS request; empty otherwise.
+	Data []byte
+}
+
+// Abort drops one flow abruptly; it travels on the control stream.
+type Abort struct {
+	StreamID uint32
+}
+
+// Type implements Message.
+func (Hello) Type() Type { return TypeHello }
+
+// Type implements Message.
+func (Welcome) Type() Type { return TypeWelcome }
+
+// Type implements Message.
+func (Refused) Type() Type { return TypeRefused }
+
+// Type implements Message.
+func (DialTCP) Type() Type { return TypeDialTCP }
+
+// Type implements Message.
+func (DialUDP) Type() Type { return TypeDialUDP }
+
+// Type implements Message.
+func (DNS) Type() Type { return TypeDNS }
+
+// Type implements Message.
+func (Ping) Type() Type { return TypePing }
+
+// Type implements Message.
+func (Result) Type() Type { return TypeResult }
+
+// Type implements Message.
+func (Abort) Type() Type { return TypeAbort }

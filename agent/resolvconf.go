@@ -1,0 +1,111 @@
+package agent
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// resolvConf is what the agent takes from the pod's /etc/resolv.conf.
+type resolvConf struct {
+	Nameservers []netip.AddrPort
+	Search      []string
+	Ndots       int
+	// Options are the options other than ndots, as written.
+	Options  []string
+	Timeout  time.Duration // per attempt at one nameserver
+	Attempts int
+}
+
+// Defaults from resolv.conf(5).
+const (
+	defaultNdots       = 1
+	defaultDNSTimeout  = 5 * time.Second
+	defaultDNSAttempts = 2
+	maxNdots           = 15
+)
+
+func readResolvConf(path string) (resolvConf, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return resolvConf{}, fmt.Errorf("read resolv.conf: %w", err)
+	}
+	return parseResolvConf(b), nil
+}
+
+// parseResolvConf reads resolv.conf the way glibc does: unknown lines are
+// ignored, the last search/domain line wins, bad option values fall back
+// to the defaults.
+func parseResolvConf(b []byte) resolvConf {
+	rc := resolvConf{Ndots: defaultNdots, Timeout: defaultDNSTimeout, Attempts: defaultDNSAttempts}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		line := sc.Text()
+		if i := strings.IndexAny(line, "#;"); i >= 0 {
+			line = line[:i]
+		}
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		switch f[0] {
+		case "nameserver":
+			if len(f) < 2 {
+				continue
+			}
+			// A scoped IPv6 nameserver (fe80::1%eth0) keeps its zone.
+			if a, err := netip.ParseAddr(f[1]); err == nil {
+				rc.Nameservers = append(rc.Nameservers, netip.AddrPortFrom(a, 53))
+			}
+		case "search":
+			rc.Search = trimDots(f[1:])
+		case "domain":
+			if len(f) > 1 {
+				rc.Search = trimDots(f[1:2])
+			}
+		case "options":
+			for _, o := range f[1:] {
+				name, val, hasVal := strings.Cut(o, ":")
+				n, nerr := strconv.Atoi(val)
+				switch {
+				case name == "ndots" && hasVal:
+					if nerr == nil && n >= 0 {
+						rc.Ndots = min(n, maxNdots)
+					}
+					continue
+				case name == "timeout" && hasVal && nerr == nil && n > 0:
+					rc.Timeout = time.Duration(n) * time.Second
+				case name == "attempts" && hasVal && nerr == nil && n > 0:
+					rc.Attempts = n
+				}
+				rc.Options = append(rc.Options, o)
+			}
+		}
+	}
+	return rc
+}
+
+func trimDots(names []string) []string {
+	out := make([]string, 0, len(names))
+	for _, n := range names {
+		if n = strings.TrimSuffix(n, "."); n != "" {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// servers returns the nameservers as dialable host:port strings.
+func (rc resolvConf) servers() []string {
+	out := make([]string, len(rc.Nameservers))
+	for i, ns := range rc.Nameservers {
+		out[i] = net.JoinHostPort(ns.Addr().String(), strconv.Itoa(int(ns.Port())))
+	}
+	return out
+}

@@ -1,0 +1,324 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/trafficpolice/trafficpolice/agent/proto"
+)
+
+// EnvToken is the environment variable that carries the shared token when
+// no token file is given.
+const EnvToken = "TRAFFICPOLICE_AGENT_TOKEN"
+
+// Defaults for the zero values of Options.
+const (
+	DefaultResolvConfPath       = "/etc/resolv.conf"
+	DefaultHostsPath            = "/etc/hosts"
+	DefaultCommunicationTimeout = 30 * time.Second
+	DefaultDialTimeout          = 30 * time.Second
+	DefaultUDPIdleTimeout       = 2 * time.Minute
+)
+
+// Options configure an agent.
+type Options struct {
+	// ListenAddress is the HOST:PORT Serve listens on.
+	ListenAddress string
+	// Token is the shared secret every client must present. Required.
+	Token string
+	// ResolvConfPath and HostsPath are the pod's resolver files; tests
+	// point them at their own.
+	ResolvConfPath string
+	HostsPath      string
+	// CommunicationTimeout bounds the handshake, reading a request, and a
+	// DNS resolution.
+	CommunicationTimeout time.Duration
+	// DialTimeout bounds a TCP dial from the pod; a client may ask for less.
+	DialTimeout time.Duration
+	// UDPIdleTimeout ends a UDP flow with no datagram either way for that long.
+	UDPIdleTimeout time.Duration
+	// Logger receives the agent's log; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// LoadToken returns the shared token: the content of path (surrounding
+// white space trimmed) when path is not empty, else $TRAFFICPOLICE_AGENT_TOKEN.
+// No token at all is an error: an agent without one would serve anybody.
+func LoadToken(path string) (string, error) {
+	if path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return "", fmt.Errorf("read agent token file: %w", err)
+		}
+		tok := strings.TrimSpace(string(b))
+		if tok == "" {
+			return "", fmt.Errorf("agent token file %s is empty: put the shared token in it", path)
+		}
+		return tok, nil
+	}
+	if tok := strings.TrimSpace(os.Getenv(EnvToken)); tok != "" {
+		return tok, nil
+	}
+	return "", fmt.Errorf("no agent token: pass --token-file FILE or set %s", EnvToken)
+}
+
+// Server serves tunnels. It is safe to serve several listeners with one
+// Server.
+type Server struct {
+	opts Options
+	log  *slog.Logger
+	dns  *dnsResolver
+}
+
+// New checks opts and fills in the defaults.
+func New(opts Options) (*Server, error) {
+	if opts.Token == "" {
+		return nil, fmt.Errorf("agent options: Token is empty: the agent refuses to run without a shared token (--token-file or %s)", EnvToken)
+	}
+	for _, d := range []struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{
+		{"CommunicationTimeout", &opts.CommunicationTimeout, DefaultCommunicationTimeout},
+		{"DialTimeout", &opts.DialTimeout, DefaultDialTimeout},
+		{"UDPIdleTimeout", &opts.UDPIdleTimeout, DefaultUDPIdleTimeout},
+	} {
+		if *d.v < 0 {
+			return nil, fmt.Errorf("agent options: %s %s is negative: use a positive duration, or zero for the default %s", d.name, *d.v, d.def)
+		}
+		if *d.v == 0 {
+			*d.v = d.def
+		}
+	}
+	if opts.ResolvConfPath == "" {
+		opts.ResolvConfPath = DefaultResolvConfPath
+	}
+	if opts.HostsPath == "" {
+		opts.HostsPath = DefaultHostsPath
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Server{
+		opts: opts,
+		log:  log,
+		dns:  &dnsResolver{resolvConfPath: opts.ResolvConfPath, hosts: &hostsFile{path: opts.HostsPath}},
+	}, nil
+}
+
+// Serve listens on opts.ListenAddress and serves tunnels until ctx ends.
+// It is what `trafficpolice agent` runs.
+func Serve(ctx context.Context, opts Options) error {
+	s, err := New(opts)
+	if err != nil {
+		return err
+	}
+	if opts.ListenAddress == "" {
+		return errors.New("agent options: ListenAddress is empty: give HOST:PORT, e.g. 0.0.0.0:7777")
+	}
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", opts.ListenAddress)
+	if err != nil {
+		return fmt.Errorf("agent listen on %s: %w", opts.ListenAddress, err)
+	}
+	s.log.Info("agent listening", "address", ln.Addr().String())
+	return s.Serve(ctx, ln)
+}
+
+// Serve accepts clients on ln until ctx ends, then closes ln and every
+// tunnel and returns nil once all of them are gone. It returns an error
+// only when ln fails for another reason.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	stop := context.AfterFunc(ctx, func() { _ = ln.Close() })
+	defer stop()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			_ = ln.Close()
+			return fmt.Errorf("agent accept on %s: %w", ln.Addr(), err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.serveConn(ctx, c)
+		}()
+	}
+}
+
+// serveConn runs one client's tunnel: handshake, then one goroutine per
+// stream, until the tunnel or ctx ends. Everything the client opened is
+// closed before it returns.
+func (s *Server) serveConn(ctx context.Context, c net.Conn) {
+	log := s.log.With("client", c.RemoteAddr().String())
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	sess, err := yamux.Server(c, proto.MuxConfig(log))
+	if err != nil {
+		log.Error("start tunnel session", "err", err)
+		_ = c.Close()
+		return
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	context.AfterFunc(ctx, func() { _ = sess.Close() })
+
+	t, err := s.handshake(ctx, sess, log)
+	if err != nil {
+		log.Warn("tunnel handshake failed", "err", err)
+		return
+	}
+	log.Info("client connected")
+
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer cancel() // the control stream ending ends the tunnel
+		t.readControl()
+	}()
+	for {
+		st, err := sess.AcceptStreamWithContext(ctx)
+		if err != nil {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.serveStream(ctx, t, st)
+		}()
+	}
+	cancel()
+	wg.Wait()
+	log.Info("client disconnected, its flows are closed")
+}
+
+// handshake reads Hello on the first stream and answers Welcome or Refused.
+func (s *Server) handshake(ctx context.Context, sess *yamux.Session, log *slog.Logger) (*tunnel, error) {
+	hctx, cancel := context.WithTimeout(ctx, s.opts.CommunicationTimeout)
+	defer cancel()
+	ctrl, err := sess.AcceptStreamWithContext(hctx)
+	if err != nil {
+		return nil, fmt.Errorf("wait for the client's first stream: %w", err)
+	}
+	_ = ctrl.SetDeadline(time.Now().Add(s.opts.CommunicationTimeout))
+	m, err := proto.ReadMessage(ctrl)
+	if err != nil {
+		return nil, fmt.Errorf("read Hello: %w", err)
+	}
+	hello, ok := m.(proto.Hello)
+	if !ok {
+		return nil, fmt.Errorf("first message is %s, want Hello", m.Type())
+	}
+	if hello.Version != proto.Version {
+		reason := fmt.Sprintf("protocol version %d is not supported: this agent speaks version %d", hello.Version, proto.Version)
+		s.refuse(sess, ctrl, proto.Refused{Code: proto.RefuseVersion, Reason: reason})
+		return nil, errors.New(reason)
+	}
+	if !s.tokenOK(hello.Token) {
+		log.Warn("refused a client: wrong or missing token", "remote", sess.RemoteAddr().String(), "token_given", hello.Token != "")
+		s.refuse(sess, ctrl, proto.Refused{Code: proto.RefuseToken, Reason: "wrong or missing token"})
+		return nil, errors.New("client presented a wrong or missing token")
+	}
+	facts, err := podFacts(s.opts.ResolvConfPath)
+	if err != nil {
+		// The tunnel still works; the sandbox just copies less from the pod.
+		log.Warn("could not read all pod facts", "err", err)
+	}
+	if err := proto.WriteMessage(ctrl, proto.Welcome{Version: proto.Version, Facts: facts}); err != nil {
+		return nil, err
+	}
+	_ = ctrl.SetDeadline(time.Time{})
+	return &tunnel{log: log, ctrl: ctrl, flows: map[uint32]*tcpFlow{}}, nil
+}
+
+// tokenOK compares in constant time; hashing first keeps the token's
+// length from showing in the timing too.
+func (s *Server) tokenOK(given string) bool {
+	a := sha256.Sum256([]byte(given))
+	b := sha256.Sum256([]byte(s.opts.Token))
+	return subtle.ConstantTimeCompare(a[:], b[:]) == 1
+}
+
+// refuse sends the refusal and gives the client a moment to read it and
+// hang up, so that closing does not reset the connection under it.
+func (s *Server) refuse(sess *yamux.Session, ctrl *yamux.Stream, r proto.Refused) {
+	if err := proto.WriteMessage(ctrl, r); err != nil {
+		return
+	}
+	_ = ctrl.Close()
+	select {
+	case <-sess.CloseChan():
+	case <-time.After(time.Second):
+	}
+}
+
+// serveStream reads a flow's request and hands it to its handler.
+func (s *Server) serveStream(ctx context.Context, t *tunnel, st *yamux.Stream) {
+	_ = st.SetReadDeadline(time.Now().Add(s.opts.CommunicationTimeout))
+	m, err := proto.ReadMessage(st)
+	if err != nil {
+		t.log.Debug("read flow request", "stream", st.StreamID(), "err", err)
+		_ = st.Close()
+		return
+	}
+	_ = st.SetReadDeadline(time.Time{})
+	switch req := m.(type) {
+	case proto.DialTCP:
+		s.serveTCP(ctx, t, st, req)
+	case proto.DialUDP:
+		s.serveUDP(ctx, t, st, req)
+	case proto.DNS:
+		s.serveDNS(ctx, t, st, req)
+	case proto.Ping:
+		_ = proto.WriteMessage(st, proto.Result{})
+		_ = st.Close()
+	default:
+		_ = proto.WriteMessage(st, proto.Result{Class: proto.ClassOther,
+			Message: fmt.Sprintf("%s cannot start a flow: send DialTCP, DialUDP, DNS or Ping", m.Type())})
+		_ = st.Close()
+	}
+}
+
+func (s *Server) serveDNS(ctx context.Context, t *tunnel, st *yamux.Stream, req proto.DNS) {
+	defer st.Close()
+	ctx, cancel := context.WithTimeout(ctx, limit(req.Timeout, s.opts.CommunicationTimeout))
+	defer cancel()
+	answer, err := s.dns.resolve(ctx, req.Query)
+	res := proto.Result{Data: answer}
+	if err != nil {
+		t.log.Debug("DNS query failed", "err", err)
+		res = failure(err)
+	}
+	_ = proto.WriteMessage(st, res)
+}
+
+// limit is the client's timeout when it asked for one shorter than ours.
+func limit(asked, ours time.Duration) time.Duration {
+	if asked > 0 && asked < ours {
+		return asked
+	}
+	return ours
+}

@@ -1,0 +1,210 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/trafficpolice/trafficpolice/agent/proto"
+)
+
+// relayBufSize is the copy buffer per direction: big enough that a bulk
+// transfer moves in few yamux frames.
+const relayBufSize = 64 << 10
+
+var relayBufs = sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }}
+
+// serveTCP dials dst from the pod and relays the stream to it. The flow is
+// registered before the dial so an Abort that arrives meanwhile is not lost.
+func (s *Server) serveTCP(ctx context.Context, t *tunnel, st *yamux.Stream, req proto.DialTCP) {
+	dctx, cancel := context.WithTimeout(ctx, limit(req.Timeout, s.opts.DialTimeout))
+	defer cancel()
+	id := st.StreamID()
+	f := &tcpFlow{st: st, t: t, cancelDial: cancel}
+	t.add(id, f)
+	defer t.remove(id)
+
+	var d net.Dialer
+	c, err := d.DialContext(dctx, "tcp", req.Dst.String())
+	cancel()
+	if err != nil {
+		t.log.Debug("TCP dial failed", "dst", req.Dst.String(), "err", err)
+		_ = proto.WriteMessage(st, failure(err))
+		_ = st.Close()
+		return
+	}
+	if !f.start(c.(*net.TCPConn)) {
+		_ = c.Close()
+		_ = st.Close()
+		return
+	}
+	if err := proto.WriteMessage(st, proto.Result{}); err != nil {
+		f.reset(false)
+		return
+	}
+	stop := context.AfterFunc(ctx, func() { f.reset(false) })
+	defer stop()
+	f.relay()
+}
+
+// tcpFlow relays one TCP connection. Half-closes pass through both ways;
+// a full close from the client (Abort) closes the pod-side socket once the
+// bytes already sent are written, and a reset from the pod's peer is
+// passed to the client as Abort.
+type tcpFlow struct {
+	st         *yamux.Stream
+	t          *tunnel
+	cancelDial context.CancelFunc // the client gave up: stop dialing
+
+	mu       sync.Mutex
+	conn     *net.TCPConn
+	upDone   bool // the client→pod direction reached the client's FIN
+	aborted  bool // the client closed the flow entirely
+	closed   bool
+	notified bool // we sent Abort: the client closes the stream
+}
+
+// start attaches the dialed connection; false means the client gave up
+// while the dial ran.
+func (f *tcpFlow) start(c *net.TCPConn) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.aborted || f.closed {
+		return false
+	}
+	f.conn = c
+	return true
+}
+
+func (f *tcpFlow) relay() {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f.podToClient()
+	}()
+	f.clientToPod()
+	<-done
+	f.reset(false)
+	f.mu.Lock()
+	notified := f.notified
+	f.mu.Unlock()
+	if notified {
+		// Our FIN could reach the app before the Abort is handled and
+		// look like a clean end; the client closes the stream once it has
+		// the Abort, so wait for that (bounded) before closing ours.
+		_ = f.st.SetReadDeadline(time.Now().Add(abortLinger))
+		_, _ = io.Copy(io.Discard, f.st)
+	}
+	_ = f.st.Close()
+}
+
+// abortLinger bounds how long a flow reset by the pod's peer waits for the
+// client to acknowledge the Abort by closing the stream.
+const abortLinger = 5 * time.Second
+
+func (f *tcpFlow) clientToPod() {
+	bp := relayBufs.Get().(*[]byte)
+	defer relayBufs.Put(bp)
+	buf := *bp
+	for {
+		n, rerr := f.st.Read(buf)
+		if n > 0 {
+			if _, err := f.conn.Write(buf[:n]); err != nil {
+				f.reset(true) // the pod's peer is gone
+				return
+			}
+		}
+		if rerr == nil {
+			continue
+		}
+		if !errors.Is(rerr, io.EOF) {
+			f.reset(false)
+			return
+		}
+		f.mu.Lock()
+		f.upDone = true
+		aborted := f.aborted
+		f.mu.Unlock()
+		if aborted {
+			f.reset(false)
+		} else {
+			_ = f.conn.CloseWrite()
+		}
+		return
+	}
+}
+
+func (f *tcpFlow) podToClient() {
+	bp := relayBufs.Get().(*[]byte)
+	defer relayBufs.Put(bp)
+	buf := *bp
+	for {
+		n, rerr := f.conn.Read(buf)
+		if n > 0 {
+			if _, err := f.st.Write(buf[:n]); err != nil {
+				f.mu.Lock()
+				aborted := f.aborted
+				f.mu.Unlock()
+				if !aborted { // else clientToPod closes once it has written all
+					f.reset(false)
+				}
+				return
+			}
+		}
+		if rerr == nil {
+			continue
+		}
+		if errors.Is(rerr, io.EOF) {
+			_ = f.st.Close() // FIN: the pod's peer finished sending
+			return
+		}
+		f.mu.Lock()
+		ours := f.closed
+		f.mu.Unlock()
+		f.reset(!ours) // a read error we did not cause is the peer's reset
+		return
+	}
+}
+
+// abortByClient handles the client's Abort for this flow.
+func (f *tcpFlow) abortByClient() {
+	f.mu.Lock()
+	f.aborted = true
+	upDone := f.upDone
+	dialing := f.conn == nil
+	f.mu.Unlock()
+	_ = f.st.Close() // stop sending to the client; wakes a blocked Write
+	if dialing {
+		f.cancelDial()
+	}
+	if upDone || dialing {
+		f.reset(false)
+	}
+}
+
+// reset closes both ends once; notify tells the client the pod's peer
+// reset the flow, and leaves the stream to relay.
+func (f *tcpFlow) reset(notify bool) {
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		return
+	}
+	f.closed = true
+	f.notified = notify
+	c := f.conn
+	f.mu.Unlock()
+	if c != nil {
+		_ = c.Close()
+	}
+	if notify {
+		f.t.sendAbort(f.st.StreamID()) // relay closes the stream later
+		return
+	}
+	_ = f.st.Close()
+}

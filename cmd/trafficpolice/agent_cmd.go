@@ -1,0 +1,49 @@
+package main
+
+import (
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/trafficpolice/trafficpolice/agent"
+)
+
+func newAgentCommand() *cobra.Command {
+	var (
+		opts      agent.Options
+		tokenFile string
+		commTO    time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "agent --listen HOST:PORT [--token-file FILE]",
+		Short: "Serve tunnels from inside the target pod's network namespace",
+		Long: "Serve trafficpolice tunnels: dial TCP and UDP and resolve names from this network namespace\n" +
+			"for clients that present the shared token (--token-file, or $" + agent.EnvToken + ").\n" +
+			"Meant to run inside the target pod's network namespace.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			tok, err := agent.LoadToken(tokenFile)
+			if err != nil {
+				return err
+			}
+			opts.Token = tok
+			opts.CommunicationTimeout = commTO
+			opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return agent.Serve(ctx, opts)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&opts.ListenAddress, "listen", "", "HOST:PORT to listen on (required)")
+	f.StringVar(&tokenFile, "token-file", "", "file holding the shared token (default: $"+agent.EnvToken+")")
+	f.StringVar(&opts.ResolvConfPath, "resolv-conf", "/etc/resolv.conf", "the pod's resolver configuration")
+	f.StringVar(&opts.HostsPath, "hosts", "/etc/hosts", "the pod's hosts file")
+	f.DurationVar(&commTO, "communication-timeout", 30*time.Second, "bound on handshakes, requests and DNS resolution")
+	cmd.MarkFlagRequired("listen")
+	return cmd
+}

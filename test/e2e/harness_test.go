@@ -1,0 +1,152 @@
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/trafficpolice/trafficpolice/test/cluster"
+)
+
+func TestMain(m *testing.M) { cluster.Main(m) }
+
+// world is a namespace cluster with a target pod running the agent and a
+// sidecar, and a "whoami" service pod; the host reaches the agent only
+// through a forwarded loopback port.
+type world struct {
+	c         *cluster.Cluster
+	target    *cluster.Pod
+	whoami    *cluster.Pod
+	agent     *cluster.Process
+	agentAddr string
+	token     string
+	tokenFile string
+	tp        string // the trafficpolice binary
+	probe     string
+	sidecar   int // port of the target pod's sidecar on 127.0.0.1
+}
+
+const agentPort = 7777
+
+func newWorld(t *testing.T) *world {
+	t.Helper()
+	cluster.RequireRoot(t)
+	cluster.RequireCommand(t, "dig", "dnsutils")
+	w := &world{
+		c:     cluster.New(t),
+		tp:    cluster.BuildApp(t, "./cmd/trafficpolice"),
+		probe: cluster.BuildApp(t, "./sandbox/testdata/probe"),
+		token: "tok-" + fmt.Sprint(time.Now().UnixNano()),
+	}
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	w.tokenFile = filepath.Join(dir, "token")
+	if err := os.WriteFile(w.tokenFile, []byte(w.token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w.target = w.c.AddPod(t, "uwu-app")
+	w.whoami = w.c.AddPod(t, "whoami")
+	w.c.AddSRV(t, "_whoami._tcp.default.svc.cluster.local", "whoami.default.svc.cluster.local", 7000, 0, 5)
+	w.c.AddTXT(t, "whoami-info.default.svc.cluster.local", "served by the cluster")
+	w.c.AddHost(t, "whoami6.default.svc.cluster.local", w.whoami.IPv6())
+
+	w.whoami.Start(t, []string{w.probe, "serve-whoami", ":7000", "whoami"})
+	w.whoami.Start(t, []string{w.probe, "serve-echo", ":7001"})
+	w.whoami.Start(t, []string{w.probe, "serve-bytes", ":7003", fmt.Sprint(100 << 20)})
+	// Port 7002 answers nothing: SYNs are dropped.
+	if out, err := w.whoami.Run(t, "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "7002", "-j", "DROP"); err != nil {
+		t.Fatalf("iptables: %v %s", err, out)
+	}
+	w.whoami.WaitPort(t, 7000, 5*time.Second)
+	w.startAgent(t)
+	w.agentAddr = w.target.Forward(t, agentPort)
+	return w
+}
+
+func (w *world) startAgent(t *testing.T) {
+	t.Helper()
+	w.agent = w.target.Start(t, []string{w.tp, "agent", "--listen", fmt.Sprintf("0.0.0.0:%d", agentPort), "--token-file", w.tokenFile})
+	w.target.WaitPort(t, agentPort, 5*time.Second)
+}
+
+// sidecarOn starts a sidecar on the target pod's 127.0.0.1:port.
+func (w *world) sidecarOn(t *testing.T, port int) {
+	t.Helper()
+	w.target.Start(t, []string{w.probe, "serve-whoami", fmt.Sprintf("127.0.0.1:%d", port), "sidecar"})
+	w.target.WaitPort(t, port, 5*time.Second)
+}
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// run runs `trafficpolice sandbox run` with the agent and args, then argv.
+func (w *world) run(t *testing.T, args []string, argv ...string) result {
+	t.Helper()
+	full := append([]string{"sandbox", "run", "--agent-address", w.agentAddr, "--agent-token-file", w.tokenFile}, args...)
+	full = append(append(full, "--"), argv...)
+	cmd := exec.Command(w.tp, full...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	r := result{stdout: stdout.String(), stderr: stderr.String()}
+	if cmd.ProcessState != nil {
+		r.code = cmd.ProcessState.ExitCode()
+	} else {
+		t.Fatalf("run: %v", err)
+	}
+	t.Logf("sandbox run %v -- %v: exit %d\nstdout:\n%s\nstderr:\n%s", args, argv, r.code, r.stdout, r.stderr)
+	return r
+}
+
+func (w *world) sh(t *testing.T, args []string, script string) result {
+	t.Helper()
+	return w.run(t, args, "sh", "-c", script)
+}
+
+func contains(t *testing.T, s, want string) {
+	t.Helper()
+	if !strings.Contains(s, want) {
+		t.Errorf("output does not contain %q:\n%s", want, s)
+	}
+}
+
+func notContains(t *testing.T, s, unwanted string) {
+	t.Helper()
+	if strings.Contains(s, unwanted) {
+		t.Errorf("output contains %q:\n%s", unwanted, s)
+	}
+}
+
+// hostLoopback listens on the host's 127.0.0.1 and answers like a
+// whoami server tagged "host".
+func hostLoopback(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			fmt.Fprintf(c, "host peer=%s\n", c.RemoteAddr())
+			c.Close()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).Port
+}

@@ -1,0 +1,122 @@
+package e2e
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func pattern(i int) byte { return byte(i*7 + i>>11) }
+
+// One cluster for the whole remote story: building it costs more than
+// the checks.
+func TestRemoteRoutesThroughTheAgent(t *testing.T) {
+	w := newWorld(t)
+	ip := w.target.IP().String()
+	hostPort := hostLoopback(t)
+	w.sidecarOn(t, hostPort) // the same port number on the pod's loopback
+
+	t.Run("tcp by short name, FQDN and IP, seen from the pod's address", func(t *testing.T) {
+		r := w.sh(t, nil, fmt.Sprintf("%[1]s read whoami:7000; %[1]s read whoami.default.svc.cluster.local:7000; %[1]s read %[2]s:7000",
+			w.probe, w.whoami.IP()))
+		if r.code != 0 {
+			t.Fatalf("exit %d", r.code)
+		}
+		if n := strings.Count(r.stdout, "whoami peer="+ip+":"); n != 3 {
+			t.Fatalf("want 3 answers naming the pod's address %s, got %d", ip, n)
+		}
+	})
+
+	t.Run("udp connected and unconnected, from the pod's address", func(t *testing.T) {
+		r := w.sh(t, nil, fmt.Sprintf("%[1]s udp whoami:7000; %[1]s udpto %[2]s:7000", w.probe, w.whoami.IP()))
+		contains(t, r.stdout, "udp: whoami peer="+ip+":")
+		contains(t, r.stdout, "udpto: whoami peer="+ip+":")
+		contains(t, r.stdout, fmt.Sprintf("from %s:7000", w.whoami.IP()))
+	})
+
+	t.Run("dig SRV, TXT, AAAA and DNS over TCP", func(t *testing.T) {
+		r := w.sh(t, nil, "dig +short SRV _whoami._tcp.default.svc.cluster.local; dig +short TXT whoami-info.default.svc.cluster.local; "+
+			"dig +short AAAA whoami6.default.svc.cluster.local; dig +short +tcp +search whoami; cat /etc/resolv.conf")
+		contains(t, r.stdout, "0 5 7000 whoami.default.svc.cluster.local.")
+		contains(t, r.stdout, `"served by the cluster"`)
+		contains(t, r.stdout, w.whoami.IPv6().String())
+		contains(t, r.stdout, w.whoami.IP().String())
+		contains(t, r.stdout, "search default.svc.cluster.local svc.cluster.local cluster.local")
+		contains(t, r.stdout, "ndots:5")
+	})
+
+	t.Run("closed remote port refused, unanswered one times out", func(t *testing.T) {
+		r := w.sh(t, nil, fmt.Sprintf("%[1]s dial whoami:7009; %[1]s dial whoami:7002; true", w.probe))
+		contains(t, r.stdout, "connection refused")
+		contains(t, r.stdout, "i/o timeout")
+	})
+
+	t.Run("loopback reaches the pod's sidecar by default", func(t *testing.T) {
+		r := w.run(t, nil, w.probe, "read", fmt.Sprintf("127.0.0.1:%d", hostPort))
+		contains(t, r.stdout, "sidecar peer=127.0.0.1:")
+		notContains(t, r.stdout, "host peer")
+	})
+
+	t.Run("ignore_localhost reaches the host's loopback", func(t *testing.T) {
+		cfg := writeConfig(t, `{"feature":{"network":{"outgoing":{"ignore_localhost":true}}}}`)
+		r := w.run(t, []string{"-f", cfg}, w.probe, "read", fmt.Sprintf("127.0.0.1:%d", hostPort))
+		contains(t, r.stdout, "host peer=")
+	})
+
+	t.Run("a local rule sends its matches to the host, the rest remote", func(t *testing.T) {
+		r := w.sh(t, []string{"--local", fmt.Sprintf(":%d", hostPort)},
+			fmt.Sprintf("%[1]s read 127.0.0.1:%[2]d; %[1]s read whoami:7000", w.probe, hostPort))
+		contains(t, r.stdout, "host peer=")
+		contains(t, r.stdout, "whoami peer="+ip+":")
+	})
+
+	t.Run("100 MB arrive intact", func(t *testing.T) {
+		h := sha256.New()
+		buf := make([]byte, 1<<20)
+		for off := 0; off < 100<<20; off += len(buf) {
+			for i := range buf {
+				buf[i] = pattern(off + i)
+			}
+			h.Write(buf)
+		}
+		r := w.run(t, nil, w.probe, "sha256", "whoami:7003")
+		contains(t, r.stdout, fmt.Sprintf("%d %s", 100<<20, hex.EncodeToString(h.Sum(nil))))
+	})
+
+	t.Run("500 concurrent remote connections", func(t *testing.T) {
+		r := w.run(t, nil, w.probe, "echo", "whoami:7001", "500")
+		contains(t, r.stdout, "500 echoed")
+	})
+
+	t.Run("a wrong token is refused", func(t *testing.T) {
+		bad := writeConfig(t, "not-the-token")
+		r := w.run(t, []string{"--agent-token-file", bad}, "true")
+		if r.code != 2 {
+			t.Errorf("exit %d, want 2", r.code)
+		}
+		contains(t, r.stderr, "agent refused the token")
+	})
+
+	t.Run("the agent restarts mid-run and new flows succeed again", func(t *testing.T) {
+		// The app dials every 200 ms for a while; the test kills the agent
+		// after the first success and restarts it a second later.
+		script := fmt.Sprintf(`for i in $(seq 1 40); do if %s read whoami:7000 >/dev/null 2>&1; then echo ok; else echo fail; fi; sleep 0.2; done`, w.probe)
+		done := make(chan result, 1)
+		go func() { done <- w.sh(t, nil, script) }()
+		time.Sleep(1500 * time.Millisecond)
+		w.agent.Signal(syscall.SIGKILL)
+		<-w.agent.Done()
+		time.Sleep(time.Second)
+		w.startAgent(t)
+		r := <-done
+		lines := strings.Fields(r.stdout)
+		if len(lines) == 0 || lines[0] != "ok" || lines[len(lines)-1] != "ok" {
+			t.Fatalf("want the first and the last dials to succeed: %v", lines)
+		}
+		contains(t, r.stderr, "reconnect")
+	})
+}
