@@ -47,7 +47,7 @@ func Main(m *testing.M) {
 // the binary's path. pkg is an import path or a path relative to the
 // module root ("./test/apps/uwu-app"). Under Main each package is built
 // once per test binary; otherwise into t's temp dir.
-func BuildApp(t testing.TB, pkg string) string {
+func BuildApp(t TB, pkg string) string {
 	t.Helper()
 	builds.mu.Lock()
 	defer builds.mu.Unlock()

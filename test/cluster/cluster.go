@@ -10,7 +10,6 @@ import (
 	"regexp"
 	"strings"
 	"sync"
-	"testing"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -62,7 +61,7 @@ type Cluster struct {
 // New builds an empty cluster (the network, the bridge and the DNS pod)
 // and registers its removal with t.Cleanup. It stops the test when root or
 // dnsmasq is missing (see Need).
-func New(t testing.TB) *Cluster {
+func New(t TB) *Cluster {
 	t.Helper()
 	RequireRoot(t)
 	dnsmasq := RequireCommand(t, dnsmasqBinary, "dnsmasq-base")
@@ -151,7 +150,7 @@ func (c *Cluster) Pod(name string) *Pod {
 // The name answers A only, as in a single-stack cluster; the pod's IPv6
 // address is there for tests that add AAAA records (AddHost).
 // name must be a DNS label other than "dns".
-func (c *Cluster) AddPod(t testing.TB, name string) *Pod {
+func (c *Cluster) AddPod(t TB, name string) *Pod {
 	t.Helper()
 	if err := validPodName(name); err != nil {
 		t.Fatalf("cluster %s: %v", c.prefix, err)

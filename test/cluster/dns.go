@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"testing"
 	"time"
 )
 
@@ -29,7 +28,7 @@ type dnsServer struct {
 	pod    *Pod
 	binary string
 	conf   string
-	t      testing.TB // the test that owns the cluster: dnsmasq logs there
+	t      TB // the test that owns the cluster: dnsmasq logs there
 
 	mu      sync.Mutex
 	records []string // config lines: host-record=, srv-host=, txt-record=
@@ -41,7 +40,7 @@ func newDNSServer(c *Cluster, pod *Pod, binary string) *dnsServer {
 }
 
 // add appends a record line and restarts dnsmasq so it answers it.
-func (d *dnsServer) add(t testing.TB, line string) {
+func (d *dnsServer) add(t TB, line string) {
 	t.Helper()
 	d.mu.Lock()
 	d.records = append(d.records, line)
@@ -53,7 +52,7 @@ func (d *dnsServer) add(t testing.TB, line string) {
 
 // restart writes the config and (re)starts dnsmasq, returning once it
 // accepts connections on port 53.
-func (d *dnsServer) restart(t testing.TB) error {
+func (d *dnsServer) restart(t TB) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.t == nil {
@@ -117,7 +116,7 @@ func (d *dnsServer) waitReady() error {
 // AddHost makes name answer A and AAAA queries with addrs (in addition to
 // any it had). name is a full name ("app-db.default.svc.cluster.local", or
 // any other domain a test wants the cluster DNS to know).
-func (c *Cluster) AddHost(t testing.TB, name string, addrs ...netip.Addr) {
+func (c *Cluster) AddHost(t TB, name string, addrs ...netip.Addr) {
 	t.Helper()
 	name, err := validDNSName("name", name)
 	if err == nil && len(addrs) == 0 {
@@ -139,7 +138,7 @@ func (c *Cluster) AddHost(t testing.TB, name string, addrs ...netip.Addr) {
 // AddService makes NAME.default.svc.cluster.local (and so the short name
 // NAME, through the pods' search domains) answer with pod's IPv4 address:
 // a second service in front of an existing pod.
-func (c *Cluster) AddService(t testing.TB, name string, pod *Pod) {
+func (c *Cluster) AddService(t TB, name string, pod *Pod) {
 	t.Helper()
 	if !labelRE.MatchString(name) {
 		t.Fatalf("cluster %s: service name %q is not valid: want a DNS label (lower-case letters, digits and '-')", c.prefix, name)
@@ -149,7 +148,7 @@ func (c *Cluster) AddService(t testing.TB, name string, pod *Pod) {
 
 // AddSRV adds an SRV record: name (e.g. "_http._tcp.uwu-service.default.svc.cluster.local")
 // points at target:port with the given priority and weight.
-func (c *Cluster) AddSRV(t testing.TB, name, target string, port, priority, weight uint16) {
+func (c *Cluster) AddSRV(t TB, name, target string, port, priority, weight uint16) {
 	t.Helper()
 	name, err := validDNSName("SRV name", name)
 	if err != nil {
@@ -164,7 +163,7 @@ func (c *Cluster) AddSRV(t testing.TB, name, target string, port, priority, weig
 
 // AddTXT adds a TXT record with one or more strings (each at most 255
 // bytes of printable text without '"' or '\').
-func (c *Cluster) AddTXT(t testing.TB, name string, texts ...string) {
+func (c *Cluster) AddTXT(t TB, name string, texts ...string) {
 	t.Helper()
 	name, err := validDNSName("TXT name", name)
 	if err != nil {

@@ -27,3 +27,15 @@
 // from the host to a cluster address (with the host's default route such
 // packets would leave the machine).
 package cluster
+
+// TB is the part of testing.TB the harness uses, so that a program (the
+// demo) can drive a cluster as well as a test can. *testing.T satisfies it.
+type TB interface {
+	Helper()
+	Logf(format string, args ...any)
+	Errorf(format string, args ...any)
+	Fatalf(format string, args ...any)
+	Skipf(format string, args ...any)
+	Cleanup(func())
+	TempDir() string
+}

@@ -7,7 +7,6 @@ import (
 	"net"
 	"strconv"
 	"sync"
-	"testing"
 	"time"
 )
 
@@ -16,7 +15,7 @@ import (
 // socket opened inside the pod, as "kubectl port-forward" does. It is the
 // only way the host reaches a pod. It returns the listener's host:port and
 // stops (closing every relayed connection) in t's Cleanup.
-func (p *Pod) Forward(t testing.TB, port int) string {
+func (p *Pod) Forward(t TB, port int) string {
 	t.Helper()
 	if port < 1 || port > 65535 {
 		t.Fatalf("pod %s: Forward port %d is not valid: want 1-65535", p.name, port)
@@ -58,7 +57,7 @@ func (p *Pod) Forward(t testing.TB, port int) string {
 
 // relay joins a host connection to a new connection inside the pod until
 // both directions end or ctx is cancelled.
-func (p *Pod) relay(ctx context.Context, t testing.TB, client net.Conn, target string) {
+func (p *Pod) relay(ctx context.Context, t TB, client net.Conn, target string) {
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	server, err := p.DialContext(dctx, "tcp", target)
 	cancel()

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"testing"
 	"time"
 )
 
@@ -110,7 +109,7 @@ func (p *Pod) HTTPClient() *http.Client {
 
 // WaitPort waits until something in the pod accepts TCP connections on
 // port (on the pod's address or its loopback), failing the test after timeout.
-func (p *Pod) WaitPort(t testing.TB, port int, timeout time.Duration) {
+func (p *Pod) WaitPort(t TB, port int, timeout time.Duration) {
 	t.Helper()
 	addrs := []string{
 		netip.AddrPortFrom(p.ip4, uint16(port)).String(),

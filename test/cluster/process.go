@@ -11,7 +11,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 )
 
@@ -55,7 +54,7 @@ type Process struct {
 // and its children are stopped in t's Cleanup (SIGTERM, then SIGKILL), and
 // die with the test binary if it crashes (unless the program changes its
 // user, which clears the parent-death signal).
-func (p *Pod) Start(t testing.TB, argv []string, env ...string) *Process {
+func (p *Pod) Start(t TB, argv []string, env ...string) *Process {
 	t.Helper()
 	proc, err := p.start(t, argv, env)
 	if err != nil {
@@ -69,7 +68,7 @@ func (p *Pod) Start(t testing.TB, argv []string, env ...string) *Process {
 	return proc
 }
 
-func (p *Pod) start(t testing.TB, argv []string, env []string) (*Process, error) {
+func (p *Pod) start(t TB, argv []string, env []string) (*Process, error) {
 	cmd, err := p.command(argv, env)
 	if err != nil {
 		return nil, err
@@ -95,7 +94,7 @@ func (p *Pod) start(t testing.TB, argv []string, env []string) (*Process, error)
 // Run runs argv in the pod to completion (at most 2 minutes) and returns
 // its combined output; the error says how it failed (exit status, timeout).
 // The command and its output also go to the test log.
-func (p *Pod) Run(t testing.TB, argv ...string) (string, error) {
+func (p *Pod) Run(t TB, argv ...string) (string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
 	defer cancel()
@@ -171,7 +170,7 @@ func (pr *Process) Output() string { return pr.out.String() }
 
 // WaitOutput waits until the process has printed substr, failing the test
 // if it exits first or timeout passes.
-func (pr *Process) WaitOutput(t testing.TB, substr string, timeout time.Duration) {
+func (pr *Process) WaitOutput(t TB, substr string, timeout time.Duration) {
 	t.Helper()
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
@@ -251,7 +250,7 @@ func exitText(err error) string {
 // lineLog copies a process's output to the test log, one line per entry,
 // and keeps it for Output.
 type lineLog struct {
-	t    testing.TB
+	t    TB
 	name string
 
 	mu      sync.Mutex
@@ -260,7 +259,7 @@ type lineLog struct {
 	dropped bool
 }
 
-func newLineLog(t testing.TB, name string) *lineLog {
+func newLineLog(t TB, name string) *lineLog {
 	return &lineLog{t: t, name: name}
 }
 

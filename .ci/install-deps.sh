@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the Debian packages trafficpolice's tests and demo use for real,
+# when they are missing: iproute2 (ip netns in tests), iptables (nat rules
+# inside namespaces, nf_tables backend), dnsmasq (the namespace cluster's
+# DNS server), dig (a DNS client inside the sandbox), curl, iperf3.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+packages=(iproute2 iptables dnsmasq-base dnsutils curl iperf3 ca-certificates "$@")
+missing=()
+for p in "${packages[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+	echo "installing: ${missing[*]}"
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
