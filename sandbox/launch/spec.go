@@ -34,6 +34,11 @@ type Spec struct {
 	// to the app as is, anything else through a pipe.
 	Stdin          io.Reader
 	Stdout, Stderr io.Writer
+	// Terminal, when set, is the controlling terminal the app gets as its
+	// foreground process group, so Ctrl-C reaches the app once (not the app
+	// and trafficpolice, which would forward it a second time). The caller
+	// takes the terminal back with ReclaimTerminal.
+	Terminal *os.File
 
 	// extraBinds lets the tests bind files over paths of their own.
 	extraBinds []bindMount

@@ -7,7 +7,10 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // initArg0 is the argv[0] that turns this binary into the init helper.
@@ -58,7 +61,15 @@ func Start(spec Spec) (*exec.Cmd, error) {
 			// A private mount namespace for the app's resolv.conf and hosts.
 			Cloneflags: syscall.CLONE_NEWNS,
 			Pdeathsig:  syscall.SIGKILL,
+			// Its own process group: signals sent to trafficpolice's group
+			// (a terminal's Ctrl-C, a CI runner's kill) reach the app once,
+			// through trafficpolice's forwarding, not twice.
+			Setpgid: true,
 		},
+	}
+	if spec.Terminal != nil {
+		cmd.SysProcAttr.Foreground = true
+		cmd.SysProcAttr.Ctty = int(spec.Terminal.Fd())
 	}
 	err = cmd.Start()
 	errW.Close()
@@ -83,4 +94,14 @@ func Start(spec Spec) (*exec.Cmd, error) {
 		return nil, &se
 	}
 	return nil, &StartError{Step: "init", Msg: fmt.Sprintf("init helper failed before reporting (%v; exit: %v)", werr, waitErr)}
+}
+
+// ReclaimTerminal makes this process's group the terminal's foreground
+// group again, after an app started with Spec.Terminal has exited.
+func ReclaimTerminal(tty *os.File) error {
+	// A background group that calls tcsetpgrp gets SIGTTOU: ignore it for
+	// the call, as shells do.
+	signal.Ignore(syscall.SIGTTOU)
+	defer signal.Reset(syscall.SIGTTOU)
+	return unix.IoctlSetPointerInt(int(tty.Fd()), unix.TIOCSPGRP, unix.Getpgrp())
 }
