@@ -4,15 +4,27 @@ GO ?= go
 BIN := bin/trafficpolice
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: build test unit lint fuzz clean demo deps
+.PHONY: build test test-k8s k8s-binaries unit lint fuzz clean demo demo-k8s deps bench
 
 build:
 	CGO_ENABLED=0 $(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/trafficpolice
 
 # test: install missing packages, vet, then every test (root ones included:
-# CI runs as root).
-test: deps lint
+# CI runs as root). The Kubernetes binaries are built (or found in
+# /var/cache/trafficpolice) first, outside the tests' timeout: the first
+# build on a machine takes 11-15 minutes.
+test: deps lint k8s-binaries
+	.ci/containerd.sh start
 	$(GO) test -count=1 -timeout 20m ./...
+
+# test-k8s: only the tests on a real single-node Kubernetes (test/k8s).
+test-k8s: deps k8s-binaries
+	.ci/containerd.sh start
+	$(GO) test -count=1 -timeout 20m -v ./test/k8s/
+
+# k8s-binaries: build Kubernetes, etcd and the CNI plugins into the cache.
+k8s-binaries:
+	$(GO) run ./test/k8s/cmd/k8s-cluster build
 
 unit:
 	$(GO) test -short -count=1 ./...
@@ -26,8 +38,27 @@ deps:
 	.ci/install-deps.sh
 
 # demo: the seed's uwu story on a namespace "cluster" on this machine (as root).
+# `make demo KUBECONFIG=FILE AGENT_IMAGE=REF APP_IMAGE=REF`: the story
+# through Kubernetes on that cluster instead (see the README's "Kubernetes").
 demo: deps
+ifeq ($(origin KUBECONFIG),command line)
+	$(MAKE) build
+	$(GO) run ./test/k8s/cmd/k8s-cluster demo --kubeconfig $(KUBECONFIG) --trafficpolice $(BIN) \
+		--agent-image "$(AGENT_IMAGE)" $(if $(APP_IMAGE),--app-image "$(APP_IMAGE)")
+else
 	$(GO) run ./test/demo
+endif
+
+# demo-k8s: the story through Kubernetes on the test harness's own
+# single-node cluster (as root; builds Kubernetes on first use).
+demo-k8s: deps k8s-binaries
+	.ci/containerd.sh start
+	$(GO) run ./test/k8s/cmd/k8s-cluster demo
+
+# bench: the router beside the kernel path, in namespaces of its own (as
+# root, under 5 minutes). BENCHFLAGS=--json for JSON; see README "Benchmarks".
+bench:
+	$(GO) run ./test/bench $(BENCHFLAGS)
 
 clean:
 	rm -rf bin

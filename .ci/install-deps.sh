@@ -2,10 +2,12 @@
 # Installs the Debian packages trafficpolice's tests and demo use for real,
 # when they are missing: iproute2 (ip netns in tests), iptables (nat rules
 # inside namespaces, nf_tables backend), dnsmasq (the namespace cluster's
-# DNS server), dig (a DNS client inside the sandbox), curl, iperf3.
+# DNS server), dig (a DNS client inside the sandbox), curl, iperf3;
+# containerd and runc (containers, and the Kubernetes harness's runtime);
+# busybox-static (the small image `sandbox run --image` tests use).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-packages=(iproute2 iptables dnsmasq-base dnsutils curl iperf3 ca-certificates "$@")
+packages=(iproute2 iptables dnsmasq-base dnsutils curl iperf3 ca-certificates containerd runc busybox-static "$@")
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -7,14 +7,29 @@
 //   - udp.go: DialUDP, a connected UDP socket, datagrams relayed both ways;
 //   - dns.go: DNS, a raw query answered from the pod's /etc/hosts or
 //     forwarded to the nameservers of its /etc/resolv.conf;
-//   - Ping, answered at once.
+//   - Ping, answered at once;
+//   - Subscribe (with Options.Incoming): a steal or mirror of a pod port.
+//
+// Incoming traffic has files of its own: subscribe.go sets it up at start
+// (liveness socket, redirect listeners, removal of dead agents' chains)
+// and holds each subscription stream; incoming.go keeps every client's
+// subscriptions (who holds which port, what a lost tunnel keeps);
+// natrules.go manages the nat chains TP-IN-<agent id> that REDIRECT new
+// connections to the agent and let the agent's marked sockets by;
+// steal.go serves each redirected connection: whole to a stealing client,
+// request by request under an HTTP filter (http1.go, httpfilter.go), or
+// through to the pod's app; mirror.go makes the bounded copies for
+// mirroring clients.
 //
 // Each client gets its own tunnel state (its flows), dropped with every
 // socket it opened when the tunnel closes. Clients authenticate with a
 // shared token.
 //
 // The agent must not decide where traffic goes (the router's policy does
-// that on the client side), must not expand search domains (the app's own
-// resolver does, with the pod's search list copied into the sandbox), and
-// must not carry IP packets: only payload.
+// that on the client side; the client also decides which ports it takes),
+// must not expand search domains (the app's own resolver does, with the
+// pod's search list copied into the sandbox), must not carry IP packets
+// (only payload), must not touch nat rules other than its own chains and
+// the jumps to them (and dead agents' chains), and must never let a slow
+// mirroring client slow the pod's own traffic.
 package agent

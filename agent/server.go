@@ -50,6 +50,11 @@ type Options struct {
 	UDPIdleTimeout time.Duration
 	// Logger receives the agent's log; nil means slog.Default().
 	Logger *slog.Logger
+	// Incoming enables steal and mirror: Serve installs nat rules in the
+	// agent's network namespace (chains named for the agent, removed when
+	// Serve returns). The command turns it on; a program that embeds the
+	// agent in a namespace it shares with others must leave it off.
+	Incoming bool
 }
 
 // LoadToken returns the shared token: the content of path (surrounding
@@ -79,6 +84,11 @@ type Server struct {
 	opts Options
 	log  *slog.Logger
 	dns  *dnsResolver
+
+	// incoming is the steal and mirror machinery, nil when it is off or
+	// could not be set up (incomingErr says why).
+	incoming    *incoming
+	incomingErr string
 }
 
 // New checks opts and fills in the defaults.
@@ -144,6 +154,16 @@ func Serve(ctx context.Context, opts Options) error {
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if s.opts.Incoming {
+		stopIncoming := s.startIncoming(ctx, ln.Addr(), &wg)
+		// Deferred after wg.Wait, so it runs first: the pod gets its
+		// ports back at once, without waiting for the tunnels to end.
+		defer stopIncoming()
+	} else {
+		s.incomingErr = "this agent was started without incoming traffic (steal and mirror)"
+	}
 	stop := context.AfterFunc(ctx, func() { _ = ln.Close() })
 	defer stop()
 	for {
@@ -247,11 +267,12 @@ func (s *Server) handshake(ctx context.Context, sess *yamux.Session, log *slog.L
 		// The tunnel still works; the sandbox just copies less from the pod.
 		log.Warn("could not read all pod facts", "err", err)
 	}
+	facts.IncomingError = s.incomingErr
 	if err := proto.WriteMessage(ctrl, proto.Welcome{Version: proto.Version, Facts: facts}); err != nil {
 		return nil, err
 	}
 	_ = ctrl.SetDeadline(time.Time{})
-	return &tunnel{log: log, ctrl: ctrl, flows: map[uint32]*tcpFlow{}}, nil
+	return &tunnel{log: log, sess: sess, remote: sess.RemoteAddr().String(), ctrl: ctrl, flows: map[uint32]*tcpFlow{}}, nil
 }
 
 // tokenOK compares in constant time; hashing first keeps the token's
@@ -295,9 +316,11 @@ func (s *Server) serveStream(ctx context.Context, t *tunnel, st *yamux.Stream) {
 	case proto.Ping:
 		_ = proto.WriteMessage(st, proto.Result{})
 		_ = st.Close()
+	case proto.Subscribe:
+		s.serveSubscribe(t, st, req)
 	default:
 		_ = proto.WriteMessage(st, proto.Result{Class: proto.ClassOther,
-			Message: fmt.Sprintf("%s cannot start a flow: send DialTCP, DialUDP, DNS or Ping", m.Type())})
+			Message: fmt.Sprintf("%s cannot start a flow: send DialTCP, DialUDP, DNS, Ping or Subscribe", m.Type())})
 		_ = st.Close()
 	}
 }

@@ -29,7 +29,7 @@ func (s *Server) serveTCP(ctx context.Context, t *tunnel, st *yamux.Stream, req 
 	t.add(id, f)
 	defer t.remove(id)
 
-	var d net.Dialer
+	d := net.Dialer{Control: s.dialControl()}
 	c, err := d.DialContext(dctx, "tcp", req.Dst.String())
 	cancel()
 	if err != nil {

@@ -12,7 +12,9 @@ import (
 // tunnel is one client's state: its control stream and its TCP flows by
 // stream id, so that an Abort finds its flow. It dies with the session.
 type tunnel struct {
-	log *slog.Logger
+	log    *slog.Logger
+	sess   *yamux.Session // the agent opens incoming streams on it
+	remote string         // the client's address, for logs and labels
 
 	ctrl   *yamux.Stream
 	ctrlMu sync.Mutex // one writer at a time on the control stream

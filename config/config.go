@@ -136,7 +136,7 @@ func Default() *Config {
 }
 
 // TargetKinds are the target kinds trafficpolice accepts in Target.Path, besides "targetless".
-var TargetKinds = []string{"pod", "deployment", "rollout", "statefulset", "replicaset", "service"}
+var TargetKinds = []string{"pod", "deployment", "rollout", "statefulset", "replicaset", "job", "service"}
 
 // Kind returns the target's kind: "" when no target is given, "targetless", or one of
 // TargetKinds ("deploy" is returned as "deployment").

@@ -53,7 +53,7 @@ func (v *validator) target(t Target) {
 	parts := strings.Split(t.Path, "/")
 	kind := parts[0]
 	switch {
-	case kind == "job" || kind == "cronjob":
+	case kind == "cronjob":
 		v.add(path, "not supported yet by trafficpolice (mirrord runs %s targets only through its operator's copy_target; target one of its pods with \"pod/NAME\")", kind)
 		return
 	case len(parts) == 1:
@@ -61,7 +61,7 @@ func (v *validator) target(t Target) {
 		return
 	case kind != "deploy" && !slices.Contains(TargetKinds, kind):
 		msg := fmt.Sprintf("%q has an unknown kind %q; valid kinds: %s (or \"targetless\")", t.Path, kind, kinds)
-		if s := suggest(kind, append(TargetKinds, "cronjob", "job")); s != "" {
+		if s := suggest(kind, append(TargetKinds, "cronjob")); s != "" {
 			msg += fmt.Sprintf("; did you mean %q?", s)
 		}
 		v.add(path, "%s", msg)

@@ -24,6 +24,10 @@ type SandboxLink struct {
 	MTU int
 	// NoIPv6 leaves IPv6 out: no address, route or ip6tables rules.
 	NoIPv6 bool
+	// Offload opens the TUN with IFF_VNET_HDR and checksum and TSO
+	// offloads: every packet read from or written to the file then starts
+	// with a virtio_net_hdr (router.NewTUNEndpoint speaks both forms).
+	Offload bool
 }
 
 func (o SandboxLink) withDefaults() (SandboxLink, error) {
@@ -57,7 +61,8 @@ func (o SandboxLink) withDefaults() (SandboxLink, error) {
 //   - route_localnet, so redirected loopback traffic may leave through it;
 //   - the loopback redirect (nat chain LoopbackChain).
 //
-// Reads and writes on the file are whole IP packets with no extra header.
+// Reads and writes on the file are whole IP packets with no extra header
+// (with Offload, each preceded by a virtio_net_hdr).
 // The file is non-blocking and registered with Go's poller: use Read,
 // Write or SyscallConn; calling Fd switches it back to blocking mode.
 // Closing the file removes the link. Everything happens inside n in this
@@ -100,7 +105,7 @@ func setupInside(opts SandboxLink) (*os.File, error) {
 		return nil, fmt.Errorf("set lo up: %w", err)
 	}
 
-	tun, err := openTUN(opts.Name)
+	tun, err := openTUN(opts.Name, opts.Offload)
 	if err != nil {
 		return nil, err
 	}

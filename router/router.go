@@ -148,6 +148,14 @@ func newStack(link stack.LinkEndpoint) (*stack.Stack, error) {
 	s.SetTransportProtocolOption(tcp.ProtocolNumber, &rcv)
 	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 8 << 20}
 	s.SetTransportProtocolOption(tcp.ProtocolNumber, &snd)
+	// The router's side of a flow that the destination closed first ends
+	// in TIME_WAIT. gVisor's forwarder never sees a SYN for a tuple in
+	// TIME_WAIT (the netstack only hands those to a listening endpoint),
+	// so an app that reuses the port — Linux does, quickly, under load —
+	// would wait out the whole TIME_WAIT. On a TUN inside this host no
+	// segment lingers in a network, which is what TIME_WAIT guards against.
+	tw := tcpip.TCPTimeWaitTimeoutOption(timeWait)
+	s.SetTransportProtocolOption(tcp.ProtocolNumber, &tw)
 	return s, nil
 }
 

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
@@ -25,6 +27,9 @@ const (
 	// SYN (tcp_syn_retries=6); the app usually gives up first.
 	tcpDialTimeout = 130 * time.Second
 	copyBufferSize = 64 << 10
+	// timeWait is how long the router's side of a closed flow stays in
+	// TIME_WAIT (see newStack).
+	timeWait = 100 * time.Millisecond
 )
 
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
@@ -61,7 +66,7 @@ func (r *Router) handleTCP(req *tcp.ForwarderRequest) {
 	}
 	req.Complete(false)
 	in := gonet.NewTCPConn(&wq, ep)
-	r.splice(f, in, out)
+	r.splice(f, in, out, endpointWaiter(&wq, ep), connWaiter(out))
 }
 
 func (r *Router) endFlow(f *flow) {
@@ -71,9 +76,16 @@ func (r *Router) endFlow(f *flow) {
 
 // splice copies both ways until both directions end, then closes both.
 // Half-closes pass through (the app's shutdown(SHUT_WR) reaches the peer).
-func (r *Router) splice(f *flow, in, out net.Conn) {
+// inWait and outWait, when not nil, wait until a read on in or out would
+// not block, so that an idle flow holds no copy buffer.
+func (r *Router) splice(f *flow, in, out net.Conn, inWait, outWait readWaiter) {
 	r.stats.open.Add(1)
-	stop := context.AfterFunc(r.ctx, func() { in.Close(); out.Close() })
+	// done ends both directions' waits: the router stops, or one direction
+	// failed (copyHalf closes both ends then).
+	done := make(chan struct{})
+	var doneOnce sync.Once
+	finish := func() { doneOnce.Do(func() { close(done) }) }
+	stop := context.AfterFunc(r.ctx, func() { finish(); in.Close(); out.Close() })
 	var outBytes, inBytes atomic.Int64
 	var firstErr atomic.Value
 	var wg sync.WaitGroup
@@ -82,12 +94,14 @@ func (r *Router) splice(f *flow, in, out net.Conn) {
 	go func() {
 		defer r.wg.Done()
 		defer wg.Done()
-		if err := copyHalf(out, in, &outBytes); err != nil {
+		if err := copyHalf(out, in, inWait, done, &outBytes); err != nil {
 			firstErr.CompareAndSwap(nil, err)
+			finish()
 		}
 	}()
-	if err := copyHalf(in, out, &inBytes); err != nil {
+	if err := copyHalf(in, out, outWait, done, &inBytes); err != nil {
 		firstErr.CompareAndSwap(nil, err)
+		finish()
 	}
 	wg.Wait()
 	stop()
@@ -104,21 +118,22 @@ func (r *Router) splice(f *flow, in, out net.Conn) {
 type closeWriter interface{ CloseWrite() error }
 
 // copyHalf copies src to dst, then passes the end of stream on as a
-// half-close. A reset on one side resets the other.
-func copyHalf(dst, src net.Conn, n *atomic.Int64) error {
-	bp := copyBuffers.Get().(*[]byte)
-	defer copyBuffers.Put(bp)
-	buf := *bp
+// half-close. A reset on one side resets the other. With wait, it borrows
+// a copy buffer only while src has something to read.
+func copyHalf(dst, src net.Conn, wait readWaiter, done <-chan struct{}, n *atomic.Int64) error {
 	var err error
+	full := false
 	for {
-		nr, rerr := src.Read(buf)
-		if nr > 0 {
-			nw, werr := dst.Write(buf[:nr])
-			n.Add(int64(nw))
-			if werr != nil {
-				err = werr
-				break
-			}
+		// After a full buffer more is likely waiting: read at once.
+		if wait != nil && !full {
+			wait(done)
+		}
+		nr, nw, rerr, werr := copyOnce(dst, src)
+		full = nr == copyBufferSize
+		n.Add(int64(nw))
+		if werr != nil {
+			err = werr
+			break
 		}
 		if rerr != nil {
 			if !errors.Is(rerr, io.EOF) {
@@ -142,4 +157,69 @@ func copyHalf(dst, src net.Conn, n *atomic.Int64) error {
 		dst.Close()
 	}
 	return nil
+}
+
+// copyOnce moves one read's worth from src to dst through a pooled buffer.
+func copyOnce(dst, src net.Conn) (nr, nw int, rerr, werr error) {
+	bp := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(bp)
+	buf := *bp
+	nr, rerr = src.Read(buf)
+	if nr > 0 {
+		nw, werr = dst.Write(buf[:nr])
+	}
+	return nr, nw, rerr, werr
+}
+
+// readWaiter returns once a read would not block (data, end of stream or
+// an error), or when done is closed.
+type readWaiter func(done <-chan struct{})
+
+// endpointWaiter waits on the netstack endpoint's readiness.
+func endpointWaiter(wq *waiter.Queue, ep tcpip.Endpoint) readWaiter {
+	return func(done <-chan struct{}) {
+		if ep.Readiness(waiter.ReadableEvents) != 0 {
+			return
+		}
+		e, ch := waiter.NewChannelEntry(waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr)
+		wq.EventRegister(&e)
+		defer wq.EventUnregister(&e)
+		if ep.Readiness(waiter.ReadableEvents) != 0 {
+			return
+		}
+		select {
+		case <-ch:
+		case <-done:
+		}
+	}
+}
+
+// connWaiter waits for a host TCP socket to be readable by peeking at it
+// through Go's poller; nil for other connections (they read into a buffer
+// held while they wait).
+func connWaiter(c net.Conn) readWaiter {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return nil
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return func(<-chan struct{}) {
+		// Closing the conn (done) makes rc.Read return.
+		rc.Read(func(fd uintptr) bool {
+			var b [1]byte
+			for {
+				_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+				switch err {
+				case unix.EINTR:
+					continue
+				case unix.EAGAIN:
+					return false
+				}
+				return true
+			}
+		})
+	}
 }

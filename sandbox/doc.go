@@ -6,5 +6,5 @@
 //
 // It owns the lifecycle only: namespaces and firewall rules are done by
 // package netns, flows by package router, the app's process by
-// sandbox/launch.
+// sandbox/launch (or, with an image, its container by sandbox/container).
 package sandbox

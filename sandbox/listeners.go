@@ -25,6 +25,7 @@ type listenerWatch struct {
 	mu       sync.Mutex
 	tcp, udp map[uint16]bool
 	bypassed map[uint16]bool
+	onTCP    func(map[uint16]bool) // told the TCP ports after each poll (incoming.go)
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -69,6 +70,9 @@ func (w *listenerWatch) refresh() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.tcp, w.udp = tcp, udp
+	if w.onTCP != nil {
+		w.onTCP(tcp)
+	}
 	for p := range tcp {
 		if !w.bypassed[p] {
 			if err := netns.AddListenerBypass(w.ns, "tcp", p); err != nil {
@@ -118,4 +122,13 @@ func (w *listenerWatch) has(proto policy.Proto, port uint16) bool {
 		return w.udp[port]
 	}
 	return w.tcp[port] || w.udp[port]
+}
+
+// watchTCP calls fn with the app's TCP ports now and after every poll; fn
+// must not block.
+func (w *listenerWatch) watchTCP(fn func(map[uint16]bool)) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.onTCP = fn
+	fn(w.tcp)
 }

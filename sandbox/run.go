@@ -21,9 +21,11 @@ import (
 	"github.com/miekg/dns"
 	"golang.org/x/sys/unix"
 
+	"github.com/trafficpolice/trafficpolice/config"
 	"github.com/trafficpolice/trafficpolice/netns"
 	"github.com/trafficpolice/trafficpolice/router"
 	"github.com/trafficpolice/trafficpolice/router/policy"
+	"github.com/trafficpolice/trafficpolice/sandbox/container"
 	"github.com/trafficpolice/trafficpolice/sandbox/launch"
 )
 
@@ -32,6 +34,10 @@ type Options struct {
 	Policy *policy.Policy
 	// Remote is the agent's tunnel, already connected; nil without agent.
 	Remote router.Remote
+	// Incoming says which of the pod's incoming traffic the app takes;
+	// IncomingAgent is the agent's client that takes it (nil: none).
+	Incoming      config.Incoming
+	IncomingAgent IncomingAgent
 	// Argv is the app's command line.
 	Argv []string
 	Env  []string
@@ -42,6 +48,14 @@ type Options struct {
 	MTU int
 	// NoIPv6 leaves IPv6 out of the sandbox.
 	NoIPv6 bool
+	// DebugListen, if set, is a HOST:PORT on the host's loopback serving
+	// net/http/pprof and the router's counters (see serveDebug).
+	DebugListen string
+	// Image, when set, runs Argv in a container of this image through
+	// containerd (sandbox/container) instead of as a plain process;
+	// Container says how (mounts, workdir, env, daemon).
+	Image     string
+	Container container.Options
 
 	Stdin          io.Reader
 	Stdout, Stderr io.Writer
@@ -115,6 +129,26 @@ func Run(ctx context.Context, o Options) (int, error) {
 	}
 	defer rt.Close()
 	defer watch.stop()
+	in, err := newIncoming(ns, o)
+	if err != nil {
+		return 0, err
+	}
+	if in != nil {
+		// Deferred after watch.stop, so it runs first: the pod gets its
+		// ports back before anything else is torn down.
+		in.start(ctx)
+		defer in.stop()
+		watch.watchTCP(in.update)
+	}
+	if o.DebugListen != "" {
+		dctx, stopDebug := context.WithCancel(ctx)
+		defer stopDebug()
+		addr, err := serveDebug(dctx, o.DebugListen, rt, o.Logger)
+		if err != nil {
+			return 0, err
+		}
+		o.Progress.Note("debug server on http://%s/debug/pprof/", addr)
+	}
 	if o.Remote == nil {
 		o.Progress.Note("no agent or target: flows go out from this host unless a rule blocks them; the host's loopback only through a --local rule or ignore_localhost")
 	}
@@ -160,7 +194,7 @@ func buildNamespace(name string, o Options) (*netns.Namespace, *os.File, error) 
 	if err != nil {
 		return nil, nil, fmt.Errorf("create network namespace %s: %w", name, err)
 	}
-	tun, err := netns.SetupSandbox(ns, netns.SandboxLink{MTU: o.MTU, NoIPv6: o.NoIPv6})
+	tun, err := netns.SetupSandbox(ns, netns.SandboxLink{MTU: o.MTU, NoIPv6: o.NoIPv6, Offload: true})
 	if err != nil {
 		return nil, nil, fmt.Errorf("set up the sandbox's TUN in %s: %w", name, err)
 	}
@@ -301,11 +335,15 @@ func runApp(ctx context.Context, ns *netns.Namespace, files resolverFiles, o Opt
 		Stdin:      o.Stdin,
 		Stdout:     o.Stdout,
 		Stderr:     o.Stderr,
+		Terminal:   terminalOf(o.Stdin),
 	}
 	// Signals are caught before the app starts, so none is lost between.
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
+	if o.Image != "" {
+		return runContainer(ctx, ns, files, o, uid, gid, sigs)
+	}
 
 	done := o.Progress.Step("starting " + strings.Join(o.Argv, " "))
 	cmd, err := launch.Start(spec)
@@ -325,7 +363,13 @@ func runApp(ctx context.Context, ns *netns.Namespace, files resolverFiles, o Opt
 		o.Started(ns.Name(), cmd.Process.Pid)
 	}
 	waited := make(chan error, 1)
-	go func() { waited <- cmd.Wait() }()
+	go func() {
+		err := cmd.Wait()
+		if spec.Terminal != nil {
+			launch.ReclaimTerminal(spec.Terminal)
+		}
+		waited <- err
+	}()
 	for {
 		select {
 		case sig := <-sigs:
@@ -342,6 +386,20 @@ func runApp(ctx context.Context, ns *netns.Namespace, files resolverFiles, o Opt
 			return exitStatus(cmd, err)
 		}
 	}
+}
+
+// terminalOf returns stdin when it is a terminal that is this process's
+// controlling terminal in the foreground.
+func terminalOf(stdin io.Reader) *os.File {
+	f, ok := stdin.(*os.File)
+	if !ok {
+		return nil
+	}
+	pgrp, err := unix.IoctlGetInt(int(f.Fd()), unix.TIOCGPGRP)
+	if err != nil || pgrp != unix.Getpgrp() {
+		return nil // not a terminal, or we run in the background
+	}
+	return f
 }
 
 func exitStatus(cmd *exec.Cmd, err error) (int, error) {

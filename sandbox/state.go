@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/trafficpolice/trafficpolice/netns"
+	"github.com/trafficpolice/trafficpolice/sandbox/container"
 )
 
 // StateDir holds one folder per run, recording what the run created, so a
@@ -95,6 +97,11 @@ func (r *record) alive() bool {
 // its namespace (with the TUN and rules inside), its state folder.
 func (r *record) teardown() error {
 	var errs []error
+	// A container first (sandbox run --image): its processes are in the
+	// namespace, and containerd must delete its task and snapshot.
+	if err := container.Cleanup(context.Background(), r.dir()); err != nil {
+		errs = append(errs, err)
+	}
 	if ns, err := netns.Open(r.Namespace); err == nil {
 		if err := netns.KillProcesses(ns); err != nil {
 			errs = append(errs, fmt.Errorf("kill processes in %s: %w", r.Namespace, err))

@@ -2,6 +2,8 @@ package client
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -73,6 +75,12 @@ type Options struct {
 	// OnState, when set, is called on every state change after Dial has
 	// returned, one call at a time. It must not call Close.
 	OnState func(State, error)
+	// Label names this client to other clients of the agent ("alice@laptop"),
+	// so that a refused steal can say who holds the port; "" for DefaultLabel.
+	Label string
+	// OnIncomingError, when set, hears about a subscription that could not
+	// be renewed after a reconnection.
+	OnIncomingError func(error)
 }
 
 // Client is a tunnel to an agent that reconnects when it drops. It is
@@ -85,10 +93,14 @@ type Client struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	// owner tells the agent that a renewed subscription is this client's.
+	owner string
+
 	mu      sync.Mutex
 	cur     *tunnel // nil while reconnecting
 	facts   proto.Facts
 	changed chan struct{} // closed whenever cur changes
+	subs    map[uint16]*Subscription
 }
 
 var _ router.Remote = (*Client)(nil)
@@ -116,7 +128,14 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Client{opts: opts, log: log, changed: make(chan struct{})}
+	if opts.Label == "" {
+		opts.Label = DefaultLabel()
+	}
+	var owner [8]byte
+	if _, err := crand.Read(owner[:]); err != nil {
+		return nil, fmt.Errorf("agent client: random owner id: %w", err)
+	}
+	c := &Client{opts: opts, log: log, changed: make(chan struct{}), owner: hex.EncodeToString(owner[:]), subs: map[uint16]*Subscription{}}
 	c.ctx, c.cancel = context.WithCancel(ctx)
 	t, err := c.connect(c.ctx)
 	if err != nil {
@@ -131,9 +150,13 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 	return c, nil
 }
 
-// Close ends the tunnel and every flow on it, and waits for the client's
-// goroutines to end.
+// Close ends the subscriptions (the agent gives their ports back to the
+// pod at once), then the tunnel and every flow on it, and waits for the
+// client's goroutines to end.
 func (c *Client) Close() error {
+	if c.ctx.Err() == nil {
+		c.closeSubscriptions()
+	}
 	c.cancel()
 	c.wg.Wait()
 	return nil
@@ -202,6 +225,7 @@ func (c *Client) run(t *tunnel) {
 		c.setTunnel(t)
 		c.log.Info("reconnected to agent", "agent", c.where())
 		c.emit(StateConnected, nil)
+		c.renewAll()
 	}
 }
 
@@ -262,10 +286,14 @@ func (c *Client) connect(ctx context.Context) (*tunnel, error) {
 		_ = sess.Close()
 		return nil, err
 	}
-	c.wg.Add(1)
+	c.wg.Add(2)
 	go func() {
 		defer c.wg.Done()
 		t.readControl()
+	}()
+	go func() {
+		defer c.wg.Done()
+		c.acceptIncoming(t)
 	}()
 	return t, nil
 }

@@ -89,8 +89,8 @@ func Decode(b []byte) (Message, int, error) {
 
 func parseHeader(hdr []byte) (Type, int, error) {
 	t := Type(hdr[0])
-	if t < TypeHello || t > TypeAbort {
-		return 0, 0, fmt.Errorf("frame type %d is unknown: valid types are %d to %d", hdr[0], TypeHello, TypeAbort)
+	if t < TypeHello || t > maxType {
+		return 0, 0, fmt.Errorf("frame type %d is unknown: valid types are %d to %d", hdr[0], TypeHello, maxType)
 	}
 	n := binary.BigEndian.Uint32(hdr[1:])
 	if n > MaxBodySize {
@@ -129,6 +129,10 @@ func decodeBody(t Type, body []byte) (Message, error) {
 		m = r
 	case TypeAbort:
 		m = Abort{StreamID: d.u32("stream id")}
+	case TypeSubscribe:
+		m = d.subscribe()
+	case TypeIncoming:
+		m = d.incoming()
 	}
 	if d.err == nil && len(d.b) > 0 {
 		d.fail("%d bytes left over after the last field", len(d.b))
@@ -248,6 +252,7 @@ func (d *decoder) facts() Facts {
 	f.SearchDomains = d.strList("search domains")
 	f.Ndots = int(d.u8("ndots"))
 	f.Options = d.strList("options")
+	f.IncomingError = d.str("incoming error")
 	return f
 }
 
@@ -339,7 +344,10 @@ func (f Facts) appendTo(b []byte) ([]byte, error) {
 		return b, fmt.Errorf("ndots %d is out of range: valid values are 0 to %d", f.Ndots, math.MaxUint8)
 	}
 	b = append(b, byte(f.Ndots))
-	return appendStrList(b, f.Options, "options")
+	if b, err = appendStrList(b, f.Options, "options"); err != nil {
+		return b, err
+	}
+	return appendStr(b, f.IncomingError, "incoming error")
 }
 
 func (m Refused) appendBody(b []byte) ([]byte, error) {

@@ -40,8 +40,10 @@
 //	Refused (3)  agent → client   code u8 (1 token, 2 version), reason str
 //
 // Facts is hostname str, addresses list(addr), search domains list(str),
-// ndots u8, options list(str): what the sandbox copies from the pod's
-// /etc/resolv.conf, hostname and interface addresses.
+// ndots u8, options list(str), incoming error str: what the sandbox copies
+// from the pod's /etc/resolv.conf, hostname and interface addresses, and
+// (version 2) why the agent cannot steal or mirror incoming traffic, empty
+// when it can, so that a run that needs it fails at its start.
 //
 // The agent compares the token in constant time; a wrong or missing token
 // (or an unsupported version) gets Refused and the connection is closed.
@@ -82,4 +84,45 @@
 // u16 length followed by that many bytes (see WriteDatagram); the stream's
 // datagrams are exchanged with dst only. DNS and Ping streams end after the
 // Result.
+//
+// # Incoming traffic (version 2)
+//
+// A client subscribes to a port of the pod on a stream of its own:
+//
+//	Subscribe (10) client → agent   mode u8 (1 steal, 2 mirror), port u16,
+//	                                linger u32 (ms, 0 = agent default),
+//	                                owner str, label str, filter HTTPFilter
+//
+// The agent answers with a Result: ClassOK when the port's nat rules are in
+// place, otherwise a failure whose message says why (another client's
+// unfiltered steal holds the port — the message names its label —, the
+// filter does not compile, iptables failed). After ClassOK the stream stays
+// open and idle: the client closing it (FIN) ends the subscription at once;
+// the tunnel dropping ends it after linger (or the agent's communication
+// timeout), unless a client with the same owner subscribes the same port again
+// before (a reconnection), which takes it over. A subscription with the
+// same owner and port as a live one replaces it.
+//
+// HTTPFilter is kind u8, then by kind: 0 none (nothing); 1 header, 2 path,
+// 3 method: pattern str; 4 all_of, 5 any_of: list(HTTPFilter) of at least
+// one member, nested at most MaxFilterDepth levels. Header patterns are
+// regular expressions (RE2) matched case-insensitively against each
+// "Name: Value" line; path patterns against the request's path without its
+// query; a method pattern is a method name compared case-insensitively.
+// With a filter, HTTP/1.x requests are decided one by one on keep-alive
+// connections; a connection that does not start with an HTTP/1.x request
+// (HTTP/2, TLS, raw TCP) passes through to the pod's app whole.
+//
+// For each connection (steal without filter, mirror without filter) or each
+// connection that has a request for the client (with a filter), the agent
+// opens a stream to the client:
+//
+//	Incoming (11)  agent → client   mode u8, port u16, src addrport, dst addrport
+//
+// The client connects to its local app and answers with a Result (ClassOK,
+// or the failure); then the stream carries the connection's bytes (or the
+// matching requests, one after another) to the app and, for steal, the
+// app's bytes back. For mirror the client discards the app's answers and
+// writes nothing after the Result. Half-closes travel as yamux FINs, as for
+// DialTCP.
 package proto

@@ -7,7 +7,7 @@ import (
 )
 
 // Version is the protocol version this build speaks.
-const Version uint16 = 1
+const Version uint16 = 2
 
 // MaxBodySize bounds a frame's body. It leaves room for the largest DNS
 // message (64 KiB) plus the fields around it; anything bigger is an attack
@@ -31,6 +31,10 @@ const (
 	TypePing    Type = 7
 	TypeResult  Type = 8
 	TypeAbort   Type = 9
+	// Since version 2: incoming traffic (steal and mirror).
+	TypeSubscribe Type = 10
+	TypeIncoming  Type = 11
+	maxType            = TypeIncoming
 )
 
 func (t Type) String() string {
@@ -53,6 +57,10 @@ func (t Type) String() string {
 		return "Result"
 	case TypeAbort:
 		return "Abort"
+	case TypeSubscribe:
+		return "Subscribe"
+	case TypeIncoming:
+		return "Incoming"
 	}
 	return fmt.Sprintf("Type(%d)", uint8(t))
 }
@@ -110,6 +118,9 @@ type Facts struct {
 	Ndots         int
 	// Options are the other resolv.conf "options" (e.g. "timeout:2").
 	Options []string
+	// IncomingError says why the agent cannot steal or mirror the pod's
+	// traffic (no iptables, no NET_ADMIN); empty when it can.
+	IncomingError string
 }
 
 // DialTCP asks the agent to open a TCP connection from the pod to Dst.

@@ -23,6 +23,7 @@ func sampleMessages() []Message {
 			SearchDomains: []string{"default.svc.cluster.local", "svc.cluster.local", "cluster.local"},
 			Ndots:         5,
 			Options:       []string{"timeout:2", "attempts:3"},
+			IncomingError: "iptables: Permission denied (you must be root)",
 		}},
 		Welcome{Version: Version},
 		Refused{Code: RefuseToken, Reason: "wrong token"},
@@ -36,6 +37,14 @@ func sampleMessages() []Message {
 		Result{Class: ClassRefused, Message: "dial tcp 10.0.0.7:8080: connect: connection refused"},
 		Result{Class: ClassOK, Data: []byte("raw dns answer")},
 		Abort{StreamID: 0xfffffffd},
+		Subscribe{Mode: ModeSteal, Port: 80, Linger: 2 * time.Second, Owner: "0123456789abcdef", Label: "alice@laptop"},
+		Subscribe{Mode: ModeMirror, Port: 9999, Filter: HTTPFilter{Kind: FilterHeader, Pattern: "^x-user: alice$"}},
+		Subscribe{Mode: ModeSteal, Port: 8080, Owner: "o", Label: "bob@ci", Filter: HTTPFilter{Kind: FilterAnyOf, Filters: []HTTPFilter{
+			{Kind: FilterPath, Pattern: "^/api"},
+			{Kind: FilterAllOf, Filters: []HTTPFilter{{Kind: FilterMethod, Pattern: "POST"}, {Kind: FilterHeader, Pattern: "x-b: 1"}}},
+		}}},
+		Incoming{Mode: ModeSteal, Port: 80, Src: netip.MustParseAddrPort("10.244.0.11:41234"), Dst: netip.MustParseAddrPort("10.244.0.10:80")},
+		Incoming{Mode: ModeMirror, Port: 443, Src: netip.MustParseAddrPort("[::1]:5"), Dst: netip.MustParseAddrPort("[::1]:443")},
 	}
 }
 

@@ -17,13 +17,15 @@ func newAgentCommand() *cobra.Command {
 		opts      agent.Options
 		tokenFile string
 		commTO    time.Duration
+		runFlags  agentRunFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "agent --listen HOST:PORT [--token-file FILE]",
 		Short: "Serve tunnels from inside the target pod's network namespace",
 		Long: "Serve trafficpolice tunnels: dial TCP and UDP and resolve names from this network namespace\n" +
-			"for clients that present the shared token (--token-file, or $" + agent.EnvToken + ").\n" +
-			"Meant to run inside the target pod's network namespace.",
+			"for clients that present the shared token (--token-file, or $" + agent.EnvToken + "), and steal\n" +
+			"or mirror the namespace's incoming TCP connections for them (nat rules in chains " + agent.ChainPrefix + "<id>,\n" +
+			"removed on exit; needs iptables and NET_ADMIN). Meant to run inside the target pod's network namespace.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			tok, err := agent.LoadToken(tokenFile)
@@ -35,7 +37,7 @@ func newAgentCommand() *cobra.Command {
 			opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			return agent.Serve(ctx, opts)
+			return serveAgent(ctx, opts, runFlags)
 		},
 	}
 	f := cmd.Flags()
@@ -43,7 +45,10 @@ func newAgentCommand() *cobra.Command {
 	f.StringVar(&tokenFile, "token-file", "", "file holding the shared token (default: $"+agent.EnvToken+")")
 	f.StringVar(&opts.ResolvConfPath, "resolv-conf", "/etc/resolv.conf", "the pod's resolver configuration")
 	f.StringVar(&opts.HostsPath, "hosts", "/etc/hosts", "the pod's hosts file")
-	f.DurationVar(&commTO, "communication-timeout", 30*time.Second, "bound on handshakes, requests and DNS resolution")
+	f.DurationVar(&commTO, "communication-timeout", 30*time.Second,
+		"bound on handshakes, requests and DNS resolution; how long a steal outlives a lost tunnel when the client does not say")
+	f.BoolVar(&opts.Incoming, "incoming", true, "steal and mirror incoming traffic for clients (installs nat rules in this namespace)")
+	runFlags.add(f)
 	cmd.MarkFlagRequired("listen")
 	return cmd
 }

@@ -31,6 +31,9 @@ type runFlags struct {
 	verbose        bool
 	agentAddress   string
 	agentTokenFile string
+	debugListen    string
+	kube           kubeFlags
+	image          imageFlags
 }
 
 func newSandboxRunCommand() *cobra.Command {
@@ -43,7 +46,8 @@ func newSandboxRunCommand() *cobra.Command {
 			"or is blocked, by the outgoing filter. Exits with COMMAND's status (128+N for signal N);\n" +
 			"trafficpolice's own failures exit 2.",
 		Example: "  trafficpolice sandbox run -f config.json -- ./uwu-app\n" +
-			"  trafficpolice sandbox run --local :5432 --block prod-db --flow-log flows.jsonl -- go test ./...",
+			"  trafficpolice sandbox run --local :5432 --block prod-db --flow-log flows.jsonl -- go test ./...\n" +
+			"  trafficpolice sandbox run --image localhost/dev/bookworm:1 --local :5432 -- make test",
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cmd.ArgsLenAtDash() != 0 {
@@ -63,6 +67,10 @@ func newSandboxRunCommand() *cobra.Command {
 	fl.IntVar(&f.mtu, "mtu", 0, "MTU of the sandbox's TUN device (default 65520)")
 	fl.BoolVarP(&f.quiet, "quiet", "q", false, "no progress lines")
 	fl.BoolVarP(&f.verbose, "verbose", "v", false, "log the router's decisions to stderr")
+	fl.StringVar(&f.debugListen, "debug-listen", "", "serve pprof and the router's counters on this loopback HOST:PORT")
+	fl.MarkHidden("debug-listen")
+	f.kube.add(fl)
+	f.image.add(fl)
 	return cmd
 }
 
@@ -75,12 +83,14 @@ func runSandbox(ctx context.Context, f runFlags, argv []string) error {
 	if address == "" {
 		address = cfg.Agent.Address
 	}
-	if address == "" && cfg.Target.Path != "" {
-		return fmt.Errorf("target %q: starting the agent through Kubernetes is not available in this build yet; "+
-			"run `trafficpolice agent` in the pod's network namespace and pass --agent-address HOST:PORT", cfg.Target.Path)
+	if err := f.kube.apply(cfg); err != nil {
+		return err
 	}
-	pol, err := sandbox.Policy(cfg, f.extra, address != "")
+	pol, err := sandbox.Policy(cfg, f.extra, sandbox.HaveRemote(cfg, address))
 	if err != nil {
+		return err
+	}
+	if _, err := f.image.options(nil); err != nil {
 		return err
 	}
 	progress := sandbox.NewProgress(os.Stderr)
@@ -94,29 +104,51 @@ func runSandbox(ctx context.Context, f runFlags, argv []string) error {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
 	var remote router.Remote
+	var incomingAgent sandbox.IncomingAgent
+	// The target's environment (feature.env) comes after ours: the pod's
+	// values win, as in mirrord.
+	appEnv := os.Environ()
+	hostEnv := len(appEnv)
 	if address != "" {
 		c, err := connectAgent(ctx, address, f.agentTokenFile, cfg, progress, logger)
 		if err != nil {
 			return err
 		}
 		defer c.Close()
-		remote = c
+		remote, incomingAgent = c, c
+	} else if cfg.Target.Path != "" {
+		run, err := startThroughKubernetes(ctx, cfg, f.kube, progress, logger)
+		if run != nil {
+			defer run.close()
+		}
+		if err != nil {
+			return err
+		}
+		remote, incomingAgent = run.client, run.client
+		appEnv = append(appEnv, run.env...)
 	}
 	wd, _ := os.Getwd()
+	// A container gets the image's environment and the target's, not ours.
+	ctrOpts, _ := f.image.options(appEnv[hostEnv:])
 	code, err := sandbox.Run(ctx, sandbox.Options{
-		Policy:   pol,
-		Remote:   remote,
-		Argv:     argv,
-		Env:      os.Environ(),
-		Dir:      wd,
-		FlowLog:  f.flowLog,
-		MTU:      f.mtu,
-		NoIPv6:   false,
-		Stdin:    os.Stdin,
-		Stdout:   os.Stdout,
-		Stderr:   os.Stderr,
-		Progress: progress,
-		Logger:   logger,
+		Image:         f.image.image,
+		Container:     ctrOpts,
+		Policy:        pol,
+		Remote:        remote,
+		Incoming:      cfg.Feature.Network.Incoming,
+		IncomingAgent: incomingAgent,
+		Argv:          argv,
+		Env:           appEnv,
+		Dir:           wd,
+		FlowLog:       f.flowLog,
+		MTU:           f.mtu,
+		DebugListen:   f.debugListen,
+		NoIPv6:        false,
+		Stdin:         os.Stdin,
+		Stdout:        os.Stdout,
+		Stderr:        os.Stderr,
+		Progress:      progress,
+		Logger:        logger,
 	})
 	if err != nil {
 		return err

@@ -1,0 +1,286 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/trafficpolice/trafficpolice/agent/proto"
+)
+
+// incoming keeps the subscriptions of all tunnels to the pod's ports and
+// the nat rules that go with them: a port has its redirect while at least
+// one subscription (attached to a tunnel or lingering after losing it)
+// holds it.
+type incoming struct {
+	log   *slog.Logger
+	rules portRules
+	// reserved ports are never redirected (the agent's own tunnel port:
+	// stealing it would cut the tunnel itself).
+	reserved map[uint16]string
+	// linger is how long a subscription outlives its tunnel when the
+	// client did not ask for another time.
+	linger time.Duration
+	// openTimeout bounds opening a stream to a client and its answer.
+	openTimeout time.Duration
+	dialTimeout time.Duration
+	// dial reaches the original destination, past the nat rules
+	// (dialPod); tests that run without them use a plain dialer.
+	dial func(ctx context.Context, dst netip.AddrPort) (*net.TCPConn, error)
+
+	mu     sync.Mutex
+	ports  map[uint16][]*subscription // in the order they came
+	closed bool
+
+	mirrorDrops atomic.Uint64 // copies given up because a client lagged
+}
+
+// subscription is one client's steal or mirror of one pod port.
+type subscription struct {
+	mode   proto.IncomingMode
+	port   uint16
+	owner  string
+	label  string
+	filter *httpFilter // nil: whole connections
+	linger time.Duration
+
+	// Under incoming.mu.
+	t     *tunnel // nil while lingering after its tunnel was lost
+	gone  bool
+	timer *time.Timer
+}
+
+func (s *subscription) String() string {
+	return fmt.Sprintf("%s of port %d by %s (%s)", s.mode, s.port, s.label, s.filter)
+}
+
+func newIncoming(log *slog.Logger, rules portRules, opts Options) *incoming {
+	in := &incoming{
+		log:         log,
+		rules:       rules,
+		reserved:    map[uint16]string{},
+		linger:      opts.CommunicationTimeout,
+		openTimeout: opts.CommunicationTimeout,
+		dialTimeout: opts.DialTimeout,
+		ports:       map[uint16][]*subscription{},
+	}
+	in.dial = in.dialPod
+	return in
+}
+
+// subscribe adds t's subscription; it replaces one of the same owner and
+// port (a client back after a reconnection). A steal of whole connections
+// is exclusive: it is refused while another client steals the port, and
+// it keeps filtered steals of others out.
+func (in *incoming) subscribe(t *tunnel, req proto.Subscribe) (*subscription, error) {
+	if why, ok := in.reserved[req.Port]; ok {
+		return nil, fmt.Errorf("port %d cannot be stolen or mirrored: it is %s", req.Port, why)
+	}
+	f, err := compileFilter(req.Filter)
+	if err != nil {
+		return nil, err
+	}
+	label := req.Label
+	if label == "" {
+		label = "a client at " + t.remote
+	}
+	s := &subscription{mode: req.Mode, port: req.Port, owner: req.Owner, label: label, filter: f, linger: req.Linger, t: t}
+	if s.linger <= 0 {
+		s.linger = in.linger
+	}
+
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.closed {
+		return nil, errors.New("the agent is shutting down")
+	}
+	var kept []*subscription
+	var replaced []*subscription
+	for _, o := range in.ports[req.Port] {
+		if req.Owner != "" && o.owner == req.Owner {
+			replaced = append(replaced, o)
+			continue
+		}
+		kept = append(kept, o)
+	}
+	if s.mode == proto.ModeSteal {
+		var holders []string
+		for _, o := range kept {
+			if o.mode != proto.ModeSteal {
+				continue
+			}
+			if o.filter == nil {
+				return nil, fmt.Errorf("port %d is already stolen whole by %s: no other steal can share it until they stop", req.Port, o.label)
+			}
+			holders = append(holders, fmt.Sprintf("%s (%s)", o.label, o.filter))
+		}
+		if s.filter == nil && len(holders) > 0 {
+			return nil, fmt.Errorf("port %d is already stolen by %s: stealing whole connections needs the port to itself; ask them to stop, or steal with an HTTP filter that tells your requests apart", req.Port, strings.Join(holders, " and "))
+		}
+	}
+	if len(in.ports[req.Port]) == 0 {
+		if err := in.rules.add(req.Port); err != nil {
+			return nil, fmt.Errorf("redirect port %d to the agent: %w", req.Port, err)
+		}
+	}
+	for _, o := range replaced {
+		o.gone = true
+		if o.timer != nil {
+			o.timer.Stop()
+		}
+	}
+	in.ports[req.Port] = append(kept, s)
+	in.log.Info("subscribed", "sub", s.String(), "replaced", len(replaced))
+	return s, nil
+}
+
+// release ends s at once; the port's redirect goes with its last
+// subscription.
+func (in *incoming) release(s *subscription) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.releaseLocked(s)
+}
+
+func (in *incoming) releaseLocked(s *subscription) {
+	if s.gone {
+		return
+	}
+	s.gone = true
+	if s.timer != nil {
+		s.timer.Stop()
+	}
+	subs := in.ports[s.port]
+	for i, o := range subs {
+		if o == s {
+			subs = append(subs[:i:i], subs[i+1:]...)
+			break
+		}
+	}
+	if len(subs) > 0 {
+		in.ports[s.port] = subs
+		in.log.Info("unsubscribed", "sub", s.String())
+		return
+	}
+	delete(in.ports, s.port)
+	if err := in.rules.remove(s.port); err != nil {
+		in.log.Error("remove the redirect of a port", "port", s.port, "err", err)
+	}
+	in.log.Info("unsubscribed; the port is the pod's again", "sub", s.String())
+}
+
+// detach keeps s for its linger time after its tunnel was lost, so that
+// the client can take it back when it reconnects; meanwhile its traffic
+// goes to the pod's app.
+func (in *incoming) detach(s *subscription) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if s.gone {
+		return
+	}
+	s.t = nil
+	in.log.Info("tunnel lost; keeping the subscription for a while", "sub", s.String(), "for", s.linger)
+	s.timer = time.AfterFunc(s.linger, func() {
+		in.mu.Lock()
+		defer in.mu.Unlock()
+		if s.t == nil {
+			in.releaseLocked(s)
+		}
+	})
+}
+
+// close ends every subscription and refuses new ones.
+func (in *incoming) close() {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.closed = true
+	for _, subs := range in.ports {
+		for _, s := range subs {
+			in.releaseLocked(s)
+		}
+	}
+}
+
+// route is what a new connection (or request) to a port goes to: the
+// attached subscriptions, by kind.
+type route struct {
+	stealAll  *subscription   // steal of whole connections
+	steal     []*subscription // filtered steals, in order
+	mirrorAll []*subscription // mirrors of whole connections
+	mirror    []*subscription // filtered mirrors
+}
+
+func (r route) empty() bool {
+	return r.stealAll == nil && len(r.steal) == 0 && len(r.mirrorAll) == 0 && len(r.mirror) == 0
+}
+
+func (r route) filtered() bool { return len(r.steal) > 0 || len(r.mirror) > 0 }
+
+func (in *incoming) route(port uint16) route {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	var r route
+	for _, s := range in.ports[port] {
+		if s.t == nil || s.gone {
+			continue
+		}
+		switch {
+		case s.mode == proto.ModeSteal && s.filter == nil:
+			r.stealAll = s
+		case s.mode == proto.ModeSteal:
+			r.steal = append(r.steal, s)
+		case s.filter == nil:
+			r.mirrorAll = append(r.mirrorAll, s)
+		default:
+			r.mirror = append(r.mirror, s)
+		}
+	}
+	return r
+}
+
+// open opens a stream to s's client for one connection and waits for the
+// client to reach its app.
+func (in *incoming) open(ctx context.Context, s *subscription, src, dst netip.AddrPort) (*yamux.Stream, error) {
+	in.mu.Lock()
+	t := s.t
+	in.mu.Unlock()
+	if t == nil {
+		return nil, fmt.Errorf("%s: its tunnel is lost", s)
+	}
+	st, err := t.sess.OpenStream()
+	if err != nil {
+		return nil, fmt.Errorf("open a stream to %s: %w", s.label, err)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = st.SetDeadline(time.Now()) })
+	defer stop()
+	_ = st.SetDeadline(time.Now().Add(in.openTimeout))
+	err = proto.WriteMessage(st, proto.Incoming{Mode: s.mode, Port: s.port, Src: src, Dst: dst})
+	var m proto.Message
+	if err == nil {
+		m, err = proto.ReadMessage(st)
+	}
+	if err != nil {
+		_ = st.Close()
+		return nil, fmt.Errorf("hand a connection to %s: %w", s.label, err)
+	}
+	res, ok := m.(proto.Result)
+	if !ok {
+		_ = st.Close()
+		return nil, fmt.Errorf("%s answered Incoming with %s, want Result", s.label, m.Type())
+	}
+	if res.Class != proto.ClassOK {
+		_ = st.Close()
+		return nil, fmt.Errorf("%s could not reach its app: %s", s.label, res.Message)
+	}
+	_ = st.SetDeadline(time.Time{})
+	return st, nil
+}

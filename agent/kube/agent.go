@@ -1,0 +1,368 @@
+package kube
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math/big"
+	"strconv"
+	"strings"
+	"time"
+
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/trafficpolice/trafficpolice/agent"
+	"github.com/trafficpolice/trafficpolice/agent/enter"
+	"github.com/trafficpolice/trafficpolice/images"
+)
+
+// AgentOptions say how to start the agent, as mirrord's agent.* keys.
+type AgentOptions struct {
+	// Image is the agent's image (its entrypoint is `trafficpolice agent`).
+	Image string
+	// Namespace is where the Job runs; "" is the target's namespace.
+	Namespace string
+	// Ephemeral starts the agent as an ephemeral container in the target
+	// pod; otherwise as a Job on the target's node that enters the pod's
+	// network namespace.
+	Ephemeral bool
+	// Privileged runs the agent's container privileged (a Job's always is:
+	// entering another container's namespace takes it).
+	Privileged bool
+	// TTL is how long a finished Job stays (ttlSecondsAfterFinished).
+	TTL time.Duration
+	// StartupTimeout bounds waiting for the agent to run.
+	StartupTimeout time.Duration
+	// CommunicationTimeout is how long the agent lives with no client.
+	CommunicationTimeout time.Duration
+	// Token is the run's shared secret, given to the agent in its environment.
+	Token string
+	// Labels are added to what is created (tests find their agents by them).
+	Labels map[string]string
+	// OnStep, when set, is told of progress ("agent job created").
+	OnStep func(string)
+}
+
+// AgentLabel marks every object trafficpolice creates for an agent.
+const AgentLabel = "app.kubernetes.io/managed-by"
+
+// agentLabelValue is AgentLabel's value.
+const agentLabelValue = "trafficpolice"
+
+// DefaultAgentImage is the agent image for a given trafficpolice version,
+// as `trafficpolice images build agent` names it.
+func DefaultAgentImage(version string) string {
+	return images.AgentRepo + ":" + version
+}
+
+// Agent is an agent started in a target pod's network namespace.
+type Agent struct {
+	// Name is the ephemeral container's or the Job's name.
+	Name string
+	// Ephemeral says which of the two it is.
+	Ephemeral bool
+	// Namespace and Pod are where to port-forward: the target pod, whose
+	// network namespace the agent listens in (on loopback only).
+	Namespace, Pod string
+	// Port is the agent's port in the pod.
+	Port int
+	// JobNamespace is where the Job is.
+	JobNamespace string
+
+	access *Access
+}
+
+// StartAgent starts the agent for target and waits until its process
+// runs. The agent listens on 127.0.0.1 of the target pod: only a
+// port-forward (or the pod itself) reaches it. A nil target is
+// "targetless": the agent runs in a pod of its own (a Job, in
+// o.Namespace or the access's namespace), for outgoing traffic only.
+func (a *Access) StartAgent(ctx context.Context, t *Target, o AgentOptions) (*Agent, error) {
+	if o.Image == "" {
+		return nil, errors.New("agent options: Image is empty: give agent.image")
+	}
+	if o.Token == "" {
+		return nil, errors.New("agent options: Token is empty")
+	}
+	if o.StartupTimeout <= 0 {
+		o.StartupTimeout = 60 * time.Second
+	}
+	if o.CommunicationTimeout <= 0 {
+		o.CommunicationTimeout = 30 * time.Second
+	}
+	id, err := randomID()
+	if err != nil {
+		return nil, err
+	}
+	n, err := rand.Int(rand.Reader, big.NewInt(20000))
+	if err != nil {
+		return nil, fmt.Errorf("pick the agent's port: %w", err)
+	}
+	ag := &Agent{
+		Name:      "trafficpolice-agent-" + id,
+		Ephemeral: o.Ephemeral && t != nil,
+		Port:      40000 + int(n.Int64()),
+		access:    a,
+	}
+	if t != nil {
+		ag.Namespace, ag.Pod = t.Pod.Namespace, t.Pod.Name
+	}
+	args := []string{
+		"--listen", "127.0.0.1:" + strconv.Itoa(ag.Port),
+		"--idle-exit", max(o.CommunicationTimeout, time.Second).String(),
+		"--communication-timeout", o.CommunicationTimeout.String(),
+	}
+	env := []corev1.EnvVar{{Name: agent.EnvToken, Value: o.Token}}
+	ctx, cancel := context.WithTimeout(ctx, o.StartupTimeout)
+	defer cancel()
+	switch {
+	case t == nil:
+		err = a.startJob(ctx, nil, ag, args, env, o, id)
+	case o.Ephemeral:
+		err = a.startEphemeral(ctx, t, ag, args, env, o)
+	default:
+		err = a.startJob(ctx, t, ag, args, env, o, id)
+	}
+	if err != nil {
+		if ctx.Err() != nil && !errors.Is(err, context.Canceled) {
+			err = fmt.Errorf("%w (agent.startup_timeout is %s)", err, o.StartupTimeout)
+		}
+		cleanup, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ag.Close(cleanup)
+		ccancel()
+		return nil, err
+	}
+	return ag, nil
+}
+
+func (a *Access) startEphemeral(ctx context.Context, t *Target, ag *Agent, args []string, env []corev1.EnvVar, o AgentOptions) error {
+	caps := []corev1.Capability{"NET_ADMIN", "NET_RAW"}
+	ec := corev1.EphemeralContainer{
+		EphemeralContainerCommon: corev1.EphemeralContainerCommon{
+			Name:            ag.Name,
+			Image:           o.Image,
+			ImagePullPolicy: pullPolicy(o.Image),
+			Args:            args,
+			Env:             env,
+			SecurityContext: &corev1.SecurityContext{
+				Privileged:   &o.Privileged,
+				Capabilities: &corev1.Capabilities{Add: caps},
+				RunAsUser:    new(int64),
+				RunAsNonRoot: new(bool),
+			},
+			TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+		},
+		TargetContainerName: t.Container,
+	}
+	pods := a.Client.CoreV1().Pods(t.Pod.Namespace)
+	pod, err := pods.Get(ctx, t.Pod.Name, metav1.GetOptions{})
+	if err != nil {
+		return apiError(err, "get", "pods", t.Pod.Namespace)
+	}
+	pod.Spec.EphemeralContainers = append(pod.Spec.EphemeralContainers, ec)
+	if _, err := pods.UpdateEphemeralContainers(ctx, pod.Name, pod, metav1.UpdateOptions{}); err != nil {
+		return apiError(err, "update", "pods/ephemeralcontainers", t.Pod.Namespace)
+	}
+	step(o, fmt.Sprintf("agent container %s added to pod %s", ag.Name, pod.Name))
+	return a.waitRunning(ctx, t.Pod.Namespace, t.Pod.Name, ag.Name, true)
+}
+
+func (a *Access) startJob(ctx context.Context, t *Target, ag *Agent, args []string, env []corev1.EnvVar, o AgentOptions, id string) error {
+	ns := o.Namespace
+	if ns == "" && t != nil {
+		ns = t.Pod.Namespace
+	}
+	if ns == "" {
+		ns = a.Namespace
+	}
+	ag.JobNamespace = ns
+	labels := map[string]string{AgentLabel: agentLabelValue, "trafficpolice.dev/agent": ag.Name}
+	for k, v := range o.Labels {
+		labels[k] = v
+	}
+	ttl := int32(max(o.TTL, 0) / time.Second)
+	backoff := int32(0)
+	privileged := true
+	job := &batchv1.Job{
+		ObjectMeta: metav1.ObjectMeta{Name: ag.Name, Namespace: ns, Labels: labels},
+		Spec: batchv1.JobSpec{
+			TTLSecondsAfterFinished: &ttl,
+			BackoffLimit:            &backoff,
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{
+					RestartPolicy:                 corev1.RestartPolicyNever,
+					AutomountServiceAccountToken:  new(bool),
+					TerminationGracePeriodSeconds: new(int64),
+					Tolerations:                   []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
+					Containers: []corev1.Container{{
+						Name:                     "agent",
+						Image:                    o.Image,
+						ImagePullPolicy:          pullPolicy(o.Image),
+						Args:                     args,
+						Env:                      env,
+						SecurityContext:          &corev1.SecurityContext{Privileged: &o.Privileged, RunAsUser: new(int64)},
+						TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+					}},
+				},
+			},
+		},
+	}
+	if t != nil {
+		// Enter the target's network namespace from the target's node.
+		if t.ContainerID == "" {
+			return fmt.Errorf("container %s of pod %s has no container id yet: is it running?", t.Container, t.Pod.Name)
+		}
+		socket, _, err := enter.SplitID(t.ContainerID)
+		if err != nil {
+			return err
+		}
+		spec := &job.Spec.Template.Spec
+		hostPathType := corev1.HostPathSocket
+		spec.NodeName = t.Pod.Spec.NodeName
+		spec.HostPID = true
+		c := &spec.Containers[0]
+		c.Args = append(c.Args, "--enter-container", t.ContainerID)
+		c.SecurityContext.Privileged = &privileged
+		c.VolumeMounts = []corev1.VolumeMount{{Name: "cri", MountPath: socket}}
+		spec.Volumes = []corev1.Volume{{Name: "cri", VolumeSource: corev1.VolumeSource{
+			HostPath: &corev1.HostPathVolumeSource{Path: socket, Type: &hostPathType}}}}
+	}
+	if _, err := a.Client.BatchV1().Jobs(ns).Create(ctx, job, metav1.CreateOptions{}); err != nil {
+		return apiError(err, "create", "jobs", ns)
+	}
+	step(o, fmt.Sprintf("agent job %s/%s created", ns, ag.Name))
+	// The Job's pod gets a generated name: find it by its label.
+	var podName string
+	for podName == "" {
+		pods, err := a.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "trafficpolice.dev/agent=" + ag.Name})
+		if err != nil {
+			return apiError(err, "list", "pods", ns)
+		}
+		if len(pods.Items) > 0 {
+			podName = pods.Items[0].Name
+			break
+		}
+		if err := sleep(ctx, 200*time.Millisecond); err != nil {
+			return fmt.Errorf("agent job %s/%s: no pod yet: %w", ns, ag.Name, err)
+		}
+	}
+	if t == nil {
+		ag.Namespace, ag.Pod = ns, podName
+	}
+	return a.waitRunning(ctx, ns, podName, "agent", false)
+}
+
+// waitRunning waits for a container of the pod to run, and fails early
+// with the reason when it cannot (image missing, crashed, refused).
+func (a *Access) waitRunning(ctx context.Context, ns, pod, container string, ephemeral bool) error {
+	for {
+		p, err := a.Client.CoreV1().Pods(ns).Get(ctx, pod, metav1.GetOptions{})
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("agent in pod %s/%s did not start in time", ns, pod)
+			}
+			return apiError(err, "get", "pods", ns)
+		}
+		statuses := p.Status.ContainerStatuses
+		if ephemeral {
+			statuses = p.Status.EphemeralContainerStatuses
+		}
+		for _, st := range statuses {
+			if st.Name != container {
+				continue
+			}
+			switch {
+			case st.State.Running != nil:
+				return nil
+			case st.State.Terminated != nil:
+				term := st.State.Terminated
+				return fmt.Errorf("agent in pod %s/%s exited at once (%s, exit code %d): %s", ns, pod, term.Reason, term.ExitCode, strings.TrimSpace(term.Message))
+			case st.State.Waiting != nil && badWait(st.State.Waiting.Reason):
+				return fmt.Errorf("agent in pod %s/%s cannot start: %s: %s", ns, pod, st.State.Waiting.Reason, st.State.Waiting.Message)
+			}
+		}
+		if p.Status.Phase == corev1.PodFailed {
+			return fmt.Errorf("agent pod %s/%s failed: %s %s", ns, pod, p.Status.Reason, p.Status.Message)
+		}
+		if err := sleep(ctx, 200*time.Millisecond); err != nil {
+			return fmt.Errorf("agent in pod %s/%s did not start in time", ns, pod)
+		}
+	}
+}
+
+func badWait(reason string) bool {
+	switch reason {
+	case "ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName", "CreateContainerError",
+		"CreateContainerConfigError", "RunContainerError", "CrashLoopBackOff":
+		return true
+	}
+	return false
+}
+
+// Close removes what StartAgent created that Kubernetes would not remove
+// by itself: the Job (and its pod) at once. An ephemeral container
+// cannot be removed; its agent exits by itself once no client is left
+// (agent.communication_timeout).
+func (ag *Agent) Close(ctx context.Context) error {
+	if ag.Ephemeral || ag.JobNamespace == "" {
+		return nil
+	}
+	bg := metav1.DeletePropagationBackground
+	zero := int64(0)
+	err := ag.access.Client.BatchV1().Jobs(ag.JobNamespace).Delete(ctx, ag.Name, metav1.DeleteOptions{PropagationPolicy: &bg, GracePeriodSeconds: &zero})
+	if err != nil && !isNotFound(err) {
+		return apiError(err, "delete", "jobs", ag.JobNamespace)
+	}
+	// Background propagation leaves the pod to the garbage collector;
+	// delete it too, so that the agent stops now.
+	ag.access.Client.CoreV1().Pods(ag.JobNamespace).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: &zero},
+		metav1.ListOptions{LabelSelector: "trafficpolice.dev/agent=" + ag.Name})
+	return nil
+}
+
+// String describes the agent for progress lines.
+func (ag *Agent) String() string {
+	if ag.Ephemeral {
+		return fmt.Sprintf("ephemeral container %s in pod %s/%s", ag.Name, ag.Namespace, ag.Pod)
+	}
+	return fmt.Sprintf("job %s/%s in the network namespace of pod %s/%s", ag.JobNamespace, ag.Name, ag.Namespace, ag.Pod)
+}
+
+// pullPolicy never pulls the local default image (no registry has it)
+// and pulls others only when missing.
+func pullPolicy(image string) corev1.PullPolicy {
+	if strings.HasPrefix(image, "localhost/") {
+		return corev1.PullNever
+	}
+	return corev1.PullIfNotPresent
+}
+
+func step(o AgentOptions, s string) {
+	if o.OnStep != nil {
+		o.OnStep(s)
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+func randomID() (string, error) {
+	b := make([]byte, 3)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("random agent id: %w", err)
+	}
+	return hex.EncodeToString(b), nil
+}

@@ -1,0 +1,283 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// path is where a client runs and how its flows travel.
+type path int
+
+const (
+	kernelPath path = iota // a client in the pod netns, plain kernel routing
+	localPath              // a client in the sandbox, flows local (dialed from the host)
+	remotePath             // a client in the sandbox, flows through the agent in the pod netns
+)
+
+func (p path) String() string {
+	return [...]string{"kernel", "local", "remote"}[p]
+}
+
+// runner starts clients on each path.
+type runner struct {
+	tmp       string
+	tp        string // the trafficpolice binary
+	self      string // this program, readable by the sandboxed app
+	topo      *topology
+	agentAddr string // "" without agent
+	token     string
+	profile   string // directory for CPU profiles; "" for none
+	verbose   bool
+}
+
+// proc is one running client.
+type proc struct {
+	cmd       *exec.Cmd
+	stdin     io.WriteCloser
+	stdout    *bufio.Reader
+	stderr    *bytes.Buffer
+	debugAddr string // trafficpolice's pprof/expvar listener ("" on the kernel path)
+	started   time.Time
+}
+
+// start runs "bench client ARGS" on path p. The caller must wait for it.
+func (r *runner) start(ctx context.Context, p path, args []string, debug bool) (*proc, error) {
+	client := append([]string{r.self, "client"}, args...)
+	pr := &proc{stderr: new(bytes.Buffer)}
+	var cmd *exec.Cmd
+	if p == kernelPath {
+		cmd = exec.CommandContext(ctx, client[0], client[1:]...)
+	} else {
+		argv := []string{"sandbox", "run", "-q"}
+		if debug {
+			addr, err := freeLoopbackPort()
+			if err != nil {
+				return nil, err
+			}
+			pr.debugAddr = addr
+			argv = append(argv, "--debug-listen", addr)
+		}
+		if p == remotePath {
+			if r.agentAddr == "" {
+				return nil, fmt.Errorf("the remote path needs the agent, which is not running")
+			}
+			argv = append(argv, "--agent-address", r.agentAddr)
+		}
+		argv = append(argv, "--")
+		cmd = exec.CommandContext(ctx, r.tp, append(argv, client...)...)
+		// trafficpolice cleans up on SIGTERM; SIGKILL would leave its
+		// namespace for the next run's collector.
+		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+		cmd.WaitDelay = 15 * time.Second
+	}
+	cmd.Env = r.env(p)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stderr = pr.stderr
+	pr.cmd, pr.stdin, pr.stdout = cmd, stdin, bufio.NewReader(stdout)
+	pr.started = time.Now()
+	if p == kernelPath {
+		err = r.topo.pod.Do(cmd.Start)
+	} else {
+		err = cmd.Start()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("start %s client: %w", p, err)
+	}
+	return pr, nil
+}
+
+// env is the client's environment: this one without sudo's variables, so
+// the sandboxed app runs as root like the kernel path's client.
+func (r *runner) env(p path) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "SUDO_") || strings.HasPrefix(kv, "TRAFFICPOLICE_AGENT_TOKEN=") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	if p == remotePath {
+		env = append(env, "TRAFFICPOLICE_AGENT_TOKEN="+r.token)
+	}
+	return env
+}
+
+// wait waits for the client and returns its result line.
+func (pr *proc) wait() (clientResult, error) {
+	pr.stdin.Close()
+	out, _ := io.ReadAll(pr.stdout)
+	err := pr.cmd.Wait()
+	if err != nil {
+		return clientResult{}, fmt.Errorf("%v: %s", err, strings.TrimSpace(pr.stderr.String()))
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	var res clientResult
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &res); err != nil {
+		return res, fmt.Errorf("client result %q: %w (stderr: %s)", lines[len(lines)-1], err, pr.stderr.String())
+	}
+	return res, nil
+}
+
+// run runs a client to its end. With a profile directory and a name, it
+// records trafficpolice's CPU profile meanwhile (profileFor long).
+func (r *runner) run(ctx context.Context, p path, args []string, profileName string, profileFor time.Duration) (clientResult, error) {
+	debug := r.profile != "" && profileName != "" && p != kernelPath
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	pr, err := r.start(ctx, p, args, debug)
+	if err != nil {
+		return clientResult{}, err
+	}
+	if debug {
+		go func() {
+			// The client needs a moment to connect; then sample the
+			// steady state.
+			time.Sleep(200 * time.Millisecond)
+			if err := saveProfile(ctx, pr.debugAddr, filepath.Join(r.profile, profileName+".pprof"), profileFor); err != nil {
+				fmt.Fprintf(os.Stderr, "bench: profile %s: %v\n", profileName, err)
+			}
+		}()
+	}
+	return pr.wait()
+}
+
+func saveProfile(ctx context.Context, addr, file string, d time.Duration) error {
+	secs := max(1, int(d.Seconds()))
+	var body []byte
+	var err error
+	for range 20 {
+		body, err = httpGet(ctx, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, secs))
+		if err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(file, body, 0o644)
+}
+
+func httpGet(ctx context.Context, url string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return io.ReadAll(resp.Body)
+}
+
+// freeLoopbackPort finds a free port on 127.0.0.1 for trafficpolice's
+// debug listener.
+func freeLoopbackPort() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("find a free loopback port: %w", err)
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// readLine reads one line from the client, failing if it says something
+// else than want.
+func (pr *proc) expect(want string) error {
+	line, err := pr.stdout.ReadString('\n')
+	if err != nil {
+		pr.stdin.Close()
+		werr := pr.cmd.Wait()
+		return fmt.Errorf("client ended before %q: %v %v: %s", want, err, werr, strings.TrimSpace(pr.stderr.String()))
+	}
+	if strings.TrimSpace(line) != want {
+		return fmt.Errorf("client said %q, want %q", strings.TrimSpace(line), want)
+	}
+	return nil
+}
+
+// rss is a process's resident set in bytes, from /proc/PID/status.
+func rss(pid int) (int64, error) {
+	return procStatusKB("/proc/"+strconv.Itoa(pid)+"/status", "VmRSS:")
+}
+
+// slab is the kernel's slab memory in bytes, from /proc/meminfo.
+func slab() (int64, error) { return procStatusKB("/proc/meminfo", "Slab:") }
+
+func procStatusKB(file, key string) (int64, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, key); ok {
+			f := strings.Fields(rest)
+			if len(f) == 0 {
+				break
+			}
+			kb, err := strconv.ParseInt(f[0], 10, 64)
+			return kb * 1024, err
+		}
+	}
+	return 0, fmt.Errorf("%s: no %s line", file, key)
+}
+
+// debugVars reads trafficpolice's /debug/vars after a garbage collection.
+func debugVars(ctx context.Context, addr string) (goroutines int, heap int64, err error) {
+	if _, err := httpGet(ctx, "http://"+addr+"/debug/pprof/heap?gc=1"); err != nil {
+		return 0, 0, err
+	}
+	body, err := httpGet(ctx, "http://"+addr+"/debug/vars")
+	if err != nil {
+		return 0, 0, err
+	}
+	var v struct {
+		Goroutines int `json:"goroutines"`
+		MemStats   struct {
+			HeapAlloc int64
+		} `json:"memstats"`
+	}
+	if err := json.Unmarshal(body, &v); err != nil {
+		return 0, 0, fmt.Errorf("debug vars: %w", err)
+	}
+	return v.Goroutines, v.MemStats.HeapAlloc, nil
+}
+
+// waitDebug waits until trafficpolice's debug listener answers.
+func waitDebug(ctx context.Context, addr string) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := httpGet(ctx, "http://"+addr+"/debug/vars")
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("trafficpolice's debug listener %s: %w", addr, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,0 +1,424 @@
+package k8s
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/trafficpolice/trafficpolice/agent/client"
+	"github.com/trafficpolice/trafficpolice/agent/enter"
+	"github.com/trafficpolice/trafficpolice/agent/kube"
+)
+
+var trafficpolice struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// binary builds cmd/trafficpolice once per test binary (the same build
+// the agent image holds).
+func binary(t *testing.T, c *Cluster) string {
+	t.Helper()
+	trafficpolice.once.Do(func() {
+		// A developer may test another build of the CLI against this tree's agent.
+		if p := os.Getenv("TRAFFICPOLICE_TEST_BINARY"); p != "" {
+			trafficpolice.path = p
+			return
+		}
+		trafficpolice.path, trafficpolice.err = c.BuildBinary("./cmd/trafficpolice")
+	})
+	if trafficpolice.err != nil {
+		t.Fatal(trafficpolice.err)
+	}
+	return trafficpolice.path
+}
+
+// uwuNamespace deploys the seed story in a namespace of its own, removed
+// when the test ends.
+func uwuNamespace(t *testing.T, c *Cluster, prefix string) string {
+	t.Helper()
+	ctx := context.Background()
+	ns, err := c.NewNamespace(ctx, prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.DeleteNamespace(context.Background(), ns); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	if err := c.DeployUwu(ctx, ns); err != nil {
+		t.Fatalf("deploy the uwu story: %v\nkubelet: %s", err, c.Logs("kubelet", 20))
+	}
+	return ns
+}
+
+type answer struct{ Name, Peer, Hostname, Env string }
+
+// sandboxRun runs `trafficpolice sandbox run -f CONFIG -- sh -c SCRIPT`
+// and returns its stdout and stderr.
+func sandboxRun(t *testing.T, c *Cluster, cfg map[string]any, script string, extra ...string) (string, string, error) {
+	t.Helper()
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "config.json")
+	b, _ := json.Marshal(cfg)
+	if err := os.WriteFile(cfgPath, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := append([]string{"sandbox", "run", "-f", cfgPath}, extra...)
+	args = append(args, "--", "sh", "-c", script)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary(t, c), args...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+c.Kubeconfig)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	return out.String(), errOut.String(), err
+}
+
+func targetPod(t *testing.T, c *Cluster, ns, app string) *corev1.Pod {
+	t.Helper()
+	pods, err := c.Client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "app=" + app})
+	if err != nil || len(pods.Items) != 1 {
+		t.Fatalf("pods of %s: %v (%d)", app, err, len(pods.Items))
+	}
+	return &pods.Items[0]
+}
+
+// TestTargetDeploymentThroughKubernetes is issue 8's scenario, for both
+// ways of starting the agent: the sandboxed app reaches uwu-service by
+// its short name with the target pod's address as the peer, reaches the
+// pod's sidecar on 127.0.0.1, gets the pod's environment, and afterwards
+// no agent process, Job, pod or iptables rule is left.
+func TestTargetDeploymentThroughKubernetes(t *testing.T) {
+	c := need(t)
+	for _, mode := range []struct {
+		name      string
+		ephemeral bool
+	}{{"job", false}, {"ephemeral", true}} {
+		t.Run(mode.name, func(t *testing.T) {
+			ns := uwuNamespace(t, c, "tp-e2e-"+mode.name)
+			pod := targetPod(t, c, ns, "uwu-app")
+			cfg := map[string]any{
+				"target": map[string]any{"path": "deployment/uwu-app", "namespace": ns},
+				"agent": map[string]any{"ephemeral": mode.ephemeral, "image": AgentImage,
+					"communication_timeout": 2, "startup_timeout": 60, "ttl": 0},
+				"feature": map[string]any{"env": map[string]any{"exclude": "SECRET_*", "override": map[string]string{"LOG_LEVEL": "info"}}},
+			}
+			script := fmt.Sprintf(`curl -sS --max-time 20 http://uwu-service:%d/ && curl -sS --max-time 20 http://127.0.0.1:%d/ &&
+				echo "GREETING=$GREETING" && echo "POD_NAME=$POD_NAME" && echo "POD_IP=$POD_IP" && echo "UWU_URL=$UWU_URL" &&
+				echo "MESSAGES_DB=$MESSAGES_DB" && echo "LOG_LEVEL=$LOG_LEVEL" && echo "SECRET_TOKEN=${SECRET_TOKEN:-unset}"`, ServicePort, SidecarPort)
+			start := time.Now()
+			out, errOut, err := sandboxRun(t, c, cfg, script)
+			t.Logf("sandbox run took %s; its progress:\n%s", time.Since(start).Round(time.Millisecond), errOut)
+			if err != nil {
+				t.Fatalf("sandbox run: %v\nstdout:\n%s\nkubelet:\n%s", err, out, c.Logs("kubelet", 15))
+			}
+			lines := strings.Split(strings.TrimSpace(out), "\n")
+			if len(lines) < 9 {
+				t.Fatalf("want two answers and seven variables, got:\n%s", out)
+			}
+			var svc, side answer
+			if err := json.Unmarshal([]byte(lines[0]), &svc); err != nil {
+				t.Fatalf("uwu-service's answer %q: %v", lines[0], err)
+			}
+			if svc.Name != "uwu-service" {
+				t.Errorf("uwu-service:%d answered as %q", ServicePort, svc.Name)
+			}
+			if host, _, _ := net.SplitHostPort(svc.Peer); host != pod.Status.PodIP {
+				t.Errorf("uwu-service saw the peer %s, want the target pod's address %s", svc.Peer, pod.Status.PodIP)
+			}
+			if err := json.Unmarshal([]byte(lines[1]), &side); err != nil || side.Name != "sidecar" {
+				t.Errorf("127.0.0.1:%d should be the pod's sidecar, got %q (%v)", SidecarPort, lines[1], err)
+			}
+			want := []string{
+				"GREETING=hello from the pod", "POD_NAME=" + pod.Name, "POD_IP=" + pod.Status.PodIP,
+				fmt.Sprintf("UWU_URL=http://uwu-service:%d/", ServicePort), "MESSAGES_DB=messages-db:8888",
+				"LOG_LEVEL=info", "SECRET_TOKEN=unset",
+			}
+			for i, w := range want {
+				if lines[2+i] != w {
+					t.Errorf("environment: got %q, want %q", lines[2+i], w)
+				}
+			}
+			assertNoAgentLeft(t, c, ns, pod, mode.ephemeral)
+		})
+	}
+}
+
+// assertNoAgentLeft waits for the agent to be gone: no Job or agent pod
+// (Job mode), the ephemeral container terminated (ephemeral mode), no
+// agent process on the node, and no trafficpolice rule in the pod's
+// network namespace.
+func assertNoAgentLeft(t *testing.T, c *Cluster, ns string, pod *corev1.Pod, ephemeral bool) {
+	t.Helper()
+	ctx := context.Background()
+	err := c.waitFor("the agent to be gone", 60*time.Second, func() error {
+		jobs, err := c.Client.BatchV1().Jobs(ns).List(ctx, metav1.ListOptions{LabelSelector: kube.AgentLabel})
+		if err != nil {
+			return err
+		}
+		if len(jobs.Items) > 0 {
+			return fmt.Errorf("job %s is still there", jobs.Items[0].Name)
+		}
+		pods, err := c.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: kube.AgentLabel})
+		if err != nil {
+			return err
+		}
+		if len(pods.Items) > 0 {
+			return fmt.Errorf("agent pod %s is still there", pods.Items[0].Name)
+		}
+		p, err := c.Client.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if ephemeral && len(p.Status.EphemeralContainerStatuses) == 0 {
+			return fmt.Errorf("pod %s has no ephemeral container status: was the agent ever there?", pod.Name)
+		}
+		for _, st := range p.Status.EphemeralContainerStatuses {
+			if st.State.Terminated == nil {
+				return fmt.Errorf("ephemeral container %s has not ended", st.Name)
+			}
+		}
+		if pids := agentProcesses(); len(pids) > 0 {
+			return fmt.Errorf("agent processes still run: %v", pids)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The pod's own rules: the agent's chains must be gone with it.
+	cid := ""
+	for _, st := range targetPod(t, c, ns, "uwu-app").Status.ContainerStatuses {
+		if st.Name == "app" {
+			cid = st.ContainerID
+		}
+	}
+	socket, id, err := enter.SplitID(cid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := enter.PID(ctx, socket, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("nsenter", "-t", fmt.Sprint(pid), "-n", "iptables-save").CombinedOutput()
+	if err != nil {
+		t.Fatalf("iptables-save in the pod: %v %s", err, out)
+	}
+	if strings.Contains(strings.ToLower(string(out)), "trafficpolice") || strings.Contains(string(out), "TP-") {
+		t.Errorf("the pod's network namespace still has trafficpolice rules:\n%s", out)
+	}
+}
+
+// agentProcesses lists the PIDs of `trafficpolice agent` processes on
+// this node (the agents of the cluster's pods run here).
+func agentProcesses() []int {
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		var pid int
+		if _, err := fmt.Sscan(e.Name(), &pid); err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if len(args) > 1 && filepath.Base(args[0]) == "trafficpolice" && args[1] == "agent" && strings.Contains(string(b), "--idle-exit") {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// TestClearErrorsForBadTargets: a target that does not exist names the
+// close ones; a user without RBAC grants is told which verb on which
+// resource was denied; a pod with two containers and none chosen lists them.
+func TestClearErrorsForBadTargets(t *testing.T) {
+	c := need(t)
+	ns := uwuNamespace(t, c, "tp-errors")
+	cfg := map[string]any{"target": map[string]any{"path": "deployment/uwu-ap", "namespace": ns}, "agent": map[string]any{"image": AgentImage}}
+	_, errOut, err := sandboxRun(t, c, cfg, "true")
+	if err == nil || !strings.Contains(errOut, `deployment/uwu-ap not found in namespace "`+ns+`"; did you mean deployment/uwu-app?`) {
+		t.Errorf("not found: err %v, stderr:\n%s", err, errOut)
+	}
+	if code := exitCode(err); code != 2 {
+		t.Errorf("not found: exit status %d, want 2", code)
+	}
+
+	kc, err := c.UserKubeconfig("tp-nobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg = map[string]any{"target": map[string]any{"path": "deployment/uwu-app", "namespace": ns}, "kubeconfig": kc}
+	_, errOut, err = sandboxRun(t, c, cfg, "true")
+	if err == nil || !strings.Contains(errOut, "RBAC denied: you may not get deployments in namespace") {
+		t.Errorf("RBAC: err %v, stderr:\n%s", err, errOut)
+	}
+
+	access, err := kube.Connect(kube.AccessOptions{Kubeconfig: c.Kubeconfig, Namespace: ns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := targetPod(t, c, ns, "uwu-service")
+	two := p.DeepCopy()
+	two.ObjectMeta = metav1.ObjectMeta{Name: "two-containers", Namespace: ns}
+	two.Spec.NodeName = ""
+	two.Spec.Containers = append(two.Spec.Containers, c.appContainer("proxy", []string{"serve", "--listen", ":9090"}, nil))
+	two.Status = corev1.PodStatus{}
+	if _, err := c.Client.CoreV1().Pods(ns).Create(context.Background(), two, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.waitFor("pod two-containers to run", 60*time.Second, func() error {
+		_, err := access.Resolve(context.Background(), "pod/two-containers/container/proxy", "")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = access.Resolve(context.Background(), "pod/two-containers", "")
+	if err == nil || !strings.Contains(err.Error(), "2 containers (uwu-service, proxy) and none is chosen") {
+		t.Errorf("two containers: %v", err)
+	}
+	if _, err := access.Resolve(context.Background(), "service/uwu-service", ""); err != nil {
+		t.Errorf("service/uwu-service should resolve to its pod: %v", err)
+	}
+}
+
+func exitCode(err error) int {
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode()
+	}
+	if err == nil {
+		return 0
+	}
+	return -1
+}
+
+// TestPortForwardLatencyAndReconnect measures, in one run, the agent's round trip
+// through an API-server port-forward against a direct TCP connection to
+// the same agent (what --agent-address does). It asserts nothing about
+// the numbers: they are logged for the README (timed assertions do not
+// belong in tests). Then it drops the port-forward under the client,
+// which must open a new one.
+func TestPortForwardLatencyAndReconnect(t *testing.T) {
+	c := need(t)
+	ctx := context.Background()
+	ns, err := c.NewNamespace(ctx, "tp-latency")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.DeleteNamespace(context.Background(), ns) })
+	const token = "latency-test-token"
+	zero := int64(0)
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "agent", Namespace: ns},
+		Spec: corev1.PodSpec{
+			TerminationGracePeriodSeconds: &zero,
+			Containers: []corev1.Container{{
+				Name: "agent", Image: AgentImage, ImagePullPolicy: corev1.PullNever,
+				Args: []string{"--listen", "0.0.0.0:7777"},
+				Env:  []corev1.EnvVar{{Name: "TRAFFICPOLICE_AGENT_TOKEN", Value: token}},
+			}},
+		},
+	}
+	if _, err := c.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var ip string
+	if err := c.waitFor("the agent pod to run", 60*time.Second, func() error {
+		p, err := c.Client.CoreV1().Pods(ns).Get(ctx, "agent", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if p.Status.Phase != corev1.PodRunning || p.Status.PodIP == "" {
+			return errNotYet
+		}
+		ip = p.Status.PodIP
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	access, err := kube.Connect(kube.AccessOptions{Kubeconfig: c.Kubeconfig, Namespace: ns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pf := access.PortForward(ns, "agent", 7777)
+	dial := func(o client.Options) *client.Client {
+		o.Token = token
+		var cl *client.Client
+		if err := c.waitFor("the agent to answer", 30*time.Second, func() error {
+			var err error
+			cl, err = client.Dial(ctx, o)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cl.Close() })
+		return cl
+	}
+	direct := dial(client.Options{Address: net.JoinHostPort(ip, "7777")})
+	// Every port-forward is kept, so that the test can drop one.
+	var mu sync.Mutex
+	var conns []net.Conn
+	forwarded := dial(client.Options{Dialer: func(ctx context.Context) (net.Conn, error) {
+		c, err := pf.Dial(ctx)
+		if err == nil {
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+		return c, err
+	}})
+	measure := func(cl *client.Client) (p50, p99 time.Duration) {
+		var rtts []time.Duration
+		for i := 0; i < 200; i++ {
+			d, err := cl.Ping(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rtts = append(rtts, d)
+		}
+		slices.Sort(rtts)
+		return rtts[len(rtts)/2], rtts[len(rtts)*99/100]
+	}
+	measure(direct)
+	measure(forwarded) // warm both paths
+	d50, d99 := measure(direct)
+	f50, f99 := measure(forwarded)
+	t.Logf("agent round trip, 200 pings each: direct TCP (--agent-address) p50 %s p99 %s; API-server port-forward p50 %s p99 %s; added p50 %s",
+		d50, d99, f50, f99, f50-d50)
+
+	// A dropped port-forward is replaced: the client dials a new one.
+	mu.Lock()
+	conns[len(conns)-1].Close()
+	mu.Unlock()
+	if err := c.waitFor("the tunnel to come back over a new port-forward", 30*time.Second, func() error {
+		_, err := forwarded.Ping(ctx)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(conns) < 2 {
+		t.Fatalf("after a dropped port-forward the client opened %d, want a new one", len(conns))
+	}
+}

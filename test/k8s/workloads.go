@@ -1,0 +1,231 @@
+package k8s
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/coreos/go-iptables/iptables"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// The seed story's workloads, as the tests deploy them.
+const (
+	// UwuAppPort is the target app's port; SidecarPort the sidecar's, on
+	// the pod's 127.0.0.1 only; ServicePort uwu-service's.
+	UwuAppPort  = 9999
+	SidecarPort = 7070
+	ServicePort = 8080
+)
+
+// NewNamespace creates a namespace "PREFIX-<random>" and returns its name;
+// remove it with DeleteNamespace.
+func (c *Cluster) NewNamespace(ctx context.Context, prefix string) (string, error) {
+	b := make([]byte, 3)
+	rand.Read(b)
+	name := prefix + "-" + hex.EncodeToString(b)
+	_, err := c.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	if err != nil {
+		return "", fmt.Errorf("create namespace %s: %w", name, err)
+	}
+	// The service account controller adds "default"; pods wait for it.
+	err = c.waitFor("service account default in "+name, 30*time.Second, func() error {
+		_, err := c.Client.CoreV1().ServiceAccounts(name).Get(ctx, "default", metav1.GetOptions{})
+		return err
+	})
+	return name, err
+}
+
+// DeleteNamespace deletes a namespace and waits until it is gone.
+func (c *Cluster) DeleteNamespace(ctx context.Context, ns string) error {
+	zero := int64(0)
+	c.Client.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: &zero}, metav1.ListOptions{})
+	if err := c.Client.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{}); err != nil {
+		return fmt.Errorf("delete namespace %s: %w", ns, err)
+	}
+	return c.waitFor("namespace "+ns+" to be gone", 90*time.Second, func() error {
+		_, err := c.Client.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+		if err == nil {
+			return errNotYet
+		}
+		return nil
+	})
+}
+
+// appContainer runs testapp with args.
+func (c *Cluster) appContainer(name string, args []string, env []corev1.EnvVar) corev1.Container {
+	image, pull := AppImage, corev1.PullNever
+	if c.appImage != "" {
+		image, pull = c.appImage, corev1.PullIfNotPresent
+	}
+	return corev1.Container{Name: name, Image: image, ImagePullPolicy: pull, Args: args, Env: env}
+}
+
+// DeployUwu deploys the seed story in ns: deployment uwu-app (testapp on
+// :9999, with a native sidecar on 127.0.0.1:7070 and an environment from
+// literals, a ConfigMap, a Secret and the downward API), deployment
+// uwu-service behind service uwu-service:8080. It waits for both to be
+// ready.
+func (c *Cluster) DeployUwu(ctx context.Context, ns string) error {
+	core := c.Client.CoreV1()
+	if _, err := core.ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: "uwu-config"},
+		Data:       map[string]string{"MESSAGES_DB": "messages-db:8888", "LOG_LEVEL": "debug"},
+	}, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("create configmap: %w", err)
+	}
+	if _, err := core.Secrets(ns).Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "uwu-secret"},
+		StringData: map[string]string{"SECRET_TOKEN": "hunter2"},
+	}, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("create secret: %w", err)
+	}
+	always := corev1.ContainerRestartPolicyAlways
+	sidecar := c.appContainer("sidecar", []string{"serve", "--listen", fmt.Sprintf("127.0.0.1:%d", SidecarPort), "--name", "sidecar"}, nil)
+	sidecar.RestartPolicy = &always
+	app := c.appContainer("app", []string{"serve", "--listen", fmt.Sprintf(":%d", UwuAppPort), "--name", "uwu-app"}, []corev1.EnvVar{
+		{Name: "GREETING", Value: "hello from the pod"},
+		{Name: "UWU_SERVICE", Value: fmt.Sprintf("uwu-service:%d", ServicePort)},
+		{Name: "UWU_URL", Value: "http://$(UWU_SERVICE)/"},
+		{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+		{Name: "POD_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}},
+		{Name: "SECRET_TOKEN", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
+			LocalObjectReference: corev1.LocalObjectReference{Name: "uwu-secret"}, Key: "SECRET_TOKEN"}}},
+	})
+	app.EnvFrom = []corev1.EnvFromSource{{ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "uwu-config"}}}}
+	app.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt(UwuAppPort)}}, PeriodSeconds: 1}
+	if err := c.deploy(ctx, ns, "uwu-app", []corev1.Container{app}, []corev1.Container{sidecar}); err != nil {
+		return err
+	}
+	svc := c.appContainer("uwu-service", []string{"serve", "--listen", fmt.Sprintf(":%d", ServicePort), "--name", "uwu-service"}, nil)
+	svc.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt(ServicePort)}}, PeriodSeconds: 1}
+	if err := c.deploy(ctx, ns, "uwu-service", []corev1.Container{svc}, nil); err != nil {
+		return err
+	}
+	if _, err := core.Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "uwu-service"},
+		Spec: corev1.ServiceSpec{
+			Selector: map[string]string{"app": "uwu-service"},
+			Ports:    []corev1.ServicePort{{Port: ServicePort, TargetPort: intstr.FromInt(ServicePort)}},
+		},
+	}, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("create service uwu-service: %w", err)
+	}
+	for _, d := range []string{"uwu-app", "uwu-service"} {
+		if err := c.WaitDeployment(ctx, ns, d); err != nil {
+			return err
+		}
+	}
+	return c.WaitService(ctx, ns, "uwu-service")
+}
+
+// WaitService waits until kube-proxy has programmed the service's cluster
+// IP with endpoints behind it: a Service that exists is not yet reachable.
+func (c *Cluster) WaitService(ctx context.Context, ns, name string) error {
+	svc, err := c.Client.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("service %s/%s: %w", ns, name, err)
+	}
+	if len(c.components) == 0 {
+		// Not the harness's cluster (Attach): its proxies are out of
+		// sight; ready endpoints and a moment must do.
+		err := c.waitFor("endpoints of service "+ns+"/"+name, 60*time.Second, func() error {
+			l, err := c.Client.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=" + name})
+			if err != nil {
+				return err
+			}
+			for _, es := range l.Items {
+				for _, ep := range es.Endpoints {
+					if ep.Conditions.Ready != nil && *ep.Conditions.Ready {
+						return nil
+					}
+				}
+			}
+			return errNotYet
+		})
+		time.Sleep(2 * time.Second)
+		return err
+	}
+	ipt, err := iptables.New()
+	if err != nil {
+		return fmt.Errorf("iptables: %w", err)
+	}
+	return c.waitFor("kube-proxy to program service "+ns+"/"+name, 60*time.Second, func() error {
+		rules, err := ipt.List("nat", "KUBE-SERVICES")
+		if err != nil {
+			return err
+		}
+		for _, r := range rules {
+			if strings.Contains(r, "-d "+svc.Spec.ClusterIP+"/32") && strings.Contains(r, "-j KUBE-SVC-") {
+				return nil
+			}
+		}
+		return errNotYet
+	})
+}
+
+func (c *Cluster) deploy(ctx context.Context, ns, name string, containers, initContainers []corev1.Container) error {
+	one := int32(1)
+	zero := int64(0)
+	labels := map[string]string{"app": name}
+	d := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: &one,
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{
+					Containers:                    containers,
+					InitContainers:                initContainers,
+					TerminationGracePeriodSeconds: &zero,
+					AutomountServiceAccountToken:  new(bool),
+				},
+			},
+		},
+	}
+	if _, err := c.Client.AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("create deployment %s: %w", name, err)
+	}
+	return nil
+}
+
+// WaitDeployment waits for every replica of a deployment to be ready.
+func (c *Cluster) WaitDeployment(ctx context.Context, ns, name string) error {
+	return c.waitFor("deployment "+ns+"/"+name+" to be ready", 120*time.Second, func() error {
+		d, err := c.Client.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if d.Spec.Replicas != nil && d.Status.ReadyReplicas == *d.Spec.Replicas && d.Status.UpdatedReplicas == *d.Spec.Replicas {
+			return nil
+		}
+		pods, _ := c.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=" + name})
+		if pods != nil {
+			for _, p := range pods.Items {
+				for _, st := range append(p.Status.InitContainerStatuses, p.Status.ContainerStatuses...) {
+					if w := st.State.Waiting; w != nil {
+						return fmt.Errorf("pod %s container %s waiting: %s %s", p.Name, st.Name, w.Reason, w.Message)
+					}
+				}
+			}
+		}
+		return fmt.Errorf("%d of %d ready", d.Status.ReadyReplicas, *d.Spec.Replicas)
+	})
+}
+
+// UserKubeconfig writes a kubeconfig for a user the cluster knows by its
+// client certificate (CN name, no groups) and no RBAC grants: everything
+// it asks is denied unless a test binds a role to it.
+func (c *Cluster) UserKubeconfig(name string) (string, error) {
+	if err := c.pki.cert(name, name, "", false, nil, nil); err != nil {
+		return "", err
+	}
+	return c.pki.kubeconfig(name, c.server)
+}
