@@ -124,7 +124,8 @@ func story(t *director) {
 	sandbox.echo = false
 	sandbox.stop(t)
 
-	t.say("\n  where each hop went (trafficpolice's --flow-log):")
+	t.say("\n  where each hop went:")
+	t.say("    incoming: client %s → pod uwu-app:9999, stolen by the agent → the local uwu-app's :9999", client.IP())
 	for _, line := range flowLines(flows) {
 		t.say("    %s", line)
 	}
@@ -139,9 +140,10 @@ func story(t *director) {
 	}
 	hostDB.stop(t)
 
-	t.say("\n  You can have youw cake and eat it t-too!! The same command works against a real cluster:")
-	t.say("    trafficpolice sandbox run -f config.json -- ./uwu-app   (with \"target\": \"pod/uwu-app\" and a kubeconfig)")
-	t.say("  until the Kubernetes integration lands, start `trafficpolice agent` in the pod's namespace and pass --agent-address.\n")
+	t.say("\n  You can have youw cake and eat it t-too!! Against a real cluster it is the same command without")
+	t.say("  --agent-address: trafficpolice finds pod/uwu-app with your kubeconfig, starts the agent in its")
+	t.say("  network namespace and tunnels through the API server. `make demo KUBECONFIG=~/.kube/config` runs")
+	t.say("  this story there (see the README's \"Kubernetes\").\n")
 }
 
 func indent(s, prefix string) string {
