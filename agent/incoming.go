@@ -247,6 +247,10 @@ func (in *incoming) route(port uint16) route {
 	return r
 }
 
+// errTunnelLost means a subscription's client is gone (for now): its
+// traffic goes to the pod's app meanwhile.
+var errTunnelLost = errors.New("its tunnel is lost")
+
 // open opens a stream to s's client for one connection and waits for the
 // client to reach its app.
 func (in *incoming) open(ctx context.Context, s *subscription, src, dst netip.AddrPort) (*yamux.Stream, error) {
@@ -254,10 +258,13 @@ func (in *incoming) open(ctx context.Context, s *subscription, src, dst netip.Ad
 	t := s.t
 	in.mu.Unlock()
 	if t == nil {
-		return nil, fmt.Errorf("%s: its tunnel is lost", s)
+		return nil, fmt.Errorf("%s: %w", s, errTunnelLost)
 	}
 	st, err := t.sess.OpenStream()
 	if err != nil {
+		if t.sess.IsClosed() {
+			err = errors.Join(err, errTunnelLost)
+		}
 		return nil, fmt.Errorf("open a stream to %s: %w", s.label, err)
 	}
 	stop := context.AfterFunc(ctx, func() { _ = st.SetDeadline(time.Now()) })
@@ -270,6 +277,9 @@ func (in *incoming) open(ctx context.Context, s *subscription, src, dst netip.Ad
 	}
 	if err != nil {
 		_ = st.Close()
+		if t.sess.IsClosed() {
+			err = errors.Join(err, errTunnelLost)
+		}
 		return nil, fmt.Errorf("hand a connection to %s: %w", s.label, err)
 	}
 	res, ok := m.(proto.Result)

@@ -87,8 +87,9 @@ type Server struct {
 
 	// incoming is the steal and mirror machinery, nil when it is off or
 	// could not be set up (incomingErr says why).
-	incoming    *incoming
-	incomingErr string
+	incoming     *incoming
+	incomingErr  string
+	incomingOnce sync.Once
 }
 
 // New checks opts and fills in the defaults.
@@ -156,14 +157,19 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if s.opts.Incoming {
-		stopIncoming := s.startIncoming(ctx, ln.Addr(), &wg)
-		// Deferred after wg.Wait, so it runs first: the pod gets its
-		// ports back at once, without waiting for the tunnels to end.
-		defer stopIncoming()
-	} else {
-		s.incomingErr = "this agent was started without incoming traffic (steal and mirror)"
-	}
+	// Incoming traffic lives with the first Serve; a concurrent Serve
+	// waits here until it is set up.
+	stopIncoming := func() {}
+	s.incomingOnce.Do(func() {
+		if s.opts.Incoming {
+			stopIncoming = s.startIncoming(ctx, ln.Addr(), &wg)
+		} else {
+			s.incomingErr = "this agent was started without incoming traffic (steal and mirror)"
+		}
+	})
+	// Deferred after wg.Wait, so it runs first: the pod gets its ports
+	// back at once, without waiting for the tunnels to end.
+	defer stopIncoming()
 	stop := context.AfterFunc(ctx, func() { _ = ln.Close() })
 	defer stop()
 	for {

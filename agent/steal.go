@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -77,17 +78,25 @@ func (in *incoming) serveConn(ctx context.Context, c *net.TCPConn, src, dst neti
 	if len(taps) > 0 {
 		reader = &teeReader{r: c, taps: taps}
 	}
-	switch {
-	case r.stealAll != nil:
+	if r.stealAll != nil {
 		st, err := in.open(ctx, r.stealAll, src, dst)
-		if err != nil {
+		switch {
+		case err == nil:
+			in.log.Debug("connection stolen", "peer", src.String(), "sub", r.stealAll.String())
+			relay(client, reader, streamSide{st})
+			return
+		case errors.Is(err, errTunnelLost):
+			// The client is gone: the pod's app serves meanwhile.
+			in.log.Info("stealing client is gone: passing the connection through", "peer", src.String(), "err", err)
+		default:
+			// The client's app refused: so does the port.
 			in.log.Info("stolen connection refused", "peer", src.String(), "port", dst.Port(), "err", err)
 			client.abort()
 			return
 		}
-		in.log.Debug("connection stolen", "peer", src.String(), "sub", r.stealAll.String())
-		relay(client, reader, streamSide{st})
-	case r.filtered():
+	}
+	switch {
+	case r.stealAll == nil && r.filtered():
 		h := &httpConn{in: in, ctx: ctx, client: client, src: src, dst: dst, route: r,
 			br: bufio.NewReaderSize(reader, 16<<10), stolen: map[*subscription]*backend{}, taps: map[*subscription]*tap{}}
 		h.serve()
@@ -318,6 +327,11 @@ func (h *httpConn) backendFor(req *requestHead) (*backend, error) {
 		delete(h.stolen, sub)
 	}
 	st, err := h.in.open(h.ctx, sub, h.src, h.dst)
+	if errors.Is(err, errTunnelLost) {
+		// The client is gone: the pod's app serves meanwhile.
+		h.route.steal = slices.DeleteFunc(slices.Clone(h.route.steal), func(s *subscription) bool { return s == sub })
+		return h.backendFor(req)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -474,6 +474,14 @@ func TestStealWholeAndMirror(t *testing.T) {
 	if got := roundTrip(t, c, bufio.NewReader(c), "GET /s HTTP/1.1\r\nHost: p\r\n\r\n", "GET"); got[0] != "200 local GET /s 0" {
 		t.Errorf("stolen request answered %q, want the local app's", got)
 	}
+
+	// The stealing client's tunnel dies before the agent has noticed: the
+	// pod's app answers instead.
+	local.t.sess.Close()
+	c = connect(t, in, pod)
+	if got := roundTrip(t, c, bufio.NewReader(c), "GET /gone HTTP/1.1\r\nHost: p\r\n\r\n", "GET"); got[0] != "200 pod GET /gone 0" {
+		t.Errorf("request for a client that is gone answered %q, want the pod's", got)
+	}
 }
 
 func TestSlowMirrorNeverSlowsThePod(t *testing.T) {
