@@ -175,6 +175,8 @@ func (r *Router) Start() error {
 	r.stack.SetTransportProtocolHandler(tcp.ProtocolNumber, tcpFwd.HandlePacket)
 	udpFwd := udp.NewForwarder(r.stack, r.handleUDP)
 	r.stack.SetTransportProtocolHandler(udp.ProtocolNumber, udpFwd.HandlePacket)
+	r.stack.SetTransportProtocolHandler(icmp.ProtocolNumber4, r.handleEcho4)
+	r.stack.SetTransportProtocolHandler(icmp.ProtocolNumber6, r.handleEcho6)
 	for _, a := range r.cfg.DNSAddrs {
 		if err := r.serveDNS(a); err != nil {
 			r.Close()

@@ -372,3 +372,20 @@ func (w testWriter) Write(p []byte) (int, error) {
 
 var _ = http.StatusOK
 var _ = context.Background
+
+func TestPingIsRoutedLikeAnyFlow(t *testing.T) {
+	needRoot(t)
+	cleanCheck(t)
+	svc := newServiceNet(t)
+	ip := svc.svcIP.String()
+	r := run(t, nil, ExtraRules{}, []string{"ping", "-c", "1", "-W", "3", ip})
+	if r.code != 0 {
+		t.Fatalf("ping on the local route: %+v", r)
+	}
+	contains(t, r.stdout, "1 received")
+	r = run(t, nil, ExtraRules{Block: []string{ip}}, []string{"ping", "-c", "1", "-W", "3", ip})
+	if r.code == 0 {
+		t.Fatalf("ping to a blocked address succeeded: %+v", r)
+	}
+	contains(t, r.stdout, "Prohibited")
+}

@@ -14,6 +14,9 @@ const (
 	AnyProto Proto = iota
 	TCP
 	UDP
+	// ICMP is a flow's protocol only (echo requests): mirrord's grammar has
+	// no icmp://, so only entries for any protocol and any port match it.
+	ICMP
 )
 
 func (p Proto) String() string {
@@ -22,6 +25,8 @@ func (p Proto) String() string {
 		return "tcp"
 	case UDP:
 		return "udp"
+	case ICMP:
+		return "icmp"
 	}
 	return "any"
 }

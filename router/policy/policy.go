@@ -258,6 +258,9 @@ func (p *Policy) entryMatches(e Entry, f Flow, dst netip.Addr) bool {
 	if e.Proto != AnyProto && f.Proto != AnyProto && e.Proto != f.Proto {
 		return false
 	}
+	if f.Proto == ICMP && e.Port != 0 {
+		return false // ICMP has no ports
+	}
 	if e.Port != 0 && e.Port != f.Dst.Port() {
 		return false
 	}

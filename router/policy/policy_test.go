@@ -179,3 +179,15 @@ func TestResolveSide(t *testing.T) {
 		}
 	}
 }
+
+func TestICMPMatchesOnlyPortlessAnyProtocolRules(t *testing.T) {
+	p := mustNew(t, Rules{HaveRemote: true, Block: []string{"tcp://10.0.0.0/8", ":7", "10.1.0.0/16"}})
+	f := Flow{Proto: ICMP, Dst: netip.AddrPortFrom(netip.MustParseAddr("10.2.0.1"), 0)}
+	if d := p.Decide(f); d.Route != Remote {
+		t.Fatalf("tcp:// and port rules must not match ICMP: %v", d)
+	}
+	f.Dst = netip.AddrPortFrom(netip.MustParseAddr("10.1.2.3"), 0)
+	if d := p.Decide(f); d.Route != Block {
+		t.Fatalf("an address rule must match ICMP: %v", d)
+	}
+}

@@ -1,0 +1,203 @@
+package router
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/trafficpolice/trafficpolice/router/policy"
+)
+
+// echoTimeout is how long a forwarded ping waits for its answer.
+const echoTimeout = 3 * time.Second
+
+// handleEcho4 and handleEcho6 take the app's ICMP echo requests (the
+// netstack hands them over for addresses it does not own) and route them
+// like any flow: local ones are pinged from the host and the answer is
+// passed back; blocked ones get "administratively prohibited"; remote ones
+// are not forwarded (the tunnel carries no ICMP) and say so once.
+func (r *Router) handleEcho4(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
+	h := header.ICMPv4(pkt.TransportHeader().Slice())
+	if len(h) < header.ICMPv4MinimumSize || h.Type() != header.ICMPv4Echo {
+		return false
+	}
+	req := append([]byte(nil), stack.PayloadSince(pkt.TransportHeader()).AsSlice()...)
+	quoted := append(append([]byte(nil), pkt.NetworkHeader().Slice()...), req[:min(8, len(req))]...)
+	r.echo(id, req, quoted, false)
+	return true
+}
+
+func (r *Router) handleEcho6(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
+	h := header.ICMPv6(pkt.TransportHeader().Slice())
+	if len(h) < header.ICMPv6EchoMinimumSize || h.Type() != header.ICMPv6EchoRequest {
+		return false
+	}
+	req := append([]byte(nil), stack.PayloadSince(pkt.TransportHeader()).AsSlice()...)
+	quoted := append(append([]byte(nil), pkt.NetworkHeader().Slice()...), req...)
+	r.echo(id, req, quoted, true)
+	return true
+}
+
+func (r *Router) echo(id stack.TransportEndpointID, req, quoted []byte, v6 bool) {
+	app := addrFrom(id.RemoteAddress)
+	wire := addrFrom(id.LocalAddress) // the address as it crossed the TUN
+	dst := r.appDst(id.LocalAddress, 0)
+	f := r.newFlow(policy.ICMP, netip.AddrPortFrom(app, 0), dst)
+	switch f.decision.Route {
+	case policy.Block:
+		r.stats.blocked.Add(1)
+		r.writeRaw(v6, prohibited(wire, app, quoted, v6))
+		f.rec.Error = errBlocked.Error()
+		r.endFlow(f)
+		return
+	case policy.Local:
+	default:
+		r.warnOnceFor("echo "+dst.Addr().String(), "not forwarding ICMP echo: only the local route carries it",
+			"dst", dst.Addr().String(), "route", f.decision.Route.String())
+		f.rec.Error = "ICMP echo is forwarded on the local route only"
+		r.endFlow(f)
+		return
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		reply, err := pingFromHost(r.ctx, dst.Addr(), req, v6)
+		f.rec.BytesOut = int64(len(req))
+		if err != nil {
+			f.rec.Error = err.Error()
+			r.endFlow(f)
+			return
+		}
+		f.rec.BytesIn = int64(len(reply))
+		r.writeRaw(v6, echoReply(wire, app, reply, v6))
+		r.endFlow(f)
+	}()
+}
+
+// pingFromHost sends the app's echo request (same identifier, sequence and
+// data) from the host and returns the answer's ICMP message.
+func pingFromHost(ctx context.Context, dst netip.Addr, req []byte, v6 bool) ([]byte, error) {
+	network, listen, proto := "ip4:icmp", "0.0.0.0", 1
+	if v6 {
+		network, listen, proto = "ip6:ipv6-icmp", "::", 58
+	}
+	c, err := icmp.ListenPacket(network, listen)
+	if err != nil {
+		return nil, fmt.Errorf("ping from the host: %w", err)
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	msg, err := icmp.ParseMessage(proto, req)
+	if err != nil {
+		return nil, fmt.Errorf("parse echo request: %w", err)
+	}
+	want, ok := msg.Body.(*icmp.Echo)
+	if !ok {
+		return nil, fmt.Errorf("not an echo request")
+	}
+	out, err := msg.Marshal(nil) // the kernel computes the ICMPv6 checksum
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.WriteTo(out, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
+		return nil, fmt.Errorf("ping from the host: %w", err)
+	}
+	c.SetReadDeadline(time.Now().Add(echoTimeout))
+	buf := make([]byte, 64<<10)
+	for {
+		n, from, err := c.ReadFrom(buf)
+		if err != nil {
+			return nil, fmt.Errorf("no echo reply from %s: %w", dst, err)
+		}
+		if ip, ok := from.(*net.IPAddr); !ok || !ip.IP.Equal(dst.AsSlice()) {
+			continue
+		}
+		m, err := icmp.ParseMessage(proto, buf[:n])
+		if err != nil || (m.Type != ipv4.ICMPTypeEchoReply && m.Type != ipv6.ICMPTypeEchoReply) {
+			continue
+		}
+		if e, ok := m.Body.(*icmp.Echo); ok && e.ID == want.ID && e.Seq == want.Seq {
+			return append([]byte(nil), buf[:n]...), nil
+		}
+	}
+}
+
+func (r *Router) writeRaw(v6 bool, pkt []byte) {
+	proto := header.IPv4ProtocolNumber
+	if v6 {
+		proto = header.IPv6ProtocolNumber
+	}
+	r.stack.WriteRawPacket(nicID, proto, buffer.MakeWithData(pkt))
+}
+
+// echoReply wraps the host's answer in an IP header from the address the
+// app pinged to the app.
+func echoReply(from, to netip.Addr, icmpMsg []byte, v6 bool) []byte {
+	if !v6 {
+		pkt := ipv4Header(from, to, header.ICMPv4ProtocolNumber, len(icmpMsg))
+		body := append([]byte(nil), icmpMsg...)
+		m := header.ICMPv4(body)
+		m.SetChecksum(0)
+		m.SetChecksum(^checksum.Checksum(m, 0))
+		return append(pkt, body...)
+	}
+	pkt := ipv6Header(from, to, header.ICMPv6ProtocolNumber, len(icmpMsg))
+	body := append([]byte(nil), icmpMsg...)
+	m := header.ICMPv6(body)
+	m.SetChecksum(0)
+	m.SetChecksum(header.ICMPv6Checksum(header.ICMPv6ChecksumParams{Header: m, Src: tcpip.AddrFrom16(from.As16()), Dst: tcpip.AddrFrom16(to.As16())}))
+	return append(pkt, body...)
+}
+
+// prohibited is "destination unreachable: administratively prohibited",
+// quoting the app's packet.
+func prohibited(from, to netip.Addr, quoted []byte, v6 bool) []byte {
+	if !v6 {
+		body := make([]byte, header.ICMPv4MinimumSize+len(quoted))
+		m := header.ICMPv4(body)
+		m.SetType(header.ICMPv4DstUnreachable)
+		m.SetCode(header.ICMPv4HostProhibited)
+		copy(body[header.ICMPv4MinimumSize:], quoted)
+		m.SetChecksum(^checksum.Checksum(m, 0))
+		return append(ipv4Header(from, to, header.ICMPv4ProtocolNumber, len(body)), body...)
+	}
+	body := make([]byte, header.ICMPv6DstUnreachableMinimumSize+len(quoted))
+	m := header.ICMPv6(body)
+	m.SetType(header.ICMPv6DstUnreachable)
+	m.SetCode(header.ICMPv6Prohibited)
+	copy(body[header.ICMPv6DstUnreachableMinimumSize:], quoted)
+	m.SetChecksum(header.ICMPv6Checksum(header.ICMPv6ChecksumParams{Header: m, Src: tcpip.AddrFrom16(from.As16()), Dst: tcpip.AddrFrom16(to.As16())}))
+	return append(ipv6Header(from, to, header.ICMPv6ProtocolNumber, len(body)), body...)
+}
+
+func ipv4Header(from, to netip.Addr, proto tcpip.TransportProtocolNumber, payload int) []byte {
+	b := make([]byte, header.IPv4MinimumSize)
+	ip := header.IPv4(b)
+	ip.Encode(&header.IPv4Fields{
+		TotalLength: uint16(header.IPv4MinimumSize + payload), TTL: 64, Protocol: uint8(proto),
+		SrcAddr: tcpip.AddrFrom4(from.As4()), DstAddr: tcpip.AddrFrom4(to.As4()),
+	})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	return b
+}
+
+func ipv6Header(from, to netip.Addr, proto tcpip.TransportProtocolNumber, payload int) []byte {
+	b := make([]byte, header.IPv6MinimumSize)
+	header.IPv6(b).Encode(&header.IPv6Fields{
+		PayloadLength: uint16(payload), TransportProtocol: proto, HopLimit: 64,
+		SrcAddr: tcpip.AddrFrom16(from.As16()), DstAddr: tcpip.AddrFrom16(to.As16()),
+	})
+	return b
+}
