@@ -11,11 +11,14 @@
 //   - Subscribe (with Options.Incoming): a steal or mirror of a pod port.
 //
 // Incoming traffic has files of its own: subscribe.go sets it up at start
-// (liveness socket, redirect listeners, removal of dead agents' chains)
+// (liveness socket, redirect listeners, removal of dead agents' rules)
 // and holds each subscription stream; incoming.go keeps every client's
 // subscriptions (who holds which port, what a lost tunnel keeps);
-// natrules.go manages the nat chains TP-IN-<agent id> that REDIRECT new
-// connections to the agent and let the agent's marked sockets by;
+// natrules.go says what the nat rules TP-IN-<agent id> do (redirect new
+// connections to the agent, let the agent's marked sockets by) and picks
+// the backend that writes them: iptables.go (the iptables binaries, nat
+// chains) where they work, else nftables.go (nf_tables netlink, a table
+// per family; the agent's image has no iptables binary);
 // steal.go serves each redirected connection: whole to a stealing client,
 // request by request under an HTTP filter (http1.go, httpfilter.go), or
 // through to the pod's app; mirror.go makes the bounded copies for
@@ -29,7 +32,7 @@
 // that on the client side; the client also decides which ports it takes),
 // must not expand search domains (the app's own resolver does, with the
 // pod's search list copied into the sandbox), must not carry IP packets
-// (only payload), must not touch nat rules other than its own chains and
-// the jumps to them (and dead agents' chains), and must never let a slow
-// mirroring client slow the pod's own traffic.
+// (only payload), must not touch nat rules other than its own chains or
+// tables and the jumps to them (and dead agents' ones), and must never let
+// a slow mirroring client slow the pod's own traffic.
 package agent

@@ -5,208 +5,130 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
-
-	"github.com/coreos/go-iptables/iptables"
 )
 
 // The pod's nat rules for steal and mirror. While it redirects at least one
-// port, an agent has one chain per IP family, named for its id, jumped to
-// from the top of nat
-// PREROUTING (connections from other hosts) and OUTPUT (from the pod
-// itself, over loopback or to its own address). The chain first RETURNs
-// packets that carry AgentMark (the agent's own sockets: pass-through and
-// outgoing dials), then holds one REDIRECT per subscribed port, for new
-// TCP connections (SYNs) to a local address of the pod. nat sees only the
-// first packet of a connection, so connections open before a rule exists
-// keep going where they went.
+// port, an agent has rules of its own per IP family, named for its id
+// (ChainPrefix + id), hooked into nat prerouting (connections from other
+// hosts) and output (from the pod itself, over loopback or to its own
+// address). They first let through packets that carry AgentMark (the
+// agent's own sockets: pass-through and outgoing dials), then redirect,
+// per subscribed port, new TCP connections (SYNs) to a local address of
+// the pod to the agent's listener. nat sees only the first packet of a
+// connection, so connections open before a rule exists keep going where
+// they went.
+//
+// Two backends write the same rules: iptables.go runs the iptables
+// binaries (chains in the nat table), nftables.go speaks nf_tables
+// netlink (a table per family), for pods without an iptables binary, such
+// as the agent's own image.
 
 // AgentMark is the socket mark (SO_MARK) of the agent's own sockets; every
-// agent's chain lets them through, so an agent never steals from itself or
+// agent's rules let them through, so an agent never steals from itself or
 // from another agent.
 const AgentMark = 0x7471
 
-// ChainPrefix starts the name of every agent's nat chain; the agent's id
-// follows.
+// ChainPrefix starts the name of every agent's nat chain (iptables) or
+// table (nftables); the agent's id follows.
 const ChainPrefix = "TP-IN-"
 
 // livenessPrefix names the abstract unix socket each agent holds for its
-// life: abstract sockets belong to the network namespace, as the chains do,
+// life: abstract sockets belong to the network namespace, as the rules do,
 // and vanish with the process, so another agent can tell a live agent's
-// chains from a dead one's even across PID namespaces.
+// rules from a dead one's even across PID namespaces.
 const livenessPrefix = "@trafficpolice-agent-"
 
-// portRules adds and removes the redirect of one pod port; natRules is the
-// real one, tests use their own.
+// portRules adds and removes the redirect of one pod port; the backends
+// are the real ones, tests use their own.
 type portRules interface {
 	add(port uint16) error
 	remove(port uint16) error
 }
 
-type natFamily struct {
-	ipt  *iptables.IPTables
-	name string // iptables or ip6tables
-	to   uint16 // the agent's redirect listener port for this family
+// NATBackend says how the agent writes its redirect rules into the pod's
+// network namespace.
+type NATBackend string
+
+// The backends.
+const (
+	// NATAuto uses the iptables binary when it exists and works in the
+	// namespace (hosts, the namespace cluster), nftables otherwise (the
+	// agent image, which holds no iptables binary).
+	NATAuto NATBackend = "auto"
+	// NATIPTables runs the iptables and ip6tables binaries: chains
+	// TP-IN-<id> in the nat table, jumped to from PREROUTING and OUTPUT.
+	NATIPTables NATBackend = "iptables"
+	// NATNFTables speaks nf_tables netlink itself, no binary: tables
+	// TP-IN-<id> of families ip and ip6, with nat chains on the
+	// prerouting and output hooks.
+	NATNFTables NATBackend = "nftables"
+)
+
+// EnvNATBackend is the environment variable that `trafficpolice agent`
+// takes its --nat-backend default from.
+const EnvNATBackend = "TRAFFICPOLICE_NAT_BACKEND"
+
+// ParseNATBackend reads a backend's name; "" is NATAuto.
+func ParseNATBackend(s string) (NATBackend, error) {
+	switch b := NATBackend(strings.ToLower(strings.TrimSpace(s))); b {
+	case "":
+		return NATAuto, nil
+	case NATAuto, NATIPTables, NATNFTables:
+		return b, nil
+	}
+	return "", fmt.Errorf("%q is not a nat backend: use auto, iptables or nftables", s)
 }
 
-// natRules is one agent's chains.
-type natRules struct {
-	chain string
-	fams  []natFamily
-
-	mu    sync.Mutex
-	ports map[uint16]bool
+// natBackend is the agent's redirect rules in one backend: portRules that
+// can also say where they are and remove everything they wrote.
+type natBackend interface {
+	portRules
+	// close removes the agent's rules and whatever refers to them.
+	close() error
+	// kind is the backend.
+	kind() NATBackend
+	// name is the chains' or tables' name, ChainPrefix + the agent's id.
+	name() string
+	// where names the rules as a reader of the pod's ruleset finds them.
+	where() string
 }
 
-var markReturn = []string{"-m", "mark", "--mark", fmt.Sprintf("%#x", AgentMark), "-j", "RETURN"}
-
-// redirectRule matches SYNs only: where the pod's namespace had no
-// conntrack before (no nat rule anywhere), conntrack picks up connections
-// that are already open as new from their next packet, and those must not
-// be redirected mid-stream.
-func redirectRule(port, to uint16) []string {
-	return []string{"-p", "tcp", "--syn", "--dport", strconv.Itoa(int(port)), "-m", "addrtype", "--dst-type", "LOCAL",
-		"-j", "REDIRECT", "--to-ports", strconv.Itoa(int(to))}
+// newNATBackend returns the agent's rules in the backend asked for, after
+// checking that it can write them, with nothing in place yet. NATAuto
+// takes iptables when it works, else nftables, and fails only when
+// neither works, saying why for both.
+func newNATBackend(choice NATBackend, id string, to4, to6 uint16, log *slog.Logger) (natBackend, error) {
+	switch choice {
+	case NATIPTables:
+		return newIPTablesRules(id, to4, to6, log)
+	case NATNFTables:
+		return newNFTRules(id, to4, to6, log)
+	case NATAuto, "":
+	default:
+		return nil, fmt.Errorf("%q is not a nat backend: use auto, iptables or nftables", choice)
+	}
+	ipt, iptErr := newIPTablesRules(id, to4, to6, log)
+	if iptErr == nil {
+		return ipt, nil
+	}
+	nft, nftErr := newNFTRules(id, to4, to6, log)
+	if nftErr == nil {
+		log.Info("iptables is missing or does not work here: using nftables over netlink", "iptables_err", iptErr)
+		return nft, nil
+	}
+	return nil, fmt.Errorf("neither iptables nor nftables works here: %w", errors.Join(iptErr, nftErr))
 }
 
-// newNATRules checks that the agent can manage its chains (it creates and
-// removes them once) and returns the rules, with no chain in place: the
-// chains exist only while a port is redirected, so an idle agent leaves
-// the pod's nat table as it found it. IPv4 must work; IPv6 is skipped (with
-// a log line) where the pod has no ip6tables nat. to4 and to6 are the ports
-// of the redirect listeners (to6 0: no IPv6).
-func newNATRules(id string, to4, to6 uint16, log *slog.Logger) (*natRules, error) {
-	r := &natRules{chain: ChainPrefix + id, ports: map[uint16]bool{}}
-	for _, f := range []struct {
-		proto iptables.Protocol
-		name  string
-		to    uint16
-	}{{iptables.ProtocolIPv4, "iptables", to4}, {iptables.ProtocolIPv6, "ip6tables", to6}} {
-		if f.to == 0 {
-			continue
-		}
-		ipt, err := iptables.New(iptables.IPFamily(f.proto), iptables.Timeout(10))
-		if err == nil {
-			if err = setupChain(ipt, r.chain); err == nil {
-				err = deleteChain(ipt, r.chain)
-			}
-		}
-		if err != nil {
-			if f.proto == iptables.ProtocolIPv6 {
-				log.Warn("no IPv6 steal or mirror: ip6tables nat is not usable in this pod", "err", err)
-				continue
-			}
-			return nil, fmt.Errorf("%s: %w", f.name, err)
-		}
-		r.fams = append(r.fams, natFamily{ipt: ipt, name: f.name, to: f.to})
-	}
-	return r, nil
-}
-
-func setupChain(ipt *iptables.IPTables, chain string) error {
-	// ClearChain creates the chain, or empties one a namesake left.
-	if err := ipt.ClearChain("nat", chain); err != nil {
-		return fmt.Errorf("create nat chain %s: %w", chain, err)
-	}
-	if err := ipt.Append("nat", chain, markReturn...); err != nil {
-		_ = ipt.ClearAndDeleteChain("nat", chain)
-		return fmt.Errorf("add the mark rule to nat chain %s: %w", chain, err)
-	}
-	for _, hook := range []string{"PREROUTING", "OUTPUT"} {
-		if err := ipt.InsertUnique("nat", hook, 1, "-j", chain); err != nil {
-			deleteChain(ipt, chain)
-			return fmt.Errorf("jump from nat %s to %s: %w", hook, chain, err)
-		}
-	}
-	return nil
-}
-
-// deleteChain removes the jumps to chain and the chain, as far as it can.
-func deleteChain(ipt *iptables.IPTables, chain string) error {
-	ok, err := ipt.ChainExists("nat", chain)
-	if err != nil || !ok {
-		return err // without the chain there is no jump to it either
-	}
-	var errs []error
-	for _, hook := range []string{"PREROUTING", "OUTPUT"} {
-		if err := ipt.DeleteIfExists("nat", hook, "-j", chain); err != nil {
-			errs = append(errs, fmt.Errorf("remove jump from nat %s to %s: %w", hook, chain, err))
-		}
-	}
-	if err := ipt.ClearAndDeleteChain("nat", chain); err != nil {
-		errs = append(errs, fmt.Errorf("delete nat chain %s: %w", chain, err))
-	}
-	return errors.Join(errs...)
-}
-
-func (r *natRules) add(port uint16) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.ports[port] {
-		return nil
-	}
-	if len(r.ports) == 0 {
-		for i, f := range r.fams {
-			if err := setupChain(f.ipt, r.chain); err != nil {
-				for _, g := range r.fams[:i] {
-					_ = deleteChain(g.ipt, r.chain)
-				}
-				return fmt.Errorf("%s: %w", f.name, err)
-			}
-		}
-	}
-	for i, f := range r.fams {
-		if err := f.ipt.AppendUnique("nat", r.chain, redirectRule(port, f.to)...); err != nil {
-			for _, g := range r.fams[:i] {
-				_ = g.ipt.DeleteIfExists("nat", r.chain, redirectRule(port, g.to)...)
-			}
-			if len(r.ports) == 0 {
-				for _, g := range r.fams {
-					_ = deleteChain(g.ipt, r.chain)
-				}
-			}
-			return fmt.Errorf("%s: redirect port %d in nat chain %s: %w", f.name, port, r.chain, err)
-		}
-	}
-	r.ports[port] = true
-	return nil
-}
-
-func (r *natRules) remove(port uint16) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var errs []error
-	delete(r.ports, port)
-	for _, f := range r.fams {
-		var err error
-		if len(r.ports) == 0 {
-			err = deleteChain(f.ipt, r.chain) // the last one: leave nothing
-		} else {
-			err = f.ipt.DeleteIfExists("nat", r.chain, redirectRule(port, f.to)...)
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: remove the redirect of port %d: %w", f.name, port, err))
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// close removes the chains and the jumps to them.
-func (r *natRules) close() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var errs []error
-	for _, f := range r.fams {
-		if err := deleteChain(f.ipt, r.chain); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", f.name, err))
-		}
-	}
-	r.fams = nil
-	return errors.Join(errs...)
+// sweepStale removes the rules of agents that died without removing them,
+// in both backends (a dead agent may have used either), and returns their
+// names. A live agent's rules are left alone.
+func sweepStale(self string, log *slog.Logger) ([]string, error) {
+	chains, iptErr := sweepStaleChains(self, log)
+	tables, nftErr := sweepStaleTables(self, log)
+	return append(chains, tables...), errors.Join(iptErr, nftErr)
 }
 
 // holdLiveness binds the agent's abstract socket and answers connections
@@ -233,43 +155,9 @@ func holdLiveness(id string) (net.Listener, error) {
 func agentAlive(id string) bool {
 	c, err := net.DialTimeout("unix", livenessPrefix+id, time.Second)
 	if err != nil {
-		// Only "nobody there" means dead; anything else, keep its chains.
+		// Only "nobody there" means dead; anything else, keep its rules.
 		return !errors.Is(err, syscall.ECONNREFUSED) && !errors.Is(err, syscall.ENOENT)
 	}
 	_ = c.Close()
 	return true
-}
-
-// sweepStaleChains removes the chains (and jumps) of agents that died
-// without removing them, and returns their names. A live agent's chains
-// are left alone.
-func sweepStaleChains(self string, log *slog.Logger) ([]string, error) {
-	var removed []string
-	var errs []error
-	for _, p := range []iptables.Protocol{iptables.ProtocolIPv4, iptables.ProtocolIPv6} {
-		ipt, err := iptables.New(iptables.IPFamily(p), iptables.Timeout(10))
-		if err != nil {
-			continue
-		}
-		chains, err := ipt.ListChains("nat")
-		if err != nil {
-			if p == iptables.ProtocolIPv4 {
-				errs = append(errs, fmt.Errorf("list nat chains: %w", err))
-			}
-			continue
-		}
-		for _, ch := range chains {
-			id, ok := strings.CutPrefix(ch, ChainPrefix)
-			if !ok || id == self || agentAlive(id) {
-				continue
-			}
-			if err := deleteChain(ipt, ch); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			log.Info("removed the nat chain of an agent that is gone", "chain", ch)
-			removed = append(removed, ch)
-		}
-	}
-	return removed, errors.Join(errs...)
 }

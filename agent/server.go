@@ -55,6 +55,9 @@ type Options struct {
 	// Serve returns). The command turns it on; a program that embeds the
 	// agent in a namespace it shares with others must leave it off.
 	Incoming bool
+	// NATBackend writes those rules: NATAuto ("" too), NATIPTables or
+	// NATNFTables.
+	NATBackend NATBackend
 }
 
 // LoadToken returns the shared token: the content of path (surrounding
@@ -113,6 +116,11 @@ func New(opts Options) (*Server, error) {
 			*d.v = d.def
 		}
 	}
+	nat, err := ParseNATBackend(string(opts.NATBackend))
+	if err != nil {
+		return nil, fmt.Errorf("agent options: NATBackend: %w", err)
+	}
+	opts.NATBackend = nat
 	if opts.ResolvConfPath == "" {
 		opts.ResolvConfPath = DefaultResolvConfPath
 	}

@@ -16,10 +16,11 @@ import (
 )
 
 // startIncoming sets up steal and mirror: the agent's id and liveness
-// socket, the redirect listeners and the nat chains, after removing the
-// chains of dead agents. When something is missing (no iptables, no
-// NET_ADMIN) the agent still serves outgoing traffic, and tells every
-// client why incoming traffic cannot work. The returned function undoes it.
+// socket, the redirect listeners and the nat rules (in the backend
+// Options.NATBackend picks), after removing the rules of dead agents.
+// When something is missing (no NET_ADMIN, no nat in the kernel) the agent
+// still serves outgoing traffic, and tells every client why incoming
+// traffic cannot work. The returned function undoes it.
 func (s *Server) startIncoming(ctx context.Context, tunnelAddr net.Addr, wg *sync.WaitGroup) func() {
 	fail := func(err error) func() {
 		s.incomingErr = err.Error()
@@ -35,8 +36,8 @@ func (s *Server) startIncoming(ctx context.Context, tunnelAddr net.Addr, wg *syn
 	if err != nil {
 		return fail(err)
 	}
-	if removed, err := sweepStaleChains(id, s.log); err != nil {
-		s.log.Warn("removing the nat chains of dead agents", "err", err, "removed", removed)
+	if removed, err := sweepStale(id, s.log); err != nil {
+		s.log.Warn("removing the nat rules of dead agents", "err", err, "removed", removed)
 	}
 	var lc net.ListenConfig
 	ln4, err := lc.Listen(ctx, "tcp4", "0.0.0.0:0")
@@ -56,10 +57,10 @@ func (s *Server) startIncoming(ctx context.Context, tunnelAddr net.Addr, wg *syn
 		}
 		_ = live.Close()
 	}
-	rules, err := newNATRules(id, uint16(ln4.Addr().(*net.TCPAddr).Port), port6, s.log)
+	rules, err := newNATBackend(s.opts.NATBackend, id, uint16(ln4.Addr().(*net.TCPAddr).Port), port6, s.log)
 	if err != nil {
 		closeAll()
-		return fail(fmt.Errorf("set up nat rules in the pod (the agent needs iptables and the NET_ADMIN capability): %w", err))
+		return fail(fmt.Errorf("set up nat rules in the pod (the agent needs the NET_ADMIN capability, and nat in the kernel's nf_tables or a working iptables): %w", err))
 	}
 	in := newIncoming(s.log, rules, s.opts)
 	if ta, ok := tunnelAddr.(*net.TCPAddr); ok {
@@ -69,7 +70,8 @@ func (s *Server) startIncoming(ctx context.Context, tunnelAddr net.Addr, wg *syn
 		in.reserved[uint16(ln.Addr().(*net.TCPAddr).Port)] = "the agent's redirect port"
 	}
 	s.incoming = in
-	s.log.Info("incoming traffic ready", "chain", rules.chain)
+	where := rules.where()
+	s.log.Info("incoming traffic ready", "nat_backend", string(rules.kind()), "rules", where)
 	for _, ln := range lns {
 		wg.Add(1)
 		go func() {
@@ -81,10 +83,10 @@ func (s *Server) startIncoming(ctx context.Context, tunnelAddr net.Addr, wg *syn
 		in.close()
 		closeAll()
 		if err := rules.close(); err != nil {
-			s.log.Error("remove the agent's nat chains", "err", err)
+			s.log.Error("remove the agent's nat rules", "rules", where, "err", err)
 			return
 		}
-		s.log.Info("removed the agent's nat chains", "chain", rules.chain)
+		s.log.Info("removed the agent's nat rules", "rules", where)
 	}
 }
 

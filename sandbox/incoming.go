@@ -64,7 +64,7 @@ func newIncoming(ns *netns.Namespace, o Options) (*incoming, error) {
 	if why := o.IncomingAgent.IncomingError(); why != "" {
 		if mode == client.Steal {
 			return nil, fmt.Errorf("feature.network.incoming is \"steal\", but the agent cannot steal the pod's traffic: %s; "+
-				"give the agent's container the NET_ADMIN capability (and iptables), or set feature.network.incoming to \"off\"", why)
+				"give the agent's container the NET_ADMIN capability, or set feature.network.incoming to \"off\"", why)
 		}
 		o.Progress.Note("no mirroring of the pod's incoming traffic: %s (set feature.network.incoming to \"off\" to silence this)", why)
 		return nil, nil

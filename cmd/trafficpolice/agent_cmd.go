@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -17,6 +18,7 @@ func newAgentCommand() *cobra.Command {
 		opts      agent.Options
 		tokenFile string
 		commTO    time.Duration
+		natFlag   string
 		runFlags  agentRunFlags
 	)
 	cmd := &cobra.Command{
@@ -24,8 +26,9 @@ func newAgentCommand() *cobra.Command {
 		Short: "Serve tunnels from inside the target pod's network namespace",
 		Long: "Serve trafficpolice tunnels: dial TCP and UDP and resolve names from this network namespace\n" +
 			"for clients that present the shared token (--token-file, or $" + agent.EnvToken + "), and steal\n" +
-			"or mirror the namespace's incoming TCP connections for them (nat rules in chains " + agent.ChainPrefix + "<id>,\n" +
-			"removed on exit; needs iptables and NET_ADMIN). Meant to run inside the target pod's network namespace.",
+			"or mirror the namespace's incoming TCP connections for them (nat rules named " + agent.ChainPrefix + "<id>, removed\n" +
+			"on exit; needs NET_ADMIN). The rules are written with the iptables binary where it works, else with\n" +
+			"nftables over netlink (--nat-backend). Meant to run inside the target pod's network namespace.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			tok, err := agent.LoadToken(tokenFile)
@@ -34,6 +37,9 @@ func newAgentCommand() *cobra.Command {
 			}
 			opts.Token = tok
 			opts.CommunicationTimeout = commTO
+			if opts.NATBackend, err = agent.ParseNATBackend(natFlag); err != nil {
+				return fmt.Errorf("--nat-backend: %w", err)
+			}
 			opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
@@ -48,6 +54,12 @@ func newAgentCommand() *cobra.Command {
 	f.DurationVar(&commTO, "communication-timeout", 30*time.Second,
 		"bound on handshakes, requests and DNS resolution; how long a steal outlives a lost tunnel when the client does not say")
 	f.BoolVar(&opts.Incoming, "incoming", true, "steal and mirror incoming traffic for clients (installs nat rules in this namespace)")
+	natDefault := os.Getenv(agent.EnvNATBackend)
+	if natDefault == "" {
+		natDefault = string(agent.NATAuto)
+	}
+	f.StringVar(&natFlag, "nat-backend", natDefault,
+		"how to write the nat rules: auto (iptables where it works, else nftables), iptables or nftables; $"+agent.EnvNATBackend+" sets the default")
 	runFlags.add(f)
 	cmd.MarkFlagRequired("listen")
 	return cmd

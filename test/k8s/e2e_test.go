@@ -18,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/trafficpolice/trafficpolice/agent"
 	"github.com/trafficpolice/trafficpolice/agent/client"
 	"github.com/trafficpolice/trafficpolice/agent/enter"
 	"github.com/trafficpolice/trafficpolice/agent/kube"
@@ -163,8 +164,8 @@ func TestTargetDeploymentThroughKubernetes(t *testing.T) {
 
 // assertNoAgentLeft waits for the agent to be gone: no Job or agent pod
 // (Job mode), the ephemeral container terminated (ephemeral mode), no
-// agent process on the node, and no trafficpolice rule in the pod's
-// network namespace.
+// agent process on the node, and no trafficpolice rule (iptables chain or
+// nftables table) in the pod's network namespace.
 func assertNoAgentLeft(t *testing.T, c *Cluster, ns string, pod *corev1.Pod, ephemeral bool) {
 	t.Helper()
 	ctx := context.Background()
@@ -203,7 +204,23 @@ func assertNoAgentLeft(t *testing.T, c *Cluster, ns string, pod *corev1.Pod, eph
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The pod's own rules: the agent's chains must be gone with it.
+	// The pod's own rules: the agent's chains or tables must be gone with it.
+	pid := appPID(t, c, ns)
+	out, err := exec.Command("nsenter", "-t", fmt.Sprint(pid), "-n", "iptables-save").CombinedOutput()
+	if err != nil {
+		t.Fatalf("iptables-save in the pod: %v %s", err, out)
+	}
+	if strings.Contains(strings.ToLower(string(out)), "trafficpolice") || strings.Contains(string(out), "TP-") {
+		t.Errorf("the pod's network namespace still has trafficpolice rules:\n%s", out)
+	}
+	if tables := podNFTables(t, pid); len(tables) > 0 {
+		t.Errorf("the pod's network namespace still has the agent's nftables:\n%s", strings.Join(tables, "\n"))
+	}
+}
+
+// appPID is the PID, on this node, of the uwu-app pod's container "app".
+func appPID(t *testing.T, c *Cluster, ns string) int {
+	t.Helper()
 	cid := ""
 	for _, st := range targetPod(t, c, ns, "uwu-app").Status.ContainerStatuses {
 		if st.Name == "app" {
@@ -214,17 +231,27 @@ func assertNoAgentLeft(t *testing.T, c *Cluster, ns string, pod *corev1.Pod, eph
 	if err != nil {
 		t.Fatal(err)
 	}
-	pid, err := enter.PID(ctx, socket, id)
+	pid, err := enter.PID(context.Background(), socket, id)
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command("nsenter", "-t", fmt.Sprint(pid), "-n", "iptables-save").CombinedOutput()
+	return pid
+}
+
+// podNFTables lists the agent tables (agent.ListNFTables) in the network
+// namespace of process pid.
+func podNFTables(t *testing.T, pid int) []string {
+	t.Helper()
+	f, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", pid))
 	if err != nil {
-		t.Fatalf("iptables-save in the pod: %v %s", err, out)
+		t.Fatalf("the pod's network namespace: %v", err)
 	}
-	if strings.Contains(strings.ToLower(string(out)), "trafficpolice") || strings.Contains(string(out), "TP-") {
-		t.Errorf("the pod's network namespace still has trafficpolice rules:\n%s", out)
+	defer f.Close()
+	tables, err := agent.ListNFTables(int(f.Fd()))
+	if err != nil {
+		t.Fatalf("list the pod's nftables: %v", err)
 	}
+	return tables
 }
 
 // agentProcesses lists the PIDs of `trafficpolice agent` processes on

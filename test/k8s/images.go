@@ -20,11 +20,16 @@ const (
 	// PauseImage is the pod sandbox image containerd's CRI plugin is
 	// pinned to (see .ci/containerd.sh).
 	PauseImage = "localhost/pause:v1"
-	// AppImage holds testapp (see testapp/): `testapp serve ...`.
+	// AppImage holds testapp (see testapp/): `testapp serve ...`, and the
+	// seed story's apps as /uwu-app, /uwu-service and /messages-db.
 	AppImage = "localhost/tp-k8s/testapp:v1"
 	// AgentImage is the agent image built from this tree's trafficpolice.
 	AgentImage = images.AgentRepo + ":k8s-test"
 )
+
+// SeedApps are the seed story's programs (test/apps/NAME) that AppImage
+// holds as /NAME.
+var SeedApps = []string{"uwu-app", "uwu-service", "messages-db"}
 
 // importImages builds the binaries (trafficpolice, testapp), packs them
 // as images and imports them into containerd.
@@ -37,6 +42,14 @@ func (c *Cluster) importImages() error {
 	app, err := c.BuildBinary("./test/k8s/testapp")
 	if err != nil {
 		return err
+	}
+	var seedApps []images.File
+	for _, name := range SeedApps {
+		bin, err := c.BuildBinary("./test/apps/" + name)
+		if err != nil {
+			return err
+		}
+		seedApps = append(seedApps, images.File{Path: name, Mode: 0o755, Source: bin})
 	}
 	agent, err := images.Agent(tp, AgentImage)
 	if err != nil {
@@ -51,7 +64,7 @@ func (c *Cluster) importImages() error {
 	recipes := []images.Recipe{
 		agent,
 		{Ref: PauseImage, Files: base, Config: v1.Config{Entrypoint: []string{"/testapp", "pause"}}},
-		{Ref: AppImage, Files: base, Config: v1.Config{Entrypoint: []string{"/testapp"}, Cmd: []string{"serve"}}},
+		{Ref: AppImage, Files: append(append([]images.File{}, base...), seedApps...), Config: v1.Config{Entrypoint: []string{"/testapp"}, Cmd: []string{"serve"}}},
 	}
 	var refs []string
 	for i, r := range recipes {

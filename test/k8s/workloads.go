@@ -229,3 +229,114 @@ func (c *Cluster) UserKubeconfig(name string) (string, error) {
 	}
 	return c.pki.kubeconfig(name, c.server)
 }
+
+// The seed story's ports: uwu-app's, uwu-service's (ServicePort) and
+// messages-db's.
+const (
+	SeedAppPort    = 9999
+	MessagesDBPort = 8888
+)
+
+// DeploySeed deploys the seed story with its real programs in ns:
+// deployment uwu-app (uwu-app on :9999, MESSAGES_DB=messages-db:8888,
+// UWU_SERVICE=uwu-service:8080) behind service uwu-app:9999, uwu-service
+// behind uwu-service:8080, and the cluster's messages-db (in memory)
+// behind messages-db:8888. It waits until all are ready and reachable.
+func (c *Cluster) DeploySeed(ctx context.Context, ns string) error {
+	seed := func(name string, port int, env []corev1.EnvVar) corev1.Container {
+		ctr := c.appContainer(name, []string{"--listen", fmt.Sprintf(":%d", port)}, env)
+		ctr.Command = []string{"/" + name}
+		ctr.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt(port)}}, PeriodSeconds: 1}
+		return ctr
+	}
+	app := seed("uwu-app", SeedAppPort, []corev1.EnvVar{
+		{Name: "MESSAGES_DB", Value: fmt.Sprintf("messages-db:%d", MessagesDBPort)},
+		{Name: "UWU_SERVICE", Value: fmt.Sprintf("uwu-service:%d", ServicePort)},
+	})
+	app.Name = "app"
+	workloads := []struct {
+		name string
+		port int
+		ctr  corev1.Container
+	}{
+		{"uwu-app", SeedAppPort, app},
+		{"uwu-service", ServicePort, seed("uwu-service", ServicePort, nil)},
+		{"messages-db", MessagesDBPort, seed("messages-db", MessagesDBPort, nil)},
+	}
+	for _, w := range workloads {
+		if err := c.deploy(ctx, ns, w.name, []corev1.Container{w.ctr}, nil); err != nil {
+			return err
+		}
+		if _, err := c.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: w.name},
+			Spec: corev1.ServiceSpec{
+				Selector: map[string]string{"app": w.name},
+				Ports:    []corev1.ServicePort{{Port: int32(w.port), TargetPort: intstr.FromInt(w.port)}},
+			},
+		}, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("create service %s: %w", w.name, err)
+		}
+	}
+	for _, w := range workloads {
+		if err := c.WaitDeployment(ctx, ns, w.name); err != nil {
+			return err
+		}
+		if err := c.WaitService(ctx, ns, w.name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// RunPod runs `testapp ARGS...` once in a pod of ns (a client inside the
+// cluster), waits for it to end, and returns what it printed; the error
+// says how it failed. The pod is deleted before RunPod returns.
+func (c *Cluster) RunPod(ctx context.Context, ns, name string, args []string) (string, error) {
+	zero := int64(0)
+	pods := c.Client.CoreV1().Pods(ns)
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: corev1.PodSpec{
+			RestartPolicy:                 corev1.RestartPolicyNever,
+			TerminationGracePeriodSeconds: &zero,
+			AutomountServiceAccountToken:  new(bool),
+			Containers:                    []corev1.Container{c.appContainer("client", args, nil)},
+		},
+	}
+	if _, err := pods.Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		return "", fmt.Errorf("create pod %s/%s: %w", ns, name, err)
+	}
+	defer pods.Delete(context.Background(), name, metav1.DeleteOptions{GracePeriodSeconds: &zero})
+	var phase corev1.PodPhase
+	err := c.waitFor("pod "+ns+"/"+name+" to end", 90*time.Second, func() error {
+		p, err := pods.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		phase = p.Status.Phase
+		if phase == corev1.PodSucceeded || phase == corev1.PodFailed {
+			return nil
+		}
+		return fmt.Errorf("phase %s", phase)
+	})
+	if err != nil {
+		return "", err
+	}
+	out, lerr := c.PodLogs(ctx, ns, name, "client")
+	if lerr != nil {
+		return "", lerr
+	}
+	if phase == corev1.PodFailed {
+		return out, fmt.Errorf("pod %s/%s failed", ns, name)
+	}
+	return out, nil
+}
+
+// PodLogs returns a container's log.
+func (c *Cluster) PodLogs(ctx context.Context, ns, pod, container string) (string, error) {
+	b, err := c.Client.CoreV1().Pods(ns).GetLogs(pod, &corev1.PodLogOptions{Container: container}).DoRaw(ctx)
+	if err != nil {
+		return "", fmt.Errorf("logs of %s/%s container %s: %w", ns, pod, container, err)
+	}
+	return string(b), nil
+}
