@@ -25,14 +25,21 @@ const (
 	maxPendingDials = 4096
 	// tcpDialTimeout is about what Linux takes to give up on an unanswered
 	// SYN (tcp_syn_retries=6); the app usually gives up first.
-	tcpDialTimeout = 130 * time.Second
-	copyBufferSize = 64 << 10
+	tcpDialTimeout  = 130 * time.Second
+	copyBufferSize  = 64 << 10
+	smallBufferSize = 4 << 10
 	// timeWait is how long the router's side of a closed flow stays in
 	// TIME_WAIT (see newStack).
 	timeWait = 100 * time.Millisecond
 )
 
-var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
+var (
+	copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
+	// smallBuffers serve the first read after a pause on a connection we
+	// cannot wait on without a buffer (a tunnel stream): an idle flow
+	// then holds 4 KiB, not 64.
+	smallBuffers = sync.Pool{New: func() any { b := make([]byte, smallBufferSize); return &b }}
+)
 
 // handleTCP runs for every new TCP connection from the app: dial first, then
 // complete the app's handshake, so the app sees the destination's real
@@ -119,7 +126,8 @@ type closeWriter interface{ CloseWrite() error }
 
 // copyHalf copies src to dst, then passes the end of stream on as a
 // half-close. A reset on one side resets the other. With wait, it borrows
-// a copy buffer only while src has something to read.
+// a copy buffer only while src has something to read; without, the read
+// that waits uses a small buffer, and a full read switches to the large one.
 func copyHalf(dst, src net.Conn, wait readWaiter, done <-chan struct{}, n *atomic.Int64) error {
 	var err error
 	full := false
@@ -128,8 +136,12 @@ func copyHalf(dst, src net.Conn, wait readWaiter, done <-chan struct{}, n *atomi
 		if wait != nil && !full {
 			wait(done)
 		}
-		nr, nw, rerr, werr := copyOnce(dst, src)
-		full = nr == copyBufferSize
+		pool, size := &copyBuffers, copyBufferSize
+		if wait == nil && !full {
+			pool, size = &smallBuffers, smallBufferSize
+		}
+		nr, nw, rerr, werr := copyOnce(dst, src, pool)
+		full = nr == size
 		n.Add(int64(nw))
 		if werr != nil {
 			err = werr
@@ -160,9 +172,9 @@ func copyHalf(dst, src net.Conn, wait readWaiter, done <-chan struct{}, n *atomi
 }
 
 // copyOnce moves one read's worth from src to dst through a pooled buffer.
-func copyOnce(dst, src net.Conn) (nr, nw int, rerr, werr error) {
-	bp := copyBuffers.Get().(*[]byte)
-	defer copyBuffers.Put(bp)
+func copyOnce(dst, src net.Conn, pool *sync.Pool) (nr, nw int, rerr, werr error) {
+	bp := pool.Get().(*[]byte)
+	defer pool.Put(bp)
 	buf := *bp
 	nr, rerr = src.Read(buf)
 	if nr > 0 {

@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -41,6 +42,7 @@ type options struct {
 	dnsClients int
 	pause      bool
 	repeat     int
+	mtu        int
 }
 
 func benchMain(args []string) int {
@@ -56,9 +58,10 @@ func benchMain(args []string) int {
 	fs.StringVar(&o.tp, "trafficpolice", "", "use this trafficpolice binary instead of building one")
 	fs.BoolVar(&o.noRemote, "no-remote", false, "skip the remote path (no agent)")
 	fs.BoolVar(&o.verbose, "v", false, "say what runs, on stderr")
-	fs.IntVar(&o.startRuns, "start-runs", 5, "runs for the start-up rows (median)")
+	fs.IntVar(&o.startRuns, "start-runs", 3, "runs for the start-up rows (median)")
 	fs.IntVar(&o.udpWindow, "udp-window", 32, "UDP datagrams in flight")
 	fs.IntVar(&o.dnsClients, "dns-clients", 8, "concurrent DNS clients")
+	fs.IntVar(&o.mtu, "mtu", 0, "pass --mtu N to `sandbox run` (0: its default)")
 	fs.BoolVar(&o.pause, "pause", false, "set everything up, print the addresses and wait for Ctrl-C (for debugging by hand)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: go run ./test/bench [flags]   (as root; `make bench`)\n\n"+
@@ -118,7 +121,7 @@ func bench(ctx context.Context, o options) (*report, error) {
 	// The sandboxed client may run as another user: it must reach its binary.
 	os.Chmod(tmp, 0o755)
 
-	r := &runner{tmp: tmp, profile: o.profile, verbose: o.verbose}
+	r := &runner{tmp: tmp, profile: o.profile, verbose: o.verbose, mtu: o.mtu}
 	if r.self, err = copySelf(tmp); err != nil {
 		return nil, err
 	}
@@ -179,6 +182,9 @@ func bench(ctx context.Context, o options) (*report, error) {
 		if err := b.path(ctx, p); err != nil {
 			return rep, err
 		}
+	}
+	if r.restored > 0 {
+		rep.Notes = append(rep.Notes, fmt.Sprintf("another program turned IPv4 forwarding off %d time(s) during the run (net.ipv4.ip_forward written?); the bench turned it back on for its links, but a row measured meanwhile may have failed", r.restored))
 	}
 	return rep, ctx.Err()
 }
@@ -487,9 +493,10 @@ func (b *benchRun) memory(ctx context.Context, p path, addr string) error {
 
 	b.say("%s: %d idle flows (kernel)", p, n)
 	var slab0, slab1 int64
-	if _, err := b.holdFlows(ctx, kernelPath, args,
+	kOpen, err := b.holdFlows(ctx, kernelPath, args,
 		func(*proc) (err error) { slab0, err = slab(); return err },
-		func(*proc) (err error) { slab1, err = slab(); return err }); err != nil {
+		func(*proc) (err error) { slab1, err = slab(); return err })
+	if err != nil {
 		return fmt.Errorf("kernel path: %w", err)
 	}
 	b.say("%s: %d idle flows (trafficpolice)", p, n)
@@ -503,42 +510,47 @@ func (b *benchRun) memory(ctx context.Context, p path, addr string) error {
 		*r, err = rss(pr.cmd.Process.Pid)
 		return err
 	}
-	if _, err := b.holdFlows(ctx, p, args,
+	tOpen, err := b.holdFlows(ctx, p, args,
 		func(pr *proc) error {
 			if err := waitDebug(ctx, pr.debugAddr); err != nil {
 				return err
 			}
 			return measure(pr, &rss0, &heap0, &g0)
 		},
-		func(pr *proc) error { return measure(pr, &rss1, &heap1, &g1) }); err != nil {
+		func(pr *proc) error { return measure(pr, &rss1, &heap1, &g1) })
+	if err != nil {
 		return fmt.Errorf("%s path: %w", p, err)
 	}
-	perFlow := func(a, b int64) float64 { return float64(b-a) / float64(n) / 1024 }
+	perFlow := func(a, b int64, k int) float64 { return float64(b-a) / float64(k) / 1024 }
+	var short string
+	if tOpen < n || kOpen < n {
+		short = fmt.Sprintf("; only %d (router) and %d (kernel) of %d opened", tOpen, kOpen, n)
+	}
 	b.rep.add(Row{Path: p.String(), Name: fmt.Sprintf("memory per idle flow (%d flows)", n), Unit: "KiB",
-		TP: perFlow(rss0, rss1), Kernel: perFlow(slab0, slab1),
-		Note: "router: RSS growth after GC; kernel: slab growth (both sockets + conntrack)"})
+		TP: perFlow(rss0, rss1, tOpen), Kernel: perFlow(slab0, slab1, kOpen),
+		Note: "router: RSS growth after GC; kernel: slab growth (both sockets + conntrack)" + short})
 	b.rep.add(Row{Path: p.String(), Name: fmt.Sprintf("Go heap per idle flow (%d flows)", n), Unit: "KiB",
-		TP: perFlow(heap0, heap1), Note: "live heap after GC (buffers count whole, touched or not)"})
+		TP: perFlow(heap0, heap1, tOpen), Note: "live heap after GC (buffers count whole, touched or not)" + short})
 	b.rep.add(Row{Path: p.String(), Name: fmt.Sprintf("goroutines per idle flow (%d flows)", n), Unit: "",
-		TP: float64(g1-g0) / float64(n), Kernel: 0})
+		TP: float64(g1-g0) / float64(tOpen), Kernel: 0})
 	return nil
 }
 
 // holdFlows runs the hold client on p, calling before once it is up and
-// after once its flows are open.
-func (b *benchRun) holdFlows(ctx context.Context, p path, args []string, before, after func(*proc) error) (clientResult, error) {
+// after once its flows are open, and returns how many flows were open.
+func (b *benchRun) holdFlows(ctx context.Context, p path, args []string, before, after func(*proc) error) (int, error) {
 	pr, err := b.r.start(ctx, p, args, p != kernelPath)
 	if err != nil {
-		return clientResult{}, err
+		return 0, err
 	}
-	abort := func(err error) (clientResult, error) {
+	abort := func(err error) (int, error) {
 		pr.stdin.Close()
 		pr.cmd.Process.Signal(syscall.SIGTERM)
 		pr.cmd.Wait()
-		return clientResult{}, err
+		return 0, err
 	}
-	if err := pr.expect("ready"); err != nil {
-		return clientResult{}, err
+	if _, err := pr.expect("ready"); err != nil {
+		return 0, err
 	}
 	// Let the process settle (the sandbox's start-up garbage, listeners).
 	time.Sleep(300 * time.Millisecond)
@@ -548,8 +560,13 @@ func (b *benchRun) holdFlows(ctx context.Context, p path, args []string, before,
 	if _, err := io.WriteString(pr.stdin, "go\n"); err != nil {
 		return abort(err)
 	}
-	if err := pr.expect("opened"); err != nil {
-		return clientResult{}, err
+	rest, err := pr.expect("opened")
+	if err != nil {
+		return 0, err
+	}
+	opened, err := strconv.Atoi(rest)
+	if err != nil || opened < 1 {
+		return abort(fmt.Errorf("client opened %q flows", rest))
 	}
 	time.Sleep(500 * time.Millisecond)
 	if err := after(pr); err != nil {
@@ -557,9 +574,9 @@ func (b *benchRun) holdFlows(ctx context.Context, p path, args []string, before,
 	}
 	pr.stdin.Close()
 	if err := pr.cmd.Wait(); err != nil {
-		return clientResult{}, fmt.Errorf("%v: %s", err, strings.TrimSpace(pr.stderr.String()))
+		return 0, fmt.Errorf("%v: %s", err, strings.TrimSpace(pr.stderr.String()))
 	}
-	return clientResult{}, nil
+	return opened, nil
 }
 
 // startup times, over several runs (median), how long after the launch the

@@ -50,12 +50,13 @@ type Machine struct {
 type report struct {
 	Machine  Machine  `json:"machine"`
 	Duration string   `json:"duration"`
+	Repeat   int      `json:"repeat"`
 	Rows     []Row    `json:"rows"`
 	Notes    []string `json:"notes,omitempty"`
 }
 
 func newReport(ctx context.Context, o options) *report {
-	return &report{Machine: machine(ctx), Duration: o.duration.String()}
+	return &report{Machine: machine(ctx), Duration: o.duration.String(), Repeat: o.repeat}
 }
 
 func (r *report) add(row Row) {
@@ -103,8 +104,8 @@ func (r *report) writeJSON(w io.Writer) {
 
 func (r *report) writeTable(w io.Writer) {
 	m := r.Machine
-	fmt.Fprintf(w, "trafficpolice bench, %s: %s, %d CPUs, %d GiB, Linux %s, %s, commit %s, %s per measurement\n\n",
-		m.Date, m.CPU, m.CPUs, m.MemoryGiB, m.Kernel, m.Go, m.Commit, r.Duration)
+	fmt.Fprintf(w, "trafficpolice bench, %s: %s, %d CPUs, %d GiB, Linux %s, %s, commit %s, %s per measurement, median of %d\n\n",
+		m.Date, m.CPU, m.CPUs, m.MemoryGiB, m.Kernel, m.Go, m.Commit, r.Duration, r.Repeat)
 	cells := [][]string{{"path", "measurement", "unit", "trafficpolice", "kernel", "ratio", ""}}
 	for _, row := range r.Rows {
 		if row.Error != "" {

@@ -41,6 +41,10 @@ type runner struct {
 	token     string
 	profile   string // directory for CPU profiles; "" for none
 	verbose   bool
+	mtu       int // the sandbox TUN's MTU; 0 for trafficpolice's default
+	// restored counts the times another program had turned forwarding
+	// off on the bench's links (see ensureForwarding).
+	restored int
 }
 
 // proc is one running client.
@@ -55,6 +59,11 @@ type proc struct {
 
 // start runs "bench client ARGS" on path p. The caller must wait for it.
 func (r *runner) start(ctx context.Context, p path, args []string, debug bool) (*proc, error) {
+	if again, err := r.topo.ensureForwarding(); err != nil {
+		return nil, err
+	} else if again {
+		r.restored++
+	}
 	client := append([]string{r.self, "client"}, args...)
 	pr := &proc{stderr: new(bytes.Buffer)}
 	var cmd *exec.Cmd
@@ -62,6 +71,9 @@ func (r *runner) start(ctx context.Context, p path, args []string, debug bool) (
 		cmd = exec.CommandContext(ctx, client[0], client[1:]...)
 	} else {
 		argv := []string{"sandbox", "run", "-q"}
+		if r.mtu != 0 {
+			argv = append(argv, "--mtu", fmt.Sprint(r.mtu))
+		}
 		if debug {
 			addr, err := freeLoopbackPort()
 			if err != nil {
@@ -205,19 +217,20 @@ func freeLoopbackPort() (string, error) {
 	return ln.Addr().String(), nil
 }
 
-// readLine reads one line from the client, failing if it says something
-// else than want.
-func (pr *proc) expect(want string) error {
+// expect reads one line from the client, which must start with the word
+// want, and returns the rest of the line.
+func (pr *proc) expect(want string) (string, error) {
 	line, err := pr.stdout.ReadString('\n')
 	if err != nil {
 		pr.stdin.Close()
 		werr := pr.cmd.Wait()
-		return fmt.Errorf("client ended before %q: %v %v: %s", want, err, werr, strings.TrimSpace(pr.stderr.String()))
+		return "", fmt.Errorf("client ended before %q: %v %v: %s", want, err, werr, strings.TrimSpace(pr.stderr.String()))
 	}
-	if strings.TrimSpace(line) != want {
-		return fmt.Errorf("client said %q, want %q", strings.TrimSpace(line), want)
+	word, rest, _ := strings.Cut(strings.TrimSpace(line), " ")
+	if word != want {
+		return "", fmt.Errorf("client said %q, want %q", strings.TrimSpace(line), want)
 	}
-	return nil
+	return rest, nil
 }
 
 // rss is a process's resident set in bytes, from /proc/PID/status.

@@ -24,13 +24,15 @@ import (
 // run id:
 //
 //	pod netns "tpb-<id>-pod"  eth0 = podIP ──veth── host "tpb<id>p" = podGW
-//	srv netns "tpb-<id>-srv"  eth0 = srvIP ──veth── host "tpb<id>s" = srvGW
+//	srv netns "tpb-<id>-srv"  eth0 = srvIP ──veth── host "tpb<id>s" = srvGW, natIP
 //
 // The host forwards between the two veths (forwarding is switched on for
-// those two links only) and masquerades the pod's traffic to the server,
-// so the server sees the host's address whichever path a flow took: the
-// kernel path (a client in the pod netns) and the router's local path (the
-// router dials from the host) meet the same NAT and the same link. The
+// those two links only) and source-NATs the pod's traffic to the server,
+// so the server sees a host address whichever path a flow took: the
+// kernel path (a client in the pod netns) crosses the same link and pays
+// for a NAT as the router's local path (the router dials from the host).
+// The NAT uses an address of its own, natIP: the server's TIME_WAIT
+// sockets from one path must not collide with the other path's ports. The
 // agent for the remote path runs in the pod netns.
 const (
 	namePrefix = "tpb-"
@@ -44,6 +46,7 @@ type topology struct {
 	srvLink        string // host side of the server's veth
 	podIP, podGW   netip.Addr
 	srvIP, srvGW   netip.Addr
+	natIP          netip.Addr
 	podNet, srvNet netip.Prefix
 	undo           []func() error
 }
@@ -106,6 +109,9 @@ func buildTopology() (t *topology, err error) {
 	if err := t.addVeth(t.srvLink, t.srv, t.srvGW, t.srvIP, t.srvNet); err != nil {
 		return t, err
 	}
+	if err := addAddr(t.srvLink, t.natIP, t.srvNet.Bits()); err != nil {
+		return t, err
+	}
 	for _, l := range []string{t.podLink, t.srvLink} {
 		if err := writeSysctl(fmt.Sprintf("net/ipv4/conf/%s/forwarding", l), "1"); err != nil {
 			return t, err
@@ -127,8 +133,31 @@ func buildTopology() (t *topology, err error) {
 	return t, nil
 }
 
-// pickAddresses takes two /30s inside a random 10.x.y.0/29 that no host
-// route overlaps.
+// ensureForwarding switches forwarding back on for the bench's two links
+// if something turned it off: writing net.ipv4.ip_forward (as a test
+// harness restoring it does) resets it on every link. It says whether it
+// had to.
+func (t *topology) ensureForwarding() (bool, error) {
+	restored := false
+	for _, l := range []string{t.podLink, t.srvLink} {
+		key := fmt.Sprintf("net/ipv4/conf/%s/forwarding", l)
+		b, err := os.ReadFile(filepath.Join("/proc/sys", key))
+		if err != nil {
+			return restored, fmt.Errorf("read sysctl %s: %w", key, err)
+		}
+		if strings.TrimSpace(string(b)) == "1" {
+			continue
+		}
+		if err := writeSysctl(key, "1"); err != nil {
+			return restored, err
+		}
+		restored = true
+	}
+	return restored, nil
+}
+
+// pickAddresses takes a /30 (pod) and a /29 (server) inside a random
+// 10.x.y.0/28 that no host route overlaps.
 func (t *topology) pickAddresses() error {
 	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
 	if err != nil {
@@ -137,18 +166,18 @@ func (t *topology) pickAddresses() error {
 	for range 50 {
 		var b [2]byte
 		rand.Read(b[:])
-		base := netip.AddrFrom4([4]byte{10, 100 + b[0]%100, b[1], 0})
-		block := netip.PrefixFrom(base, 29)
+		base := netip.AddrFrom4([4]byte{10, 100 + b[0]%100, b[1], 16 * (b[0] % 16)})
+		block := netip.PrefixFrom(base, 28)
 		if overlapsRoute(block, routes) {
 			continue
 		}
 		a := base.As4()
 		at := func(n byte) netip.Addr { c := a; c[3] = n; return netip.AddrFrom4(c) }
-		t.podNet, t.podGW, t.podIP = netip.PrefixFrom(at(0), 30), at(1), at(2)
-		t.srvNet, t.srvGW, t.srvIP = netip.PrefixFrom(at(4), 30), at(5), at(6)
+		t.podNet, t.podGW, t.podIP = netip.PrefixFrom(at(a[3]), 30), at(a[3]+1), at(a[3]+2)
+		t.srvNet, t.srvGW, t.srvIP, t.natIP = netip.PrefixFrom(at(a[3]+8), 29), at(a[3]+9), at(a[3]+10), at(a[3]+11)
 		return nil
 	}
-	return errors.New("found no free 10.x.y.0/29 for the bench's links")
+	return errors.New("found no free 10.x.y.z/28 for the bench's links")
 }
 
 func overlapsRoute(p netip.Prefix, routes []netlink.Route) bool {
@@ -231,6 +260,17 @@ func (t *topology) addVeth(hostName string, ns *netns.Namespace, hostIP, nsIP ne
 	})
 }
 
+func addAddr(link string, a netip.Addr, bits int) error {
+	l, err := netlink.LinkByName(link)
+	if err != nil {
+		return fmt.Errorf("find %s: %w", link, err)
+	}
+	if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: ipNet(a, bits)}); err != nil {
+		return fmt.Errorf("address %s on %s: %w", a, link, err)
+	}
+	return nil
+}
+
 func deleteLink(name string) error {
 	l, err := netlink.LinkByName(name)
 	if err != nil {
@@ -252,7 +292,7 @@ func (t *topology) rules() [][3]any {
 	c := []string{"-m", "comment", "--comment", namePrefix + t.id}
 	with := func(r ...string) []string { return append(r, c...) }
 	return [][3]any{
-		{"nat", "POSTROUTING", with("-s", t.podNet.String(), "-o", t.srvLink, "-j", "MASQUERADE")},
+		{"nat", "POSTROUTING", with("-s", t.podNet.String(), "-o", t.srvLink, "-j", "SNAT", "--to-source", t.natIP.String())},
 		{"filter", "FORWARD", with("-i", t.podLink, "-o", t.srvLink, "-j", "ACCEPT")},
 		{"filter", "FORWARD", with("-i", t.srvLink, "-o", t.podLink, "-j", "ACCEPT")},
 	}
