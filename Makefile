@@ -14,13 +14,11 @@ build:
 # /var/cache/trafficpolice) first, outside the tests' timeout: the first
 # build on a machine takes 11-15 minutes.
 test: deps lint k8s-binaries
-	.ci/containerd.sh start
-	$(GO) test -count=1 -timeout 20m ./...
+	.ci/containerd.sh with $(GO) test -count=1 -timeout 20m ./...
 
 # test-k8s: only the tests on a real single-node Kubernetes (test/k8s).
 test-k8s: deps k8s-binaries
-	.ci/containerd.sh start
-	$(GO) test -count=1 -timeout 20m -v ./test/k8s/
+	.ci/containerd.sh with $(GO) test -count=1 -timeout 20m -v ./test/k8s/
 
 # k8s-binaries: build Kubernetes, etcd and the CNI plugins into the cache.
 k8s-binaries:
@@ -52,8 +50,7 @@ endif
 # demo-k8s: the story through Kubernetes on the test harness's own
 # single-node cluster (as root; builds Kubernetes on first use).
 demo-k8s: deps k8s-binaries
-	.ci/containerd.sh start
-	$(GO) run ./test/k8s/cmd/k8s-cluster demo
+	.ci/containerd.sh with $(GO) run ./test/k8s/cmd/k8s-cluster demo
 
 # bench: the router beside the kernel path, in namespaces of its own (as
 # root, under 5 minutes). BENCHFLAGS=--json for JSON; see README "Benchmarks".

@@ -6,6 +6,7 @@
 #
 #   .ci/containerd.sh start    # install nothing; needs the containerd and runc packages
 #   .ci/containerd.sh stop
+#   .ci/containerd.sh with CMD...   # start if needed, run CMD, stop only what this call started
 #
 # No systemd here, so the daemon runs in the background with a pid file.
 set -euo pipefail
@@ -86,11 +87,29 @@ stop() {
 	echo "containerd stopped"
 }
 
+# with runs a command with the daemon up and leaves the host as it found it:
+# a daemon that was already running keeps running, one started here stops.
+with() {
+	local started=no
+	answers || started=yes
+	start
+	set +e
+	"$@"
+	local rc=$?
+	set -e
+	[ "$started" = yes ] && stop
+	return $rc
+}
+
 case "${1:-}" in
 start) start ;;
 stop) stop ;;
+with)
+	shift
+	with "$@"
+	;;
 *)
-	echo "usage: $0 start|stop" >&2
+	echo "usage: $0 start|stop|with CMD..." >&2
 	exit 2
 	;;
 esac
