@@ -27,6 +27,12 @@ type listenerWatch struct {
 	bypassed map[uint16]bool
 	onTCP    func(map[uint16]bool) // told the TCP ports after each poll (incoming.go)
 
+	// readMu serialises the re-reads of listens; lastReadStart is when the
+	// newest finished one began. A read that began after a flow arrived
+	// saw every listener the app had when it connected.
+	readMu        sync.Mutex
+	lastReadStart time.Time
+
 	cancel context.CancelFunc
 	done   chan struct{}
 }
@@ -101,6 +107,15 @@ func (w *listenerWatch) listens(proto policy.Proto, port uint16) bool {
 	if w.has(proto, port) {
 		return true
 	}
+	// A burst of loopback flows to the pod's or host's loopback shares
+	// one re-read instead of one each.
+	arrived := time.Now()
+	w.readMu.Lock()
+	defer w.readMu.Unlock()
+	if w.lastReadStart.After(arrived) {
+		return w.has(proto, port)
+	}
+	start := time.Now()
 	tcp, udp, err := netns.ListeningPorts(w.ns)
 	if err != nil {
 		w.log.Debug("read listening ports", "err", err)
@@ -109,19 +124,25 @@ func (w *listenerWatch) listens(proto policy.Proto, port uint16) bool {
 	w.mu.Lock()
 	w.tcp, w.udp = tcp, udp
 	w.mu.Unlock()
-	return w.has(proto, port)
+	w.lastReadStart = start
+	// Answer from this read: the poller may store an older one meanwhile.
+	return listensIn(tcp, udp, proto, port)
 }
 
 func (w *listenerWatch) has(proto policy.Proto, port uint16) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	return listensIn(w.tcp, w.udp, proto, port)
+}
+
+func listensIn(tcp, udp map[uint16]bool, proto policy.Proto, port uint16) bool {
 	switch proto {
 	case policy.TCP:
-		return w.tcp[port]
+		return tcp[port]
 	case policy.UDP:
-		return w.udp[port]
+		return udp[port]
 	}
-	return w.tcp[port] || w.udp[port]
+	return tcp[port] || udp[port]
 }
 
 // watchTCP calls fn with the app's TCP ports now and after every poll; fn
