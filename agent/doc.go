@@ -8,6 +8,9 @@
 //   - dns.go: DNS, a raw query answered from the pod's /etc/hosts or
 //     forwarded to the nameservers of its /etc/resolv.conf;
 //   - Ping, answered at once;
+//   - env.go: Env, the environment of the target's process, read from
+//     /proc/PID/environ (Options.TargetPID, else the oldest other process
+//     in the agent's PID namespace);
 //   - Subscribe (with Options.Incoming): a steal or mirror of a pod port.
 //
 // Incoming traffic has files of its own: subscribe.go sets it up at start
@@ -30,6 +33,7 @@
 //
 // The agent must not decide where traffic goes (the router's policy does
 // that on the client side; the client also decides which ports it takes),
+// must not change the target's process (it only reads its environment),
 // must not expand search domains (the app's own resolver does, with the
 // pod's search list copied into the sandbox), must not carry IP packets
 // (only payload), must not touch nat rules other than its own chains or

@@ -58,6 +58,13 @@ type Options struct {
 	// NATBackend writes those rules: NATAuto ("" too), NATIPTables or
 	// NATNFTables.
 	NATBackend NATBackend
+	// TargetPID is the process whose environment an Env request returns;
+	// zero means the oldest process the agent sees besides itself and its
+	// ancestors (the target's first process, in an ephemeral container
+	// sharing the target container's PID namespace).
+	TargetPID int
+	// ProcRoot is where the processes are listed; "" means /proc.
+	ProcRoot string
 }
 
 // LoadToken returns the shared token: the content of path (surrounding
@@ -126,6 +133,12 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.HostsPath == "" {
 		opts.HostsPath = DefaultHostsPath
+	}
+	if opts.TargetPID < 0 {
+		return nil, fmt.Errorf("agent options: TargetPID %d is negative: give a process id, or zero for the oldest other process", opts.TargetPID)
+	}
+	if opts.ProcRoot == "" {
+		opts.ProcRoot = "/proc"
 	}
 	log := opts.Logger
 	if log == nil {
@@ -332,9 +345,11 @@ func (s *Server) serveStream(ctx context.Context, t *tunnel, st *yamux.Stream) {
 		_ = st.Close()
 	case proto.Subscribe:
 		s.serveSubscribe(t, st, req)
+	case proto.Env:
+		s.serveEnv(t, st)
 	default:
 		_ = proto.WriteMessage(st, proto.Result{Class: proto.ClassOther,
-			Message: fmt.Sprintf("%s cannot start a flow: send DialTCP, DialUDP, DNS, Ping or Subscribe", m.Type())})
+			Message: fmt.Sprintf("%s cannot start a flow: send DialTCP, DialUDP, DNS, Ping, Subscribe or Env", m.Type())})
 		_ = st.Close()
 	}
 }

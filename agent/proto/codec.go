@@ -121,6 +121,8 @@ func decodeBody(t Type, body []byte) (Message, error) {
 		m = DNS{Timeout: d.millis("timeout"), Query: d.rest()}
 	case TypePing:
 		m = Ping{}
+	case TypeEnv:
+		m = Env{}
 	case TypeResult:
 		r := Result{Class: Class(d.u8("class")), Message: d.str("message"), Data: d.rest()}
 		if d.err == nil && r.Class > maxClass {
@@ -375,6 +377,8 @@ func (m DNS) appendBody(b []byte) ([]byte, error) {
 }
 
 func (Ping) appendBody(b []byte) ([]byte, error) { return b, nil }
+
+func (Env) appendBody(b []byte) ([]byte, error) { return b, nil }
 
 func (m Result) appendBody(b []byte) ([]byte, error) {
 	if m.Class > maxClass {

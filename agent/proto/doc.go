@@ -125,4 +125,20 @@
 // app's bytes back. For mirror the client discards the app's answers and
 // writes nothing after the Result. Half-closes travel as yamux FINs, as for
 // DialTCP.
+//
+// # The target's environment
+//
+// A client asks for the environment of the target's process (the pod's
+// app, as it really runs: the image's variables, the spec's, the
+// downward API's) on a stream of its own:
+//
+//	Env (12)  client → agent   (empty)
+//
+// The agent answers with one Result and closes the stream. On ClassOK,
+// data is the environment as /proc/PID/environ holds it: KEY=VALUE entries,
+// each followed by a NUL byte (see EncodeEnv and DecodeEnv); otherwise
+// message says why it could not be read. Env needs no new Version: an
+// older agent does not know the type, fails to decode the request and
+// closes the stream without a Result, which the client reports as
+// "unsupported" so that its caller can fall back to other sources.
 package proto

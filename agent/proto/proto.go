@@ -34,7 +34,11 @@ const (
 	// Since version 2: incoming traffic (steal and mirror).
 	TypeSubscribe Type = 10
 	TypeIncoming  Type = 11
-	maxType            = TypeIncoming
+	// Env asks for the target process's environment. An agent that does
+	// not know it fails to decode it and closes the stream, which the
+	// client takes as "no environment to import", so no version bump.
+	TypeEnv Type = 12
+	maxType      = TypeEnv
 )
 
 func (t Type) String() string {
@@ -61,6 +65,8 @@ func (t Type) String() string {
 		return "Subscribe"
 	case TypeIncoming:
 		return "Incoming"
+	case TypeEnv:
+		return "Env"
 	}
 	return fmt.Sprintf("Type(%d)", uint8(t))
 }
@@ -146,6 +152,11 @@ type DNS struct {
 // through the tunnel and the agent.
 type Ping struct{}
 
+// Env asks the agent for the environment of the target's process, as
+// the pod's app sees it; the answer is a Result whose Data holds it (see
+// EncodeEnv).
+type Env struct{}
+
 // Class is the outcome class of a request.
 type Class uint8
 
@@ -220,3 +231,6 @@ func (Result) Type() Type { return TypeResult }
 
 // Type implements Message.
 func (Abort) Type() Type { return TypeAbort }
+
+// Type implements Message.
+func (Env) Type() Type { return TypeEnv }

@@ -45,6 +45,8 @@ func sampleMessages() []Message {
 		}}},
 		Incoming{Mode: ModeSteal, Port: 80, Src: netip.MustParseAddrPort("10.244.0.11:41234"), Dst: netip.MustParseAddrPort("10.244.0.10:80")},
 		Incoming{Mode: ModeMirror, Port: 443, Src: netip.MustParseAddrPort("[::1]:5"), Dst: netip.MustParseAddrPort("[::1]:443")},
+		Env{},
+		Result{Class: ClassOK, Data: []byte("PATH=/usr/bin:/bin\x00GREETING=hello=there\x00EMPTY=\x00")},
 	}
 }
 
@@ -210,5 +212,55 @@ func TestDatagrams(t *testing.T) {
 	}
 	if _, err := ReadDatagram(bytes.NewReader([]byte{0, 5, 'a'}), p); !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Errorf("cut datagram: %v, want io.ErrUnexpectedEOF", err)
+	}
+}
+
+func TestEnvEncoding(t *testing.T) {
+	vars := []string{"PATH=/usr/bin:/bin", "GREETING=hello=there", "EMPTY=", "UNI=ü"}
+	b, err := EncodeEnv(vars)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "PATH=/usr/bin:/bin\x00GREETING=hello=there\x00EMPTY=\x00UNI=ü\x00"; string(b) != want {
+		t.Fatalf("EncodeEnv = %q, want %q", b, want)
+	}
+	got, err := DecodeEnv(b)
+	if err != nil || !reflect.DeepEqual(got, vars) {
+		t.Fatalf("DecodeEnv = %q, %v; want %q", got, err, vars)
+	}
+	if got, err := DecodeEnv(nil); err != nil || got != nil {
+		t.Errorf("DecodeEnv(nil) = %q, %v; want nothing", got, err)
+	}
+	// The answer travels as a Result.
+	frame, err := Append(nil, Result{Data: b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _, err := Decode(frame)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := DecodeEnv(m.(Result).Data); err != nil || !reflect.DeepEqual(got, vars) {
+		t.Errorf("through a Result: %q, %v", got, err)
+	}
+}
+
+func TestEnvEncodingErrors(t *testing.T) {
+	for _, vars := range [][]string{{"NOEQUALS"}, {"=value"}, {"A=b\x00c"}, {strings.Repeat("A", MaxEnvSize) + "=x"}} {
+		if _, err := EncodeEnv(vars); err == nil {
+			t.Errorf("EncodeEnv(%.40q) succeeded, want an error", vars)
+		}
+	}
+	for data, want := range map[string]string{
+		"A=1":          "does not end with a NUL",
+		"A=1\x00\x00":  "entry 1",
+		"A=1\x00B\x00": "entry 1 \"B\"",
+		"=1\x00":       "non-empty KEY",
+		"\x00":         "entry 0",
+	} {
+		_, err := DecodeEnv([]byte(data))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("DecodeEnv(%q) = %v, want an error with %q", data, err, want)
+		}
 	}
 }

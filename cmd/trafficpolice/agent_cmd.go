@@ -53,6 +53,8 @@ func newAgentCommand() *cobra.Command {
 	f.StringVar(&opts.HostsPath, "hosts", "/etc/hosts", "the pod's hosts file")
 	f.DurationVar(&commTO, "communication-timeout", 30*time.Second,
 		"bound on handshakes, requests and DNS resolution; how long a steal outlives a lost tunnel when the client does not say")
+	f.IntVar(&opts.TargetPID, "target-pid", 0,
+		"the process whose environment clients may import (feature.env); 0: the oldest process in this PID namespace besides the agent")
 	f.BoolVar(&opts.Incoming, "incoming", true, "steal and mirror incoming traffic for clients (installs nat rules in this namespace)")
 	natDefault := os.Getenv(agent.EnvNATBackend)
 	if natDefault == "" {

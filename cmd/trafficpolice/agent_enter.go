@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -57,7 +58,8 @@ func serveAgent(ctx context.Context, opts agent.Options, f agentRunFlags) error 
 
 // reexecInContainer finds the container's PID through the node's CRI and
 // runs this same command again inside its network namespace, reading the
-// pod's resolver files through /proc/PID/root.
+// pod's resolver files through /proc/PID/root and its environment from
+// /proc/PID/environ (the agent has the node's PID namespace).
 func reexecInContainer(ctx context.Context, containerID string) error {
 	socket, id, err := enter.SplitID(containerID)
 	if err != nil {
@@ -83,7 +85,8 @@ func reexecInContainer(ctx context.Context, containerID string) error {
 		argv = append(argv, a)
 	}
 	root := fmt.Sprintf("/proc/%d/root", pid)
-	argv = append(argv, "--resolv-conf", root+"/etc/resolv.conf", "--hosts", root+"/etc/hosts")
+	// Appended last, so they win over the same flags given before.
+	argv = append(argv, "--resolv-conf", root+"/etc/resolv.conf", "--hosts", root+"/etc/hosts", "--target-pid", strconv.Itoa(pid))
 	fmt.Fprintf(os.Stderr, "agent: entering the network namespace of container %s (pid %d)\n", id, pid)
 	return enter.ExecIn(pid, argv, os.Environ())
 }

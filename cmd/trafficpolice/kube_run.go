@@ -149,11 +149,10 @@ func startThroughKubernetes(ctx context.Context, cfg *config.Config, k kubeFlags
 		return run, fmt.Errorf("connect to the agent (%s): %w", ag, err)
 	}
 	if target != nil && cfg.Feature.Env.Enabled {
-		env, err := access.Env(ctx, target)
+		env, err := targetEnv(ctx, access, target, run.client, cfg.Feature.Env, progress)
 		if err != nil {
-			return run, fmt.Errorf("feature.env: read the environment of %s: %w", target, err)
+			return run, fmt.Errorf("feature.env: %w", err)
 		}
-		env = kube.FilterEnv(env, cfg.Feature.Env.Include, cfg.Feature.Env.Exclude, cfg.Feature.Env.Override)
 		for _, name := range sortedNames(env) {
 			run.env = append(run.env, name+"="+env[name])
 		}

@@ -104,7 +104,8 @@ func targetPod(t *testing.T, c *Cluster, ns, app string) *corev1.Pod {
 // TestTargetDeploymentThroughKubernetes is issue 8's scenario, for both
 // ways of starting the agent: the sandboxed app reaches uwu-service by
 // its short name with the target pod's address as the peer, reaches the
-// pod's sidecar on 127.0.0.1, gets the pod's environment, and afterwards
+// pod's sidecar on 127.0.0.1, gets the pod's environment (the image's
+// variables too, read from the running process), and afterwards
 // no agent process, Job, pod or iptables rule is left.
 func TestTargetDeploymentThroughKubernetes(t *testing.T) {
 	c := need(t)
@@ -123,7 +124,8 @@ func TestTargetDeploymentThroughKubernetes(t *testing.T) {
 			}
 			script := fmt.Sprintf(`curl -sS --max-time 20 http://uwu-service:%d/ && curl -sS --max-time 20 http://127.0.0.1:%d/ &&
 				echo "GREETING=$GREETING" && echo "POD_NAME=$POD_NAME" && echo "POD_IP=$POD_IP" && echo "UWU_URL=$UWU_URL" &&
-				echo "MESSAGES_DB=$MESSAGES_DB" && echo "LOG_LEVEL=$LOG_LEVEL" && echo "SECRET_TOKEN=${SECRET_TOKEN:-unset}"`, ServicePort, SidecarPort)
+				echo "MESSAGES_DB=$MESSAGES_DB" && echo "LOG_LEVEL=$LOG_LEVEL" && echo "SECRET_TOKEN=${SECRET_TOKEN:-unset}" &&
+				echo "IMAGE_GREETING=$IMAGE_GREETING"`, ServicePort, SidecarPort)
 			start := time.Now()
 			out, errOut, err := sandboxRun(t, c, cfg, script)
 			t.Logf("sandbox run took %s; its progress:\n%s", time.Since(start).Round(time.Millisecond), errOut)
@@ -131,8 +133,8 @@ func TestTargetDeploymentThroughKubernetes(t *testing.T) {
 				t.Fatalf("sandbox run: %v\nstdout:\n%s\nkubelet:\n%s", err, out, c.Logs("kubelet", 15))
 			}
 			lines := strings.Split(strings.TrimSpace(out), "\n")
-			if len(lines) < 9 {
-				t.Fatalf("want two answers and seven variables, got:\n%s", out)
+			if len(lines) < 10 {
+				t.Fatalf("want two answers and eight variables, got:\n%s", out)
 			}
 			var svc, side answer
 			if err := json.Unmarshal([]byte(lines[0]), &svc); err != nil {
@@ -151,6 +153,7 @@ func TestTargetDeploymentThroughKubernetes(t *testing.T) {
 				"GREETING=hello from the pod", "POD_NAME=" + pod.Name, "POD_IP=" + pod.Status.PodIP,
 				fmt.Sprintf("UWU_URL=http://uwu-service:%d/", ServicePort), "MESSAGES_DB=messages-db:8888",
 				"LOG_LEVEL=info", "SECRET_TOKEN=unset",
+				ImageEnv, // from the image's config, through the running process
 			}
 			for i, w := range want {
 				if lines[2+i] != w {

@@ -25,6 +25,8 @@ const (
 	AppImage = "localhost/tp-k8s/testapp:v1"
 	// AgentImage is the agent image built from this tree's trafficpolice.
 	AgentImage = images.AgentRepo + ":k8s-test"
+	// ImageEnv is a variable AppImage's OCI config sets (KEY=VALUE).
+	ImageEnv = "IMAGE_GREETING=hello from the image"
 )
 
 // SeedApps are the seed story's programs (test/apps/NAME) that AppImage
@@ -64,7 +66,10 @@ func (c *Cluster) importImages() error {
 	recipes := []images.Recipe{
 		agent,
 		{Ref: PauseImage, Files: base, Config: v1.Config{Entrypoint: []string{"/testapp", "pause"}}},
-		{Ref: AppImage, Files: append(append([]images.File{}, base...), seedApps...), Config: v1.Config{Entrypoint: []string{"/testapp"}, Cmd: []string{"serve"}}},
+		// ImageEnv is in the image's config only, not in any pod spec:
+		// feature.env must read it from the running process.
+		{Ref: AppImage, Files: append(append([]images.File{}, base...), seedApps...), Config: v1.Config{
+			Entrypoint: []string{"/testapp"}, Cmd: []string{"serve"}, Env: []string{ImageEnv}}},
 	}
 	var refs []string
 	for i, r := range recipes {
