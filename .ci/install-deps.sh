@@ -7,7 +7,7 @@
 # busybox-static (the small image `sandbox run --image` tests use).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-packages=(iproute2 iptables dnsmasq-base dnsutils iputils-ping curl iperf3 ca-certificates containerd runc busybox-static "$@")
+packages=(iproute2 iptables nftables dnsmasq-base dnsutils iputils-ping curl iperf3 ca-certificates containerd runc busybox-static "$@")
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
