@@ -10,7 +10,6 @@ import (
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
-	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -57,7 +56,7 @@ func (r *Router) echo(id stack.TransportEndpointID, req, quoted []byte, v6 bool)
 	switch f.decision.Route {
 	case policy.Block:
 		r.stats.blocked.Add(1)
-		r.writeRaw(v6, prohibited(wire, app, quoted, v6))
+		r.writeRaw(v6, dstUnreachable(wire, app, quoted, v6, header.ICMPv4HostProhibited, header.ICMPv6Prohibited))
 		f.rec.Error = errBlocked.Error()
 		r.endFlow(f)
 		return
@@ -134,14 +133,6 @@ func pingFromHost(ctx context.Context, dst netip.Addr, req []byte, v6 bool) ([]b
 	}
 }
 
-func (r *Router) writeRaw(v6 bool, pkt []byte) {
-	proto := header.IPv4ProtocolNumber
-	if v6 {
-		proto = header.IPv6ProtocolNumber
-	}
-	r.stack.WriteRawPacket(nicID, proto, buffer.MakeWithData(pkt))
-}
-
 // echoReply wraps the host's answer in an IP header from the address the
 // app pinged to the app.
 func echoReply(from, to netip.Addr, icmpMsg []byte, v6 bool) []byte {
@@ -159,45 +150,4 @@ func echoReply(from, to netip.Addr, icmpMsg []byte, v6 bool) []byte {
 	m.SetChecksum(0)
 	m.SetChecksum(header.ICMPv6Checksum(header.ICMPv6ChecksumParams{Header: m, Src: tcpip.AddrFrom16(from.As16()), Dst: tcpip.AddrFrom16(to.As16())}))
 	return append(pkt, body...)
-}
-
-// prohibited is "destination unreachable: administratively prohibited",
-// quoting the app's packet.
-func prohibited(from, to netip.Addr, quoted []byte, v6 bool) []byte {
-	if !v6 {
-		body := make([]byte, header.ICMPv4MinimumSize+len(quoted))
-		m := header.ICMPv4(body)
-		m.SetType(header.ICMPv4DstUnreachable)
-		m.SetCode(header.ICMPv4HostProhibited)
-		copy(body[header.ICMPv4MinimumSize:], quoted)
-		m.SetChecksum(^checksum.Checksum(m, 0))
-		return append(ipv4Header(from, to, header.ICMPv4ProtocolNumber, len(body)), body...)
-	}
-	body := make([]byte, header.ICMPv6DstUnreachableMinimumSize+len(quoted))
-	m := header.ICMPv6(body)
-	m.SetType(header.ICMPv6DstUnreachable)
-	m.SetCode(header.ICMPv6Prohibited)
-	copy(body[header.ICMPv6DstUnreachableMinimumSize:], quoted)
-	m.SetChecksum(header.ICMPv6Checksum(header.ICMPv6ChecksumParams{Header: m, Src: tcpip.AddrFrom16(from.As16()), Dst: tcpip.AddrFrom16(to.As16())}))
-	return append(ipv6Header(from, to, header.ICMPv6ProtocolNumber, len(body)), body...)
-}
-
-func ipv4Header(from, to netip.Addr, proto tcpip.TransportProtocolNumber, payload int) []byte {
-	b := make([]byte, header.IPv4MinimumSize)
-	ip := header.IPv4(b)
-	ip.Encode(&header.IPv4Fields{
-		TotalLength: uint16(header.IPv4MinimumSize + payload), TTL: 64, Protocol: uint8(proto),
-		SrcAddr: tcpip.AddrFrom4(from.As4()), DstAddr: tcpip.AddrFrom4(to.As4()),
-	})
-	ip.SetChecksum(^ip.CalculateChecksum())
-	return b
-}
-
-func ipv6Header(from, to netip.Addr, proto tcpip.TransportProtocolNumber, payload int) []byte {
-	b := make([]byte, header.IPv6MinimumSize)
-	header.IPv6(b).Encode(&header.IPv6Fields{
-		PayloadLength: uint16(payload), TransportProtocol: proto, HopLimit: 64,
-		SrcAddr: tcpip.AddrFrom16(from.As16()), DstAddr: tcpip.AddrFrom16(to.As16()),
-	})
-	return b
 }

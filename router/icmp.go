@@ -15,73 +15,68 @@ import (
 // from the flow's addresses: the kernel matches the error to the socket by
 // the quoted IP and UDP headers alone.
 func (r *Router) sendUnreachable(app, dst netip.AddrPort) {
-	var pkt []byte
-	if dst.Addr().Is4() {
-		pkt = icmpv4PortUnreachable(app, dst)
-	} else {
-		pkt = icmpv6PortUnreachable(app, dst)
+	v6 := !dst.Addr().Is4()
+	r.writeRaw(v6, dstUnreachable(dst.Addr(), app.Addr(), quotedUDP(app, dst, v6), v6,
+		header.ICMPv4PortUnreachable, header.ICMPv6PortUnreachable))
+}
+
+// quotedUDP is the app's datagram as an ICMP error quotes it: its IP header
+// and UDP header, app → destination.
+func quotedUDP(app, dst netip.AddrPort, v6 bool) []byte {
+	u := header.UDP(make([]byte, header.UDPMinimumSize))
+	u.Encode(&header.UDPFields{SrcPort: app.Port(), DstPort: dst.Port(), Length: header.UDPMinimumSize})
+	if v6 {
+		return append(ipv6Header(app.Addr(), dst.Addr(), header.UDPProtocolNumber, len(u)), u...)
 	}
+	return append(ipv4Header(app.Addr(), dst.Addr(), header.UDPProtocolNumber, len(u)), u...)
+}
+
+// dstUnreachable is an ICMP "destination unreachable" from from to to,
+// quoting the app's packet, with code4 or code6 for the family.
+func dstUnreachable(from, to netip.Addr, quoted []byte, v6 bool, code4 header.ICMPv4Code, code6 header.ICMPv6Code) []byte {
+	if !v6 {
+		body := make([]byte, header.ICMPv4MinimumSize+len(quoted))
+		m := header.ICMPv4(body)
+		m.SetType(header.ICMPv4DstUnreachable)
+		m.SetCode(code4)
+		copy(body[header.ICMPv4MinimumSize:], quoted)
+		m.SetChecksum(^checksum.Checksum(m, 0))
+		return append(ipv4Header(from, to, header.ICMPv4ProtocolNumber, len(body)), body...)
+	}
+	body := make([]byte, header.ICMPv6DstUnreachableMinimumSize+len(quoted))
+	m := header.ICMPv6(body)
+	m.SetType(header.ICMPv6DstUnreachable)
+	m.SetCode(code6)
+	copy(body[header.ICMPv6DstUnreachableMinimumSize:], quoted)
+	m.SetChecksum(header.ICMPv6Checksum(header.ICMPv6ChecksumParams{Header: m, Src: tcpip.AddrFrom16(from.As16()), Dst: tcpip.AddrFrom16(to.As16())}))
+	return append(ipv6Header(from, to, header.ICMPv6ProtocolNumber, len(body)), body...)
+}
+
+// writeRaw sends a whole IP packet to the app through the netstack's NIC.
+func (r *Router) writeRaw(v6 bool, pkt []byte) {
 	proto := header.IPv4ProtocolNumber
-	if !dst.Addr().Is4() {
+	if v6 {
 		proto = header.IPv6ProtocolNumber
 	}
 	r.stack.WriteRawPacket(nicID, proto, buffer.MakeWithData(pkt))
 }
 
-func quotedUDP(app, dst netip.AddrPort) []byte {
-	u := header.UDP(make([]byte, header.UDPMinimumSize))
-	u.Encode(&header.UDPFields{SrcPort: app.Port(), DstPort: dst.Port(), Length: header.UDPMinimumSize})
-	return u
-}
-
-func icmpv4PortUnreachable(app, dst netip.AddrPort) []byte {
-	quoted := make([]byte, header.IPv4MinimumSize)
-	qip := header.IPv4(quoted)
-	qip.Encode(&header.IPv4Fields{
-		TotalLength: header.IPv4MinimumSize + header.UDPMinimumSize, TTL: 64,
-		Protocol: uint8(header.UDPProtocolNumber),
-		SrcAddr:  tcpip.AddrFrom4(app.Addr().As4()), DstAddr: tcpip.AddrFrom4(dst.Addr().As4()),
-	})
-	qip.SetChecksum(^qip.CalculateChecksum())
-	quoted = append(quoted, quotedUDP(app, dst)...)
-
-	total := header.IPv4MinimumSize + header.ICMPv4MinimumSize + len(quoted)
-	pkt := make([]byte, total)
-	ip := header.IPv4(pkt)
+func ipv4Header(from, to netip.Addr, proto tcpip.TransportProtocolNumber, payload int) []byte {
+	b := make([]byte, header.IPv4MinimumSize)
+	ip := header.IPv4(b)
 	ip.Encode(&header.IPv4Fields{
-		TotalLength: uint16(total), TTL: 64, Protocol: uint8(header.ICMPv4ProtocolNumber),
-		SrcAddr: tcpip.AddrFrom4(dst.Addr().As4()), DstAddr: tcpip.AddrFrom4(app.Addr().As4()),
+		TotalLength: uint16(header.IPv4MinimumSize + payload), TTL: 64, Protocol: uint8(proto),
+		SrcAddr: tcpip.AddrFrom4(from.As4()), DstAddr: tcpip.AddrFrom4(to.As4()),
 	})
 	ip.SetChecksum(^ip.CalculateChecksum())
-	icmp := header.ICMPv4(pkt[header.IPv4MinimumSize:])
-	icmp.SetType(header.ICMPv4DstUnreachable)
-	icmp.SetCode(header.ICMPv4PortUnreachable)
-	copy(icmp[header.ICMPv4MinimumSize:], quoted)
-	icmp.SetChecksum(^checksum.Checksum(icmp, 0))
-	return pkt
+	return b
 }
 
-func icmpv6PortUnreachable(app, dst netip.AddrPort) []byte {
-	// The error goes from the destination to the app; it quotes the app's
-	// datagram, which went the other way.
-	from, to := tcpip.AddrFrom16(dst.Addr().As16()), tcpip.AddrFrom16(app.Addr().As16())
-	quoted := make([]byte, header.IPv6MinimumSize)
-	header.IPv6(quoted).Encode(&header.IPv6Fields{
-		PayloadLength: header.UDPMinimumSize, TransportProtocol: header.UDPProtocolNumber, HopLimit: 64,
-		SrcAddr: to, DstAddr: from,
+func ipv6Header(from, to netip.Addr, proto tcpip.TransportProtocolNumber, payload int) []byte {
+	b := make([]byte, header.IPv6MinimumSize)
+	header.IPv6(b).Encode(&header.IPv6Fields{
+		PayloadLength: uint16(payload), TransportProtocol: proto, HopLimit: 64,
+		SrcAddr: tcpip.AddrFrom16(from.As16()), DstAddr: tcpip.AddrFrom16(to.As16()),
 	})
-	quoted = append(quoted, quotedUDP(app, dst)...)
-
-	icmpLen := header.ICMPv6DstUnreachableMinimumSize + len(quoted)
-	pkt := make([]byte, header.IPv6MinimumSize+icmpLen)
-	header.IPv6(pkt).Encode(&header.IPv6Fields{
-		PayloadLength: uint16(icmpLen), TransportProtocol: header.ICMPv6ProtocolNumber, HopLimit: 64,
-		SrcAddr: from, DstAddr: to,
-	})
-	icmp := header.ICMPv6(pkt[header.IPv6MinimumSize:])
-	icmp.SetType(header.ICMPv6DstUnreachable)
-	icmp.SetCode(header.ICMPv6PortUnreachable)
-	copy(icmp[header.ICMPv6DstUnreachableMinimumSize:], quoted)
-	icmp.SetChecksum(header.ICMPv6Checksum(header.ICMPv6ChecksumParams{Header: icmp, Src: from, Dst: to}))
-	return pkt
+	return b
 }
