@@ -6,21 +6,19 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
-	"os"
-	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/yamux"
 
+	"github.com/trafficpolice/trafficpolice/agent/incoming"
+	"github.com/trafficpolice/trafficpolice/agent/nat"
 	"github.com/trafficpolice/trafficpolice/agent/proto"
 )
-
-// EnvToken is the environment variable that carries the shared token when
-// no token file is given.
-const EnvToken = "TRAFFICPOLICE_AGENT_TOKEN"
 
 // Defaults for the zero values of Options.
 const (
@@ -55,9 +53,9 @@ type Options struct {
 	// Serve returns). The command turns it on; a program that embeds the
 	// agent in a namespace it shares with others must leave it off.
 	Incoming bool
-	// NATBackend writes those rules: NATAuto ("" too), NATIPTables or
-	// NATNFTables.
-	NATBackend NATBackend
+	// NATBackend writes those rules: nat.Auto ("" too), nat.IPTables or
+	// nat.NFTables.
+	NATBackend nat.Backend
 	// TargetPID is the process whose environment an Env request returns;
 	// zero means the oldest process the agent sees besides itself and its
 	// ancestors (the target's first process, in an ephemeral container
@@ -65,27 +63,6 @@ type Options struct {
 	TargetPID int
 	// ProcRoot is where the processes are listed; "" means /proc.
 	ProcRoot string
-}
-
-// LoadToken returns the shared token: the content of path (surrounding
-// white space trimmed) when path is not empty, else $TRAFFICPOLICE_AGENT_TOKEN.
-// No token at all is an error: an agent without one would serve anybody.
-func LoadToken(path string) (string, error) {
-	if path != "" {
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return "", fmt.Errorf("read agent token file: %w", err)
-		}
-		tok := strings.TrimSpace(string(b))
-		if tok == "" {
-			return "", fmt.Errorf("agent token file %s is empty: put the shared token in it", path)
-		}
-		return tok, nil
-	}
-	if tok := strings.TrimSpace(os.Getenv(EnvToken)); tok != "" {
-		return tok, nil
-	}
-	return "", fmt.Errorf("no agent token: pass --token-file FILE or set %s", EnvToken)
 }
 
 // Server serves tunnels. It is safe to serve several listeners with one
@@ -97,7 +74,7 @@ type Server struct {
 
 	// incoming is the steal and mirror machinery, nil when it is off or
 	// could not be set up (incomingErr says why).
-	incoming     *incoming
+	incoming     *incoming.Service
 	incomingErr  string
 	incomingOnce sync.Once
 }
@@ -105,7 +82,7 @@ type Server struct {
 // New checks opts and fills in the defaults.
 func New(opts Options) (*Server, error) {
 	if opts.Token == "" {
-		return nil, fmt.Errorf("agent options: Token is empty: the agent refuses to run without a shared token (--token-file or %s)", EnvToken)
+		return nil, fmt.Errorf("agent options: Token is empty: the agent refuses to run without a shared token (--token-file or %s)", proto.EnvToken)
 	}
 	for _, d := range []struct {
 		name string
@@ -123,11 +100,11 @@ func New(opts Options) (*Server, error) {
 			*d.v = d.def
 		}
 	}
-	nat, err := ParseNATBackend(string(opts.NATBackend))
+	backend, err := nat.ParseBackend(string(opts.NATBackend))
 	if err != nil {
 		return nil, fmt.Errorf("agent options: NATBackend: %w", err)
 	}
-	opts.NATBackend = nat
+	opts.NATBackend = backend
 	if opts.ResolvConfPath == "" {
 		opts.ResolvConfPath = DefaultResolvConfPath
 	}
@@ -244,7 +221,9 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	go func() {
 		defer wg.Done()
 		defer cancel() // the control stream ending ends the tunnel
-		t.readControl()
+		if err := t.ctrl.Run(); err != nil && !errors.Is(err, io.EOF) && !sess.IsClosed() {
+			log.Warn("control stream ended, closing the tunnel", "err", err)
+		}
 	}()
 	for {
 		st, err := sess.AcceptStreamWithContext(ctx)
@@ -299,7 +278,7 @@ func (s *Server) handshake(ctx context.Context, sess *yamux.Session, log *slog.L
 		return nil, err
 	}
 	_ = ctrl.SetDeadline(time.Time{})
-	return &tunnel{log: log, sess: sess, remote: sess.RemoteAddr().String(), ctrl: ctrl, flows: map[uint32]*tcpFlow{}}, nil
+	return newTunnel(log, sess, ctrl), nil
 }
 
 // tokenOK compares in constant time; hashing first keeps the token's
@@ -344,7 +323,13 @@ func (s *Server) serveStream(ctx context.Context, t *tunnel, st *yamux.Stream) {
 		_ = proto.WriteMessage(st, proto.Result{})
 		_ = st.Close()
 	case proto.Subscribe:
-		s.serveSubscribe(t, st, req)
+		if s.incoming == nil {
+			_ = proto.WriteMessage(st, proto.Result{Class: proto.ClassOther,
+				Message: "the agent cannot steal or mirror: " + s.incomingErr})
+			_ = st.Close()
+			return
+		}
+		s.incoming.Serve(t.peer, st, req)
 	case proto.Env:
 		s.serveEnv(t, st)
 	default:
@@ -373,4 +358,39 @@ func limit(asked, ours time.Duration) time.Duration {
 		return asked
 	}
 	return ours
+}
+
+// startIncoming sets up steal and mirror next to the tunnel listener at
+// tunnelAddr (whose port is never stolen), and returns what undoes it.
+// When it cannot, the agent still serves outgoing traffic and tells every
+// client why.
+func (s *Server) startIncoming(ctx context.Context, tunnelAddr net.Addr, wg *sync.WaitGroup) func() {
+	reserved := map[uint16]string{}
+	if ta, ok := tunnelAddr.(*net.TCPAddr); ok {
+		reserved[uint16(ta.Port)] = "the agent's own tunnel port"
+	}
+	in, err := incoming.Start(ctx, incoming.Options{
+		Log:         s.log,
+		Backend:     s.opts.NATBackend,
+		Linger:      s.opts.CommunicationTimeout,
+		OpenTimeout: s.opts.CommunicationTimeout,
+		DialTimeout: s.opts.DialTimeout,
+		Reserved:    reserved,
+	}, wg)
+	if err != nil {
+		s.incomingErr = err.Error()
+		s.log.Warn("incoming traffic (steal, mirror) is not available", "err", err)
+		return func() {}
+	}
+	s.incoming = in
+	return in.Close
+}
+
+// dialControl marks the agent's outgoing sockets while it steals, so that
+// its own dials to the pod's ports are never redirected back to itself.
+func (s *Server) dialControl() func(network, address string, c syscall.RawConn) error {
+	if s.incoming == nil {
+		return nil
+	}
+	return incoming.DialControl()
 }

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"io"
 	"net"
 	"sync"
@@ -11,13 +10,8 @@ import (
 	"github.com/hashicorp/yamux"
 
 	"github.com/trafficpolice/trafficpolice/agent/proto"
+	"github.com/trafficpolice/trafficpolice/splice"
 )
-
-// relayBufSize is the copy buffer per direction: big enough that a bulk
-// transfer moves in few yamux frames.
-const relayBufSize = 64 << 10
-
-var relayBufs = sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }}
 
 // serveTCP dials dst from the pod and relays the stream to it. The flow is
 // registered before the dial so an Abort that arrives meanwhile is not lost.
@@ -26,8 +20,8 @@ func (s *Server) serveTCP(ctx context.Context, t *tunnel, st *yamux.Stream, req 
 	defer cancel()
 	id := st.StreamID()
 	f := &tcpFlow{st: st, t: t, cancelDial: cancel}
-	t.add(id, f)
-	defer t.remove(id)
+	t.ctrl.Register(id, f.abortByClient)
+	defer t.ctrl.Unregister(id)
 
 	d := net.Dialer{Control: s.dialControl()}
 	c, err := d.DialContext(dctx, "tcp", req.Dst.String())
@@ -108,66 +102,43 @@ func (f *tcpFlow) relay() {
 const abortLinger = 5 * time.Second
 
 func (f *tcpFlow) clientToPod() {
-	bp := relayBufs.Get().(*[]byte)
-	defer relayBufs.Put(bp)
-	buf := *bp
-	for {
-		n, rerr := f.st.Read(buf)
-		if n > 0 {
-			if _, err := f.conn.Write(buf[:n]); err != nil {
-				f.reset(true) // the pod's peer is gone
-				return
-			}
-		}
-		if rerr == nil {
-			continue
-		}
-		if !errors.Is(rerr, io.EOF) {
-			f.reset(false)
-			return
-		}
-		f.mu.Lock()
-		f.upDone = true
-		aborted := f.aborted
-		f.mu.Unlock()
-		if aborted {
-			f.reset(false)
-		} else {
-			_ = f.conn.CloseWrite()
-		}
+	_, err := splice.Copy(f.conn, f.st, nil, nil)
+	switch {
+	case splice.IsWrite(err):
+		f.reset(true) // the pod's peer is gone
 		return
+	case err != nil:
+		f.reset(false)
+		return
+	}
+	f.mu.Lock()
+	f.upDone = true
+	aborted := f.aborted
+	f.mu.Unlock()
+	if aborted {
+		f.reset(false)
+	} else {
+		_ = f.conn.CloseWrite()
 	}
 }
 
 func (f *tcpFlow) podToClient() {
-	bp := relayBufs.Get().(*[]byte)
-	defer relayBufs.Put(bp)
-	buf := *bp
-	for {
-		n, rerr := f.conn.Read(buf)
-		if n > 0 {
-			if _, err := f.st.Write(buf[:n]); err != nil {
-				f.mu.Lock()
-				aborted := f.aborted
-				f.mu.Unlock()
-				if !aborted { // else clientToPod closes once it has written all
-					f.reset(false)
-				}
-				return
-			}
+	_, err := splice.Copy(f.st, f.conn, splice.TCPWait(f.conn), nil)
+	switch {
+	case err == nil:
+		_ = f.st.Close() // FIN: the pod's peer finished sending
+	case splice.IsWrite(err):
+		f.mu.Lock()
+		aborted := f.aborted
+		f.mu.Unlock()
+		if !aborted { // else clientToPod closes once it has written all
+			f.reset(false)
 		}
-		if rerr == nil {
-			continue
-		}
-		if errors.Is(rerr, io.EOF) {
-			_ = f.st.Close() // FIN: the pod's peer finished sending
-			return
-		}
+	default:
 		f.mu.Lock()
 		ours := f.closed
 		f.mu.Unlock()
 		f.reset(!ours) // a read error we did not cause is the peer's reset
-		return
 	}
 }
 

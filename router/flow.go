@@ -103,10 +103,7 @@ func (r *Router) localDestination(ctx context.Context, f *flow) (netip.AddrPort,
 // "messages-db"), which is the name the app asked for.
 func (r *Router) localNameCandidates(name string) []string {
 	out := []string{name}
-	if r.cfg.Remote == nil {
-		return out
-	}
-	for _, d := range r.cfg.Remote.Facts().SearchDomains {
+	for _, d := range r.cfg.SearchDomains {
 		d = strings.TrimSuffix(strings.ToLower(d), ".")
 		if base, ok := strings.CutSuffix(name, "."+d); ok && base != "" {
 			out = append(out, base)

@@ -21,17 +21,4 @@ type Remote interface {
 	// Exchange resolves one raw DNS query message with the pod's resolver
 	// configuration (/etc/resolv.conf, /etc/hosts) and returns the raw answer.
 	Exchange(ctx context.Context, query []byte) ([]byte, error)
-	// Facts describes the pod, as its agent reported it.
-	Facts() PodFacts
-}
-
-// PodFacts are what the sandbox copies from the pod so the app's view
-// matches it (resolv.conf search domains and options, names and addresses).
-type PodFacts struct {
-	Hostname      string
-	Addresses     []netip.Addr
-	SearchDomains []string
-	Ndots         int
-	// Options are the other resolv.conf "options" (e.g. "timeout:2").
-	Options []string
 }

@@ -34,6 +34,10 @@ type Config struct {
 	// Remote is the agent's tunnel; nil when no agent is configured, in
 	// which case remote flows are refused.
 	Remote Remote
+	// SearchDomains are the pod's resolv.conf search domains: a name the
+	// cluster resolves that a rule sends local is tried on the host as the
+	// app asked it, without them.
+	SearchDomains []string
 	// DialLocal dials from the host; nil means a plain net.Dialer.
 	DialLocal DialFunc
 	// DialSandbox dials inside the sandbox (the app's own loopback ports);

@@ -9,11 +9,9 @@ import (
 	"slices"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 
 	"github.com/trafficpolice/trafficpolice/agent/client"
-	"github.com/trafficpolice/trafficpolice/agent/proto"
 	"github.com/trafficpolice/trafficpolice/config"
 	"github.com/trafficpolice/trafficpolice/netns"
 )
@@ -52,16 +50,16 @@ type incoming struct {
 // nil (and no error) when there is nothing to do. An agent that cannot
 // steal is an error (the user asked for the pod's traffic); one that
 // cannot mirror, mirrord's default, is only a note.
-func newIncoming(ns *netns.Namespace, o Options) (*incoming, error) {
+func newIncoming(ns *netns.Namespace, o Options, agent IncomingAgent) (*incoming, error) {
 	cfg := o.Incoming
-	if cfg.Mode == "" || cfg.Mode == config.ModeOff || o.IncomingAgent == nil {
+	if cfg.Mode == "" || cfg.Mode == config.ModeOff || agent == nil {
 		return nil, nil
 	}
 	mode := client.Mirror
 	if cfg.Mode == config.ModeSteal {
 		mode = client.Steal
 	}
-	if why := o.IncomingAgent.IncomingError(); why != "" {
+	if why := agent.IncomingError(); why != "" {
 		if mode == client.Steal {
 			return nil, fmt.Errorf("feature.network.incoming is \"steal\", but the agent cannot steal the pod's traffic: %s; "+
 				"give the agent's container the NET_ADMIN capability, or set feature.network.incoming to \"off\"", why)
@@ -80,7 +78,7 @@ func newIncoming(ns *netns.Namespace, o Options) (*incoming, error) {
 		}
 	}
 	return &incoming{
-		cfg: cfg, mode: mode, agent: o.IncomingAgent, ns: ns, progress: o.Progress, log: o.Logger,
+		cfg: cfg, mode: mode, agent: agent, ns: ns, progress: o.Progress, log: o.Logger,
 		updates: make(chan map[uint16]bool, 1), done: make(chan struct{}),
 		subs: map[uint16]*client.Subscription{}, failed: map[uint16]bool{},
 	}, nil
@@ -109,49 +107,12 @@ func (in *incoming) remotePort(local uint16) (uint16, bool) {
 
 // filterFor is the HTTP filter for a pod port (the zero filter: whole
 // connections).
-func (in *incoming) filterFor(remote uint16) proto.HTTPFilter {
+func (in *incoming) filterFor(remote uint16) config.HTTPFilter {
 	f := in.cfg.HTTPFilter
 	if f == nil || (len(f.Ports) > 0 && !slices.Contains(f.Ports, remote)) {
-		return proto.HTTPFilter{}
+		return config.HTTPFilter{}
 	}
-	return wireFilter(*f)
-}
-
-// wireFilter turns the configuration's filter into the protocol's.
-func wireFilter(f config.HTTPFilter) proto.HTTPFilter {
-	switch {
-	case f.HeaderFilter != "":
-		return proto.HTTPFilter{Kind: proto.FilterHeader, Pattern: f.HeaderFilter}
-	case f.PathFilter != "":
-		return proto.HTTPFilter{Kind: proto.FilterPath, Pattern: f.PathFilter}
-	case f.MethodFilter != "":
-		return proto.HTTPFilter{Kind: proto.FilterMethod, Pattern: f.MethodFilter}
-	case f.AllOf != nil || f.AnyOf != nil:
-		kind, list := proto.FilterAllOf, f.AllOf
-		if f.AnyOf != nil {
-			kind, list = proto.FilterAnyOf, f.AnyOf
-		}
-		w := proto.HTTPFilter{Kind: kind}
-		for _, m := range list {
-			w.Filters = append(w.Filters, wireFilter(m))
-		}
-		return w
-	}
-	return proto.HTTPFilter{}
-}
-
-func describeFilter(f proto.HTTPFilter) string {
-	switch f.Kind {
-	case proto.FilterNone:
-		return ""
-	case proto.FilterAllOf, proto.FilterAnyOf:
-		var parts []string
-		for _, m := range f.Filters {
-			parts = append(parts, describeFilter(m))
-		}
-		return fmt.Sprintf("%s(%s)", f.Kind, strings.Join(parts, ", "))
-	}
-	return fmt.Sprintf("%s %q", f.Kind, f.Pattern)
+	return *f
 }
 
 // start reconciles the subscriptions with the app's ports until stop.
@@ -235,7 +196,7 @@ func (in *incoming) subscribe(ctx context.Context, local, remote uint16) {
 		verb = "mirroring"
 	}
 	what := fmt.Sprintf("%s pod port %d → app :%d", verb, remote, local)
-	if d := describeFilter(filter); d != "" {
+	if d := client.DescribeFilter(filter); d != "" {
 		what += " (HTTP requests with " + d + ")"
 	}
 	done := in.progress.Step(what)

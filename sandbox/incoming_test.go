@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/trafficpolice/trafficpolice/agent/client"
-	"github.com/trafficpolice/trafficpolice/agent/proto"
 	"github.com/trafficpolice/trafficpolice/config"
 )
 
@@ -41,19 +40,11 @@ func TestIncomingFilterOnItsPorts(t *testing.T) {
 		AnyOf: []config.HTTPFilter{{HeaderFilter: "^x-user: a$"}, {MethodFilter: "PUT"}, {PathFilter: "^/api"}},
 		Ports: []uint16{80},
 	}}}
-	want := proto.HTTPFilter{Kind: proto.FilterAnyOf, Filters: []proto.HTTPFilter{
-		{Kind: proto.FilterHeader, Pattern: "^x-user: a$"},
-		{Kind: proto.FilterMethod, Pattern: "PUT"},
-		{Kind: proto.FilterPath, Pattern: "^/api"},
-	}}
-	if got := in.filterFor(80); !reflect.DeepEqual(got, want) {
-		t.Errorf("filter on port 80 = %+v, want %+v", got, want)
+	if got := in.filterFor(80); !reflect.DeepEqual(got, *in.cfg.HTTPFilter) {
+		t.Errorf("filter on port 80 = %+v, want the configuration's %+v", got, *in.cfg.HTTPFilter)
 	}
-	if got := in.filterFor(8080); got.Kind != proto.FilterNone {
+	if got := in.filterFor(8080); !reflect.DeepEqual(got, config.HTTPFilter{}) {
 		t.Errorf("port 8080 is not in http_filter.ports, yet filtered: %+v", got)
-	}
-	if d := describeFilter(want); d != `any_of(header "^x-user: a$", method "PUT", path "^/api")` {
-		t.Errorf("describeFilter = %s", d)
 	}
 }
 
@@ -66,19 +57,19 @@ func (refusingAgent) Subscribe(context.Context, client.SubscribeOptions) (*clien
 
 func TestIncomingNeedsAnAgentThatCanSteal(t *testing.T) {
 	agent := refusingAgent{why: "iptables: permission denied"}
-	_, err := newIncoming(nil, Options{Incoming: config.Incoming{Mode: config.ModeSteal}, IncomingAgent: agent})
+	_, err := newIncoming(nil, Options{Incoming: config.Incoming{Mode: config.ModeSteal}}, agent)
 	if err == nil || !strings.Contains(err.Error(), "cannot steal the pod's traffic: iptables: permission denied") || !strings.Contains(err.Error(), "NET_ADMIN") {
 		t.Errorf("steal without the means: %v, want an error saying why and what to do", err)
 	}
-	in, err := newIncoming(nil, Options{Incoming: config.Incoming{Mode: config.ModeMirror}, IncomingAgent: agent})
+	in, err := newIncoming(nil, Options{Incoming: config.Incoming{Mode: config.ModeMirror}}, agent)
 	if in != nil || err != nil {
 		t.Errorf("mirror (the default) without the means: %v, %v; want a note, not an error", in, err)
 	}
-	in, err = newIncoming(nil, Options{Incoming: config.Incoming{Mode: config.ModeOff}, IncomingAgent: agent})
+	in, err = newIncoming(nil, Options{Incoming: config.Incoming{Mode: config.ModeOff}}, agent)
 	if in != nil || err != nil {
 		t.Errorf("off: %v, %v", in, err)
 	}
-	_, err = newIncoming(nil, Options{Incoming: config.Incoming{Mode: config.ModeSteal, PortMapping: [][2]uint16{{1, 2}, {1, 3}}}, IncomingAgent: refusingAgent{}})
+	_, err = newIncoming(nil, Options{Incoming: config.Incoming{Mode: config.ModeSteal, PortMapping: [][2]uint16{{1, 2}, {1, 3}}}}, refusingAgent{})
 	if err == nil || !strings.Contains(err.Error(), "port_mapping[1] maps local port 1 again") {
 		t.Errorf("a local port mapped twice: %v", err)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/miekg/dns"
 	"golang.org/x/sys/unix"
 
+	"github.com/trafficpolice/trafficpolice/agent/client"
 	"github.com/trafficpolice/trafficpolice/config"
 	"github.com/trafficpolice/trafficpolice/netns"
 	"github.com/trafficpolice/trafficpolice/router"
@@ -32,12 +33,11 @@ import (
 // Options describe one run.
 type Options struct {
 	Policy *policy.Policy
-	// Remote is the agent's tunnel, already connected; nil without agent.
-	Remote router.Remote
-	// Incoming says which of the pod's incoming traffic the app takes;
-	// IncomingAgent is the agent's client that takes it (nil: none).
-	Incoming      config.Incoming
-	IncomingAgent IncomingAgent
+	// Agent is the agent's tunnel, already connected; nil without agent.
+	Agent Agent
+	// Incoming says which of the pod's incoming traffic the app takes
+	// through Agent.
+	Incoming config.Incoming
 	// Argv is the app's command line.
 	Argv []string
 	Env  []string
@@ -67,6 +67,16 @@ type Options struct {
 	// Started, if set, is told the namespace name once the app runs (tests
 	// use it to look inside).
 	Started func(namespace string, pid int)
+}
+
+// Agent is what a run needs of the tunnel to the agent: the router's
+// remote side, the pod's facts that the sandbox copies, and incoming
+// traffic. *client.Client has it.
+type Agent interface {
+	router.Remote
+	// Facts describe the pod, as its agent reported them.
+	Facts() client.Facts
+	IncomingAgent
 }
 
 // Run runs the app in a fresh sandbox and returns its exit status (128+N
@@ -129,7 +139,7 @@ func Run(ctx context.Context, o Options) (int, error) {
 	}
 	defer rt.Close()
 	defer watch.stop()
-	in, err := newIncoming(ns, o)
+	in, err := newIncoming(ns, o, o.Agent)
 	if err != nil {
 		return 0, err
 	}
@@ -149,7 +159,7 @@ func Run(ctx context.Context, o Options) (int, error) {
 		}
 		o.Progress.Note("debug server on http://%s/debug/pprof/", addr)
 	}
-	if o.Remote == nil {
+	if o.Agent == nil {
 		o.Progress.Note("no agent or target: flows go out from this host unless a rule blocks them; the host's loopback only through a --local rule or ignore_localhost")
 	}
 
@@ -210,8 +220,8 @@ type resolverFiles struct{ resolvConf, hosts string }
 func writeResolverFiles(dir string, o Options) (resolverFiles, error) {
 	var search []string
 	var options []string
-	if o.Remote != nil {
-		f := o.Remote.Facts()
+	if o.Agent != nil {
+		f := o.Agent.Facts()
 		search = f.SearchDomains
 		if f.Ndots > 0 {
 			options = append(options, fmt.Sprintf("ndots:%d", f.Ndots))
@@ -241,8 +251,8 @@ func writeResolverFiles(dir string, o Options) (resolverFiles, error) {
 		return files, fmt.Errorf("write the sandbox's resolv.conf: %w", err)
 	}
 	hosts := "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-	if o.Remote != nil {
-		f := o.Remote.Facts()
+	if o.Agent != nil {
+		f := o.Agent.Facts()
 		if f.Hostname != "" {
 			for _, a := range f.Addresses {
 				hosts += fmt.Sprintf("%s\t%s\n", a, f.Hostname)
@@ -300,8 +310,9 @@ func startRouter(ctx context.Context, ns *netns.Namespace, tun *os.File, o Optio
 		FlowLog:       flowLog,
 		Logger:        o.Logger,
 	}
-	if o.Remote != nil {
-		cfg.Remote = o.Remote
+	if o.Agent != nil {
+		cfg.Remote = o.Agent
+		cfg.SearchDomains = o.Agent.Facts().SearchDomains
 	}
 	rt, err := router.New(cfg)
 	if err != nil {

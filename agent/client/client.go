@@ -19,7 +19,6 @@ import (
 	"github.com/hashicorp/yamux"
 
 	"github.com/trafficpolice/trafficpolice/agent/proto"
-	"github.com/trafficpolice/trafficpolice/router"
 )
 
 // DefaultCommunicationTimeout is used when Options.CommunicationTimeout is zero.
@@ -103,8 +102,6 @@ type Client struct {
 	subs    map[uint16]*Subscription
 }
 
-var _ router.Remote = (*Client)(nil)
-
 // Dial connects to the agent and completes the handshake; it fails with
 // ErrTokenRefused (wrapped) when the agent rejects the token. ctx bounds
 // the client's whole life: when it ends, the client closes as if Close
@@ -162,12 +159,16 @@ func (c *Client) Close() error {
 	return nil
 }
 
+// Facts describe the pod the agent runs in, as the sandbox copies them
+// (the one type of pod facts, as the tunnel carries them).
+type Facts = proto.Facts
+
 // Facts describes the pod, as its agent last reported it.
-func (c *Client) Facts() router.PodFacts {
+func (c *Client) Facts() Facts {
 	c.mu.Lock()
 	f := c.facts
 	c.mu.Unlock()
-	return router.PodFacts{
+	return Facts{
 		Hostname:      f.Hostname,
 		Addresses:     slices.Clone(f.Addresses),
 		SearchDomains: slices.Clone(f.SearchDomains),
@@ -323,7 +324,7 @@ func (c *Client) handshake(sess *yamux.Session) (*tunnel, error) {
 		if m.Version != proto.Version {
 			return nil, fmt.Errorf("agent at %s speaks protocol version %d, this client %d", c.where(), m.Version, proto.Version)
 		}
-		return &tunnel{sess: sess, ctrl: ctrl, facts: m.Facts, conns: map[uint32]*tcpConn{}}, nil
+		return &tunnel{sess: sess, ctrl: proto.NewControl(ctrl), facts: m.Facts}, nil
 	case proto.Refused:
 		if m.Code == proto.RefuseToken {
 			return nil, fmt.Errorf("connect to agent at %s: %w (%s): check --agent-token-file or %s",

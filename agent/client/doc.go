@@ -1,7 +1,8 @@
 // Package client is the router's end of the agent's tunnel: it connects to
 // an agent, authenticates with the shared token, and turns the router's
 // remote flows into tunnel streams (see package agent/proto). A Client
-// implements router.Remote.
+// has what the router needs of a remote side (DialTCP, DialUDP,
+// Exchange), and the pod facts the sandbox copies.
 //
 // When the tunnel drops, the flows on it end with ECONNRESET, the client
 // reconnects with capped exponential backoff and jitter, and new dials wait

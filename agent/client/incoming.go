@@ -16,6 +16,8 @@ import (
 	"github.com/hashicorp/yamux"
 
 	"github.com/trafficpolice/trafficpolice/agent/proto"
+	"github.com/trafficpolice/trafficpolice/config"
+	"github.com/trafficpolice/trafficpolice/splice"
 )
 
 // Mode is what a subscription does with a pod port's traffic.
@@ -45,8 +47,10 @@ type SubscribeOptions struct {
 	Mode Mode
 	// Port is the pod's port.
 	Port uint16
-	// Filter selects HTTP requests; the zero value takes whole connections.
-	Filter proto.HTTPFilter
+	// Filter selects HTTP requests; the zero value takes whole
+	// connections. Its Ports are not looked at: the caller picks the
+	// ports that get the filter.
+	Filter config.HTTPFilter
 	// Dial connects to the local app for one incoming connection. The
 	// client copies the bytes both ways (for Mirror it drops the app's).
 	Dial func(ctx context.Context, in IncomingConn) (net.Conn, error)
@@ -125,7 +129,7 @@ func (c *Client) Subscribe(ctx context.Context, o SubscribeOptions) (*Subscripti
 func (s *Subscription) renew(ctx context.Context) error {
 	c := s.c
 	req := proto.Subscribe{Mode: s.opts.Mode, Port: s.opts.Port, Linger: c.opts.CommunicationTimeout,
-		Owner: c.owner, Label: c.opts.Label, Filter: s.opts.Filter}
+		Owner: c.owner, Label: c.opts.Label, Filter: wireFilter(s.opts.Filter)}
 	st, _, res, err := c.request(ctx, req, nil)
 	if err != nil {
 		return fmt.Errorf("%s pod port %d: %w", s.opts.Mode, s.opts.Port, err)
@@ -285,32 +289,10 @@ func (c *Client) serveIncoming(st *yamux.Stream) {
 		mirrorTo(conn, st)
 		return
 	}
-	splice(conn, st)
+	splice.Both(c.ctx, splice.Side{Conn: splice.AsConn(conn)}, splice.Side{Conn: splice.FINOnClose(st)})
 }
 
 type closeWriter interface{ CloseWrite() error }
-
-// splice copies both ways between the local app and the stream, passing
-// half-closes on, until both directions end.
-func splice(conn net.Conn, st *yamux.Stream) {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if _, err := io.Copy(conn, st); err != nil {
-			_ = conn.Close()
-			return
-		}
-		if cw, ok := conn.(closeWriter); ok {
-			_ = cw.CloseWrite()
-		}
-	}()
-	if _, err := io.Copy(st, conn); err != nil {
-		_ = st.Close()
-		_ = conn.Close()
-	}
-	_ = st.Close() // FIN: the app finished sending
-	<-done
-}
 
 // mirrorTo feeds the copy to the local app and drops what it answers.
 func mirrorTo(conn net.Conn, st *yamux.Stream) {

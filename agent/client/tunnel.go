@@ -1,48 +1,26 @@
 package client
 
 import (
-	"sync"
-
 	"github.com/hashicorp/yamux"
 
 	"github.com/trafficpolice/trafficpolice/agent/proto"
 )
 
 // tunnel is one connection to the agent: the yamux session, its control
-// stream, and the TCP flows on it by stream id, so that the agent's Abort
-// finds its flow.
+// stream (whose Aborts find the TCP flows on it), and the pod's facts as
+// the agent reported them on this connection.
 type tunnel struct {
 	sess  *yamux.Session
 	facts proto.Facts
-
-	ctrl   *yamux.Stream
-	ctrlMu sync.Mutex // one writer at a time on the control stream
-
-	mu    sync.Mutex
-	conns map[uint32]*tcpConn
+	ctrl  *proto.Control
 }
 
-// readControl handles the agent's Abort messages until the tunnel ends.
-// Anything else on the control stream is a protocol error: the tunnel is
-// closed and the client reconnects.
+// readControl hands the agent's Aborts to their flows until the tunnel
+// ends. Anything else on the control stream is a protocol error: the
+// tunnel is closed and the client reconnects.
 func (t *tunnel) readControl() {
 	defer t.sess.Close()
-	for {
-		m, err := proto.ReadMessage(t.ctrl)
-		if err != nil {
-			return
-		}
-		a, ok := m.(proto.Abort)
-		if !ok {
-			return
-		}
-		t.mu.Lock()
-		c := t.conns[a.StreamID]
-		t.mu.Unlock()
-		if c != nil {
-			c.resetByPeer()
-		}
-	}
+	_ = t.ctrl.Run()
 }
 
 // sendAbort tells the agent the app closed a flow entirely.
@@ -50,19 +28,9 @@ func (t *tunnel) sendAbort(id uint32) {
 	if t.sess.IsClosed() {
 		return
 	}
-	t.ctrlMu.Lock()
-	defer t.ctrlMu.Unlock()
-	_ = proto.WriteMessage(t.ctrl, proto.Abort{StreamID: id})
+	_ = t.ctrl.Abort(id)
 }
 
-func (t *tunnel) add(id uint32, c *tcpConn) {
-	t.mu.Lock()
-	t.conns[id] = c
-	t.mu.Unlock()
-}
+func (t *tunnel) add(id uint32, c *tcpConn) { t.ctrl.Register(id, c.resetByPeer) }
 
-func (t *tunnel) remove(id uint32) {
-	t.mu.Lock()
-	delete(t.conns, id)
-	t.mu.Unlock()
-}
+func (t *tunnel) remove(id uint32) { t.ctrl.Unregister(id) }

@@ -15,8 +15,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/trafficpolice/trafficpolice/agent"
 	"github.com/trafficpolice/trafficpolice/agent/enter"
+	"github.com/trafficpolice/trafficpolice/agent/proto"
 	"github.com/trafficpolice/trafficpolice/images"
 )
 
@@ -116,7 +116,7 @@ func (a *Access) StartAgent(ctx context.Context, t *Target, o AgentOptions) (*Ag
 		"--idle-exit", max(o.CommunicationTimeout, time.Second).String(),
 		"--communication-timeout", o.CommunicationTimeout.String(),
 	}
-	env := []corev1.EnvVar{{Name: agent.EnvToken, Value: o.Token}}
+	env := []corev1.EnvVar{{Name: proto.EnvToken, Value: o.Token}}
 	ctx, cancel := context.WithTimeout(ctx, o.StartupTimeout)
 	defer cancel()
 	switch {

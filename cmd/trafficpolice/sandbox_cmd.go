@@ -2,17 +2,17 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
-	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
-	"github.com/trafficpolice/trafficpolice/agent"
-	"github.com/trafficpolice/trafficpolice/agent/client"
+	"github.com/trafficpolice/trafficpolice/agent/connect"
+	"github.com/trafficpolice/trafficpolice/agent/proto"
 	"github.com/trafficpolice/trafficpolice/config"
-	"github.com/trafficpolice/trafficpolice/router"
 	"github.com/trafficpolice/trafficpolice/sandbox"
 )
 
@@ -63,7 +63,7 @@ func newSandboxRunCommand() *cobra.Command {
 	fl.StringArrayVar(&f.extra.Block, "block", nil, "refuse flows matching this rule (repeatable)")
 	fl.StringVar(&f.flowLog, "flow-log", "", "write one JSON line per finished flow to this file")
 	fl.StringVar(&f.agentAddress, "agent-address", "", "HOST:PORT of a running agent (overrides agent.address)")
-	fl.StringVar(&f.agentTokenFile, "agent-token-file", "", "file holding the agent's token (default: $"+agent.EnvToken+")")
+	fl.StringVar(&f.agentTokenFile, "agent-token-file", "", "file holding the agent's token (default: $"+proto.EnvToken+")")
 	fl.IntVar(&f.mtu, "mtu", 0, "MTU of the sandbox's TUN device (default 65520)")
 	fl.BoolVarP(&f.quiet, "quiet", "q", false, "no progress lines")
 	fl.BoolVarP(&f.verbose, "verbose", "v", false, "log the router's decisions to stderr")
@@ -79,14 +79,10 @@ func runSandbox(ctx context.Context, f runFlags, argv []string) error {
 	if err != nil {
 		return err
 	}
-	address := f.agentAddress
-	if address == "" {
-		address = cfg.Agent.Address
-	}
 	if err := f.kube.apply(cfg); err != nil {
 		return err
 	}
-	pol, err := sandbox.Policy(cfg, f.extra, sandbox.HaveRemote(cfg, address))
+	pol, err := sandbox.Policy(cfg, f.extra, sandbox.HaveRemote(cfg, connect.Address(connect.Options{Config: cfg, Address: f.agentAddress})))
 	if err != nil {
 		return err
 	}
@@ -103,52 +99,50 @@ func runSandbox(ctx context.Context, f runFlags, argv []string) error {
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
-	var remote router.Remote
-	var incomingAgent sandbox.IncomingAgent
 	// The target's environment (feature.env) comes after ours: the pod's
 	// values win, as in mirrord.
 	appEnv := os.Environ()
 	hostEnv := len(appEnv)
-	if address != "" {
-		c, err := connectAgent(ctx, address, f.agentTokenFile, cfg, progress, logger)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		remote, incomingAgent = c, c
-	} else if cfg.Target.Path != "" {
-		run, err := startThroughKubernetes(ctx, cfg, f.kube, progress, logger)
-		if run != nil {
-			defer run.close()
-		}
-		if err != nil {
-			return err
-		}
-		remote, incomingAgent = run.client, run.client
-		appEnv = append(appEnv, run.env...)
+	var agent sandbox.Agent
+	run, err := connect.Connect(ctx, connect.Options{
+		Config:     cfg,
+		Address:    f.agentAddress,
+		TokenFile:  f.agentTokenFile,
+		Kubeconfig: f.kube.kubeconfig,
+		Context:    f.kube.context,
+		Version:    version,
+		Progress:   progress,
+		Logger:     logger,
+	})
+	if err != nil {
+		return err
+	}
+	if run != nil {
+		defer run.Close()
+		agent = run.Client
+		appEnv = append(appEnv, run.Env...)
 	}
 	wd, _ := os.Getwd()
 	// A container gets the image's environment and the target's, not ours.
 	ctrOpts, _ := f.image.options(appEnv[hostEnv:])
 	code, err := sandbox.Run(ctx, sandbox.Options{
-		Image:         f.image.image,
-		Container:     ctrOpts,
-		Policy:        pol,
-		Remote:        remote,
-		Incoming:      cfg.Feature.Network.Incoming,
-		IncomingAgent: incomingAgent,
-		Argv:          argv,
-		Env:           appEnv,
-		Dir:           wd,
-		FlowLog:       f.flowLog,
-		MTU:           f.mtu,
-		DebugListen:   f.debugListen,
-		NoIPv6:        false,
-		Stdin:         os.Stdin,
-		Stdout:        os.Stdout,
-		Stderr:        os.Stderr,
-		Progress:      progress,
-		Logger:        logger,
+		Image:       f.image.image,
+		Container:   ctrOpts,
+		Policy:      pol,
+		Agent:       agent,
+		Incoming:    cfg.Feature.Network.Incoming,
+		Argv:        argv,
+		Env:         appEnv,
+		Dir:         wd,
+		FlowLog:     f.flowLog,
+		MTU:         f.mtu,
+		DebugListen: f.debugListen,
+		NoIPv6:      false,
+		Stdin:       os.Stdin,
+		Stdout:      os.Stdout,
+		Stderr:      os.Stderr,
+		Progress:    progress,
+		Logger:      logger,
 	})
 	if err != nil {
 		return err
@@ -157,38 +151,6 @@ func runSandbox(ctx context.Context, f runFlags, argv []string) error {
 		return &exitError{code: code}
 	}
 	return nil
-}
-
-// connectAgent connects to a running agent and reports on the tunnel as it
-// comes and goes.
-func connectAgent(ctx context.Context, address, tokenFile string, cfg *config.Config, progress *sandbox.Progress, logger *slog.Logger) (*client.Client, error) {
-	token, err := agent.LoadToken(tokenFile)
-	if err != nil {
-		return nil, err
-	}
-	timeout := time.Duration(cfg.Agent.CommunicationTimeout) * time.Second
-	done := progress.Step("connected to agent at " + address)
-	c, err := client.Dial(ctx, client.Options{
-		Address:              address,
-		Token:                token,
-		Logger:               logger,
-		CommunicationTimeout: timeout,
-		OnState: func(st client.State, err error) {
-			switch st {
-			case client.StateReconnecting:
-				progress.Note("lost the agent (%v): reconnecting; new remote flows wait up to %s", err, timeout)
-			case client.StateConnected:
-				progress.Note("reconnected to the agent")
-			}
-		},
-	})
-	done(err)
-	if err != nil {
-		return nil, fmt.Errorf("connect to the agent at %s: %w", address, err)
-	}
-	facts := c.Facts()
-	progress.Note("pod %s %v, search %v", facts.Hostname, facts.Addresses, facts.SearchDomains)
-	return c, nil
 }
 
 func newSandboxGCCommand() *cobra.Command {
@@ -210,4 +172,35 @@ func newSandboxGCCommand() *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// kubeFlags are sandbox run's Kubernetes flags, as kubectl's.
+type kubeFlags struct {
+	target, namespace, kubeconfig, context string
+}
+
+func (k *kubeFlags) add(fl *pflag.FlagSet) {
+	fl.StringVar(&k.target, "target", "", "target KIND/NAME[/container/C] or targetless (overrides the file's target)")
+	fl.StringVarP(&k.namespace, "namespace", "n", "", "the target's namespace (default: the file's, else the context's)")
+	fl.StringVar(&k.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, ~/.kube/config; under sudo the invoking user's)")
+	fl.StringVar(&k.context, "context", "", "kubeconfig context (default: its current context)")
+}
+
+// apply puts the flags over the file's configuration and checks the result.
+func (k kubeFlags) apply(cfg *config.Config) error {
+	if k.target != "" {
+		cfg.Target.Path = k.target
+	}
+	if k.namespace != "" {
+		cfg.Target.Namespace = k.namespace
+	}
+	if k.target == "" && k.namespace == "" {
+		return nil
+	}
+	// The file's checks, for the flags' values.
+	doc, _ := json.Marshal(map[string]any{"target": map[string]string{"path": cfg.Target.Path, "namespace": cfg.Target.Namespace}})
+	if _, err := config.Parse(doc, config.JSON); err != nil {
+		return fmt.Errorf("--target/--namespace: %w", err)
+	}
+	return nil
 }

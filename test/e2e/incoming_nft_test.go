@@ -8,12 +8,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trafficpolice/trafficpolice/agent/nat"
 	"github.com/vishvananda/netns"
-
-	"github.com/trafficpolice/trafficpolice/agent"
 )
 
-// nftRules is the agent tables in the target pod, as agent.ListNFTables
+// nftRules is the agent tables in the target pod, as nat.ListNFTables
 // describes them: one line per rule, "" when there is none.
 func (w *incomingWorld) nftRules(t *testing.T) string {
 	t.Helper()
@@ -22,7 +21,7 @@ func (w *incomingWorld) nftRules(t *testing.T) string {
 		t.Fatalf("open the target pod's network namespace: %v", err)
 	}
 	defer h.Close()
-	lines, err := agent.ListNFTables(int(h))
+	lines, err := nat.ListNFTables(int(h))
 	if err != nil {
 		t.Fatalf("list the target pod's nftables: %v", err)
 	}
@@ -70,12 +69,12 @@ func TestIncomingTrafficWithNFTables(t *testing.T) {
 		for _, hook := range []string{"prerouting", "output"} {
 			for _, fam := range []string{"ip", "ip6"} {
 				want := fmt.Sprintf(" %s (nat hook %s priority -100): tcp dport %d syn fib daddr type local redirect to :", hook, hook, stolenPort)
-				if !strings.Contains(rules, fam+" "+agent.ChainPrefix) || !strings.Contains(rules, want) {
+				if !strings.Contains(rules, fam+" "+nat.ChainPrefix) || !strings.Contains(rules, want) {
 					t.Errorf("no %s %s redirect of port %d in the pod's nftables:\n%s", fam, hook, stolenPort, rules)
 				}
 			}
 		}
-		if ipt := w.natRules(t); strings.Contains(ipt, agent.ChainPrefix) {
+		if ipt := w.natRules(t); strings.Contains(ipt, nat.ChainPrefix) {
 			t.Errorf("the nftables backend wrote iptables chains:\n%s", ipt)
 		}
 		wantAnswer(t, w.get(t, "GET", w.podURL, "/from-client"), "local GET /from-client")

@@ -18,10 +18,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/trafficpolice/trafficpolice/agent"
 	"github.com/trafficpolice/trafficpolice/agent/client"
 	"github.com/trafficpolice/trafficpolice/agent/enter"
 	"github.com/trafficpolice/trafficpolice/agent/kube"
+	"github.com/trafficpolice/trafficpolice/agent/nat"
 )
 
 var trafficpolice struct {
@@ -241,7 +241,7 @@ func appPID(t *testing.T, c *Cluster, ns string) int {
 	return pid
 }
 
-// podNFTables lists the agent tables (agent.ListNFTables) in the network
+// podNFTables lists the agent tables (nat.ListNFTables) in the network
 // namespace of process pid.
 func podNFTables(t *testing.T, pid int) []string {
 	t.Helper()
@@ -250,7 +250,7 @@ func podNFTables(t *testing.T, pid int) []string {
 		t.Fatalf("the pod's network namespace: %v", err)
 	}
 	defer f.Close()
-	tables, err := agent.ListNFTables(int(f.Fd()))
+	tables, err := nat.ListNFTables(int(f.Fd()))
 	if err != nil {
 		t.Fatalf("list the pod's nftables: %v", err)
 	}

@@ -1,4 +1,4 @@
-package agent
+package nat
 
 import (
 	"errors"
@@ -81,11 +81,11 @@ func newNFTRules(id string, to4, to6 uint16, log *slog.Logger) (*nftRules, error
 	return r, nil
 }
 
-func (r *nftRules) kind() NATBackend { return NATNFTables }
+func (r *nftRules) Kind() Backend { return NFTables }
 
-func (r *nftRules) name() string { return r.table }
+func (r *nftRules) Name() string { return r.table }
 
-func (r *nftRules) where() string {
+func (r *nftRules) Where() string {
 	var names []string
 	for _, f := range r.fams {
 		names = append(names, f.name)
@@ -127,12 +127,12 @@ func (r *nftRules) write(f nftFamily, ports []uint16) error {
 	return nil
 }
 
-// nftMarkReturn is `meta mark AgentMark return`: the agent's own sockets
+// nftMarkReturn is `meta mark Mark return`: the agent's own sockets
 // go on untouched.
 func nftMarkReturn() []expr.Any {
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(AgentMark)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(Mark)},
 		&expr.Verdict{Kind: expr.VerdictReturn},
 	}
 }
@@ -184,7 +184,7 @@ func (r *nftRules) apply(ports map[uint16]bool) error {
 	return errors.Join(errs...)
 }
 
-func (r *nftRules) add(port uint16) error {
+func (r *nftRules) Add(port uint16) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.ports[port] {
@@ -203,7 +203,7 @@ func (r *nftRules) add(port uint16) error {
 	return nil
 }
 
-func (r *nftRules) remove(port uint16) error {
+func (r *nftRules) Remove(port uint16) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	delete(r.ports, port)
@@ -214,7 +214,7 @@ func (r *nftRules) remove(port uint16) error {
 }
 
 // close deletes the tables.
-func (r *nftRules) close() error {
+func (r *nftRules) Close() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.ports = map[uint16]bool{}

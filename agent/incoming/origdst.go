@@ -1,4 +1,4 @@
-package agent
+package incoming
 
 import (
 	"encoding/binary"

@@ -1,4 +1,4 @@
-package agent
+package incoming
 
 import (
 	"bufio"
@@ -11,15 +11,15 @@ import (
 	"os"
 	"slices"
 	"sync"
-	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/trafficpolice/trafficpolice/agent/nat"
+	"github.com/trafficpolice/trafficpolice/splice"
 )
 
 // serveRedirected accepts the connections the nat rules redirect to ln
 // until ctx ends, and hands each to its subscriptions.
-func (in *incoming) serveRedirected(ctx context.Context, ln *net.TCPListener, wg *sync.WaitGroup) {
+func (in *Service) serveRedirected(ctx context.Context, ln *net.TCPListener, wg *sync.WaitGroup) {
 	self := uint16(ln.Addr().(*net.TCPAddr).Port)
 	for {
 		c, err := ln.AcceptTCP()
@@ -40,15 +40,15 @@ func (in *incoming) serveRedirected(ctx context.Context, ln *net.TCPListener, wg
 }
 
 // handle serves one redirected connection.
-func (in *incoming) handle(ctx context.Context, c *net.TCPConn, self uint16) {
+func (in *Service) handle(ctx context.Context, c *net.TCPConn, self uint16) {
 	_ = c.SetNoDelay(true)
-	client := tcpSide{c}
+	client := c
 	src := c.RemoteAddr().(*net.TCPAddr).AddrPort()
 	dst, err := originalDst(c)
 	if err != nil || dst.Port() == self {
 		// Not redirected: somebody dialed the agent's listener itself.
 		in.log.Debug("connection to the redirect listener that was not redirected", "peer", src.String(), "err", err)
-		client.abort()
+		splice.Abort(client)
 		return
 	}
 	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
@@ -59,9 +59,9 @@ func (in *incoming) handle(ctx context.Context, c *net.TCPConn, self uint16) {
 // serveConn hands a connection from src to the pod's dst to the port's
 // subscriptions: whole to a steal without filter, request by request with
 // filters, else through to the pod's app; mirrors get their copies.
-func (in *incoming) serveConn(ctx context.Context, c *net.TCPConn, src, dst netip.AddrPort) {
-	client := tcpSide{c}
-	stop := context.AfterFunc(ctx, client.abort)
+func (in *Service) serveConn(ctx context.Context, c *net.TCPConn, src, dst netip.AddrPort) {
+	client := c
+	stop := context.AfterFunc(ctx, func() { splice.Abort(client) })
 	defer stop()
 
 	r := in.route(dst.Port())
@@ -83,7 +83,7 @@ func (in *incoming) serveConn(ctx context.Context, c *net.TCPConn, src, dst neti
 		switch {
 		case err == nil:
 			in.log.Debug("connection stolen", "peer", src.String(), "sub", r.stealAll.String())
-			relay(client, reader, streamSide{st})
+			relayTo(client, reader, splice.FINOnClose(st), st)
 			return
 		case errors.Is(err, errTunnelLost):
 			// The client is gone: the pod's app serves meanwhile.
@@ -91,7 +91,7 @@ func (in *incoming) serveConn(ctx context.Context, c *net.TCPConn, src, dst neti
 		default:
 			// The client's app refused: so does the port.
 			in.log.Info("stolen connection refused", "peer", src.String(), "port", dst.Port(), "err", err)
-			client.abort()
+			splice.Abort(client)
 			return
 		}
 	}
@@ -104,17 +104,17 @@ func (in *incoming) serveConn(ctx context.Context, c *net.TCPConn, src, dst neti
 		up, err := in.dial(ctx, dst)
 		if err != nil {
 			in.log.Info("pass-through dial failed", "dst", dst.String(), "err", err)
-			client.abort()
+			splice.Abort(client)
 			return
 		}
-		relay(client, reader, tcpSide{up})
+		relayTo(client, reader, up, up)
 	}
 }
 
 // dialPod connects to the original destination from the agent, with
-// AgentMark so that the nat rules let the connection through.
-func (in *incoming) dialPod(ctx context.Context, dst netip.AddrPort) (*net.TCPConn, error) {
-	d := net.Dialer{Timeout: in.dialTimeout, Control: markControl}
+// nat.Mark so that the nat rules let the connection through.
+func (in *Service) dialPod(ctx context.Context, dst netip.AddrPort) (*net.TCPConn, error) {
+	d := net.Dialer{Timeout: in.dialTimeout, Control: nat.MarkControl}
 	c, err := d.DialContext(ctx, "tcp", dst.String())
 	if err != nil {
 		return nil, err
@@ -124,34 +124,10 @@ func (in *incoming) dialPod(ctx context.Context, dst netip.AddrPort) (*net.TCPCo
 	return tc, nil
 }
 
-// markControl marks a socket with AgentMark (needs NET_ADMIN, which the
-// agent has when it can steal at all).
-func markControl(_, _ string, c syscall.RawConn) error {
-	var serr error
-	if err := c.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, AgentMark)
-	}); err != nil {
-		return err
-	}
-	if serr != nil {
-		return fmt.Errorf("set SO_MARK %#x: %w", AgentMark, serr)
-	}
-	return nil
-}
-
-// softMarkControl marks like markControl but goes on unmarked where the
-// agent may not mark (no NET_ADMIN: then it cannot steal either).
-func softMarkControl(network, address string, c syscall.RawConn) error {
-	if err := markControl(network, address, c); err != nil && !errors.Is(err, syscall.EPERM) {
-		return err
-	}
-	return nil
-}
-
 // backend is where one request of an HTTP-filtered connection goes: the
 // pod's app (pass-through) or a stealing client's stream.
 type backend struct {
-	side halfCloser
+	side splice.Conn
 	conn interface{ SetReadDeadline(time.Time) error }
 	br   *bufio.Reader
 	name string
@@ -179,9 +155,9 @@ func isTimeout(err error) bool {
 // connection to an HTTP-filtered port go, and relays the answers back in
 // order. Bytes travel unchanged.
 type httpConn struct {
-	in       *incoming
+	in       *Service
 	ctx      context.Context
-	client   tcpSide
+	client   *net.TCPConn
 	br       *bufio.Reader // the client's bytes
 	src, dst netip.AddrPort
 	route    route
@@ -196,7 +172,7 @@ func (h *httpConn) serve() {
 	h.upstream = h.dialUpstream()
 	if h.upstream != nil && !h.clientSpeaksFirst() {
 		// The pod's app spoke first: not HTTP. Pass the whole connection.
-		relay(h.client, h.br, &prefixed{halfCloser: h.upstream.side, r: h.upstream.br})
+		relayTo(h.client, h.br, h.upstream.side, h.upstream.br)
 		h.upstream = nil
 		return
 	}
@@ -211,7 +187,7 @@ func (h *httpConn) serve() {
 		}
 		if err != nil {
 			h.in.log.Debug("HTTP-filtered connection ends", "peer", h.src.String(), "err", err)
-			h.client.abort()
+			splice.Abort(h.client)
 			return
 		}
 		if !h.exchange(req) {
@@ -243,7 +219,7 @@ func (h *httpConn) clientSpeaksFirst() bool {
 			return false // both spoke at once; the app's bytes are there
 		}
 		if !isTimeout(err) {
-			h.upstream.side.abort() // it closed: dial again when needed
+			splice.Abort(h.upstream.side) // it closed: dial again when needed
 			h.upstream = nil
 		}
 		return true
@@ -255,7 +231,7 @@ func (h *httpConn) clientSpeaksFirst() bool {
 		if err == nil {
 			return false
 		}
-		h.upstream.side.abort()
+		splice.Abort(h.upstream.side)
 		h.upstream = nil
 		return true
 	}
@@ -266,12 +242,12 @@ func (h *httpConn) clientSpeaksFirst() bool {
 func (h *httpConn) passWhole(line []byte) {
 	if h.upstream == nil {
 		if h.upstream = h.dialUpstream(); h.upstream == nil {
-			h.client.abort()
+			splice.Abort(h.client)
 			return
 		}
 	}
 	h.in.log.Debug("not HTTP/1.x: passing the connection through", "peer", h.src.String())
-	relay(h.client, io.MultiReader(bytesReader(line), h.br), &prefixed{halfCloser: h.upstream.side, r: h.upstream.br})
+	relayTo(h.client, io.MultiReader(bytesReader(line), h.br), h.upstream.side, h.upstream.br)
 	h.upstream = nil
 }
 
@@ -294,7 +270,7 @@ func (h *httpConn) dialUpstream() *backend {
 		h.in.log.Info("pass-through dial failed", "dst", h.dst.String(), "err", err)
 		return nil
 	}
-	return &backend{side: tcpSide{c}, conn: c, br: bufio.NewReaderSize(c, 16<<10), name: "the pod's app"}
+	return &backend{side: c, conn: c, br: bufio.NewReaderSize(c, 16<<10), name: "the pod's app"}
 }
 
 // backendFor returns the backend the request goes to, opening it if
@@ -309,7 +285,7 @@ func (h *httpConn) backendFor(req *requestHead) (*backend, error) {
 	}
 	if sub == nil {
 		if h.upstream != nil && !h.upstream.alive() {
-			h.upstream.side.abort()
+			splice.Abort(h.upstream.side)
 			h.upstream = nil
 		}
 		if h.upstream == nil {
@@ -323,7 +299,7 @@ func (h *httpConn) backendFor(req *requestHead) (*backend, error) {
 		if b.alive() {
 			return b, nil
 		}
-		b.side.abort()
+		splice.Abort(b.side)
 		delete(h.stolen, sub)
 	}
 	st, err := h.in.open(h.ctx, sub, h.src, h.dst)
@@ -335,7 +311,7 @@ func (h *httpConn) backendFor(req *requestHead) (*backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &backend{side: streamSide{st}, conn: st, br: bufio.NewReaderSize(st, 16<<10), name: sub.label}
+	b := &backend{side: splice.FINOnClose(st), conn: st, br: bufio.NewReaderSize(st, 16<<10), name: sub.label}
 	h.stolen[sub] = b
 	h.in.log.Debug("request stolen", "peer", h.src.String(), "sub", sub.String(), "method", req.method, "path", req.path)
 	return b, nil
@@ -370,7 +346,7 @@ func (h *httpConn) exchange(req *requestHead) bool {
 		h.in.log.Info("request answered 502", "peer", h.src.String(), "err", err)
 		// Read the body off, so the next request can follow.
 		if cerr := copyBody(io.MultiWriter(append([]io.Writer{io.Discard}, mirrors...)...), h.br, req.chunked, req.contentLength); cerr != nil {
-			h.client.abort()
+			splice.Abort(h.client)
 			return false
 		}
 		return h.badGateway(err) && !req.closeAfter
@@ -400,7 +376,7 @@ func (h *httpConn) exchange(req *requestHead) bool {
 		}
 		if _, err := h.client.Write(res.raw); err != nil {
 			h.abortBody(bodyDone)
-			h.client.abort()
+			splice.Abort(h.client)
 			return false
 		}
 		if res.status/100 != 1 || res.status == 101 {
@@ -411,10 +387,10 @@ func (h *httpConn) exchange(req *requestHead) bool {
 	switch kind {
 	case bodyTunnel:
 		if err := <-bodyDone; err != nil {
-			h.client.abort()
+			splice.Abort(h.client)
 			return false
 		}
-		relay(h.client, h.br, &prefixed{halfCloser: b.side, r: b.br})
+		relayTo(h.client, h.br, b.side, b.br)
 		h.forget(b)
 		return false
 	case bodyLength, bodyChunked:
@@ -424,15 +400,15 @@ func (h *httpConn) exchange(req *requestHead) bool {
 	}
 	if err != nil {
 		h.abortBody(bodyDone)
-		h.client.abort()
+		splice.Abort(h.client)
 		return false
 	}
 	if err := <-bodyDone; err != nil {
-		h.client.abort()
+		splice.Abort(h.client)
 		return false
 	}
 	if kind == bodyUntilClose || res.closeAfter || req.closeAfter {
-		_ = h.client.closeWrite()
+		_ = h.client.CloseWrite()
 		return false
 	}
 	return true
@@ -467,21 +443,20 @@ func (h *httpConn) forget(b *backend) {
 
 func (h *httpConn) closeAll() {
 	if h.upstream != nil {
-		_ = h.upstream.side.close()
+		_ = h.upstream.side.Close()
 	}
 	for _, b := range h.stolen {
-		_ = b.side.close()
+		_ = b.side.Close()
 	}
 	for _, tp := range h.taps {
 		tp.close()
 	}
-	_ = h.client.close()
+	_ = h.client.Close()
 }
 
-// prefixed reads first what a bufio.Reader holds of a connection.
-type prefixed struct {
-	halfCloser
-	r io.Reader
+// relayTo joins the client's connection (read through cr, which may hold
+// bytes already read from it) to the other side (read through or) until
+// both directions end.
+func relayTo(client *net.TCPConn, cr io.Reader, other splice.Conn, or io.Reader) {
+	splice.Both(context.Background(), splice.Side{Conn: client, Reader: cr}, splice.Side{Conn: other, Reader: or})
 }
-
-func (p *prefixed) Read(b []byte) (int, error) { return p.r.Read(b) }

@@ -1,4 +1,4 @@
-package agent
+package nat
 
 import (
 	"errors"
@@ -34,7 +34,7 @@ type iptablesRules struct {
 	ports map[uint16]bool
 }
 
-var markReturn = []string{"-m", "mark", "--mark", fmt.Sprintf("%#x", AgentMark), "-j", "RETURN"}
+var markReturn = []string{"-m", "mark", "--mark", fmt.Sprintf("%#x", Mark), "-j", "RETURN"}
 
 // redirectRule matches SYNs only: where the pod's namespace had no
 // conntrack before (no nat rule anywhere), conntrack picks up connections
@@ -79,11 +79,11 @@ func newIPTablesRules(id string, to4, to6 uint16, log *slog.Logger) (*iptablesRu
 	return r, nil
 }
 
-func (r *iptablesRules) kind() NATBackend { return NATIPTables }
+func (r *iptablesRules) Kind() Backend { return IPTables }
 
-func (r *iptablesRules) name() string { return r.chain }
+func (r *iptablesRules) Name() string { return r.chain }
 
-func (r *iptablesRules) where() string {
+func (r *iptablesRules) Where() string {
 	var names []string
 	for _, f := range r.fams {
 		names = append(names, f.name)
@@ -127,7 +127,7 @@ func deleteChain(ipt *iptables.IPTables, chain string) error {
 	return errors.Join(errs...)
 }
 
-func (r *iptablesRules) add(port uint16) error {
+func (r *iptablesRules) Add(port uint16) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.ports[port] {
@@ -160,7 +160,7 @@ func (r *iptablesRules) add(port uint16) error {
 	return nil
 }
 
-func (r *iptablesRules) remove(port uint16) error {
+func (r *iptablesRules) Remove(port uint16) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var errs []error
@@ -180,7 +180,7 @@ func (r *iptablesRules) remove(port uint16) error {
 }
 
 // close removes the chains and the jumps to them.
-func (r *iptablesRules) close() error {
+func (r *iptablesRules) Close() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var errs []error

@@ -1,4 +1,4 @@
-package agent
+package incoming
 
 import (
 	"context"
@@ -16,7 +16,7 @@ const maxTapQueue = 4 << 20
 // to a mirroring client. write never blocks; a goroutine opens the
 // stream and drains the queue.
 type tap struct {
-	in       *incoming
+	in       *Service
 	sub      *subscription
 	src, dst netip.AddrPort
 
@@ -29,7 +29,7 @@ type tap struct {
 	done    chan struct{}
 }
 
-func newTap(ctx context.Context, in *incoming, s *subscription, src, dst netip.AddrPort) *tap {
+func newTap(ctx context.Context, in *Service, s *subscription, src, dst netip.AddrPort) *tap {
 	tp := &tap{in: in, sub: s, src: src, dst: dst, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	go tp.run(ctx)
 	return tp

@@ -1,67 +1,22 @@
-package main
+package connect
 
 import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"sort"
 	"time"
 
-	"github.com/spf13/pflag"
-
 	"github.com/trafficpolice/trafficpolice/agent/client"
 	"github.com/trafficpolice/trafficpolice/agent/kube"
-	"github.com/trafficpolice/trafficpolice/config"
-	"github.com/trafficpolice/trafficpolice/sandbox"
 )
 
-// kubeFlags are sandbox run's Kubernetes flags, as kubectl's.
-type kubeFlags struct {
-	target, namespace, kubeconfig, context string
-}
-
-func (k *kubeFlags) add(fl *pflag.FlagSet) {
-	fl.StringVar(&k.target, "target", "", "target KIND/NAME[/container/C] or targetless (overrides the file's target)")
-	fl.StringVarP(&k.namespace, "namespace", "n", "", "the target's namespace (default: the file's, else the context's)")
-	fl.StringVar(&k.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, ~/.kube/config; under sudo the invoking user's)")
-	fl.StringVar(&k.context, "context", "", "kubeconfig context (default: its current context)")
-}
-
-// apply puts the flags over the file's configuration and checks the result.
-func (k kubeFlags) apply(cfg *config.Config) error {
-	if k.target != "" {
-		cfg.Target.Path = k.target
-	}
-	if k.namespace != "" {
-		cfg.Target.Namespace = k.namespace
-	}
-	if k.target == "" && k.namespace == "" {
-		return nil
-	}
-	// The file's checks, for the flags' values.
-	doc, _ := json.Marshal(map[string]any{"target": map[string]string{"path": cfg.Target.Path, "namespace": cfg.Target.Namespace}})
-	if _, err := config.Parse(doc, config.JSON); err != nil {
-		return fmt.Errorf("--target/--namespace: %w", err)
-	}
-	return nil
-}
-
-// kubeRun is the agent of one run started through Kubernetes.
-type kubeRun struct {
-	client *client.Client
-	agent  *kube.Agent
-	// env is the target's environment (feature.env), as KEY=VALUE.
-	env []string
-}
-
-// close ends the tunnel and removes the agent's Job.
-func (r *kubeRun) close() {
-	if r.client != nil {
-		r.client.Close()
+// Close ends the tunnel and removes the agent's Job, if it started one.
+func (r *Run) Close() {
+	if r.Client != nil {
+		r.Client.Close()
 	}
 	if r.agent != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
@@ -73,10 +28,11 @@ func (r *kubeRun) close() {
 // startThroughKubernetes finds the target, starts the agent in its
 // network namespace and connects to it through an API-server
 // port-forward that reconnects when it drops.
-func startThroughKubernetes(ctx context.Context, cfg *config.Config, k kubeFlags, progress *sandbox.Progress, logger *slog.Logger) (run *kubeRun, err error) {
+func startThroughKubernetes(ctx context.Context, o Options) (run *Run, err error) {
+	cfg, progress, logger := o.Config, o.Progress, o.Logger
 	access, err := kube.Connect(kube.AccessOptions{
-		Kubeconfig: first(k.kubeconfig, cfg.Kubeconfig),
-		Context:    first(k.context, cfg.KubeContext),
+		Kubeconfig: first(o.Kubeconfig, cfg.Kubeconfig),
+		Context:    first(o.Context, cfg.KubeContext),
 		Namespace:  cfg.Target.Namespace,
 	})
 	if err != nil {
@@ -98,7 +54,7 @@ func startThroughKubernetes(ctx context.Context, cfg *config.Config, k kubeFlags
 	}
 	image := cfg.Agent.Image
 	if image == "" {
-		image = kube.DefaultAgentImage(agentImageTag())
+		image = kube.DefaultAgentImage(AgentImageTag(o.Version))
 	}
 	startup := time.Duration(cfg.Agent.StartupTimeout) * time.Second
 	comm := time.Duration(cfg.Agent.CommunicationTimeout) * time.Second
@@ -122,15 +78,15 @@ func startThroughKubernetes(ctx context.Context, cfg *config.Config, k kubeFlags
 	if err != nil {
 		return nil, err
 	}
-	run = &kubeRun{agent: ag}
+	run = &Run{agent: ag}
 	defer func() {
 		if err != nil {
-			run.close()
+			run.Close()
 		}
 	}()
 	pf := access.PortForward(ag.Namespace, ag.Pod, ag.Port)
 	done = progress.Step(fmt.Sprintf("connected to the agent through a port-forward to pod %s/%s", ag.Namespace, ag.Pod))
-	run.client, err = dialUntil(ctx, startup, client.Options{
+	run.Client, err = dialUntil(ctx, startup, client.Options{
 		Token:                token,
 		Logger:               logger,
 		CommunicationTimeout: comm,
@@ -149,14 +105,14 @@ func startThroughKubernetes(ctx context.Context, cfg *config.Config, k kubeFlags
 		return run, fmt.Errorf("connect to the agent (%s): %w", ag, err)
 	}
 	if target != nil && cfg.Feature.Env.Enabled {
-		env, err := targetEnv(ctx, access, target, run.client, cfg.Feature.Env, progress)
+		env, err := targetEnv(ctx, access, target, run.Client, cfg.Feature.Env, progress)
 		if err != nil {
 			return run, fmt.Errorf("feature.env: %w", err)
 		}
 		for _, name := range sortedNames(env) {
-			run.env = append(run.env, name+"="+env[name])
+			run.Env = append(run.Env, name+"="+env[name])
 		}
-		progress.Note("imported %d environment variables of container %s", len(run.env), target.Container)
+		progress.Note("imported %d environment variables of container %s", len(run.Env), target.Container)
 	}
 	return run, nil
 }
@@ -185,9 +141,9 @@ func dialUntil(ctx context.Context, startup time.Duration, opts client.Options) 
 	}
 }
 
-// agentImageTag is this build's version as the agent image's tag, as
+// AgentImageTag is a build's version as the agent image's tag, as
 // `trafficpolice images build agent` tags it.
-func agentImageTag() string {
+func AgentImageTag(version string) string {
 	if version == "" || version == "dev" {
 		return "dev"
 	}

@@ -1,4 +1,4 @@
-package main
+package connect
 
 import (
 	"context"
@@ -9,7 +9,6 @@ import (
 	"github.com/trafficpolice/trafficpolice/agent/client"
 	"github.com/trafficpolice/trafficpolice/agent/kube"
 	"github.com/trafficpolice/trafficpolice/config"
-	"github.com/trafficpolice/trafficpolice/sandbox"
 )
 
 // processOnlyEnv are variables that describe the container rather than
@@ -25,7 +24,7 @@ var processOnlyEnv = []string{"PATH", "HOME", "HOSTNAME", "PWD", "OLDPWD", "SHLV
 // filtered by include, exclude and override. Either source may fail when
 // the other works (an older agent; no RBAC grant on a Secret): that is a
 // note, not an error.
-func targetEnv(ctx context.Context, access *kube.Access, target *kube.Target, c *client.Client, envCfg config.Env, progress *sandbox.Progress) (map[string]string, error) {
+func targetEnv(ctx context.Context, access *kube.Access, target *kube.Target, c *client.Client, envCfg config.Env, progress Progress) (map[string]string, error) {
 	proc, perr := c.Env(ctx)
 	spec, serr := access.Env(ctx, target)
 	switch {

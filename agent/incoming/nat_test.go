@@ -1,4 +1,4 @@
-package agent
+package incoming
 
 import (
 	"bufio"
@@ -23,6 +23,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/trafficpolice/trafficpolice/agent/nat"
 	"github.com/trafficpolice/trafficpolice/agent/proto"
 )
 
@@ -157,59 +158,56 @@ func joinNamespaces(t *testing.T, client, pod netns.NsHandle) {
 // nsRules makes the backend's calls from inside the pod's namespace, as
 // they are made in the agent, whose every thread is there.
 type nsRules struct {
-	r  natBackend
+	r  nat.Rules
 	ns netns.NsHandle
 }
 
-func (n nsRules) add(p uint16) error { return inNS(n.ns, func() error { return n.r.add(p) }) }
+func (n nsRules) Add(p uint16) error { return inNS(n.ns, func() error { return n.r.Add(p) }) }
 
-func (n nsRules) remove(p uint16) error { return inNS(n.ns, func() error { return n.r.remove(p) }) }
+func (n nsRules) Remove(p uint16) error { return inNS(n.ns, func() error { return n.r.Remove(p) }) }
 
 // natWorld is an agent's incoming machinery set up in a pod namespace with
 // real nat rules, and a client namespace next to it.
 type natWorld struct {
-	backend     NATBackend
+	backend     nat.Backend
 	pod, client netns.NsHandle
-	in          *incoming
-	rules       natBackend
+	in          *Service
+	rules       nat.Rules
 	id          string
 }
 
-func newNATWorld(t *testing.T, backend NATBackend) *natWorld {
+func newNATWorld(t *testing.T, backend nat.Backend) *natWorld {
 	t.Helper()
 	needRoot(t)
-	if backend == NATIPTables {
+	if backend == nat.IPTables {
 		needIPTables(t)
 	}
 	w := &natWorld{backend: backend, pod: newTestNetns(t), client: newTestNetns(t)}
 	joinNamespaces(t, w.client, w.pod)
-	s, err := New(Options{Token: "t", Incoming: true, NATBackend: backend, CommunicationTimeout: 5 * time.Second,
-		DialTimeout: 5 * time.Second, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	var stop func()
 	// What the agent does at start, inside the pod's namespace.
-	_ = inNS(w.pod, func() error {
-		stop = s.startIncoming(ctx, &net.TCPAddr{Port: 1}, &wg)
-		return nil
+	var in *Service
+	err := inNS(w.pod, func() (err error) {
+		in, err = Start(ctx, Options{Log: testLogger(t), Backend: backend, Linger: 5 * time.Second,
+			OpenTimeout: 5 * time.Second, DialTimeout: 5 * time.Second, Reserved: map[uint16]string{1: "the agent's own tunnel port"}}, &wg)
+		return err
 	})
+	if err != nil {
+		cancel()
+		t.Fatalf("incoming traffic did not start with the %s backend: %v", backend, err)
+	}
 	t.Cleanup(func() {
-		_ = inNS(w.pod, func() error { stop(); return nil })
+		_ = inNS(w.pod, func() error { in.Close(); return nil })
 		cancel()
 		wg.Wait()
 	})
-	if s.incoming == nil {
-		t.Fatalf("incoming traffic did not start with the %s backend: %s", backend, s.incomingErr)
+	w.in = in
+	w.rules = in.natRules
+	if w.rules.Kind() != backend {
+		t.Fatalf("asked for the %s backend, got %s", backend, w.rules.Kind())
 	}
-	w.in = s.incoming
-	w.rules = w.in.rules.(natBackend)
-	if w.rules.kind() != backend {
-		t.Fatalf("asked for the %s backend, got %s", backend, w.rules.kind())
-	}
-	w.id = strings.TrimPrefix(w.rules.name(), ChainPrefix)
+	w.id = strings.TrimPrefix(w.rules.Name(), nat.ChainPrefix)
 	w.in.rules = nsRules{w.rules, w.pod}
 	w.in.dial = func(ctx context.Context, dst netip.AddrPort) (c *net.TCPConn, err error) {
 		err = inNS(w.pod, func() error {
@@ -277,8 +275,8 @@ func ask(t *testing.T, c net.Conn, br *bufio.Reader, path string, header ...stri
 // when there are none.
 func (w *natWorld) state(t *testing.T) string {
 	t.Helper()
-	if w.backend == NATNFTables {
-		lines, err := ListNFTables(int(w.pod))
+	if w.backend == nat.NFTables {
+		lines, err := nat.ListNFTables(int(w.pod))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -297,7 +295,7 @@ func (w *natWorld) state(t *testing.T) string {
 					return err
 				}
 				for _, r := range rules {
-					if strings.Contains(r, ChainPrefix) {
+					if strings.Contains(r, nat.ChainPrefix) {
 						out = append(out, r)
 					}
 				}
@@ -307,7 +305,7 @@ func (w *natWorld) state(t *testing.T) string {
 				return err
 			}
 			for _, ch := range chains {
-				if strings.HasPrefix(ch, ChainPrefix) {
+				if strings.HasPrefix(ch, nat.ChainPrefix) {
 					rules, err := ipt.List("nat", ch)
 					if err != nil {
 						return err
@@ -337,22 +335,22 @@ func (w *natWorld) wantRedirects(t *testing.T, ports ...uint16) {
 	}
 	var want []string
 	for _, p := range ports {
-		if w.backend == NATNFTables {
+		if w.backend == nat.NFTables {
 			for _, fam := range []string{"ip", "ip6"} {
 				for _, hook := range []string{"prerouting", "output"} {
 					want = append(want, fmt.Sprintf("%s %s%s %s (nat hook %s priority -100): tcp dport %d syn fib daddr type local redirect to :",
-						fam, ChainPrefix, w.id, hook, hook, p))
+						fam, nat.ChainPrefix, w.id, hook, hook, p))
 				}
 			}
 		} else {
 			want = append(want, fmt.Sprintf("--dport %d --tcp-flags FIN,SYN,RST,ACK SYN -m addrtype --dst-type LOCAL -j REDIRECT --to-ports ", p))
 		}
 	}
-	if w.backend == NATNFTables {
-		want = append(want, fmt.Sprintf("ip %s%s prerouting (nat hook prerouting priority -100): meta mark %#x return", ChainPrefix, w.id, AgentMark),
-			fmt.Sprintf("ip6 %s%s output (nat hook output priority -100): meta mark %#x return", ChainPrefix, w.id, AgentMark))
+	if w.backend == nat.NFTables {
+		want = append(want, fmt.Sprintf("ip %s%s prerouting (nat hook prerouting priority -100): meta mark %#x return", nat.ChainPrefix, w.id, nat.Mark),
+			fmt.Sprintf("ip6 %s%s output (nat hook output priority -100): meta mark %#x return", nat.ChainPrefix, w.id, nat.Mark))
 	} else {
-		want = append(want, "-A PREROUTING -j "+ChainPrefix+w.id, "-A OUTPUT -j "+ChainPrefix+w.id, fmt.Sprintf("--mark %#x -j RETURN", AgentMark))
+		want = append(want, "-A PREROUTING -j "+nat.ChainPrefix+w.id, "-A OUTPUT -j "+nat.ChainPrefix+w.id, fmt.Sprintf("--mark %#x -j RETURN", nat.Mark))
 	}
 	for _, s := range want {
 		if !strings.Contains(st, s) {
@@ -362,7 +360,7 @@ func (w *natWorld) wantRedirects(t *testing.T, ports ...uint16) {
 	// nftables: per family, a chain per hook; iptables: per family, one
 	// chain jumped to from both hooks.
 	perPort := 2
-	if w.backend == NATNFTables {
+	if w.backend == nat.NFTables {
 		perPort = 4
 	}
 	if n := strings.Count(st, "dport"); n != len(ports)*perPort {
@@ -371,7 +369,7 @@ func (w *natWorld) wantRedirects(t *testing.T, ports ...uint16) {
 }
 
 func forBothBackends(t *testing.T, test func(t *testing.T, w *natWorld)) {
-	for _, b := range []NATBackend{NATIPTables, NATNFTables} {
+	for _, b := range []nat.Backend{nat.IPTables, nat.NFTables} {
 		t.Run(string(b), func(t *testing.T) { test(t, newNATWorld(t, b)) })
 	}
 }
@@ -498,31 +496,31 @@ func TestSweepRemovesDeadAgentsRulesOfEitherBackend(t *testing.T) {
 	pod := newTestNetns(t)
 	log := testLogger(t)
 	type agentRules struct {
-		rules natBackend
+		rules nat.Rules
 		live  net.Listener
 	}
 	var all []agentRules
-	for _, b := range []NATBackend{NATIPTables, NATNFTables} {
+	for _, b := range []nat.Backend{nat.IPTables, nat.NFTables} {
 		for _, alive := range []bool{false, true} {
 			var a agentRules
 			err := inNS(pod, func() (err error) {
 				id := randomTestID(t)
 				if alive {
-					if a.live, err = holdLiveness(id); err != nil {
+					if a.live, err = nat.HoldLiveness(id); err != nil {
 						return err
 					}
 				}
-				if a.rules, err = newNATBackend(b, id, 40001, 40002, log); err != nil {
+				if a.rules, err = nat.New(b, id, 40001, 40002, log); err != nil {
 					return err
 				}
-				return a.rules.add(8080)
+				return a.rules.Add(8080)
 			})
 			if err != nil {
 				t.Fatal(err)
 			}
 			all = append(all, a)
 			t.Cleanup(func() {
-				_ = inNS(pod, a.rules.close)
+				_ = inNS(pod, a.rules.Close)
 				if a.live != nil {
 					a.live.Close()
 				}
@@ -531,20 +529,20 @@ func TestSweepRemovesDeadAgentsRulesOfEitherBackend(t *testing.T) {
 	}
 	var removed []string
 	if err := inNS(pod, func() (err error) {
-		removed, err = sweepStale(randomTestID(t), log)
+		removed, err = nat.SweepStale(randomTestID(t), log)
 		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
-	ipt := (&natWorld{backend: NATIPTables, pod: pod}).state(t)
-	nft := (&natWorld{backend: NATNFTables, pod: pod}).state(t)
+	ipt := (&natWorld{backend: nat.IPTables, pod: pod}).state(t)
+	nft := (&natWorld{backend: nat.NFTables, pod: pod}).state(t)
 	for _, a := range all {
-		inState := strings.Contains(ipt+nft, a.rules.name())
+		inState := strings.Contains(ipt+nft, a.rules.Name())
 		if a.live == nil && inState {
-			t.Errorf("the dead agent's %s is still there:\n%s\n%s", a.rules.where(), ipt, nft)
+			t.Errorf("the dead agent's %s is still there:\n%s\n%s", a.rules.Where(), ipt, nft)
 		}
 		if a.live != nil && !inState {
-			t.Errorf("the live agent's %s was removed", a.rules.where())
+			t.Errorf("the live agent's %s was removed", a.rules.Where())
 		}
 	}
 	if len(removed) != 4 { // iptables and ip6tables chains, ip and ip6 tables
@@ -563,42 +561,39 @@ func randomTestID(t *testing.T) string {
 func TestNATBackendChoice(t *testing.T) {
 	for _, c := range []struct {
 		in   string
-		want NATBackend
-	}{{"", NATAuto}, {"auto", NATAuto}, {"NFTables", NATNFTables}, {" iptables ", NATIPTables}} {
-		if got, err := ParseNATBackend(c.in); err != nil || got != c.want {
-			t.Errorf("ParseNATBackend(%q) = %q, %v; want %q", c.in, got, err, c.want)
+		want nat.Backend
+	}{{"", nat.Auto}, {"auto", nat.Auto}, {"NFTables", nat.NFTables}, {" iptables ", nat.IPTables}} {
+		if got, err := nat.ParseBackend(c.in); err != nil || got != c.want {
+			t.Errorf("nat.ParseBackend(%q) = %q, %v; want %q", c.in, got, err, c.want)
 		}
 	}
-	if _, err := ParseNATBackend("pf"); err == nil || !strings.Contains(err.Error(), `"pf" is not a nat backend: use auto, iptables or nftables`) {
-		t.Errorf("ParseNATBackend(pf): %v", err)
-	}
-	if _, err := New(Options{Token: "t", NATBackend: "ipfw"}); err == nil || !strings.Contains(err.Error(), "NATBackend") {
-		t.Errorf("New with a bad backend: %v, want an error naming NATBackend", err)
+	if _, err := nat.ParseBackend("pf"); err == nil || !strings.Contains(err.Error(), `"pf" is not a nat backend: use auto, iptables or nftables`) {
+		t.Errorf("nat.ParseBackend(pf): %v", err)
 	}
 
 	needRoot(t)
 	needIPTables(t)
 	pod := newTestNetns(t)
-	choose := func(choice NATBackend) (natBackend, error) {
-		var r natBackend
+	choose := func(choice nat.Backend) (nat.Rules, error) {
+		var r nat.Rules
 		err := inNS(pod, func() (err error) {
-			r, err = newNATBackend(choice, randomTestID(t), 40001, 40002, testLogger(t))
+			r, err = nat.New(choice, randomTestID(t), 40001, 40002, testLogger(t))
 			return err
 		})
 		return r, err
 	}
-	if r, err := choose(NATAuto); err != nil || r.kind() != NATIPTables {
+	if r, err := choose(nat.Auto); err != nil || r.Kind() != nat.IPTables {
 		t.Errorf("auto where iptables works: %v, %v; want iptables", r, err)
 	}
 	// The agent's image: no iptables binary anywhere.
 	t.Setenv("PATH", t.TempDir())
-	if r, err := choose(NATAuto); err != nil || r.kind() != NATNFTables {
+	if r, err := choose(nat.Auto); err != nil || r.Kind() != nat.NFTables {
 		t.Errorf("auto without iptables: %v, %v; want nftables", r, err)
 	}
-	if _, err := choose(NATIPTables); err == nil || !strings.Contains(err.Error(), "iptables") {
+	if _, err := choose(nat.IPTables); err == nil || !strings.Contains(err.Error(), "iptables") {
 		t.Errorf("iptables forced where it is missing: %v, want an error naming iptables", err)
 	}
-	if r, err := choose(NATNFTables); err != nil || r.kind() != NATNFTables {
+	if r, err := choose(nat.NFTables); err != nil || r.Kind() != nat.NFTables {
 		t.Errorf("nftables forced: %v, %v", r, err)
 	}
 }

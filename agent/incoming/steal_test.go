@@ -1,4 +1,4 @@
-package agent
+package incoming
 
 import (
 	"bufio"
@@ -30,7 +30,7 @@ type fakeRules struct {
 	calls []string
 }
 
-func (f *fakeRules) add(p uint16) error {
+func (f *fakeRules) Add(p uint16) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.ports[p] = true
@@ -38,7 +38,7 @@ func (f *fakeRules) add(p uint16) error {
 	return nil
 }
 
-func (f *fakeRules) remove(p uint16) error {
+func (f *fakeRules) Remove(p uint16) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.ports, p)
@@ -63,9 +63,9 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func newTestIncoming(t *testing.T) (*incoming, *fakeRules) {
+func newTestIncoming(t *testing.T) (*Service, *fakeRules) {
 	rules := &fakeRules{ports: map[uint16]bool{}}
-	in := newIncoming(testLogger(t), rules, Options{CommunicationTimeout: 5 * time.Second, DialTimeout: 5 * time.Second})
+	in := newService(testLogger(t), rules, Options{Linger: 5 * time.Second, OpenTimeout: 5 * time.Second, DialTimeout: 5 * time.Second})
 	in.dial = func(ctx context.Context, dst netip.AddrPort) (*net.TCPConn, error) {
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "tcp", dst.String())
@@ -87,7 +87,7 @@ func header(p string) proto.HTTPFilter { return proto.HTTPFilter{Kind: proto.Fil
 func TestSubscriptionsShareAndRefuse(t *testing.T) {
 	in, rules := newTestIncoming(t)
 	in.reserved[7777] = "the agent's own tunnel port"
-	ta, tb := &tunnel{remote: "a"}, &tunnel{remote: "b"}
+	ta, tb := &Peer{Remote: "a"}, &Peer{Remote: "b"}
 
 	a, err := in.subscribe(ta, steal(80, "alice", header("x-user: alice")))
 	if err != nil {
@@ -150,7 +150,7 @@ func TestLostTunnelLingers(t *testing.T) {
 	in, rules := newTestIncoming(t)
 	req := steal(80, "alice", proto.HTTPFilter{})
 	req.Linger = 200 * time.Millisecond
-	s, err := in.subscribe(&tunnel{remote: "a"}, req)
+	s, err := in.subscribe(&Peer{Remote: "a"}, req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,11 +158,11 @@ func TestLostTunnelLingers(t *testing.T) {
 	if !in.route(80).empty() {
 		t.Error("a lingering subscription still takes connections; they must go to the pod's app")
 	}
-	if _, err := in.subscribe(&tunnel{remote: "b"}, steal(80, "bob", proto.HTTPFilter{})); err == nil {
+	if _, err := in.subscribe(&Peer{Remote: "b"}, steal(80, "bob", proto.HTTPFilter{})); err == nil {
 		t.Error("another client took a port that is held for its owner")
 	}
 	// The owner comes back in time.
-	back, err := in.subscribe(&tunnel{remote: "a2"}, req)
+	back, err := in.subscribe(&Peer{Remote: "a2"}, req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,7 +184,7 @@ func TestLostTunnelLingers(t *testing.T) {
 // Incoming streams by serving HTTP itself ("TAG METHOD PATH"), or for a
 // mirror by recording what arrives.
 type testClient struct {
-	t      *tunnel
+	t      *Peer
 	copies chan string
 }
 
@@ -212,7 +212,7 @@ func newTestClient(t *testing.T, tag string, mode proto.IncomingMode, readMirror
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { clientSess.Close(); agentSess.Close() })
-	tc := &testClient{t: &tunnel{log: testLogger(t), sess: agentSess, remote: tag}, copies: make(chan string, 100)}
+	tc := &testClient{t: &Peer{Log: testLogger(t), Session: agentSess, Remote: tag}, copies: make(chan string, 100)}
 	conns := &streamListener{conns: make(chan net.Conn), addr: cc.LocalAddr(), closed: make(chan struct{})}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n, _ := io.Copy(io.Discard, r.Body)
@@ -313,7 +313,7 @@ func podApp(t *testing.T, handle func(net.Conn)) netip.AddrPort {
 
 // connect makes a connection "to dst" that the agent serves as if the nat
 // rules had redirected it, and returns the peer's end.
-func connect(t *testing.T, in *incoming, dst netip.AddrPort) net.Conn {
+func connect(t *testing.T, in *Service, dst netip.AddrPort) net.Conn {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -477,7 +477,7 @@ func TestStealWholeAndMirror(t *testing.T) {
 
 	// The stealing client's tunnel dies before the agent has noticed: the
 	// pod's app answers instead.
-	local.t.sess.Close()
+	local.t.Session.Close()
 	c = connect(t, in, pod)
 	if got := roundTrip(t, c, bufio.NewReader(c), "GET /gone HTTP/1.1\r\nHost: p\r\n\r\n", "GET"); got[0] != "200 pod GET /gone 0" {
 		t.Errorf("request for a client that is gone answered %q, want the pod's", got)

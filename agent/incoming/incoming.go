@@ -1,4 +1,4 @@
-package agent
+package incoming
 
 import (
 	"context"
@@ -14,16 +14,18 @@ import (
 
 	"github.com/hashicorp/yamux"
 
+	"github.com/trafficpolice/trafficpolice/agent/nat"
 	"github.com/trafficpolice/trafficpolice/agent/proto"
 )
 
-// incoming keeps the subscriptions of all tunnels to the pod's ports and
+// Service keeps the subscriptions of all tunnels to the pod's ports and
 // the nat rules that go with them: a port has its redirect while at least
 // one subscription (attached to a tunnel or lingering after losing it)
-// holds it.
-type incoming struct {
+// holds it. Its redirect listeners hand each new connection to the
+// subscriptions of its port.
+type Service struct {
 	log   *slog.Logger
-	rules portRules
+	rules nat.PortRules
 	// reserved ports are never redirected (the agent's own tunnel port:
 	// stealing it would cut the tunnel itself).
 	reserved map[uint16]string
@@ -42,6 +44,10 @@ type incoming struct {
 	closed bool
 
 	mirrorDrops atomic.Uint64 // copies given up because a client lagged
+
+	// Set by Start: what Close removes.
+	natRules       nat.Rules
+	closeListeners func()
 }
 
 // subscription is one client's steal or mirror of one pod port.
@@ -54,7 +60,7 @@ type subscription struct {
 	linger time.Duration
 
 	// Under incoming.mu.
-	t     *tunnel // nil while lingering after its tunnel was lost
+	peer  *Peer // nil while lingering after its tunnel was lost
 	gone  bool
 	timer *time.Timer
 }
@@ -63,13 +69,13 @@ func (s *subscription) String() string {
 	return fmt.Sprintf("%s of port %d by %s (%s)", s.mode, s.port, s.label, s.filter)
 }
 
-func newIncoming(log *slog.Logger, rules portRules, opts Options) *incoming {
-	in := &incoming{
+func newService(log *slog.Logger, rules nat.PortRules, opts Options) *Service {
+	in := &Service{
 		log:         log,
 		rules:       rules,
 		reserved:    map[uint16]string{},
-		linger:      opts.CommunicationTimeout,
-		openTimeout: opts.CommunicationTimeout,
+		linger:      opts.Linger,
+		openTimeout: opts.OpenTimeout,
 		dialTimeout: opts.DialTimeout,
 		ports:       map[uint16][]*subscription{},
 	}
@@ -81,7 +87,7 @@ func newIncoming(log *slog.Logger, rules portRules, opts Options) *incoming {
 // port (a client back after a reconnection). A steal of whole connections
 // is exclusive: it is refused while another client steals the port, and
 // it keeps filtered steals of others out.
-func (in *incoming) subscribe(t *tunnel, req proto.Subscribe) (*subscription, error) {
+func (in *Service) subscribe(p *Peer, req proto.Subscribe) (*subscription, error) {
 	if why, ok := in.reserved[req.Port]; ok {
 		return nil, fmt.Errorf("port %d cannot be stolen or mirrored: it is %s", req.Port, why)
 	}
@@ -91,9 +97,9 @@ func (in *incoming) subscribe(t *tunnel, req proto.Subscribe) (*subscription, er
 	}
 	label := req.Label
 	if label == "" {
-		label = "a client at " + t.remote
+		label = "a client at " + p.Remote
 	}
-	s := &subscription{mode: req.Mode, port: req.Port, owner: req.Owner, label: label, filter: f, linger: req.Linger, t: t}
+	s := &subscription{mode: req.Mode, port: req.Port, owner: req.Owner, label: label, filter: f, linger: req.Linger, peer: p}
 	if s.linger <= 0 {
 		s.linger = in.linger
 	}
@@ -128,7 +134,7 @@ func (in *incoming) subscribe(t *tunnel, req proto.Subscribe) (*subscription, er
 		}
 	}
 	if len(in.ports[req.Port]) == 0 {
-		if err := in.rules.add(req.Port); err != nil {
+		if err := in.rules.Add(req.Port); err != nil {
 			return nil, fmt.Errorf("redirect port %d to the agent: %w", req.Port, err)
 		}
 	}
@@ -145,13 +151,13 @@ func (in *incoming) subscribe(t *tunnel, req proto.Subscribe) (*subscription, er
 
 // release ends s at once; the port's redirect goes with its last
 // subscription.
-func (in *incoming) release(s *subscription) {
+func (in *Service) release(s *subscription) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	in.releaseLocked(s)
 }
 
-func (in *incoming) releaseLocked(s *subscription) {
+func (in *Service) releaseLocked(s *subscription) {
 	if s.gone {
 		return
 	}
@@ -172,7 +178,7 @@ func (in *incoming) releaseLocked(s *subscription) {
 		return
 	}
 	delete(in.ports, s.port)
-	if err := in.rules.remove(s.port); err != nil {
+	if err := in.rules.Remove(s.port); err != nil {
 		in.log.Error("remove the redirect of a port", "port", s.port, "err", err)
 	}
 	in.log.Info("unsubscribed; the port is the pod's again", "sub", s.String())
@@ -181,25 +187,25 @@ func (in *incoming) releaseLocked(s *subscription) {
 // detach keeps s for its linger time after its tunnel was lost, so that
 // the client can take it back when it reconnects; meanwhile its traffic
 // goes to the pod's app.
-func (in *incoming) detach(s *subscription) {
+func (in *Service) detach(s *subscription) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	if s.gone {
 		return
 	}
-	s.t = nil
+	s.peer = nil
 	in.log.Info("tunnel lost; keeping the subscription for a while", "sub", s.String(), "for", s.linger)
 	s.timer = time.AfterFunc(s.linger, func() {
 		in.mu.Lock()
 		defer in.mu.Unlock()
-		if s.t == nil {
+		if s.peer == nil {
 			in.releaseLocked(s)
 		}
 	})
 }
 
 // close ends every subscription and refuses new ones.
-func (in *incoming) close() {
+func (in *Service) close() {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	in.closed = true
@@ -225,12 +231,12 @@ func (r route) empty() bool {
 
 func (r route) filtered() bool { return len(r.steal) > 0 || len(r.mirror) > 0 }
 
-func (in *incoming) route(port uint16) route {
+func (in *Service) route(port uint16) route {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	var r route
 	for _, s := range in.ports[port] {
-		if s.t == nil || s.gone {
+		if s.peer == nil || s.gone {
 			continue
 		}
 		switch {
@@ -253,16 +259,16 @@ var errTunnelLost = errors.New("its tunnel is lost")
 
 // open opens a stream to s's client for one connection and waits for the
 // client to reach its app.
-func (in *incoming) open(ctx context.Context, s *subscription, src, dst netip.AddrPort) (*yamux.Stream, error) {
+func (in *Service) open(ctx context.Context, s *subscription, src, dst netip.AddrPort) (*yamux.Stream, error) {
 	in.mu.Lock()
-	t := s.t
+	p := s.peer
 	in.mu.Unlock()
-	if t == nil {
+	if p == nil {
 		return nil, fmt.Errorf("%s: %w", s, errTunnelLost)
 	}
-	st, err := t.sess.OpenStream()
+	st, err := p.Session.OpenStream()
 	if err != nil {
-		if t.sess.IsClosed() {
+		if p.Session.IsClosed() {
 			err = errors.Join(err, errTunnelLost)
 		}
 		return nil, fmt.Errorf("open a stream to %s: %w", s.label, err)
@@ -277,7 +283,7 @@ func (in *incoming) open(ctx context.Context, s *subscription, src, dst netip.Ad
 	}
 	if err != nil {
 		_ = st.Close()
-		if t.sess.IsClosed() {
+		if p.Session.IsClosed() {
 			err = errors.Join(err, errTunnelLost)
 		}
 		return nil, fmt.Errorf("hand a connection to %s: %w", s.label, err)

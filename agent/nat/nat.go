@@ -1,4 +1,4 @@
-package agent
+package nat
 
 import (
 	"errors"
@@ -8,28 +8,14 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
-// The pod's nat rules for steal and mirror. While it redirects at least one
-// port, an agent has rules of its own per IP family, named for its id
-// (ChainPrefix + id), hooked into nat prerouting (connections from other
-// hosts) and output (from the pod itself, over loopback or to its own
-// address). They first let through packets that carry AgentMark (the
-// agent's own sockets: pass-through and outgoing dials), then redirect,
-// per subscribed port, new TCP connections (SYNs) to a local address of
-// the pod to the agent's listener. nat sees only the first packet of a
-// connection, so connections open before a rule exists keep going where
-// they went.
-//
-// Two backends write the same rules: iptables.go runs the iptables
-// binaries (chains in the nat table), nftables.go speaks nf_tables
-// netlink (a table per family), for pods without an iptables binary, such
-// as the agent's own image.
-
-// AgentMark is the socket mark (SO_MARK) of the agent's own sockets; every
+// Mark is the socket mark (SO_MARK) of the agent's own sockets; every
 // agent's rules let them through, so an agent never steals from itself or
 // from another agent.
-const AgentMark = 0x7471
+const Mark = 0x7471
 
 // ChainPrefix starts the name of every agent's nat chain (iptables) or
 // table (nftables); the agent's id follows.
@@ -41,72 +27,72 @@ const ChainPrefix = "TP-IN-"
 // rules from a dead one's even across PID namespaces.
 const livenessPrefix = "@trafficpolice-agent-"
 
-// portRules adds and removes the redirect of one pod port; the backends
-// are the real ones, tests use their own.
-type portRules interface {
-	add(port uint16) error
-	remove(port uint16) error
+// PortRules adds and removes the redirect of one pod port; Rules are the
+// real ones, tests of the incoming machinery use their own.
+type PortRules interface {
+	Add(port uint16) error
+	Remove(port uint16) error
 }
 
-// NATBackend says how the agent writes its redirect rules into the pod's
+// Backend says how the agent writes its redirect rules into the pod's
 // network namespace.
-type NATBackend string
+type Backend string
 
 // The backends.
 const (
-	// NATAuto uses the iptables binary when it exists and works in the
+	// Auto uses the iptables binary when it exists and works in the
 	// namespace (hosts, the namespace cluster), nftables otherwise (the
 	// agent image, which holds no iptables binary).
-	NATAuto NATBackend = "auto"
-	// NATIPTables runs the iptables and ip6tables binaries: chains
+	Auto Backend = "auto"
+	// IPTables runs the iptables and ip6tables binaries: chains
 	// TP-IN-<id> in the nat table, jumped to from PREROUTING and OUTPUT.
-	NATIPTables NATBackend = "iptables"
-	// NATNFTables speaks nf_tables netlink itself, no binary: tables
+	IPTables Backend = "iptables"
+	// NFTables speaks nf_tables netlink itself, no binary: tables
 	// TP-IN-<id> of families ip and ip6, with nat chains on the
 	// prerouting and output hooks.
-	NATNFTables NATBackend = "nftables"
+	NFTables Backend = "nftables"
 )
 
-// EnvNATBackend is the environment variable that `trafficpolice agent`
+// EnvBackend is the environment variable that `trafficpolice agent`
 // takes its --nat-backend default from.
-const EnvNATBackend = "TRAFFICPOLICE_NAT_BACKEND"
+const EnvBackend = "TRAFFICPOLICE_NAT_BACKEND"
 
-// ParseNATBackend reads a backend's name; "" is NATAuto.
-func ParseNATBackend(s string) (NATBackend, error) {
-	switch b := NATBackend(strings.ToLower(strings.TrimSpace(s))); b {
+// ParseBackend reads a backend's name; "" is Auto.
+func ParseBackend(s string) (Backend, error) {
+	switch b := Backend(strings.ToLower(strings.TrimSpace(s))); b {
 	case "":
-		return NATAuto, nil
-	case NATAuto, NATIPTables, NATNFTables:
+		return Auto, nil
+	case Auto, IPTables, NFTables:
 		return b, nil
 	}
 	return "", fmt.Errorf("%q is not a nat backend: use auto, iptables or nftables", s)
 }
 
-// natBackend is the agent's redirect rules in one backend: portRules that
-// can also say where they are and remove everything they wrote.
-type natBackend interface {
-	portRules
-	// close removes the agent's rules and whatever refers to them.
-	close() error
-	// kind is the backend.
-	kind() NATBackend
-	// name is the chains' or tables' name, ChainPrefix + the agent's id.
-	name() string
-	// where names the rules as a reader of the pod's ruleset finds them.
-	where() string
+// Rules is the agent's redirect rules in one backend: PortRules that can
+// also say where they are and remove everything they wrote.
+type Rules interface {
+	PortRules
+	// Close removes the agent's rules and whatever refers to them.
+	Close() error
+	// Kind is the backend.
+	Kind() Backend
+	// Name is the chains' or tables' name, ChainPrefix + the agent's id.
+	Name() string
+	// Where names the rules as a reader of the pod's ruleset finds them.
+	Where() string
 }
 
-// newNATBackend returns the agent's rules in the backend asked for, after
-// checking that it can write them, with nothing in place yet. NATAuto
+// New returns the agent's rules in the backend asked for, after
+// checking that it can write them, with nothing in place yet. Auto
 // takes iptables when it works, else nftables, and fails only when
 // neither works, saying why for both.
-func newNATBackend(choice NATBackend, id string, to4, to6 uint16, log *slog.Logger) (natBackend, error) {
+func New(choice Backend, id string, to4, to6 uint16, log *slog.Logger) (Rules, error) {
 	switch choice {
-	case NATIPTables:
+	case IPTables:
 		return newIPTablesRules(id, to4, to6, log)
-	case NATNFTables:
+	case NFTables:
 		return newNFTRules(id, to4, to6, log)
-	case NATAuto, "":
+	case Auto, "":
 	default:
 		return nil, fmt.Errorf("%q is not a nat backend: use auto, iptables or nftables", choice)
 	}
@@ -125,7 +111,7 @@ func newNATBackend(choice NATBackend, id string, to4, to6 uint16, log *slog.Logg
 // sweepStale removes the rules of agents that died without removing them,
 // in both backends (a dead agent may have used either), and returns their
 // names. A live agent's rules are left alone.
-func sweepStale(self string, log *slog.Logger) ([]string, error) {
+func SweepStale(self string, log *slog.Logger) ([]string, error) {
 	chains, iptErr := sweepStaleChains(self, log)
 	tables, nftErr := sweepStaleTables(self, log)
 	return append(chains, tables...), errors.Join(iptErr, nftErr)
@@ -133,7 +119,7 @@ func sweepStale(self string, log *slog.Logger) ([]string, error) {
 
 // holdLiveness binds the agent's abstract socket and answers connections
 // to it until it is closed.
-func holdLiveness(id string) (net.Listener, error) {
+func HoldLiveness(id string) (net.Listener, error) {
 	ln, err := net.Listen("unix", livenessPrefix+id)
 	if err != nil {
 		return nil, fmt.Errorf("bind the agent's liveness socket %s: %w", livenessPrefix+id, err)
@@ -160,4 +146,28 @@ func agentAlive(id string) bool {
 	}
 	_ = c.Close()
 	return true
+}
+
+// MarkControl marks a socket with Mark (needs NET_ADMIN, which the agent
+// has when it steals) so that the nat rules let its connection through.
+func MarkControl(_, _ string, c syscall.RawConn) error {
+	var serr error
+	if err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, Mark)
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("set SO_MARK %#x: %w", Mark, serr)
+	}
+	return nil
+}
+
+// SoftMarkControl marks like MarkControl but goes on unmarked where the
+// agent may not mark (no NET_ADMIN: then it cannot steal either).
+func SoftMarkControl(network, address string, c syscall.RawConn) error {
+	if err := MarkControl(network, address, c); err != nil && !errors.Is(err, syscall.EPERM) {
+		return err
+	}
+	return nil
 }

@@ -1,0 +1,118 @@
+// Package connect connects a run to its agent: a running agent at a
+// direct address, or one it starts through Kubernetes (find the target,
+// start the agent in its network namespace, tunnel through an API-server
+// port-forward, import the target's environment). It is the orchestration
+// between the configuration and a connected tunnel, so that the command
+// line only parses flags and prints.
+package connect
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/trafficpolice/trafficpolice/agent/client"
+	"github.com/trafficpolice/trafficpolice/agent/kube"
+	"github.com/trafficpolice/trafficpolice/agent/proto"
+	"github.com/trafficpolice/trafficpolice/config"
+)
+
+// Progress hears about the steps of connecting; *sandbox.Progress is one.
+type Progress interface {
+	// Step starts a step; the returned function ends it, with its error.
+	Step(what string) func(error)
+	// Note prints a line of information.
+	Note(format string, args ...any)
+}
+
+// Options say which agent a run uses.
+type Options struct {
+	Config *config.Config
+	// Address is a running agent's HOST:PORT (over the file's
+	// agent.address); TokenFile holds its token (else $TRAFFICPOLICE_AGENT_TOKEN).
+	Address, TokenFile string
+	// Kubeconfig and Context override the file's kubeconfig and
+	// kube_context.
+	Kubeconfig, Context string
+	// Version is this build's version: the default agent image's tag.
+	Version  string
+	Progress Progress
+	Logger   *slog.Logger
+}
+
+// Run is a run's connection to its agent.
+type Run struct {
+	// Client is the connected tunnel.
+	Client *client.Client
+	// Env is the target's environment (feature.env), as KEY=VALUE, in
+	// name order; empty without target or with feature.env off.
+	Env []string
+
+	agent *kube.Agent // the agent this run started, removed by Close
+}
+
+// Address is the agent address a run uses: the flag's, else the file's.
+func Address(o Options) string {
+	return first(o.Address, o.Config.Agent.Address)
+}
+
+// Connect connects to the run's agent: at the direct address when there is
+// one, else through Kubernetes when the configuration names a target.
+// Without either it returns nil and no error: the run has no agent. On
+// error, whatever it started is removed already.
+func Connect(ctx context.Context, o Options) (*Run, error) {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if address := Address(o); address != "" {
+		c, err := connectDirect(ctx, address, o)
+		if err != nil {
+			return nil, err
+		}
+		return &Run{Client: c}, nil
+	}
+	if o.Config.Target.Path == "" {
+		return nil, nil
+	}
+	run, err := startThroughKubernetes(ctx, o)
+	if err != nil {
+		if run != nil {
+			run.Close()
+		}
+		return nil, err
+	}
+	return run, nil
+}
+
+// connectDirect connects to a running agent and reports on the tunnel as
+// it comes and goes.
+func connectDirect(ctx context.Context, address string, o Options) (*client.Client, error) {
+	token, err := proto.LoadToken(o.TokenFile)
+	if err != nil {
+		return nil, err
+	}
+	timeout := time.Duration(o.Config.Agent.CommunicationTimeout) * time.Second
+	done := o.Progress.Step("connected to agent at " + address)
+	c, err := client.Dial(ctx, client.Options{
+		Address:              address,
+		Token:                token,
+		Logger:               o.Logger,
+		CommunicationTimeout: timeout,
+		OnState: func(st client.State, err error) {
+			switch st {
+			case client.StateReconnecting:
+				o.Progress.Note("lost the agent (%v): reconnecting; new remote flows wait up to %s", err, timeout)
+			case client.StateConnected:
+				o.Progress.Note("reconnected to the agent")
+			}
+		},
+	})
+	done(err)
+	if err != nil {
+		return nil, fmt.Errorf("connect to the agent at %s: %w", address, err)
+	}
+	facts := c.Facts()
+	o.Progress.Note("pod %s %v, search %v", facts.Hostname, facts.Addresses, facts.SearchDomains)
+	return c, nil
+}

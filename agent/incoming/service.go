@@ -1,0 +1,156 @@
+package incoming
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/trafficpolice/trafficpolice/agent/nat"
+	"github.com/trafficpolice/trafficpolice/agent/proto"
+)
+
+// Options configure the incoming traffic of an agent.
+type Options struct {
+	Log *slog.Logger
+	// Backend writes the nat rules (nat.Auto when empty).
+	Backend nat.Backend
+	// Linger is how long a subscription outlives its tunnel when the
+	// client did not ask for another time.
+	Linger time.Duration
+	// OpenTimeout bounds opening a stream to a client and its answer;
+	// DialTimeout a dial to the pod's app.
+	OpenTimeout, DialTimeout time.Duration
+	// Reserved ports are never redirected, with the reason (the agent's
+	// own tunnel port: stealing it would cut the tunnel itself).
+	Reserved map[uint16]string
+}
+
+// Peer is one client's tunnel as incoming traffic sees it: the session it
+// opens a stream on for each connection it hands over.
+type Peer struct {
+	Log     *slog.Logger
+	Session *yamux.Session
+	// Remote is the client's address, for labels and logs.
+	Remote string
+}
+
+// Start sets up steal and mirror: the agent's id and liveness socket, the
+// redirect listeners and the nat rules (in the backend opts.Backend
+// picks), after removing the rules of dead agents. The listeners' and
+// connections' goroutines join wg and end with ctx. An error means
+// something is missing (no NET_ADMIN, no nat in the kernel): the agent
+// still serves outgoing traffic, and tells every client why incoming
+// traffic cannot work. Close undoes it.
+func Start(ctx context.Context, opts Options, wg *sync.WaitGroup) (*Service, error) {
+	var b [4]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, fmt.Errorf("random agent id: %w", err)
+	}
+	id := hex.EncodeToString(b[:])
+	live, err := nat.HoldLiveness(id)
+	if err != nil {
+		return nil, err
+	}
+	if removed, err := nat.SweepStale(id, opts.Log); err != nil {
+		opts.Log.Warn("removing the nat rules of dead agents", "err", err, "removed", removed)
+	}
+	var lc net.ListenConfig
+	ln4, err := lc.Listen(ctx, "tcp4", "0.0.0.0:0")
+	if err != nil {
+		_ = live.Close()
+		return nil, fmt.Errorf("listen for redirected connections: %w", err)
+	}
+	lns := []*net.TCPListener{ln4.(*net.TCPListener)}
+	var port6 uint16
+	if ln6, err := lc.Listen(ctx, "tcp6", "[::]:0"); err == nil {
+		lns = append(lns, ln6.(*net.TCPListener))
+		port6 = uint16(ln6.Addr().(*net.TCPAddr).Port)
+	}
+	closeAll := func() {
+		for _, ln := range lns {
+			_ = ln.Close()
+		}
+		_ = live.Close()
+	}
+	rules, err := nat.New(opts.Backend, id, uint16(ln4.Addr().(*net.TCPAddr).Port), port6, opts.Log)
+	if err != nil {
+		closeAll()
+		return nil, fmt.Errorf("set up nat rules in the pod (the agent needs the NET_ADMIN capability, and nat in the kernel's nf_tables or a working iptables): %w", err)
+	}
+	in := newService(opts.Log, rules, opts)
+	for port, why := range opts.Reserved {
+		in.reserved[port] = why
+	}
+	for _, ln := range lns {
+		in.reserved[uint16(ln.Addr().(*net.TCPAddr).Port)] = "the agent's redirect port"
+	}
+	in.natRules = rules
+	in.closeListeners = closeAll
+	opts.Log.Info("incoming traffic ready", "nat_backend", string(rules.Kind()), "rules", rules.Where())
+	for _, ln := range lns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			in.serveRedirected(ctx, ln, wg)
+		}()
+	}
+	return in, nil
+}
+
+// Close ends every subscription, stops taking redirected connections and
+// removes the agent's nat rules: the pod gets its ports back at once.
+func (in *Service) Close() {
+	in.close()
+	if in.closeListeners != nil {
+		in.closeListeners()
+	}
+	if in.natRules == nil {
+		return
+	}
+	where := in.natRules.Where()
+	if err := in.natRules.Close(); err != nil {
+		in.log.Error("remove the agent's nat rules", "rules", where, "err", err)
+		return
+	}
+	in.log.Info("removed the agent's nat rules", "rules", where)
+}
+
+// Serve holds one subscription for as long as its stream lasts: the
+// client closing the stream ends it at once, the tunnel dropping ends it
+// after its linger time.
+func (in *Service) Serve(p *Peer, st *yamux.Stream, req proto.Subscribe) {
+	defer st.Close()
+	sub, err := in.subscribe(p, req)
+	if err != nil {
+		p.Log.Info("subscription refused", "mode", req.Mode.String(), "port", req.Port, "label", req.Label, "err", err)
+		_ = proto.WriteMessage(st, proto.Result{Class: proto.ClassOther, Message: err.Error()})
+		return
+	}
+	if err := proto.WriteMessage(st, proto.Result{}); err != nil {
+		in.detach(sub)
+		return
+	}
+	_, err = io.Copy(io.Discard, st)
+	if err == nil && !p.Session.IsClosed() {
+		in.release(sub) // the client unsubscribed
+		return
+	}
+	// The tunnel is lost (or the agent is shutting down, and removes
+	// everything itself).
+	in.detach(sub)
+}
+
+// DialControl marks the agent's outgoing sockets while it steals, so that
+// its own dials to the pod's ports are never redirected back to itself.
+func DialControl() func(network, address string, c syscall.RawConn) error {
+	return nat.SoftMarkControl
+}
