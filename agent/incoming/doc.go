@@ -1,0 +1,16 @@
+// Package incoming is the agent's side of incoming traffic: it steals or
+// mirrors the pod's TCP ports for the clients that subscribe to them.
+//
+// A Service keeps every tunnel's subscriptions (who holds which port, what
+// a lost tunnel keeps for its linger time) and the nat rules that go with
+// them (package agent/nat): a port is redirected to the agent's listener
+// while at least one subscription holds it. Each redirected connection is
+// served whole to a stealing client, request by request under HTTP/1
+// filters (the first matching client takes a request, the rest go to the
+// pod's app), or through to the pod's app; mirroring clients get bounded
+// copies that never slow the pod's own traffic: a client that lags loses
+// its copies, not the pod its speed.
+//
+// It must not touch nat rules other than its own and the jumps to them
+// (and dead agents' ones), and must not redirect the agent's own ports.
+package incoming
