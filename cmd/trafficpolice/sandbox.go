@@ -1,0 +1,9 @@
+package main
+
+import "github.com/spf13/cobra"
+
+func newSandboxCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "sandbox", Short: "Run apps in a policed network sandbox"}
+	cmd.AddCommand(newSandboxRunCommand(), newSandboxGCCommand())
+	return cmd
+}
