@@ -86,29 +86,14 @@ func Run(ctx context.Context, o Options) (int, error) {
 	if len(o.Argv) == 0 {
 		return 0, errors.New("no command to run: give one after --, as in `trafficpolice sandbox run -- ./app`")
 	}
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.DiscardHandler)
-	}
-	if o.HostResolvConf == "" {
-		o.HostResolvConf = "/etc/resolv.conf"
-	}
-	if o.HostHosts == "" {
-		o.HostHosts = "/etc/hosts"
-	}
+	o = o.withDefaults()
 	if cleaned, err := Collect(); err != nil {
 		o.Logger.Warn("cleaning up after earlier runs", "err", err)
 	} else if len(cleaned) > 0 {
 		o.Progress.Note("removed what %d earlier killed run(s) left behind", len(cleaned))
 	}
-
-	id, err := newID()
+	rec, err := newRecord()
 	if err != nil {
-		return 0, err
-	}
-	rec := &record{ID: id, Namespace: NamespacePrefix + id, PID: os.Getpid(), PIDStart: processStart(os.Getpid()), Created: time.Now()}
-	// The record is written before anything is created, so that whatever
-	// exists can always be found and removed.
-	if err := writeRecord(rec); err != nil {
 		return 0, err
 	}
 	defer func() {
@@ -125,45 +110,91 @@ func Run(ctx context.Context, o Options) (int, error) {
 		return 0, err
 	}
 	defer tun.Close()
-
 	files, err := writeResolverFiles(rec.dir(), o)
 	if err != nil {
 		return 0, err
 	}
+	stop, err := startServices(ctx, ns, tun, o)
+	if err != nil {
+		return 0, err
+	}
+	defer stop()
+	if o.Agent == nil {
+		o.Progress.Note("no agent or target: flows go out from this host unless a rule blocks them; the host's loopback only through a --local rule or ignore_localhost")
+	}
+	return runApp(ctx, ns, files, o)
+}
 
-	done = o.Progress.Step("router up")
+// withDefaults fills in the zero values of o.
+func (o Options) withDefaults() Options {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.HostResolvConf == "" {
+		o.HostResolvConf = "/etc/resolv.conf"
+	}
+	if o.HostHosts == "" {
+		o.HostHosts = "/etc/hosts"
+	}
+	return o
+}
+
+// newRecord names a new run and writes its record before anything is
+// created, so that whatever exists can always be found and removed.
+func newRecord() (*record, error) {
+	id, err := newID()
+	if err != nil {
+		return nil, err
+	}
+	rec := &record{ID: id, Namespace: NamespacePrefix + id, PID: os.Getpid(), PIDStart: processStart(os.Getpid()), Created: time.Now()}
+	if err := writeRecord(rec); err != nil {
+		return nil, err
+	}
+	return rec, nil
+}
+
+// startServices starts what serves the app while it runs: the router on
+// the TUN, the watch of its listening ports, incoming traffic and the debug
+// server. The returned function stops them, incoming first: the pod gets
+// its ports back before anything else is torn down.
+func startServices(ctx context.Context, ns *netns.Namespace, tun *os.File, o Options) (stop func(), err error) {
+	var stops []func()
+	stop = func() {
+		for i := len(stops) - 1; i >= 0; i-- {
+			stops[i]()
+		}
+	}
+	defer func() {
+		if err != nil {
+			stop()
+		}
+	}()
+	done := o.Progress.Step("router up")
 	rt, watch, err := startRouter(ctx, ns, tun, o)
 	done(err)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	defer rt.Close()
-	defer watch.stop()
+	stops = append(stops, func() { rt.Close() }, watch.stop)
 	in, err := newIncoming(ns, o, o.Agent)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	if in != nil {
-		// Deferred after watch.stop, so it runs first: the pod gets its
-		// ports back before anything else is torn down.
 		in.start(ctx)
-		defer in.stop()
+		stops = append(stops, in.stop)
 		watch.watchTCP(in.update)
 	}
 	if o.DebugListen != "" {
 		dctx, stopDebug := context.WithCancel(ctx)
-		defer stopDebug()
+		stops = append(stops, stopDebug)
 		addr, err := serveDebug(dctx, o.DebugListen, rt, o.Logger)
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
 		o.Progress.Note("debug server on http://%s/debug/pprof/", addr)
 	}
-	if o.Agent == nil {
-		o.Progress.Note("no agent or target: flows go out from this host unless a rule blocks them; the host's loopback only through a --local rule or ignore_localhost")
-	}
-
-	return runApp(ctx, ns, files, o)
+	return stop, nil
 }
 
 func dupFD(f *os.File) (int, error) {

@@ -29,7 +29,7 @@ func (r *Run) Close() {
 // network namespace and connects to it through an API-server
 // port-forward that reconnects when it drops.
 func startThroughKubernetes(ctx context.Context, o Options) (run *Run, err error) {
-	cfg, progress, logger := o.Config, o.Progress, o.Logger
+	cfg := o.Config
 	access, err := kube.Connect(kube.AccessOptions{
 		Kubeconfig: first(o.Kubeconfig, cfg.Kubeconfig),
 		Context:    first(o.Context, cfg.KubeContext),
@@ -38,43 +38,15 @@ func startThroughKubernetes(ctx context.Context, o Options) (run *Run, err error
 	if err != nil {
 		return nil, err
 	}
-	var target *kube.Target
-	if cfg.Target.Path != "targetless" {
-		done := progress.Step("target " + cfg.Target.Path)
-		target, err = access.Resolve(ctx, cfg.Target.Path, "")
-		done(err)
-		if err != nil {
-			return nil, err
-		}
-		progress.Note("pod %s/%s, container %s, node %s", target.Pod.Namespace, target.Pod.Name, target.Container, target.Pod.Spec.NodeName)
+	target, err := findTarget(ctx, access, o)
+	if err != nil {
+		return nil, err
 	}
 	token, err := newToken()
 	if err != nil {
 		return nil, err
 	}
-	image := cfg.Agent.Image
-	if image == "" {
-		image = kube.DefaultAgentImage(AgentImageTag(o.Version))
-	}
-	startup := time.Duration(cfg.Agent.StartupTimeout) * time.Second
-	comm := time.Duration(cfg.Agent.CommunicationTimeout) * time.Second
-	mode := "job"
-	if cfg.Agent.Ephemeral {
-		mode = "ephemeral container"
-	}
-	done := progress.Step("agent started (" + mode + ")")
-	ag, err := access.StartAgent(ctx, target, kube.AgentOptions{
-		Image:                image,
-		Namespace:            cfg.Agent.Namespace,
-		Ephemeral:            cfg.Agent.Ephemeral,
-		Privileged:           cfg.Agent.Privileged,
-		TTL:                  time.Duration(cfg.Agent.TTL) * time.Second,
-		StartupTimeout:       startup,
-		CommunicationTimeout: comm,
-		Token:                token,
-		OnStep:               func(s string) { logger.Info(s) },
-	})
-	done(err)
+	ag, err := startAgent(ctx, access, target, token, o)
 	if err != nil {
 		return nil, err
 	}
@@ -84,37 +56,102 @@ func startThroughKubernetes(ctx context.Context, o Options) (run *Run, err error
 			run.Close()
 		}
 	}()
-	pf := access.PortForward(ag.Namespace, ag.Pod, ag.Port)
-	done = progress.Step(fmt.Sprintf("connected to the agent through a port-forward to pod %s/%s", ag.Namespace, ag.Pod))
-	run.Client, err = dialUntil(ctx, startup, client.Options{
+	if run.Client, err = dialAgent(ctx, access, ag, token, o); err != nil {
+		return run, err
+	}
+	if target != nil && cfg.Feature.Env.Enabled {
+		if run.Env, err = importEnv(ctx, access, target, run.Client, o); err != nil {
+			return run, err
+		}
+	}
+	return run, nil
+}
+
+// findTarget resolves the configuration's target to its pod and container;
+// nil for a targetless run.
+func findTarget(ctx context.Context, access *kube.Access, o Options) (*kube.Target, error) {
+	path := o.Config.Target.Path
+	if path == "targetless" {
+		return nil, nil
+	}
+	done := o.Progress.Step("target " + path)
+	target, err := access.Resolve(ctx, path, "")
+	done(err)
+	if err != nil {
+		return nil, err
+	}
+	o.Progress.Note("pod %s/%s, container %s, node %s", target.Pod.Namespace, target.Pod.Name, target.Container, target.Pod.Spec.NodeName)
+	return target, nil
+}
+
+// startAgent starts the agent next to target, as a Job or an ephemeral
+// container, as agent.* in the configuration says.
+func startAgent(ctx context.Context, access *kube.Access, target *kube.Target, token string, o Options) (*kube.Agent, error) {
+	cfg := o.Config.Agent
+	image := cfg.Image
+	if image == "" {
+		image = kube.DefaultAgentImage(AgentImageTag(o.Version))
+	}
+	mode := "job"
+	if cfg.Ephemeral {
+		mode = "ephemeral container"
+	}
+	done := o.Progress.Step("agent started (" + mode + ")")
+	ag, err := access.StartAgent(ctx, target, kube.AgentOptions{
+		Image:                image,
+		Namespace:            cfg.Namespace,
+		Ephemeral:            cfg.Ephemeral,
+		Privileged:           cfg.Privileged,
+		TTL:                  time.Duration(cfg.TTL) * time.Second,
+		StartupTimeout:       time.Duration(cfg.StartupTimeout) * time.Second,
+		CommunicationTimeout: time.Duration(cfg.CommunicationTimeout) * time.Second,
 		Token:                token,
-		Logger:               logger,
-		CommunicationTimeout: comm,
+		OnStep:               func(s string) { o.Logger.Info(s) },
+	})
+	done(err)
+	return ag, err
+}
+
+// dialAgent connects to the agent through a port-forward to its pod,
+// retrying while it starts.
+func dialAgent(ctx context.Context, access *kube.Access, ag *kube.Agent, token string, o Options) (*client.Client, error) {
+	cfg := o.Config.Agent
+	pf := access.PortForward(ag.Namespace, ag.Pod, ag.Port)
+	done := o.Progress.Step(fmt.Sprintf("connected to the agent through a port-forward to pod %s/%s", ag.Namespace, ag.Pod))
+	c, err := dialUntil(ctx, time.Duration(cfg.StartupTimeout)*time.Second, client.Options{
+		Token:                token,
+		Logger:               o.Logger,
+		CommunicationTimeout: time.Duration(cfg.CommunicationTimeout) * time.Second,
 		Dialer:               pf.Dial,
 		OnState: func(st client.State, err error) {
 			switch st {
 			case client.StateReconnecting:
-				progress.Note("lost the port-forward to the agent (%v): reconnecting", err)
+				o.Progress.Note("lost the port-forward to the agent (%v): reconnecting", err)
 			case client.StateConnected:
-				progress.Note("port-forward to the agent is back")
+				o.Progress.Note("port-forward to the agent is back")
 			}
 		},
 	})
 	done(err)
 	if err != nil {
-		return run, fmt.Errorf("connect to the agent (%s): %w", ag, err)
+		return nil, fmt.Errorf("connect to the agent (%s): %w", ag, err)
 	}
-	if target != nil && cfg.Feature.Env.Enabled {
-		env, err := targetEnv(ctx, access, target, run.Client, cfg.Feature.Env, progress)
-		if err != nil {
-			return run, fmt.Errorf("feature.env: %w", err)
-		}
-		for _, name := range sortedNames(env) {
-			run.Env = append(run.Env, name+"="+env[name])
-		}
-		progress.Note("imported %d environment variables of container %s", len(run.Env), target.Container)
+	return c, nil
+}
+
+// importEnv is the target's environment as feature.env selects it, as
+// KEY=VALUE in name order.
+func importEnv(ctx context.Context, access *kube.Access, target *kube.Target, c *client.Client, o Options) ([]string, error) {
+	env, err := targetEnv(ctx, access, target, c, o.Config.Feature.Env, o.Progress)
+	if err != nil {
+		return nil, fmt.Errorf("feature.env: %w", err)
 	}
-	return run, nil
+	var out []string
+	for _, name := range sortedNames(env) {
+		out = append(out, name+"="+env[name])
+	}
+	o.Progress.Note("imported %d environment variables of container %s", len(out), target.Container)
+	return out, nil
 }
 
 // dialUntil connects to the agent, retrying while its process is still
