@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/trafficpolice/trafficpolice/agent"
+	"github.com/trafficpolice/trafficpolice/agent/agenttest"
 	"github.com/trafficpolice/trafficpolice/agent/client"
 	"github.com/trafficpolice/trafficpolice/agent/proto"
 	"github.com/trafficpolice/trafficpolice/config"
@@ -47,29 +47,8 @@ func (s *steps) String() string {
 // its address.
 func runAgent(t *testing.T, token string) string {
 	t.Helper()
-	dir := t.TempDir()
-	resolv := filepath.Join(dir, "resolv.conf")
-	if err := os.WriteFile(resolv, []byte("nameserver 127.0.0.1\nsearch ns1.svc.cluster.local svc.cluster.local\noptions ndots:5\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	srv, err := agent.New(agent.Options{Token: token, ResolvConfPath: resolv, HostsPath: filepath.Join(dir, "hosts")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent: %v", err)
-		}
-	})
-	return ln.Addr().String()
+	return agenttest.Start(t, agent.Options{Token: token,
+		ResolvConfPath: agenttest.WriteFile(t, "resolv.conf", "nameserver 127.0.0.1\nsearch ns1.svc.cluster.local svc.cluster.local\noptions ndots:5\n")}).Addr()
 }
 
 func tokenFile(t *testing.T, token string) string {
