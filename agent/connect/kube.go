@@ -38,6 +38,7 @@ func startThroughKubernetes(ctx context.Context, o Options) (run *Run, err error
 	if err != nil {
 		return nil, err
 	}
+	o.Progress.Note("cluster: context %q at %s, namespace %s (kubeconfig %s)", access.Context, access.REST.Host, access.Namespace, access.Source)
 	target, err := findTarget(ctx, access, o)
 	if err != nil {
 		return nil, err

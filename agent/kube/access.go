@@ -32,6 +32,8 @@ type Access struct {
 	Namespace string
 	// Source says where the configuration came from, for messages.
 	Source string
+	// Context is the kubeconfig context in use ("" in a cluster).
+	Context string
 }
 
 // Connect loads the configuration like kubectl and returns a client. It
@@ -81,7 +83,11 @@ func Connect(o AccessOptions) (*Access, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig %s: %w", source, err)
 	}
-	return &Access{Client: client, REST: cfg, Namespace: ns, Source: source}, nil
+	context := o.Context
+	if raw, err := cc.RawConfig(); err == nil && context == "" {
+		context = raw.CurrentContext
+	}
+	return &Access{Client: client, REST: cfg, Namespace: ns, Source: source, Context: context}, nil
 }
 
 // sudoUserKubeconfig is ~/.kube/config of the user who ran sudo, when

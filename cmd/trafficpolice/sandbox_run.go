@@ -94,6 +94,9 @@ func runSandbox(ctx context.Context, f runFlags, argv []string) error {
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
+	if err := runPreflight(ctx, preflightEnv(cfg, f.kube, f.agentAddress, f.image.image, f.image.address), progress); err != nil {
+		return err
+	}
 	// The target's environment (feature.env) comes after ours: the pod's
 	// values win, as in mirrord.
 	appEnv := os.Environ()

@@ -1,0 +1,118 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/trafficpolice/trafficpolice/agent/connect"
+	"github.com/trafficpolice/trafficpolice/agent/kube"
+	"github.com/trafficpolice/trafficpolice/config"
+	"github.com/trafficpolice/trafficpolice/preflight"
+	"github.com/trafficpolice/trafficpolice/sandbox"
+	"github.com/trafficpolice/trafficpolice/sandbox/container"
+)
+
+func newDoctorCommand() *cobra.Command {
+	var (
+		file, output, image, containerdAddress, agentAddress string
+		kf                                                   kubeFlags
+	)
+	cmd := &cobra.Command{
+		Use:   "doctor [-f FILE] [--target KIND/NAME] [--image REF] [-o text|json]",
+		Short: "Check what a run needs of this host and its cluster, and say how to fix what is missing",
+		Long: "Run the checks that `sandbox run` makes before it starts anything: privileges, the TUN device,\n" +
+			"network namespaces, nat, the state folder, containerd (with --image), and with a target the\n" +
+			"kubeconfig and context, that the cluster answers, and every RBAC permission the run needs.\n" +
+			"Each check prints ok, warn or fail, with the fix. Exits 1 when a check fails.",
+		Example: "  sudo trafficpolice doctor\n" +
+			"  sudo trafficpolice doctor -f .mirrord/mirrord.json\n" +
+			"  sudo trafficpolice doctor --target deployment/api -n shop -o json",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "text" && output != "json" {
+				return fmt.Errorf("-o %q: use text or json", output)
+			}
+			cfg, err := loadConfig(file)
+			if err != nil {
+				return err
+			}
+			if err := kf.apply(cfg); err != nil {
+				return err
+			}
+			env := preflightEnv(cfg, kf, agentAddress, image, containerdAddress)
+			rs := preflight.Run(cmd.Context(), env)
+			if output == "json" {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(rs); err != nil {
+					return err
+				}
+			} else {
+				for _, r := range rs {
+					fmt.Fprintln(cmd.OutOrStdout(), r)
+				}
+			}
+			if preflight.Failed(rs) {
+				return &exitError{code: 1}
+			}
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVarP(&file, "file", "f", "", "configuration file whose run to check")
+	fl.StringVarP(&output, "output", "o", "text", "output format: text or json")
+	fl.StringVar(&image, "image", "", "check for a run with --image (containerd)")
+	fl.StringVar(&containerdAddress, "containerd-address", "", "containerd's socket (default $"+container.AddressEnv+" or "+container.DefaultAddress+")")
+	fl.StringVar(&agentAddress, "agent-address", "", "the run uses a running agent: no cluster checks")
+	kf.add(fl)
+	return cmd
+}
+
+// preflightEnv is what a run with this configuration and these flags
+// needs checked.
+func preflightEnv(cfg *config.Config, kf kubeFlags, agentAddress, image, containerdAddress string) preflight.Env {
+	if containerdAddress == "" {
+		containerdAddress = os.Getenv(container.AddressEnv)
+	}
+	if containerdAddress == "" {
+		containerdAddress = container.DefaultAddress
+	}
+	env := preflight.Env{Euid: -1, StateDir: sandbox.StateDir, Image: image, ContainerdAddress: containerdAddress}
+	direct := connect.Address(connect.Options{Config: cfg, Address: agentAddress}) != ""
+	if cfg.Target.Path != "" && !direct {
+		env.Kube = &kube.AccessOptions{Kubeconfig: first(kf.kubeconfig, cfg.Kubeconfig), Context: first(kf.context, cfg.KubeContext)}
+		kind := ""
+		if cfg.Target.Path != "targetless" {
+			kind, _, _ = strings.Cut(cfg.Target.Path, "/")
+		}
+		env.Cluster = preflight.ClusterNeeds{Namespace: cfg.Target.Namespace, TargetKind: kind,
+			AgentNamespace: cfg.Agent.Namespace, Ephemeral: cfg.Agent.Ephemeral, Env: cfg.Feature.Env.Enabled}
+	}
+	return env
+}
+
+// runPreflight stops a run whose host or cluster lacks something it
+// needs, before anything is started; warnings become notes.
+func runPreflight(ctx context.Context, env preflight.Env, progress *sandbox.Progress) error {
+	rs := preflight.Run(ctx, env)
+	for _, r := range rs {
+		if r.Status == preflight.Warn {
+			progress.Note("%s: %s (%s)", r.Check, r.Detail, r.Fix)
+		}
+	}
+	return preflight.FirstFailure(rs)
+}
+
+func first(vals ...string) string {
+	for _, v := range vals {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}

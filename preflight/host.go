@@ -1,0 +1,160 @@
+package preflight
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/trafficpolice/trafficpolice/agent/kube"
+)
+
+// Env says what to check, and where; tests point it at states of their
+// own making.
+type Env struct {
+	// Euid is the effective user id the run has; -1 means this process's.
+	Euid int
+	// TUNPath is the TUN clone device; "" means /dev/net/tun.
+	TUNPath string
+	// StateDir is where runs keep their records (sandbox.StateDir).
+	StateDir string
+	// IPTables is the iptables command; "" means "iptables" on PATH.
+	IPTables string
+	// Image, when set, needs containerd at ContainerdAddress.
+	Image, ContainerdAddress string
+	// Kube, when set, is the cluster the run works on.
+	Kube *kube.AccessOptions
+	// Cluster says what the run will ask of the cluster.
+	Cluster ClusterNeeds
+}
+
+func (e Env) withDefaults() Env {
+	if e.Euid < 0 {
+		e.Euid = os.Geteuid()
+	}
+	if e.TUNPath == "" {
+		e.TUNPath = "/dev/net/tun"
+	}
+	if e.IPTables == "" {
+		e.IPTables = "iptables"
+	}
+	if e.ContainerdAddress == "" {
+		e.ContainerdAddress = "/run/containerd/containerd.sock"
+	}
+	return e
+}
+
+func checkPrivileges(env Env) Result {
+	r := Result{Check: "privileges"}
+	if env.Euid == 0 {
+		r.Status, r.Detail = OK, "running as root"
+		if u := os.Getenv("SUDO_USER"); u != "" {
+			r.Detail += " (sudo from " + u + ": the app runs as " + u + ")"
+		}
+		return r
+	}
+	r.Status, r.Detail = Fail, fmt.Sprintf("running as uid %d, not root", env.Euid)
+	r.Fix = "run with sudo (trafficpolice creates a network namespace, a TUN device and nat rules for the app)"
+	return r
+}
+
+func checkTUN(env Env) Result {
+	r := Result{Check: "tun"}
+	f, err := os.OpenFile(env.TUNPath, os.O_RDWR, 0)
+	switch {
+	case err == nil:
+		_ = f.Close()
+		r.Status, r.Detail = OK, env.TUNPath+" opens"
+	case errors.Is(err, os.ErrNotExist):
+		r.Status, r.Detail = Fail, env.TUNPath+" does not exist"
+		r.Fix = "load the tun module (modprobe tun), or in a container pass the device (--device /dev/net/tun)"
+	case errors.Is(err, os.ErrPermission):
+		r.Status, r.Detail = Fail, fmt.Sprintf("%s cannot be opened: %v", env.TUNPath, err)
+		r.Fix = "run with sudo, or make the device usable (chmod 0666 " + env.TUNPath + ", as Debian and Ubuntu ship it)"
+	default:
+		r.Status, r.Detail = Fail, fmt.Sprintf("%s: %v", env.TUNPath, err)
+		r.Fix = "check that the kernel has TUN support (CONFIG_TUN)"
+	}
+	return r
+}
+
+// checkNetns creates a network namespace on a thread of its own, which
+// ends with the check (the namespace with it).
+func checkNetns(env Env) Result {
+	r := Result{Check: "netns"}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		errc <- unix.Unshare(unix.CLONE_NEWNET)
+	}()
+	if err := <-errc; err != nil {
+		r.Status, r.Detail = Fail, fmt.Sprintf("cannot create a network namespace: %v", err)
+		r.Fix = "run with sudo; in a container, give it CAP_SYS_ADMIN and CAP_NET_ADMIN"
+		return r
+	}
+	r.Status, r.Detail = OK, "network namespaces can be created"
+	return r
+}
+
+func checkNAT(env Env) Result {
+	r := Result{Check: "nat"}
+	path, err := exec.LookPath(env.IPTables)
+	if err != nil {
+		r.Status, r.Detail = Fail, env.IPTables+" is not installed"
+		r.Fix = "apt-get install iptables (the sandbox sends the app's loopback traffic to the router with a nat rule)"
+		return r
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, path, "-w", "-t", "nat", "-S").CombinedOutput()
+	if err != nil {
+		r.Status, r.Detail = Fail, fmt.Sprintf("%s cannot read the nat table: %v: %s", path, err, strings.TrimSpace(string(out)))
+		r.Fix = "run with sudo, and check that the kernel has nat (nf_tables nat, or iptable_nat)"
+		return r
+	}
+	r.Status, r.Detail = OK, path+" works with the nat table"
+	return r
+}
+
+func checkStateDir(env Env) Result {
+	r := Result{Check: "state"}
+	if err := os.MkdirAll(env.StateDir, 0o755); err != nil {
+		r.Status, r.Detail = Fail, fmt.Sprintf("cannot create %s: %v", env.StateDir, err)
+		r.Fix = "run with sudo (runs record what they create there, so that a killed run is cleaned up)"
+		return r
+	}
+	f, err := os.CreateTemp(env.StateDir, ".preflight-*")
+	if err != nil {
+		r.Status, r.Detail = Fail, fmt.Sprintf("cannot write in %s: %v", env.StateDir, err)
+		r.Fix = "run with sudo, or make " + env.StateDir + " writable"
+		return r
+	}
+	_ = f.Close()
+	_ = os.Remove(f.Name())
+	r.Status, r.Detail = OK, filepath.Clean(env.StateDir)+" is writable"
+	return r
+}
+
+func checkContainerd(ctx context.Context, env Env) Result {
+	r := Result{Check: "containerd"}
+	var d net.Dialer
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	c, err := d.DialContext(dctx, "unix", env.ContainerdAddress)
+	if err != nil {
+		r.Status, r.Detail = Fail, fmt.Sprintf("--image %s needs containerd, and %s does not answer: %v", env.Image, env.ContainerdAddress, err)
+		r.Fix = "install and start containerd (apt-get install containerd; systemctl start containerd)"
+		return r
+	}
+	_ = c.Close()
+	r.Status, r.Detail = OK, "containerd answers at "+env.ContainerdAddress
+	return r
+}
