@@ -8,12 +8,21 @@ import (
 	"testing"
 )
 
+var localhost = netip.MustParseAddr("127.0.0.1")
+
 // EchoTCP starts a TCP server on the host's 127.0.0.1 that echoes each
 // connection until its client half-closes, then closes its side; it stops
 // when the test ends.
 func EchoTCP(t testing.TB) netip.AddrPort {
 	t.Helper()
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	return EchoTCPOn(t, localhost)
+}
+
+// EchoTCPOn is EchoTCP on another of the host's addresses (any of
+// 127.0.0.0/8 is the host's on Linux).
+func EchoTCPOn(t testing.TB, addr netip.Addr) netip.AddrPort {
+	t.Helper()
+	ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(addr, 0)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +47,13 @@ func EchoTCP(t testing.TB) netip.AddrPort {
 // datagram back to where it came from; it stops when the test ends.
 func EchoUDP(t testing.TB) netip.AddrPort {
 	t.Helper()
-	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	return EchoUDPOn(t, localhost)
+}
+
+// EchoUDPOn is EchoUDP on another of the host's addresses.
+func EchoUDPOn(t testing.TB, addr netip.Addr) netip.AddrPort {
+	t.Helper()
+	pc, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, 0)))
 	if err != nil {
 		t.Fatal(err)
 	}
