@@ -184,107 +184,134 @@ func writeDirLayer(w io.Writer, root string, epoch time.Time) error {
 	if !fi.IsDir() {
 		return fmt.Errorf("root folder %s is not a folder", root)
 	}
-	tw := tar.NewWriter(w)
-	type inode struct{ dev, ino uint64 }
-	links := map[inode]string{}
-	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(root, p)
-		if err != nil {
-			return err
-		}
-		if rel == "." {
-			return nil
-		}
-		name := filepath.ToSlash(rel)
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		st, ok := info.Sys().(*syscall.Stat_t)
-		if !ok {
-			return fmt.Errorf("%s: no owner information", p)
-		}
-		hdr := &tar.Header{
-			Name:    name,
-			Mode:    tarMode(info.Mode()),
-			Uid:     int(st.Uid),
-			Gid:     int(st.Gid),
-			ModTime: epoch,
-			Format:  tar.FormatPAX,
-		}
-		if caps, err := getxattr(p, "security.capability"); err == nil && len(caps) > 0 {
-			hdr.PAXRecords = map[string]string{"SCHILY.xattr.security.capability": string(caps)}
-		}
-		mode := info.Mode()
-		switch {
-		case mode.IsDir():
-			hdr.Typeflag = tar.TypeDir
-			hdr.Name += "/"
-			if err := writeHeader(tw, hdr); err != nil {
-				return err
-			}
-			if slices.Contains(skipContents, name) {
-				return fs.SkipDir
-			}
-			return nil
-		case mode&fs.ModeSymlink != 0:
-			target, err := os.Readlink(p)
-			if err != nil {
-				return err
-			}
-			hdr.Typeflag = tar.TypeSymlink
-			hdr.Linkname = target
-			return writeHeader(tw, hdr)
-		case mode&fs.ModeDevice != 0:
-			hdr.Typeflag = tar.TypeBlock
-			if mode&fs.ModeCharDevice != 0 {
-				hdr.Typeflag = tar.TypeChar
-			}
-			hdr.Devmajor = int64(unix.Major(st.Rdev))
-			hdr.Devminor = int64(unix.Minor(st.Rdev))
-			return writeHeader(tw, hdr)
-		case mode&fs.ModeNamedPipe != 0:
-			hdr.Typeflag = tar.TypeFifo
-			return writeHeader(tw, hdr)
-		case mode&fs.ModeSocket != 0:
-			// A socket is a running program's, never part of an image.
-			return nil
-		case mode.IsRegular():
-			key := inode{uint64(st.Dev), st.Ino}
-			if st.Nlink > 1 {
-				if first, seen := links[key]; seen {
-					hdr.Typeflag = tar.TypeLink
-					hdr.Linkname = first
-					return writeHeader(tw, hdr)
-				}
-				links[key] = name
-			}
-			hdr.Typeflag = tar.TypeReg
-			hdr.Size = info.Size()
-			if err := writeHeader(tw, hdr); err != nil {
-				return err
-			}
-			f, err := os.Open(p)
-			if err != nil {
-				return err
-			}
-			defer f.Close()
-			if n, err := io.Copy(tw, f); err != nil {
-				return fmt.Errorf("copy %s: %w", p, err)
-			} else if n != info.Size() {
-				return fmt.Errorf("%s changed size while it was packed", p)
-			}
-			return nil
-		}
-		return fmt.Errorf("%s has mode %v, which a layer cannot hold", p, mode)
-	})
-	if err != nil {
+	pk := &dirPacker{tw: tar.NewWriter(w), root: root, epoch: epoch, links: map[inode]string{}}
+	if err := filepath.WalkDir(root, pk.add); err != nil {
 		return fmt.Errorf("pack %s: %w", root, err)
 	}
-	return tw.Close()
+	return pk.tw.Close()
+}
+
+// inode names a file across hard links.
+type inode struct{ dev, ino uint64 }
+
+// dirPacker is writeDirLayer's state while it walks the tree.
+type dirPacker struct {
+	tw    *tar.Writer
+	root  string
+	epoch time.Time
+	// links maps each hard-linked file to the first name it was packed
+	// under; later names become tar links to it.
+	links map[inode]string
+}
+
+// add packs one entry of the walk (a fs.WalkDirFunc).
+func (pk *dirPacker) add(p string, d fs.DirEntry, err error) error {
+	if err != nil {
+		return err
+	}
+	rel, err := filepath.Rel(pk.root, p)
+	if err != nil {
+		return err
+	}
+	if rel == "." {
+		return nil
+	}
+	name := filepath.ToSlash(rel)
+	info, err := d.Info()
+	if err != nil {
+		return err
+	}
+	st, ok := info.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("%s: no owner information", p)
+	}
+	hdr := &tar.Header{
+		Name:    name,
+		Mode:    tarMode(info.Mode()),
+		Uid:     int(st.Uid),
+		Gid:     int(st.Gid),
+		ModTime: pk.epoch,
+		Format:  tar.FormatPAX,
+	}
+	if caps, err := getxattr(p, "security.capability"); err == nil && len(caps) > 0 {
+		hdr.PAXRecords = map[string]string{"SCHILY.xattr.security.capability": string(caps)}
+	}
+	return pk.write(p, hdr, info, st)
+}
+
+// write completes hdr for the entry's type and writes it, with the
+// contents of a regular file. It returns fs.SkipDir for the folders whose
+// contents are the running system's (skipContents).
+func (pk *dirPacker) write(p string, hdr *tar.Header, info fs.FileInfo, st *syscall.Stat_t) error {
+	mode := info.Mode()
+	switch {
+	case mode.IsDir():
+		hdr.Typeflag = tar.TypeDir
+		name := hdr.Name
+		hdr.Name += "/"
+		if err := writeHeader(pk.tw, hdr); err != nil {
+			return err
+		}
+		if slices.Contains(skipContents, name) {
+			return fs.SkipDir
+		}
+		return nil
+	case mode&fs.ModeSymlink != 0:
+		target, err := os.Readlink(p)
+		if err != nil {
+			return err
+		}
+		hdr.Typeflag = tar.TypeSymlink
+		hdr.Linkname = target
+		return writeHeader(pk.tw, hdr)
+	case mode&fs.ModeDevice != 0:
+		hdr.Typeflag = tar.TypeBlock
+		if mode&fs.ModeCharDevice != 0 {
+			hdr.Typeflag = tar.TypeChar
+		}
+		hdr.Devmajor = int64(unix.Major(st.Rdev))
+		hdr.Devminor = int64(unix.Minor(st.Rdev))
+		return writeHeader(pk.tw, hdr)
+	case mode&fs.ModeNamedPipe != 0:
+		hdr.Typeflag = tar.TypeFifo
+		return writeHeader(pk.tw, hdr)
+	case mode&fs.ModeSocket != 0:
+		// A socket is a running program's, never part of an image.
+		return nil
+	case mode.IsRegular():
+		return pk.writeRegular(p, hdr, info.Size(), st)
+	}
+	return fmt.Errorf("%s has mode %v, which a layer cannot hold", p, mode)
+}
+
+// writeRegular writes a regular file: its contents the first time, a tar
+// hard link to that first name for each further link to the same inode.
+func (pk *dirPacker) writeRegular(p string, hdr *tar.Header, size int64, st *syscall.Stat_t) error {
+	key := inode{uint64(st.Dev), st.Ino}
+	if st.Nlink > 1 {
+		if first, seen := pk.links[key]; seen {
+			hdr.Typeflag = tar.TypeLink
+			hdr.Linkname = first
+			return writeHeader(pk.tw, hdr)
+		}
+		pk.links[key] = hdr.Name
+	}
+	hdr.Typeflag = tar.TypeReg
+	hdr.Size = size
+	if err := writeHeader(pk.tw, hdr); err != nil {
+		return err
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if n, err := io.Copy(pk.tw, f); err != nil {
+		return fmt.Errorf("copy %s: %w", p, err)
+	} else if n != size {
+		return fmt.Errorf("%s changed size while it was packed", p)
+	}
+	return nil
 }
 
 func getxattr(p, attr string) ([]byte, error) {

@@ -109,23 +109,53 @@ func setupInside(opts SandboxLink) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
+	addrs := []netip.Prefix{SandboxAddr4}
+	if !opts.NoIPv6 {
+		addrs = append(addrs, SandboxAddr6)
+	}
+	link, err := configureTUNLink(h, opts, addrs)
+	if err != nil {
+		return tun, err
+	}
+	if err := addDefaultRoutes(h, link, opts.Name, addrs); err != nil {
+		return tun, err
+	}
+	if !opts.NoIPv6 {
+		if err := addLoopback6Return(h, link.Attrs().Index); err != nil {
+			return tun, err
+		}
+	}
+	if err := writeSandboxSysctls(opts.Name); err != nil {
+		return tun, err
+	}
+
+	if err := installLoopbackRules(iptables.ProtocolIPv4, opts.Name); err != nil {
+		return tun, err
+	}
+	if !opts.NoIPv6 {
+		if err := installLoopbackRules(iptables.ProtocolIPv6, opts.Name); err != nil {
+			return tun, err
+		}
+	}
+	return tun, nil
+}
+
+// configureTUNLink gives the open TUN link its MTU and addresses and sets
+// it up.
+func configureTUNLink(h *netlink.Handle, opts SandboxLink, addrs []netip.Prefix) (netlink.Link, error) {
 	link, err := h.LinkByName(opts.Name)
 	if err != nil {
-		return tun, fmt.Errorf("find link %s: %w", opts.Name, err)
+		return nil, fmt.Errorf("find link %s: %w", opts.Name, err)
 	}
 	if err := h.LinkSetMTU(link, opts.MTU); err != nil {
-		return tun, fmt.Errorf("set MTU %d on %s: %w", opts.MTU, opts.Name, err)
+		return nil, fmt.Errorf("set MTU %d on %s: %w", opts.MTU, opts.Name, err)
 	}
 	if !opts.NoIPv6 {
 		// No link-local address: it would only put router solicitations
 		// and MLD reports on the TUN for the router to throw away.
 		if err := h.LinkSetIP6AddrGenMode(link, nl.IN6_ADDR_GEN_MODE_NONE); err != nil {
-			return tun, fmt.Errorf("disable IPv6 link-local address on %s: %w", opts.Name, err)
+			return nil, fmt.Errorf("disable IPv6 link-local address on %s: %w", opts.Name, err)
 		}
-	}
-	addrs := []netip.Prefix{SandboxAddr4}
-	if !opts.NoIPv6 {
-		addrs = append(addrs, SandboxAddr6)
 	}
 	for _, p := range addrs {
 		a := &netlink.Addr{IPNet: ipNet(p)}
@@ -133,12 +163,18 @@ func setupInside(opts SandboxLink) (*os.File, error) {
 			a.Flags = unix.IFA_F_NODAD
 		}
 		if err := h.AddrAdd(link, a); err != nil {
-			return tun, fmt.Errorf("add address %s to %s: %w", p, opts.Name, err)
+			return nil, fmt.Errorf("add address %s to %s: %w", p, opts.Name, err)
 		}
 	}
 	if err := h.LinkSetUp(link); err != nil {
-		return tun, fmt.Errorf("set %s up: %w", opts.Name, err)
+		return nil, fmt.Errorf("set %s up: %w", opts.Name, err)
 	}
+	return link, nil
+}
+
+// addDefaultRoutes sends each family's traffic through the link, from the
+// sandbox's address of that family.
+func addDefaultRoutes(h *netlink.Handle, link netlink.Link, name string, addrs []netip.Prefix) error {
 	for _, p := range addrs {
 		bits := p.Addr().BitLen()
 		r := &netlink.Route{
@@ -151,38 +187,29 @@ func setupInside(opts SandboxLink) (*os.File, error) {
 			r.Scope = netlink.SCOPE_UNIVERSE
 		}
 		if err := h.RouteAdd(r); err != nil {
-			return tun, fmt.Errorf("add default route dev %s src %s: %w", opts.Name, p.Addr(), err)
+			return fmt.Errorf("add default route dev %s src %s: %w", name, p.Addr(), err)
 		}
 	}
+	return nil
+}
 
-	if !opts.NoIPv6 {
-		if err := addLoopback6Return(h, link.Attrs().Index); err != nil {
-			return tun, err
-		}
-	}
-
+// writeSandboxSysctls sets the namespace's sysctls: route_localnet, so that
+// redirected loopback traffic may leave through the link named name, and
+// unprivileged ping.
+func writeSandboxSysctls(name string) error {
 	sysctls := map[string]string{
-		"net/ipv4/conf/all/route_localnet":                          "1",
-		filepath.Join("net/ipv4/conf", opts.Name, "route_localnet"): "1",
+		"net/ipv4/conf/all/route_localnet":                     "1",
+		filepath.Join("net/ipv4/conf", name, "route_localnet"): "1",
 		// Lets the app ping as an ordinary user (ICMP datagram sockets), as
 		// on most desktop distributions; harmless inside the sandbox.
 		"net/ipv4/ping_group_range": "0 2147483647",
 	}
 	for key, val := range sysctls {
 		if err := writeSysctl(key, val); err != nil {
-			return tun, err
+			return err
 		}
 	}
-
-	if err := installLoopbackRules(iptables.ProtocolIPv4, opts.Name); err != nil {
-		return tun, err
-	}
-	if !opts.NoIPv6 {
-		if err := installLoopbackRules(iptables.ProtocolIPv6, opts.Name); err != nil {
-			return tun, err
-		}
-	}
-	return tun, nil
+	return nil
 }
 
 func ipNet(p netip.Prefix) *net.IPNet {

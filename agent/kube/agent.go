@@ -121,11 +121,11 @@ func (a *Access) StartAgent(ctx context.Context, t *Target, o AgentOptions) (*Ag
 	defer cancel()
 	switch {
 	case t == nil:
-		err = a.startJob(ctx, nil, ag, args, env, o, id)
+		err = a.startJob(ctx, nil, ag, args, env, o)
 	case o.Ephemeral:
 		err = a.startEphemeral(ctx, t, ag, args, env, o)
 	default:
-		err = a.startJob(ctx, t, ag, args, env, o, id)
+		err = a.startJob(ctx, t, ag, args, env, o)
 	}
 	if err != nil {
 		if ctx.Err() != nil && !errors.Is(err, context.Canceled) {
@@ -171,7 +171,10 @@ func (a *Access) startEphemeral(ctx context.Context, t *Target, ag *Agent, args 
 	return a.waitRunning(ctx, t.Pod.Namespace, t.Pod.Name, ag.Name, true)
 }
 
-func (a *Access) startJob(ctx context.Context, t *Target, ag *Agent, args []string, env []corev1.EnvVar, o AgentOptions, id string) error {
+// startJob runs the agent as a Job: on the target's node, entering its
+// network namespace, or (t nil) in a pod of its own. It returns once the
+// agent's container runs.
+func (a *Access) startJob(ctx context.Context, t *Target, ag *Agent, args []string, env []corev1.EnvVar, o AgentOptions) error {
 	ns := o.Namespace
 	if ns == "" && t != nil {
 		ns = t.Pod.Namespace
@@ -180,15 +183,38 @@ func (a *Access) startJob(ctx context.Context, t *Target, ag *Agent, args []stri
 		ns = a.Namespace
 	}
 	ag.JobNamespace = ns
-	labels := map[string]string{AgentLabel: agentLabelValue, "trafficpolice.dev/agent": ag.Name}
+	job := agentJob(ns, ag.Name, args, env, o)
+	if t != nil {
+		if err := enterTarget(job, t); err != nil {
+			return err
+		}
+	}
+	if _, err := a.Client.BatchV1().Jobs(ns).Create(ctx, job, metav1.CreateOptions{}); err != nil {
+		return apiError(err, "create", "jobs", ns)
+	}
+	step(o, fmt.Sprintf("agent job %s/%s created", ns, ag.Name))
+	podName, err := a.jobPod(ctx, ns, ag.Name)
+	if err != nil {
+		return err
+	}
+	if t == nil {
+		ag.Namespace, ag.Pod = ns, podName
+	}
+	return a.waitRunning(ctx, ns, podName, "agent", false)
+}
+
+// agentJob is the Job named name that runs the agent with args and env, in
+// a pod of its own: never restarted, never retried, tolerating every taint,
+// without a service account token.
+func agentJob(ns, name string, args []string, env []corev1.EnvVar, o AgentOptions) *batchv1.Job {
+	labels := map[string]string{AgentLabel: agentLabelValue, "trafficpolice.dev/agent": name}
 	for k, v := range o.Labels {
 		labels[k] = v
 	}
 	ttl := int32(max(o.TTL, 0) / time.Second)
 	backoff := int32(0)
-	privileged := true
-	job := &batchv1.Job{
-		ObjectMeta: metav1.ObjectMeta{Name: ag.Name, Namespace: ns, Labels: labels},
+	return &batchv1.Job{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels},
 		Spec: batchv1.JobSpec{
 			TTLSecondsAfterFinished: &ttl,
 			BackoffLimit:            &backoff,
@@ -212,49 +238,48 @@ func (a *Access) startJob(ctx context.Context, t *Target, ag *Agent, args []stri
 			},
 		},
 	}
-	if t != nil {
-		// Enter the target's network namespace from the target's node.
-		if t.ContainerID == "" {
-			return fmt.Errorf("container %s of pod %s has no container id yet: is it running?", t.Container, t.Pod.Name)
-		}
-		socket, _, err := enter.SplitID(t.ContainerID)
-		if err != nil {
-			return err
-		}
-		spec := &job.Spec.Template.Spec
-		hostPathType := corev1.HostPathSocket
-		spec.NodeName = t.Pod.Spec.NodeName
-		spec.HostPID = true
-		c := &spec.Containers[0]
-		c.Args = append(c.Args, "--enter-container", t.ContainerID)
-		c.SecurityContext.Privileged = &privileged
-		c.VolumeMounts = []corev1.VolumeMount{{Name: "cri", MountPath: socket}}
-		spec.Volumes = []corev1.Volume{{Name: "cri", VolumeSource: corev1.VolumeSource{
-			HostPath: &corev1.HostPathVolumeSource{Path: socket, Type: &hostPathType}}}}
+}
+
+// enterTarget makes the agent's Job enter the target's network namespace
+// from the target's node: it runs there privileged, with the host's PIDs
+// and the container runtime's socket, and is told the container's id.
+func enterTarget(job *batchv1.Job, t *Target) error {
+	if t.ContainerID == "" {
+		return fmt.Errorf("container %s of pod %s has no container id yet: is it running?", t.Container, t.Pod.Name)
 	}
-	if _, err := a.Client.BatchV1().Jobs(ns).Create(ctx, job, metav1.CreateOptions{}); err != nil {
-		return apiError(err, "create", "jobs", ns)
+	socket, _, err := enter.SplitID(t.ContainerID)
+	if err != nil {
+		return err
 	}
-	step(o, fmt.Sprintf("agent job %s/%s created", ns, ag.Name))
-	// The Job's pod gets a generated name: find it by its label.
-	var podName string
-	for podName == "" {
-		pods, err := a.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "trafficpolice.dev/agent=" + ag.Name})
+	spec := &job.Spec.Template.Spec
+	hostPathType := corev1.HostPathSocket
+	privileged := true
+	spec.NodeName = t.Pod.Spec.NodeName
+	spec.HostPID = true
+	c := &spec.Containers[0]
+	c.Args = append(c.Args, "--enter-container", t.ContainerID)
+	c.SecurityContext.Privileged = &privileged
+	c.VolumeMounts = []corev1.VolumeMount{{Name: "cri", MountPath: socket}}
+	spec.Volumes = []corev1.Volume{{Name: "cri", VolumeSource: corev1.VolumeSource{
+		HostPath: &corev1.HostPathVolumeSource{Path: socket, Type: &hostPathType}}}}
+	return nil
+}
+
+// jobPod waits for the agent Job's pod to exist and returns its name: the
+// pod gets a generated name, so it is found by its label.
+func (a *Access) jobPod(ctx context.Context, ns, jobName string) (string, error) {
+	for {
+		pods, err := a.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "trafficpolice.dev/agent=" + jobName})
 		if err != nil {
-			return apiError(err, "list", "pods", ns)
+			return "", apiError(err, "list", "pods", ns)
 		}
 		if len(pods.Items) > 0 {
-			podName = pods.Items[0].Name
-			break
+			return pods.Items[0].Name, nil
 		}
 		if err := sleep(ctx, 200*time.Millisecond); err != nil {
-			return fmt.Errorf("agent job %s/%s: no pod yet: %w", ns, ag.Name, err)
+			return "", fmt.Errorf("agent job %s/%s: no pod yet: %w", ns, jobName, err)
 		}
 	}
-	if t == nil {
-		ag.Namespace, ag.Pod = ns, podName
-	}
-	return a.waitRunning(ctx, ns, podName, "agent", false)
 }
 
 // waitRunning waits for a container of the pod to run, and fails early

@@ -70,114 +70,168 @@ func ParseEntry(raw string) (Entry, error) {
 	if s == "" {
 		return e, fmt.Errorf("empty entry (valid forms: \"tcp://1.2.3.0/24:7777\", \"app-db\", \":8888\", \"udp://:53\")")
 	}
-	if i := strings.Index(s, "://"); i >= 0 {
-		p, err := ParseProto(s[:i])
-		if err != nil {
-			if strings.ContainsAny(s[:i], ":/[]") || i == 0 {
-				return e, fmt.Errorf("the protocol must come first, as in \"tcp://host:port\"; got %q before \"://\"", s[:i])
-			}
+	proto, s, err := parseScheme(s)
+	if err != nil {
+		return e, err
+	}
+	e.Proto = proto
+	parts, err := splitAddress(s)
+	if err != nil {
+		return e, err
+	}
+	if parts.port != "" {
+		if e.Port, err = parsePort(parts.port); err != nil {
 			return e, err
 		}
-		e.Proto = p
+	}
+	if err := e.setDestination(parts); err != nil {
+		return e, err
+	}
+	return e, nil
+}
+
+// parseScheme reads the optional "proto://" in front of s and returns the
+// protocol (AnyProto when there is none) and the rest of the entry.
+func parseScheme(s string) (Proto, string, error) {
+	p := AnyProto
+	if i := strings.Index(s, "://"); i >= 0 {
+		var err error
+		p, err = ParseProto(s[:i])
+		if err != nil {
+			if strings.ContainsAny(s[:i], ":/[]") || i == 0 {
+				return p, s, fmt.Errorf("the protocol must come first, as in \"tcp://host:port\"; got %q before \"://\"", s[:i])
+			}
+			return p, s, err
+		}
 		s = s[i+3:]
 	}
 	if strings.Contains(s, "://") {
-		return e, fmt.Errorf("\"://\" may appear only once, after the protocol")
+		return p, s, fmt.Errorf("\"://\" may appear only once, after the protocol")
 	}
+	return p, s, nil
+}
 
-	var hostPart, prefixPart, portPart string
-	hasPrefix := false
+// addressParts are the still unparsed pieces of an entry after its scheme:
+// host[/prefix][:port], each "" when absent. hasPrefix tells "10.0.0.0/"
+// (an empty prefix, an error) from no prefix at all.
+type addressParts struct {
+	host, prefix, port string
+	hasPrefix          bool
+}
+
+// splitAddress cuts host, prefix and port apart. An IPv6 address must be in
+// brackets, since its colons would be taken for the port's.
+func splitAddress(s string) (addressParts, error) {
 	if strings.HasPrefix(s, "[") {
-		end := strings.IndexByte(s, ']')
-		if end < 0 {
-			return e, fmt.Errorf("missing \"]\" after the IPv6 address")
+		return splitBracketed(s)
+	}
+	var a addressParts
+	if strings.Count(s, ":") > 1 {
+		return a, fmt.Errorf("an IPv6 address must be written in brackets, as in \"[%s]\" or \"tcp://[::1]:8080\"", s)
+	}
+	if i := strings.IndexByte(s, ':'); i >= 0 {
+		s, a.port = s[:i], s[i+1:]
+		if a.port == "" {
+			return a, fmt.Errorf("missing port after \":\"")
 		}
-		hostPart, s = s[1:end], s[end+1:]
-		if hostPart == "" {
-			return e, fmt.Errorf("empty IPv6 address in \"[]\"")
-		}
-		if _, err := netip.ParseAddr(hostPart); err != nil || !strings.Contains(hostPart, ":") {
-			return e, fmt.Errorf("%q in brackets is not an IPv6 address", hostPart)
-		}
-		if strings.HasPrefix(s, "/") {
-			hasPrefix = true
-			s = s[1:]
-			if i := strings.IndexByte(s, ':'); i >= 0 {
-				prefixPart, s = s[:i], s[i:]
-			} else {
-				prefixPart, s = s, ""
-			}
-		}
-		if s != "" {
-			if !strings.HasPrefix(s, ":") {
-				return e, fmt.Errorf("unexpected %q after the IPv6 address (valid: \"[::1]\", \"[fd00::]/8\", \"[::1]:8080\")", s)
-			}
-			portPart = s[1:]
-			if portPart == "" {
-				return e, fmt.Errorf("missing port after \":\"")
-			}
-		}
-	} else {
-		if strings.Count(s, ":") > 1 {
-			return e, fmt.Errorf("an IPv6 address must be written in brackets, as in \"[%s]\" or \"tcp://[::1]:8080\"", s)
-		}
+	}
+	if i := strings.IndexByte(s, '/'); i >= 0 {
+		s, a.prefix, a.hasPrefix = s[:i], s[i+1:], true
+	}
+	a.host = s
+	return a, nil
+}
+
+// splitBracketed cuts "[IPv6][/prefix][:port]" apart; s starts with "[".
+func splitBracketed(s string) (addressParts, error) {
+	var a addressParts
+	end := strings.IndexByte(s, ']')
+	if end < 0 {
+		return a, fmt.Errorf("missing \"]\" after the IPv6 address")
+	}
+	a.host, s = s[1:end], s[end+1:]
+	if a.host == "" {
+		return a, fmt.Errorf("empty IPv6 address in \"[]\"")
+	}
+	if _, err := netip.ParseAddr(a.host); err != nil || !strings.Contains(a.host, ":") {
+		return a, fmt.Errorf("%q in brackets is not an IPv6 address", a.host)
+	}
+	if strings.HasPrefix(s, "/") {
+		a.hasPrefix = true
+		s = s[1:]
 		if i := strings.IndexByte(s, ':'); i >= 0 {
-			s, portPart = s[:i], s[i+1:]
-			if portPart == "" {
-				return e, fmt.Errorf("missing port after \":\"")
-			}
+			a.prefix, s = s[:i], s[i:]
+		} else {
+			a.prefix, s = s, ""
 		}
-		if i := strings.IndexByte(s, '/'); i >= 0 {
-			s, prefixPart, hasPrefix = s[:i], s[i+1:], true
-		}
-		hostPart = s
 	}
+	if s != "" {
+		if !strings.HasPrefix(s, ":") {
+			return a, fmt.Errorf("unexpected %q after the IPv6 address (valid: \"[::1]\", \"[fd00::]/8\", \"[::1]:8080\")", s)
+		}
+		a.port = s[1:]
+		if a.port == "" {
+			return a, fmt.Errorf("missing port after \":\"")
+		}
+	}
+	return a, nil
+}
 
-	if portPart != "" {
-		p, err := strconv.ParseUint(portPart, 10, 16)
-		if err != nil || p == 0 {
-			return e, fmt.Errorf("port %q is not a number from 1 to 65535", portPart)
-		}
-		e.Port = uint16(p)
+// parsePort reads a destination port; 0 is refused, since it means "any".
+func parsePort(s string) (uint16, error) {
+	p, err := strconv.ParseUint(s, 10, 16)
+	if err != nil || p == 0 {
+		return 0, fmt.Errorf("port %q is not a number from 1 to 65535", s)
 	}
+	return uint16(p), nil
+}
 
-	if hostPart == "" {
-		if hasPrefix {
-			return e, fmt.Errorf("a /prefix needs an IP address before it, as in \"10.0.0.0/8\"")
+// setDestination fills in e.Prefix or e.Host from the address part: none
+// (any address), an IP address with an optional prefix, or a hostname.
+func (e *Entry) setDestination(a addressParts) error {
+	if a.host == "" {
+		if a.hasPrefix {
+			return fmt.Errorf("a /prefix needs an IP address before it, as in \"10.0.0.0/8\"")
 		}
-		return e, nil
+		return nil
 	}
-	if addr, err := netip.ParseAddr(hostPart); err == nil {
-		if addr.Zone() != "" {
-			return e, fmt.Errorf("%q has a zone (%%%s); filter addresses cannot name an interface", hostPart, addr.Zone())
-		}
-		addr = addr.Unmap()
-		bits := addr.BitLen()
-		if hasPrefix {
-			n, err := strconv.Atoi(prefixPart)
-			if err != nil || n < 0 || n > bits {
-				return e, fmt.Errorf("prefix length %q must be a number from 0 to %d", prefixPart, bits)
-			}
-			bits = n
-		}
-		if addr.IsUnspecified() && bits == addr.BitLen() {
-			// 0.0.0.0 (or [::]) means any address, as in mirrord.
-			return e, nil
-		}
-		e.Prefix = netip.PrefixFrom(addr, bits).Masked()
-		return e, nil
+	if addr, err := netip.ParseAddr(a.host); err == nil {
+		e.Prefix, err = parsePrefix(a.host, addr, a.prefix, a.hasPrefix)
+		return err
 	}
-	if looksNumeric(hostPart) {
-		return e, fmt.Errorf("%q is not a valid IPv4 address", hostPart)
+	if looksNumeric(a.host) {
+		return fmt.Errorf("%q is not a valid IPv4 address", a.host)
 	}
+	if a.hasPrefix {
+		return fmt.Errorf("a /prefix is allowed only after an IP address, not after the hostname %q", a.host)
+	}
+	if err := checkHostname(a.host); err != nil {
+		return err
+	}
+	e.Host = normalizeName(a.host)
+	return nil
+}
+
+// parsePrefix turns addr (written as host) and its optional prefix length
+// into the entry's range. The zero Prefix it returns for 0.0.0.0 and [::]
+// means any address, as in mirrord.
+func parsePrefix(host string, addr netip.Addr, prefix string, hasPrefix bool) (netip.Prefix, error) {
+	if addr.Zone() != "" {
+		return netip.Prefix{}, fmt.Errorf("%q has a zone (%%%s); filter addresses cannot name an interface", host, addr.Zone())
+	}
+	addr = addr.Unmap()
+	bits := addr.BitLen()
 	if hasPrefix {
-		return e, fmt.Errorf("a /prefix is allowed only after an IP address, not after the hostname %q", hostPart)
+		n, err := strconv.Atoi(prefix)
+		if err != nil || n < 0 || n > bits {
+			return netip.Prefix{}, fmt.Errorf("prefix length %q must be a number from 0 to %d", prefix, bits)
+		}
+		bits = n
 	}
-	if err := checkHostname(hostPart); err != nil {
-		return e, err
+	if addr.IsUnspecified() && bits == addr.BitLen() {
+		return netip.Prefix{}, nil
 	}
-	e.Host = normalizeName(hostPart)
-	return e, nil
+	return netip.PrefixFrom(addr, bits).Masked(), nil
 }
 
 func looksNumeric(s string) bool {

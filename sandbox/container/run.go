@@ -238,9 +238,41 @@ func (s *Spec) specOpts(image containerd.Image, con console.Console) ([]oci.Spec
 // runTask creates the task with the container's stdio, starts it, passes
 // signals and terminal size changes on, and waits for its end.
 func (s *Spec) runTask(ctx context.Context, c containerd.Container, con console.Console) (int, error) {
+	creator, taskReady, err := s.taskIO(ctx, con)
+	if err != nil {
+		return 0, err
+	}
+	task, err := c.NewTask(ctx, creator)
+	if err != nil {
+		return startFailure(err)
+	}
+	taskReady <- task
+	// Not ctx: the exit status must arrive even after ctx is cancelled.
+	exited, err := task.Wait(context.WithoutCancel(ctx))
+	if err != nil {
+		return 0, fmt.Errorf("wait for container %s: %w", s.ID, err)
+	}
+	if s.Started != nil {
+		s.Started(int(task.Pid()))
+	}
+	winch, restore, err := rawTerminal(con)
+	if err != nil {
+		return 0, err
+	}
+	defer restore()
+	if err := task.Start(ctx); err != nil {
+		return startFailure(err)
+	}
+	return s.superviseTask(ctx, task, exited, con, winch)
+}
+
+// taskIO makes the task's stdio: the terminal, or the Spec's streams,
+// through FIFOs in the state folder. The task must be sent on the returned
+// channel once it exists: the end of Stdin is passed on to it.
+func (s *Spec) taskIO(ctx context.Context, con console.Console) (cio.Creator, chan<- containerd.Task, error) {
 	fifoDir := filepath.Join(s.StateDir, "fifo")
 	if err := os.MkdirAll(fifoDir, 0o700); err != nil {
-		return 0, fmt.Errorf("stdio folder: %w", err)
+		return nil, nil, fmt.Errorf("stdio folder: %w", err)
 	}
 	// The daemon keeps the process's stdin open until told: closing it is
 	// how the command sees end of file.
@@ -267,32 +299,31 @@ func (s *Spec) runTask(ctx context.Context, c containerd.Container, con console.
 		ioOpts = append(ioOpts, cio.WithStreams(stdin, s.Stdout, s.Stderr))
 	}
 	ioOpts = append(ioOpts, cio.WithFIFODir(fifoDir))
-	task, err := c.NewTask(ctx, cio.NewCreator(ioOpts...))
-	if err != nil {
-		return startFailure(err)
+	return cio.NewCreator(ioOpts...), taskReady, nil
+}
+
+// rawTerminal puts the terminal in raw mode and returns the channel of its
+// size changes, and restore to undo both. Without a terminal (con nil) it
+// does nothing: the channel is nil, restore a no-op.
+func rawTerminal(con console.Console) (winch chan os.Signal, restore func(), err error) {
+	if con == nil {
+		return nil, func() {}, nil
 	}
-	taskReady <- task
-	// Not ctx: the exit status must arrive even after ctx is cancelled.
-	exited, err := task.Wait(context.WithoutCancel(ctx))
-	if err != nil {
-		return 0, fmt.Errorf("wait for container %s: %w", s.ID, err)
+	if err := con.SetRaw(); err != nil {
+		return nil, nil, fmt.Errorf("terminal raw mode: %w", err)
 	}
-	if s.Started != nil {
-		s.Started(int(task.Pid()))
-	}
-	var winch chan os.Signal
-	if con != nil {
-		if err := con.SetRaw(); err != nil {
-			return 0, fmt.Errorf("terminal raw mode: %w", err)
-		}
-		defer con.Reset()
-		winch = make(chan os.Signal, 1)
-		signal.Notify(winch, syscall.SIGWINCH)
-		defer signal.Stop(winch)
-	}
-	if err := task.Start(ctx); err != nil {
-		return startFailure(err)
-	}
+	winch = make(chan os.Signal, 1)
+	signal.Notify(winch, syscall.SIGWINCH)
+	return winch, func() {
+		signal.Stop(winch)
+		con.Reset()
+	}, nil
+}
+
+// superviseTask runs until the started task exits: it forwards s.Signals
+// and terminal size changes, stops the task (TERM, then KILL) when ctx
+// ends, and returns the exit status once the task is deleted.
+func (s *Spec) superviseTask(ctx context.Context, task containerd.Task, exited <-chan containerd.ExitStatus, con console.Console, winch <-chan os.Signal) (int, error) {
 	var killed <-chan time.Time
 	for {
 		select {
