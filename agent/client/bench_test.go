@@ -41,7 +41,7 @@ func sinkServer(b *testing.B) netip.AddrPort {
 func BenchmarkStreamThroughput(b *testing.B) {
 	dst := sinkServer(b)
 	a := startAgent(b, agent.Options{})
-	c := dial(b, a.addr, client.Options{})
+	c := dial(b, a.Addr(), client.Options{})
 	dialers := map[string]func() (net.Conn, error){
 		"tunnel": func() (net.Conn, error) { return c.DialTCP(context.Background(), dst) },
 		"kernel": func() (net.Conn, error) { return net.Dial("tcp", dst.String()) },
@@ -94,7 +94,7 @@ func BenchmarkDialTCP(b *testing.B) {
 	}()
 	dst := netip.MustParseAddrPort(ln.Addr().String())
 	a := startAgent(b, agent.Options{})
-	c := dial(b, a.addr, client.Options{})
+	c := dial(b, a.Addr(), client.Options{})
 	dialers := map[string]func() (net.Conn, error){
 		"tunnel": func() (net.Conn, error) { return c.DialTCP(context.Background(), dst) },
 		"kernel": func() (net.Conn, error) { return net.Dial("tcp", dst.String()) },

@@ -25,7 +25,7 @@ func TestDialHandshakesAndReportsPodFacts(t *testing.T) {
 	t.Parallel()
 	rc := writeFile(t, "resolv.conf", "search ns1.svc.cluster.local svc.cluster.local cluster.local\nnameserver 127.0.0.53\noptions ndots:5 attempts:2\n")
 	a := startAgent(t, agent.Options{ResolvConfPath: rc})
-	c := dial(t, a.addr, client.Options{})
+	c := dial(t, a.Addr(), client.Options{})
 	f := c.Facts()
 	host, _ := os.Hostname()
 	if f.Hostname != host || f.Ndots != 5 || strings.Join(f.SearchDomains, ",") != "ns1.svc.cluster.local,svc.cluster.local,cluster.local" ||
@@ -40,7 +40,7 @@ func TestDialHandshakesAndReportsPodFacts(t *testing.T) {
 func TestDialFailsWhenTheAgentRefusesTheToken(t *testing.T) {
 	t.Parallel()
 	a := startAgent(t, agent.Options{})
-	_, err := client.Dial(context.Background(), client.Options{Address: a.addr, Token: "wrong", CommunicationTimeout: 5 * time.Second})
+	_, err := client.Dial(context.Background(), client.Options{Address: a.Addr(), Token: "wrong", CommunicationTimeout: 5 * time.Second})
 	if !errors.Is(err, client.ErrTokenRefused) || !strings.Contains(err.Error(), "agent refused the token") {
 		t.Fatalf("Dial with a wrong token = %v, want ErrTokenRefused", err)
 	}
@@ -67,7 +67,7 @@ func TestDialUsesTheGivenDialer(t *testing.T) {
 	c, err := client.Dial(context.Background(), client.Options{Token: testToken, Dialer: func(ctx context.Context) (net.Conn, error) {
 		used = true
 		var d net.Dialer
-		return d.DialContext(ctx, "tcp", a.addr)
+		return d.DialContext(ctx, "tcp", a.Addr())
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -81,7 +81,7 @@ func TestDialUsesTheGivenDialer(t *testing.T) {
 func TestDialTCPReachesTheServerAndHalfClosePassesThrough(t *testing.T) {
 	t.Parallel()
 	a := startAgent(t, agent.Options{})
-	c := dial(t, a.addr, client.Options{})
+	c := dial(t, a.Addr(), client.Options{})
 	dst := tcpEchoServer(t)
 	conn, err := c.DialTCP(ctxTimeout(t, 5*time.Second), dst)
 	if err != nil {
@@ -109,7 +109,7 @@ func TestDialTCPReachesTheServerAndHalfClosePassesThrough(t *testing.T) {
 func TestDialTCPToAClosedPortIsRefused(t *testing.T) {
 	t.Parallel()
 	a := startAgent(t, agent.Options{})
-	c := dial(t, a.addr, client.Options{})
+	c := dial(t, a.Addr(), client.Options{})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -157,7 +157,7 @@ func fullListener(t *testing.T) netip.AddrPort {
 func TestDialTCPToASilentPortTimesOut(t *testing.T) {
 	t.Parallel()
 	a := startAgent(t, agent.Options{})
-	c := dial(t, a.addr, client.Options{})
+	c := dial(t, a.Addr(), client.Options{})
 	dst := fullListener(t)
 	// The deadline is the caller's; the agent bounds its own dial by what
 	// is left of it, so the timeout may come from either end.
@@ -182,7 +182,7 @@ func TestDialTCPToASilentPortTimesOut(t *testing.T) {
 func TestPeerResetReachesTheApp(t *testing.T) {
 	t.Parallel()
 	a := startAgent(t, agent.Options{})
-	c := dial(t, a.addr, client.Options{})
+	c := dial(t, a.Addr(), client.Options{})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -216,7 +216,7 @@ func TestPeerResetReachesTheApp(t *testing.T) {
 func TestAppCloseClosesThePodSideSocket(t *testing.T) {
 	t.Parallel()
 	a := startAgent(t, agent.Options{})
-	c := dial(t, a.addr, client.Options{})
+	c := dial(t, a.Addr(), client.Options{})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -279,7 +279,7 @@ func TestLoopbackDestinationIsThePodsOwnLoopback(t *testing.T) {
 	// The agent runs in this process's namespace here, so the pod's
 	// loopback is ours: a listener on 127.0.0.1 stands in for a sidecar.
 	a := startAgent(t, agent.Options{})
-	c := dial(t, a.addr, client.Options{})
+	c := dial(t, a.Addr(), client.Options{})
 	sidecar := tcpEchoServer(t)
 	conn, err := c.DialTCP(ctxTimeout(t, 5*time.Second), sidecar)
 	if err != nil {
@@ -307,7 +307,7 @@ func echoOnce(t *testing.T, conn net.Conn, msg string) {
 func TestDialUDPRoundTripKeepsDatagrams(t *testing.T) {
 	t.Parallel()
 	a := startAgent(t, agent.Options{})
-	c := dial(t, a.addr, client.Options{})
+	c := dial(t, a.Addr(), client.Options{})
 	dst := udpEchoServer(t)
 	conn, err := c.DialUDP(ctxTimeout(t, 5*time.Second), dst)
 	if err != nil {
@@ -363,7 +363,7 @@ func TestDialUDPRoundTripKeepsDatagrams(t *testing.T) {
 func TestManyConcurrentStreams(t *testing.T) {
 	t.Parallel()
 	a := startAgent(t, agent.Options{})
-	c := dial(t, a.addr, client.Options{})
+	c := dial(t, a.Addr(), client.Options{})
 	dst := tcpEchoServer(t)
 	const flows = 500
 	var wg sync.WaitGroup
@@ -410,7 +410,7 @@ func TestManyConcurrentStreams(t *testing.T) {
 func TestAgentRestartReconnects(t *testing.T) {
 	t.Parallel()
 	a := startAgent(t, agent.Options{})
-	addr := a.addr // a restarted agent listens there again
+	addr := a.Addr() // a restarted agent listens there again
 	states := make(chan client.State, 10)
 	// The test decides when the agent can be reached again, so that a dial
 	// is known to wait before the tunnel can come back.
@@ -436,7 +436,7 @@ func TestAgentRestartReconnects(t *testing.T) {
 	echoOnce(t, open, "before")
 
 	reachable.Store(false)
-	a.stop()
+	a.Stop()
 	// The open flow ends as a reset, as the router expects.
 	_ = open.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := open.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
@@ -464,7 +464,7 @@ func TestAgentRestartReconnects(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the dial did not start waiting within 10s")
 	}
-	a.start()
+	a.Restart()
 	reachable.Store(true)
 	select {
 	case err := <-result:
@@ -513,8 +513,8 @@ func waitState(t *testing.T, states <-chan client.State) client.State {
 func TestDialFailsCleanlyWhenTheAgentStaysAway(t *testing.T) {
 	t.Parallel()
 	a := startAgent(t, agent.Options{})
-	c := dial(t, a.addr, client.Options{CommunicationTimeout: 500 * time.Millisecond})
-	a.stop()
+	c := dial(t, a.Addr(), client.Options{CommunicationTimeout: 500 * time.Millisecond})
+	a.Stop()
 	// ErrAgentUnavailable comes only once CommunicationTimeout has passed
 	// without a tunnel (the caller's context has no deadline).
 	_, err := c.DialTCP(context.Background(), netip.MustParseAddrPort("127.0.0.1:9"))
@@ -534,7 +534,7 @@ func TestDialFailsCleanlyWhenTheAgentStaysAway(t *testing.T) {
 func TestClosedClientFailsDials(t *testing.T) {
 	t.Parallel()
 	a := startAgent(t, agent.Options{})
-	c := dial(t, a.addr, client.Options{})
+	c := dial(t, a.Addr(), client.Options{})
 	c.Close()
 	if _, err := c.DialTCP(context.Background(), netip.MustParseAddrPort("127.0.0.1:9")); !errors.Is(err, client.ErrClosed) {
 		t.Errorf("DialTCP after Close = %v, want ErrClosed", err)
@@ -545,7 +545,7 @@ func TestClosedClientFailsDials(t *testing.T) {
 // tunnel goroutine in the process is this test's.
 func TestCloseLeavesNoGoroutines(t *testing.T) {
 	a := startAgent(t, agent.Options{})
-	c := dial(t, a.addr, client.Options{})
+	c := dial(t, a.Addr(), client.Options{})
 	tcpDst, udpDst := tcpEchoServer(t), udpEchoServer(t)
 	tcp, err := c.DialTCP(ctxTimeout(t, 5*time.Second), tcpDst)
 	if err != nil {
@@ -561,7 +561,7 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}
-	a.stop()
+	a.Stop()
 	var left []string
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		if left = tunnelGoroutines(); len(left) == 0 {
@@ -587,7 +587,7 @@ func tunnelGoroutines() []string {
 func TestUDPFlowEndsWhenIdle(t *testing.T) {
 	t.Parallel()
 	a := startAgent(t, agent.Options{UDPIdleTimeout: time.Second})
-	c := dial(t, a.addr, client.Options{})
+	c := dial(t, a.Addr(), client.Options{})
 	conn, err := c.DialUDP(ctxTimeout(t, 5*time.Second), udpEchoServer(t))
 	if err != nil {
 		t.Fatal(err)
@@ -605,7 +605,7 @@ func TestUDPFlowEndsWhenIdle(t *testing.T) {
 func TestAgentDropsAClientsFlowsWhenItsTunnelCloses(t *testing.T) {
 	t.Parallel()
 	a := startAgent(t, agent.Options{})
-	c, err := client.Dial(context.Background(), client.Options{Address: a.addr, Token: testToken})
+	c, err := client.Dial(context.Background(), client.Options{Address: a.Addr(), Token: testToken})
 	if err != nil {
 		t.Fatal(err)
 	}

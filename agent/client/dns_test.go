@@ -79,7 +79,7 @@ func TestExchangeResolvesAsThePodDoes(t *testing.T) {
 	rc := writeFile(t, "resolv.conf", fmt.Sprintf("search default.svc.cluster.local svc.cluster.local\nnameserver 127.99.0.1\nnameserver %s\noptions ndots:5 timeout:2 attempts:1\n", ns))
 	hosts := writeFile(t, "hosts", "127.0.0.1 localhost\n10.1.2.3 uwu-app uwu-app.default.pod\nfd00::3 uwu-app\n")
 	a := startAgent(t, agent.Options{ResolvConfPath: rc, HostsPath: hosts})
-	c := dial(t, a.addr, client.Options{})
+	c := dial(t, a.Addr(), client.Options{})
 
 	ask := func(name string, qtype uint16) *dns.Msg {
 		t.Helper()

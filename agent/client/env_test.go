@@ -32,7 +32,7 @@ func TestEnvReadsTheTargetProcess(t *testing.T) {
 	t.Cleanup(func() { cancel(); _ = target.Wait() })
 
 	a := startAgent(t, agent.Options{TargetPID: target.Process.Pid})
-	c := dial(t, a.addr, client.Options{})
+	c := dial(t, a.Addr(), client.Options{})
 	env, err := c.Env(ctxTimeout(t, 5*time.Second))
 	if err != nil {
 		t.Fatal(err)
@@ -57,7 +57,7 @@ func TestEnvReportsAGoneProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := startAgent(t, agent.Options{TargetPID: gone.Process.Pid})
-	c := dial(t, a.addr, client.Options{})
+	c := dial(t, a.Addr(), client.Options{})
 	_, err := c.Env(ctxTimeout(t, 5*time.Second))
 	var re *client.RemoteError
 	if !errors.As(err, &re) || !strings.Contains(re.Message, "process "+strconv.Itoa(gone.Process.Pid)) {

@@ -4,19 +4,18 @@ import (
 	"context"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/trafficpolice/trafficpolice/agent"
+	"github.com/trafficpolice/trafficpolice/agent/agenttest"
 	"github.com/trafficpolice/trafficpolice/agent/client"
 )
 
-const testToken = "test-token-0123456789"
+const testToken = agenttest.Token
 
 // requireRoot skips a test that needs root, or fails it in CI, where a
 // skipped test would hide a broken setup.
@@ -31,92 +30,15 @@ func requireRoot(t testing.TB) {
 	t.Skip("this test needs root")
 }
 
-// testAgent is an agent serving on loopback, stoppable and restartable on
-// the same address.
-type testAgent struct {
-	t      testing.TB
-	opts   agent.Options
-	addr   string
-	cancel context.CancelFunc
-	done   chan error
-}
-
-func startAgent(t testing.TB, opts agent.Options) *testAgent {
-	t.Helper()
-	if opts.Token == "" {
-		opts.Token = testToken
-	}
-	if opts.ResolvConfPath == "" {
-		opts.ResolvConfPath = writeFile(t, "resolv.conf", "search default.svc.cluster.local\noptions ndots:5\n")
-	}
-	if opts.HostsPath == "" {
-		opts.HostsPath = writeFile(t, "hosts", "127.0.0.1 localhost\n")
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	a := &testAgent{t: t, opts: opts, addr: "127.0.0.1:0"}
-	a.start()
-	t.Cleanup(a.stop)
-	return a
-}
-
-func (a *testAgent) start() {
-	a.t.Helper()
-	s, err := agent.New(a.opts)
-	if err != nil {
-		a.t.Fatal(err)
-	}
-	var ln net.Listener
-	// The port may linger a moment after a stop; retry briefly.
-	for i := 0; ; i++ {
-		if ln, err = net.Listen("tcp", a.addr); err == nil || i == 50 {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if err != nil {
-		a.t.Fatalf("agent listen on %s: %v", a.addr, err)
-	}
-	a.addr = ln.Addr().String()
-	ctx, cancel := context.WithCancel(context.Background())
-	a.cancel, a.done = cancel, make(chan error, 1)
-	go func() { a.done <- s.Serve(ctx, ln) }()
-}
-
-// stop kills the agent: its listener and every tunnel close.
-func (a *testAgent) stop() {
-	if a.cancel == nil {
-		return
-	}
-	a.cancel()
-	if err := <-a.done; err != nil {
-		a.t.Errorf("agent Serve: %v", err)
-	}
-	a.cancel = nil
-}
+// startAgent serves a real agent on loopback (package agenttest).
+func startAgent(t testing.TB, opts agent.Options) *agenttest.Agent { return agenttest.Start(t, opts) }
 
 func dial(t testing.TB, addr string, opts client.Options) *client.Client {
-	t.Helper()
-	opts.Address = addr
-	if opts.Token == "" {
-		opts.Token = testToken
-	}
-	c, err := client.Dial(context.Background(), opts)
-	if err != nil {
-		t.Fatalf("client.Dial: %v", err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	return c
+	return agenttest.Dial(t, addr, opts)
 }
 
 func writeFile(t testing.TB, name, content string) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), name)
-	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return agenttest.WriteFile(t, name, content)
 }
 
 // tcpEchoServer echoes every connection until the client half-closes, then

@@ -12,7 +12,7 @@ import (
 
 func TestSubscribeRefusedWhenTheAgentCannotSteal(t *testing.T) {
 	a := startAgent(t, agent.Options{}) // Incoming off: an agent sharing the host's namespace
-	c, err := client.Dial(context.Background(), client.Options{Address: a.addr, Token: testToken})
+	c, err := client.Dial(context.Background(), client.Options{Address: a.Addr(), Token: testToken})
 	if err != nil {
 		t.Fatal(err)
 	}
