@@ -10,8 +10,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,6 +19,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/trafficpolice/trafficpolice/agent"
+	"github.com/trafficpolice/trafficpolice/agent/agenttest"
 	"github.com/trafficpolice/trafficpolice/agent/client"
 	"github.com/trafficpolice/trafficpolice/router"
 	"github.com/trafficpolice/trafficpolice/router/policy"
@@ -44,36 +43,11 @@ var mirrordDefault = policy.Rules{TCP: true, UDP: true, DNSEnabled: true, HaveRe
 // hosts files of the test's, until the test ends; it returns its address.
 func startAgent(t *testing.T, resolvConf, hosts string) string {
 	t.Helper()
-	dir := t.TempDir()
-	opts := agent.Options{
+	return agenttest.Start(t, agent.Options{
 		Token:          token,
-		ResolvConfPath: filepath.Join(dir, "resolv.conf"),
-		HostsPath:      filepath.Join(dir, "hosts"),
-		Logger:         slog.New(slog.DiscardHandler),
-	}
-	for path, content := range map[string]string{opts.ResolvConfPath: resolvConf, opts.HostsPath: hosts} {
-		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	s, err := agent.New(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent Serve: %v", err)
-		}
-	})
-	return ln.Addr().String()
+		ResolvConfPath: agenttest.WriteFile(t, "resolv.conf", resolvConf),
+		HostsPath:      agenttest.WriteFile(t, "hosts", hosts),
+	}).Addr()
 }
 
 // startApp connects a tunnel client to the agent at addr and runs a router
