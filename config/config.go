@@ -13,6 +13,11 @@ type Config struct {
 	Feature     Feature
 	Kubeconfig  string // mirrord's top-level "kubeconfig": path to a kubeconfig file
 	KubeContext string // mirrord's "kube_context": context to use from the kubeconfig
+
+	// Ignored lists the keys the file set that trafficpolice does not honour but can run
+	// without, in key-path order: warn about each, or refuse them (Strict). They are not part
+	// of the effective configuration.
+	Ignored []Ignored
 }
 
 // Target names what the app should behave as if it ran inside.
@@ -136,7 +141,8 @@ func Default() *Config {
 }
 
 // TargetKinds are the target kinds trafficpolice accepts in Target.Path, besides "targetless".
-var TargetKinds = []string{"pod", "deployment", "rollout", "statefulset", "replicaset", "job", "service"}
+// They are the kinds agent/kube resolves; mirrord's "rollout" and "cronjob" are refused.
+var TargetKinds = []string{"pod", "deployment", "statefulset", "replicaset", "job", "service"}
 
 // Kind returns the target's kind: "" when no target is given, "targetless", or one of
 // TargetKinds ("deploy" is returned as "deployment").

@@ -134,6 +134,8 @@ func TestShorthandForms(t *testing.T) {
 		{"incoming object", `{"feature":{"network":{"incoming":{"mode":"steal","ignore_ports":[9000],"ignore_localhost":true}}}}`,
 			func(c *Config) {
 				c.Feature.Network.Incoming = Incoming{Mode: "steal", IgnorePorts: []uint16{9000}, IgnoreLocalhost: true}
+				c.Ignored = []Ignored{{Path: "feature.network.incoming.ignore_localhost", Value: "true",
+					Means: "ports the app listens on only on loopback are stolen or mirrored too"}}
 			}},
 		{"empty ignore_ports", `{"feature":{"network":{"incoming":{"ignore_ports":[],"port_mapping":[]}}}}`, func(c *Config) {}},
 		{"dns false", `{"feature":{"network":{"dns":false}}}`,
@@ -195,6 +197,8 @@ func TestShorthandForms(t *testing.T) {
 		{"copy_target off", `{"feature":{"copy_target":{"enabled":false}}}`, func(c *Config) {}},
 		{"magic aws off", `{"feature":{"magic":{"aws":false}}}`, func(c *Config) {}},
 		{"operator false", `{"operator":false}`, func(c *Config) {}},
+		{"mirrord's defaults restated", `{"use_proxy":true,"agent":{"external_ip_fix":true},"skip_build_tools":false,"pause":false}`, func(c *Config) {}},
+		{"schema key", `{"$schema":"./config/schema.json","target":"pod/a"}`, func(c *Config) { c.Target.Path = "pod/a" }},
 		{"harmless keys", `{"$schema":"https://example/schema.json","telemetry":true,"sip_binaries":["bash"],"skip_sip":"git",
 			"internal_proxy":{"start_idle_timeout":30},"agent":{"log_level":"mirrord=debug","json_log":true,"clean_iptables_on_start":true},
 			"feature":{"env":{"load_from_process":true},"network":{"incoming":{"on_concurrent_steal":"abort"}}}}`,

@@ -12,11 +12,17 @@ import (
 
 // decoder walks the generic tree onto a Config, collecting problems with their key paths.
 type decoder struct {
-	probs []Problem
+	probs   []Problem
+	ignored []Ignored
 }
 
 func (d *decoder) add(path, format string, args ...any) {
 	d.probs = append(d.probs, Problem{Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+// ignore records a key that is not honoured, for a warning.
+func (d *decoder) ignore(path string, n *node, means string) {
+	d.ignored = append(d.ignored, Ignored{Path: path, Value: n.compact(), Means: means})
 }
 
 // invalid reports a value of the wrong type or out of range.
@@ -44,17 +50,20 @@ func (d *decoder) members(path string, n *node, fields []field) map[string]*node
 		if v.kind == kNull {
 			continue
 		}
-		switch f := fields[i]; f.kind {
-		case fSupported:
+		f := fields[i]
+		if f.kind == fSupported {
 			out[k] = v
-		case fNoop:
-			if !f.ok(v) {
-				d.invalid(p, v, f.want)
-			}
-		case fNotYet:
-			if !f.ok(v) {
-				d.add(p, "not supported yet by trafficpolice (%s)", f.why)
-			}
+			continue
+		}
+		if !f.value.accepts(v) {
+			d.invalid(p, v, f.value.want())
+			continue
+		}
+		switch {
+		case f.kind == fIgnored && !f.quiet(v):
+			d.ignore(p, v, f.means(v))
+		case f.kind == fRefused && !f.quiet(v):
+			d.add(p, "not supported yet by trafficpolice (%s)", f.why)
 		}
 	}
 	return out
@@ -270,20 +279,20 @@ func (d *decoder) targetStruct(path string, n *node) string {
 	m := d.members(path, n, targetStructFields)
 	var given []string
 	var result string
-	for _, f := range targetStructFields[:len(targetStructFields)-1] {
+	kinds := make([]string, len(targetKindFields))
+	for i, f := range targetKindFields {
+		kinds[i] = f.name
 		if v, ok := m[f.name]; ok {
 			given = append(given, f.name)
 			name, _ := d.str(joinPath(path, f.name), v)
 			result = strings.ReplaceAll(f.name, "_", "") + "/" + name
 		}
 	}
-	kinds := make([]string, len(targetStructFields)-1)
-	for i, f := range targetStructFields[:len(kinds)] {
-		kinds[i] = f.name
-	}
 	switch len(given) {
 	case 0:
-		d.add(path, "names no target; give one of %s", quoteList(kinds, "or"))
+		if _, ok := n.obj["labels"]; !ok { // "labels" is refused already
+			d.add(path, "names no target; give one of %s", quoteList(kinds, "or"))
+		}
 		return ""
 	case 1:
 	default:
@@ -540,7 +549,11 @@ func (d *decoder) incoming(path string, n *node, in *Incoming) {
 		in.PortMapping = d.portMapping(joinPath(path, "port_mapping"), v)
 	}
 	if v, ok := m["ignore_localhost"]; ok {
-		in.IgnoreLocalhost, _ = d.boolean(joinPath(path, "ignore_localhost"), v)
+		p := joinPath(path, "ignore_localhost")
+		in.IgnoreLocalhost, _ = d.boolean(p, v)
+		if in.IgnoreLocalhost {
+			d.ignore(p, v, "ports the app listens on only on loopback are stolen or mirrored too")
+		}
 	}
 	if v, ok := m["http_filter"]; ok {
 		in.HTTPFilter = d.httpFilter(joinPath(path, "http_filter"), v)

@@ -94,9 +94,9 @@ func TestErrorsNameThePathAndWhatIsValid(t *testing.T) {
 		{"empty filter", `{"feature":{"network":{"outgoing":{"filter":{}}}}}`,
 			`feature.network.outgoing.filter: is empty; give "local" or "remote" (and, ours, "block"), or remove the key`},
 		{"unknown target kind", `{"target":"pood/uwu-app"}`,
-			`target.path: "pood/uwu-app" has an unknown kind "pood"; valid kinds: "pod", "deployment", "rollout", "statefulset", "replicaset", "job" or "service" (or "targetless"); did you mean "pod"?`},
+			`target.path: "pood/uwu-app" has an unknown kind "pood"; valid kinds: "pod", "deployment", "statefulset", "replicaset", "job" or "service" (or "targetless"); did you mean "pod"?`},
 		{"target without kind", `{"target":"uwu-app"}`,
-			`target.path: "uwu-app" has no kind; valid: "targetless" or KIND/NAME[/container/CONTAINER] with KIND one of "pod", "deployment", "rollout", "statefulset", "replicaset", "job" or "service", such as "pod/uwu-app"`},
+			`target.path: "uwu-app" has no kind; valid: "targetless" or KIND/NAME[/container/CONTAINER] with KIND one of "pod", "deployment", "statefulset", "replicaset", "job" or "service", such as "pod/uwu-app"`},
 		{"target without name", `{"target":"pod/"}`, `target.path: "pod/" names no pod; valid: pod/NAME`},
 		{"target bad container part", `{"target":"pod/a/b"}`,
 			`target.path: "pod/a/b" is not valid; valid: pod/NAME or pod/NAME/container/CONTAINER`},
@@ -133,33 +133,38 @@ func TestErrorsNameThePathAndWhatIsValid(t *testing.T) {
 		{"include and exclude", `{"feature":{"env":{"include":"A","exclude":"B"}}}`,
 			`feature.env: "include" and "exclude" cannot be used together; list the variables to take, or the ones to leave out`},
 
-		// mirrord keys trafficpolice does not support yet: never silently ignored.
-		{"fs read", `{"feature":{"fs":"read"}}`,
-			`feature.fs: not supported yet by trafficpolice (the sandboxed app always uses the local file system; set "local" or false, or remove the key)`},
-		{"fs object", `{"feature":{"fs":{"mode":"write","read_only":[".+\\.yaml"]}}}`,
-			`feature.fs: not supported yet by trafficpolice (the sandboxed app always uses the local file system; set "local" or false, or remove the key)`},
-		{"hostname", `{"feature":{"hostname":true}}`,
-			`feature.hostname: not supported yet by trafficpolice (the sandboxed app sees the host's hostname, not the target pod's; set false or remove the key)`},
-		{"operator", `{"operator":true}`,
-			`operator: not supported yet by trafficpolice (trafficpolice has no operator and always runs its own agent; set false or remove the key)`},
-		{"accept_invalid_certificates", `{"accept_invalid_certificates":true}`,
-			`accept_invalid_certificates: not supported yet by trafficpolice (trafficpolice checks the cluster's certificate as the kubeconfig says; set insecure-skip-tls-verify in the kubeconfig instead)`},
+		// mirrord keys that trafficpolice does not honour and that would change where traffic goes.
 		{"skip_processes", `{"skip_processes":"ide-debugger"}`,
-			`skip_processes: not supported yet by trafficpolice (every process the command starts shares the sandbox's network; start processes that must stay outside it outside trafficpolice)`},
+			`skip_processes: not supported yet by trafficpolice (every process the command starts shares the sandbox's network, so these processes' traffic would be routed instead of staying local; start them outside trafficpolice)`},
 		{"unix_streams", `{"feature":{"network":{"outgoing":{"unix_streams":"bear.+"}}}}`,
-			`feature.network.outgoing.unix_streams: not supported yet by trafficpolice (unix sockets are not network traffic: the sandboxed app always connects to the host's unix sockets; remove the key)`},
-		{"agent tolerations", `{"agent":{"tolerations":[{"operator":"Exists"}]}}`,
-			`agent.tolerations: not supported yet by trafficpolice (the agent's pod spec cannot be customised yet; remove the key)`},
-		{"copy_target", `{"feature":{"copy_target":true}}`,
-			`feature.copy_target: not supported yet by trafficpolice (it needs the mirrord operator, which trafficpolice does not use; remove the key)`},
-		{"listen_ports", `{"feature":{"network":{"incoming":{"listen_ports":[[80,4480]]}}}}`,
-			`feature.network.incoming.listen_ports: not supported yet by trafficpolice (the app listens inside the sandbox's own network namespace, so its ports never clash with the host's; remove the key)`},
+			`feature.network.outgoing.unix_streams: not supported yet by trafficpolice (the app's unix socket connections would reach the host's sockets instead of the pod's; remove the key)`},
+		{"db_branches", `{"feature":{"db_branches":[{"type":"pg","connection":{"url":{"type":"env","variable":"DB_URL"}}}]}}`,
+			`feature.db_branches: not supported yet by trafficpolice (database branches need mirrord's operator, and without one the app's database traffic would reach the database the branch stands in for; point the app at a database of its own (feature.env.override) and remove the key)`},
+		{"split_queues", `{"feature":{"split_queues":{"orders":{"queue_type":"SQS","message_filter":{"x":"y"}}}}}`,
+			`feature.split_queues: not supported yet by trafficpolice (queue splitting needs mirrord's operator, and without one the app would take messages meant for the pod's app; remove the key)`},
+		{"profile", `{"profile":"team-a"}`,
+			`profile: not supported yet by trafficpolice (mirrord profiles live in the cluster and may change the network features, which trafficpolice cannot read; copy the profile's settings into this file and remove the key)`},
+		{"connect_tcp", `{"connect_tcp":"10.0.0.1:7777"}`,
+			`connect_tcp: not supported yet by trafficpolice (it names a mirrord agent, which trafficpolice cannot talk to, and without it the run would start an agent of its own or have none; give a trafficpolice agent's HOST:PORT in agent.address)`},
+		{"target by labels", `{"target":{"path":{"labels":{"app":"api"}}}}`,
+			`target.path.labels: not supported yet by trafficpolice (selecting pods by labels is not supported yet; target a pod or a workload, such as "deployment/NAME")`},
+		{"target rollout", `{"target":"rollout/web"}`,
+			`target.path: not supported yet by trafficpolice (Argo rollouts are not resolved yet; target one of its pods with "pod/NAME" or its replica set with "replicaset/NAME")`},
+		{"target rollout object", `{"target":{"rollout":"web"}}`,
+			`target.path: not supported yet by trafficpolice (Argo rollouts are not resolved yet; target one of its pods with "pod/NAME" or its replica set with "replicaset/NAME")`},
+		{"port mapped twice", `{"feature":{"network":{"incoming":{"port_mapping":[[9333,80],[9333,81]]}}}}`,
+			`feature.network.incoming.port_mapping[1]: maps local port 9333 again (first mapped to 80); give each local port one remote port`},
 		{"body filter", `{"feature":{"network":{"incoming":{"http_filter":{"all_of":[{"body":"json","query":"$.a","matches":"x"}]}}}}}`,
-			"feature.network.incoming.http_filter.all_of[0].body: not supported yet by trafficpolice (HTTP body and jq filters are not supported yet; filter on header, path or method instead)\n" +
-				"feature.network.incoming.http_filter.all_of[0].matches: not supported yet by trafficpolice (HTTP body and jq filters are not supported yet; filter on header, path or method instead)\n" +
-				"feature.network.incoming.http_filter.all_of[0].query: not supported yet by trafficpolice (HTTP body and jq filters are not supported yet; filter on header, path or method instead)"},
-		{"env mapping", `{"feature":{"env":{"mapping":{".+_TIMEOUT":"1000"}}}}`,
-			`feature.env.mapping: not supported yet by trafficpolice (rewriting values by pattern is not supported yet; use "override")`},
+			"feature.network.incoming.http_filter.all_of[0].body: not supported yet by trafficpolice (" + whyBodyJQ + ")\n" +
+				"feature.network.incoming.http_filter.all_of[0].matches: not supported yet by trafficpolice (" + whyBodyJQ + ")\n" +
+				"feature.network.incoming.http_filter.all_of[0].query: not supported yet by trafficpolice (" + whyBodyJQ + ")"},
+		{"header jq filter", `{"feature":{"network":{"incoming":{"http_filter":{"header_filter_jq":".x == 1"}}}}}`,
+			"feature.network.incoming.http_filter.header_filter_jq: not supported yet by trafficpolice (" + whyBodyJQ + ")"},
+		// Ignored keys still have mirrord's types.
+		{"ignored key of the wrong type", `{"feature":{"fs":"READ"}}`,
+			`feature.fs: "READ" is not valid; valid: true, false, "local", "localwithoverrides", "read", "write" or an object`},
+		{"ignored list of the wrong type", `{"agent":{"disabled_capabilities":"NET_RAW"}}`,
+			`agent.disabled_capabilities: "NET_RAW" is not valid; valid: a list of strings`},
 		{"noop with wrong type", `{"agent":{"log_level":3}}`, `agent.log_level: 3 is not valid; valid: a string`},
 
 		// Several problems at once, in key-path order whatever the file's order.
@@ -249,5 +254,75 @@ func TestLoadErrorsStartWithThePath(t *testing.T) {
 	want := `testdata/bad-key.yaml: feature.network.outgoing.filter.locl: unknown key; did you mean "local"?`
 	if err == nil || err.Error() != want {
 		t.Errorf("got %v, want %s", err, want)
+	}
+}
+
+// mirrord keys that trafficpolice does not honour but can run without: the file loads, with
+// one warning per key that says what the run does instead; Strict refuses them.
+func TestIgnoredKeysLoadWithAWarningEach(t *testing.T) {
+	cases := []struct {
+		name, doc string
+		want      []string // Ignored.String() of each, in key-path order
+	}{
+		{"fs read", `{"feature":{"fs":"read"}}`,
+			[]string{`feature.fs "read": ignored — the app reads the local file system`}},
+		{"fs true", `{"feature":{"fs":true}}`,
+			[]string{`feature.fs true: ignored — the app reads the local file system`}},
+		{"fs write object", `{"feature":{"fs":{"mode":"write","read_only":[".+\\.yaml"]}}}`,
+			[]string{`feature.fs {"mode":"write","read_only":[".+\\.yaml"]}: ignored — the app reads and writes the local file system, not the pod's`}},
+		{"fs localwithoverrides", `{"feature":{"fs":"localwithoverrides"}}`,
+			[]string{`feature.fs "localwithoverrides": ignored — the app uses the local file system; no path is read from the pod`}},
+		{"hostname", `{"feature":{"hostname":true}}`,
+			[]string{`feature.hostname true: ignored — the app sees the host's hostname, not the pod's`}},
+		{"operator and copy_target", `{"operator":true,"feature":{"copy_target":{"scale_down":true}}}`,
+			[]string{
+				`feature.copy_target {"scale_down":true}: ignored — the agent joins the target pod itself, not a copy, and nothing is scaled down`,
+				`operator true: ignored — trafficpolice uses no operator: it starts its own agent`,
+			}},
+		{"agent pod spec", `{"agent":{"tolerations":[{"operator":"Exists"}],"labels":{"team":"a"},"resources":{"limits":{"cpu":"1"}}}}`,
+			[]string{
+				`agent.labels {"team":"a"}: ignored — the agent's pod gets trafficpolice's defaults`,
+				`agent.resources {"limits":{"cpu":"1"}}: ignored — the agent's pod gets trafficpolice's defaults`,
+				`agent.tolerations [{"operator":"Exists"}]: ignored — the agent's pod gets trafficpolice's defaults`,
+			}},
+		{"env file", `{"feature":{"env":{"env_file":".env","unset":["A"]}}}`,
+			[]string{
+				`feature.env.env_file ".env": ignored — the file's variables are not set for the app`,
+				`feature.env.unset ["A"]: ignored — these variables stay set for the app`,
+			}},
+		{"tls delivery", `{"feature":{"network":{"incoming":{"mode":"steal","https_delivery":{"protocol":"tcp"}}}}}`,
+			[]string{`feature.network.incoming.https_delivery {"protocol":"tcp"}: ignored — stolen TLS connections reach the app as they arrived: TLS passes through`}},
+		{"listen_ports", `{"feature":{"network":{"incoming":{"listen_ports":[[80,4480]]}}}}`,
+			[]string{`feature.network.incoming.listen_ports [[80,4480]]: ignored — the app listens on its own port numbers in its own network namespace, where they never clash with the host's`}},
+		{"long value shortened", `{"agent":{"annotations":{"example.com/a-rather-long-annotation-name":"and-its-long-value"}}}`,
+			[]string{`agent.annotations {"example.com/a-rather-long-annotation-name":"a…: ignored — the agent's pod gets trafficpolice's defaults`}},
+		{"what trafficpolice does anyway", `{"feature":{"fs":"local","hostname":false},"operator":false,"accept_invalid_certificates":false}`, nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			for format, data := range sameInFormats(t, tc.doc) {
+				c, err := Parse(data, format)
+				if err != nil {
+					t.Fatalf("%s: %v\n%s", format, err, data)
+				}
+				var got []string
+				for _, w := range c.Ignored {
+					got = append(got, w.String())
+				}
+				if strings.Join(got, "\n") != strings.Join(tc.want, "\n") {
+					t.Errorf("%s:\n got %q\nwant %q", format, got, tc.want)
+				}
+				err = c.Strict()
+				if len(tc.want) == 0 {
+					if err != nil {
+						t.Errorf("%s: Strict refused a file with nothing ignored: %v", format, err)
+					}
+					continue
+				}
+				if err == nil || len(problems(t, err)) != len(tc.want) || !strings.Contains(err.Error(), "strict mode refuses it") {
+					t.Errorf("%s: Strict = %v, want one problem per ignored key", format, err)
+				}
+			}
+		})
 	}
 }

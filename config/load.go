@@ -31,7 +31,8 @@ func Load(path string) (*Config, error) {
 }
 
 // Parse reads a configuration in the given format, fills in mirrord's defaults and validates
-// the result. Its errors are *Error values listing every problem found.
+// the result. Its errors are *Error values listing every problem found. Keys of mirrord's
+// that trafficpolice does not honour but can run without are listed in the result's Ignored.
 func Parse(data []byte, format Format) (*Config, error) {
 	tree, probs := parseTree(data, format)
 	if len(probs) > 0 {
@@ -48,5 +49,7 @@ func Parse(data []byte, format Format) (*Config, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
+	sortIgnored(d.ignored)
+	c.Ignored = d.ignored
 	return c, nil
 }

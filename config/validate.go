@@ -56,12 +56,15 @@ func (v *validator) target(t Target) {
 	case kind == "cronjob":
 		v.add(path, "not supported yet by trafficpolice (mirrord runs %s targets only through its operator's copy_target; target one of its pods with \"pod/NAME\")", kind)
 		return
+	case kind == "rollout":
+		v.add(path, "not supported yet by trafficpolice (Argo rollouts are not resolved yet; target one of its pods with \"pod/NAME\" or its replica set with \"replicaset/NAME\")")
+		return
 	case len(parts) == 1:
 		v.add(path, "%q has no kind; valid: \"targetless\" or KIND/NAME[/container/CONTAINER] with KIND one of %s, such as \"pod/%s\"", t.Path, kinds, t.Path)
 		return
 	case kind != "deploy" && !slices.Contains(TargetKinds, kind):
 		msg := fmt.Sprintf("%q has an unknown kind %q; valid kinds: %s (or \"targetless\")", t.Path, kind, kinds)
-		if s := suggest(kind, append(TargetKinds, "cronjob")); s != "" {
+		if s := suggest(kind, append(slices.Clone(TargetKinds), "cronjob", "rollout")); s != "" {
 			msg += fmt.Sprintf("; did you mean %q?", s)
 		}
 		v.add(path, "%s", msg)
@@ -157,6 +160,13 @@ func (v *validator) incoming(path string, in Incoming) {
 		for j, p := range pair {
 			if p == 0 {
 				v.add(indexPath(indexPath(joinPath(path, "port_mapping"), i), j), "0 is not a port; valid: 1 to 65535")
+			}
+		}
+		// The app's port can take one pod port only (sandbox run refused this too).
+		for _, q := range in.PortMapping[:i] {
+			if q[0] == pair[0] && pair[0] != 0 {
+				v.add(indexPath(joinPath(path, "port_mapping"), i), "maps local port %d again (first mapped to %d); give each local port one remote port", pair[0], q[1])
+				break
 			}
 		}
 	}

@@ -67,9 +67,6 @@ func newIncoming(ns *netns.Namespace, o Options, agent IncomingAgent) (*incoming
 		o.Progress.Note("no mirroring of the pod's incoming traffic: %s (set feature.network.incoming to \"off\" to silence this)", why)
 		return nil, nil
 	}
-	if cfg.IgnoreLocalhost {
-		o.Progress.Note("feature.network.incoming.ignore_localhost is not supported yet: ports the app listens on only on loopback are taken too")
-	}
 	for i, pair := range cfg.PortMapping {
 		for _, q := range cfg.PortMapping[:i] {
 			if q[0] == pair[0] {

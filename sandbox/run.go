@@ -84,7 +84,7 @@ type Agent interface {
 // itself; everything created is removed before Run returns.
 func Run(ctx context.Context, o Options) (int, error) {
 	if len(o.Argv) == 0 {
-		return 0, errors.New("no command to run: give one after --, as in `trafficpolice sandbox run -- ./app`")
+		return 0, errors.New("no command to run: give one, as in `trafficpolice sandbox run ./app --its-flags`")
 	}
 	o = o.withDefaults()
 	if cleaned, err := Collect(); err != nil {
@@ -159,14 +159,15 @@ func newRecord() (*record, error) {
 // its ports back before anything else is torn down.
 func startServices(ctx context.Context, ns *netns.Namespace, tun *os.File, o Options) (stop func(), err error) {
 	var stops []func()
-	stop = func() {
+	stopAll := func() {
 		for i := len(stops) - 1; i >= 0; i-- {
 			stops[i]()
 		}
 	}
+	// stopAll, not stop: a failing return sets stop to nil before this runs.
 	defer func() {
 		if err != nil {
-			stop()
+			stopAll()
 		}
 	}()
 	done := o.Progress.Step("router up")
@@ -194,7 +195,7 @@ func startServices(ctx context.Context, ns *netns.Namespace, tun *os.File, o Opt
 		}
 		o.Progress.Note("debug server on http://%s/debug/pprof/", addr)
 	}
-	return stop, nil
+	return stopAll, nil
 }
 
 func dupFD(f *os.File) (int, error) {

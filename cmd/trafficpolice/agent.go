@@ -35,6 +35,8 @@ func newAgentCommand() *cobra.Command {
 			"or mirror the namespace's incoming TCP connections for them (nat rules named " + nat.ChainPrefix + "<id>, removed\n" +
 			"on exit; needs NET_ADMIN). The rules are written with the iptables binary where it works, else with\n" +
 			"nftables over netlink (--nat-backend). Meant to run inside the target pod's network namespace.",
+		Example: "  head -c 32 /dev/urandom | base64 > token && trafficpolice agent --listen 0.0.0.0:7777 --token-file token\n" +
+			"  TRAFFICPOLICE_AGENT_TOKEN=$(cat token) trafficpolice agent --listen 127.0.0.1:7777 --nat-backend nftables",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			tok, err := proto.LoadToken(tokenFile)

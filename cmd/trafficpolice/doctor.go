@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
@@ -19,8 +18,10 @@ import (
 
 func newDoctorCommand() *cobra.Command {
 	var (
-		file, output, image, containerdAddress, agentAddress string
-		kf                                                   kubeFlags
+		cf                                     configFlags
+		out                                    outputFlag
+		image, containerdAddress, agentAddress string
+		kf                                     kubeFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "doctor [-f FILE] [--target KIND/NAME] [--image REF] [-o text|json]",
@@ -34,10 +35,11 @@ func newDoctorCommand() *cobra.Command {
 			"  sudo trafficpolice doctor --target deployment/api -n shop -o json",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if output != "text" && output != "json" {
-				return fmt.Errorf("-o %q: use text or json", output)
+			asJSON, err := out.json()
+			if err != nil {
+				return err
 			}
-			cfg, err := loadConfig(file)
+			cfg, err := cf.load(cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
@@ -46,10 +48,8 @@ func newDoctorCommand() *cobra.Command {
 			}
 			env := preflightEnv(cfg, kf, agentAddress, image, containerdAddress)
 			rs := preflight.Run(cmd.Context(), env)
-			if output == "json" {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				if err := enc.Encode(rs); err != nil {
+			if asJSON {
+				if err := writeJSON(cmd.OutOrStdout(), rs); err != nil {
 					return err
 				}
 			} else {
@@ -64,8 +64,8 @@ func newDoctorCommand() *cobra.Command {
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVarP(&file, "file", "f", "", "configuration file whose run to check")
-	fl.StringVarP(&output, "output", "o", "text", "output format: text or json")
+	cf.add(fl, false)
+	out.add(fl)
 	fl.StringVar(&image, "image", "", "check for a run with --image (containerd)")
 	fl.StringVar(&containerdAddress, "containerd-address", "", "containerd's socket (default $"+container.AddressEnv+" or "+container.DefaultAddress+")")
 	fl.StringVar(&agentAddress, "agent-address", "", "the run uses a running agent: no cluster checks")

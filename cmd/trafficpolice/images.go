@@ -17,6 +17,8 @@ func newImagesCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "images",
 		Short: "Build reproducible OCI images (agent, busybox, dev images) and import them into containerd",
+		Example: "  trafficpolice images build agent -o agent.tar\n" +
+			"  sudo trafficpolice images import -n k8s.io agent.tar",
 	}
 	cmd.AddCommand(newImagesBuildCommand(), newImagesImportCommand())
 	return cmd
@@ -33,6 +35,8 @@ func newImagesBuildCommand() *cobra.Command {
 		Long: "Write an image as an OCI archive without Docker. Every timestamp is SOURCE_DATE_EPOCH (or 1970),\n" +
 			"entries are sorted and owners numeric, so the same inputs give the same image digest.\n" +
 			"Load the archive with `trafficpolice images import FILE`.",
+		Example: "  trafficpolice images build agent -o agent.tar\n" +
+			"  SOURCE_DATE_EPOCH=1700000000 trafficpolice images build busybox -o busybox.tar",
 	}
 	cmd.AddCommand(newBuildAgentCommand(), newBuildBusyboxCommand(), newBuildDirCommand())
 	return cmd
@@ -81,7 +85,9 @@ func newBuildBusyboxCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "busybox",
 		Short: "A small shell image from a static busybox (Debian: apt-get install busybox-static)",
-		Args:  cobra.NoArgs,
+		Example: "  apt-get install busybox-static\n" +
+			"  trafficpolice images build busybox -o busybox.tar && trafficpolice images import busybox.tar",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			r, err := images.Busybox(f.binary, f.ref)
 			if err != nil {

@@ -9,6 +9,12 @@ import (
 	"github.com/trafficpolice/trafficpolice/sandbox/launch"
 )
 
+// exitFailure is the exit status of trafficpolice's own failures, Docker's
+// and Podman's convention: scripts can tell it from the command's own
+// statuses (2 for make and shell builtins, 126/127 for a command that
+// cannot be started).
+const exitFailure = 125
+
 func main() {
 	// The sandbox's process launcher re-executes this binary to set up the
 	// app's namespaces between fork and exec; it never returns then.
@@ -19,6 +25,6 @@ func main() {
 			os.Exit(exitErr.code)
 		}
 		fmt.Fprintln(os.Stderr, "trafficpolice:", err)
-		os.Exit(2)
+		os.Exit(exitFailure)
 	}
 }

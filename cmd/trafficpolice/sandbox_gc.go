@@ -9,12 +9,35 @@ import (
 )
 
 func newSandboxGCCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:   "gc",
+	var out outputFlag
+	cmd := &cobra.Command{
+		Use:   "gc [-o json]",
 		Short: "Remove what killed runs left behind (namespaces, processes, state)",
-		Args:  cobra.NoArgs,
+		Long: "Remove what runs killed with SIGKILL left behind: their network namespaces, processes,\n" +
+			"containers and state under /run/trafficpolice. Runs also do this when they start. Needs root.\n" +
+			"-o json prints {\"removed\": [RUN-ID...]} (and \"error\" when one could not be removed).",
+		Example: "  sudo trafficpolice sandbox gc\n" +
+			"  sudo trafficpolice sandbox gc -o json | jq -r '.removed[]'",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			asJSON, err := out.json()
+			if err != nil {
+				return err
+			}
 			cleaned, err := sandbox.Collect()
+			if asJSON {
+				report := struct {
+					Removed []string `json:"removed"`
+					Error   string   `json:"error,omitempty"`
+				}{Removed: append([]string{}, cleaned...)}
+				if err != nil {
+					report.Error = err.Error()
+				}
+				if werr := writeJSON(cmd.OutOrStdout(), report); werr != nil {
+					return werr
+				}
+				return err
+			}
 			for _, id := range cleaned {
 				fmt.Fprintf(cmd.OutOrStdout(), "removed run %s\n", id)
 			}
@@ -27,4 +50,6 @@ func newSandboxGCCommand() *cobra.Command {
 			return nil
 		},
 	}
+	out.add(cmd.Flags())
+	return cmd
 }

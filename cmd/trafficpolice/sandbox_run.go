@@ -18,7 +18,8 @@ import (
 )
 
 type runFlags struct {
-	file           string
+	config         configFlags
+	steal          bool
 	extra          sandbox.ExtraRules
 	flowLog        string
 	mtu            int
@@ -34,25 +35,39 @@ type runFlags struct {
 func newSandboxRunCommand() *cobra.Command {
 	var f runFlags
 	cmd := &cobra.Command{
-		Use:   "run [-f FILE] [flags] -- COMMAND [ARG...]",
+		Use:   "run [flags] [--] COMMAND [ARG...]",
 		Short: "Run COMMAND in its own network namespace behind the policing router",
 		Long: "Run COMMAND in a fresh network namespace whose default route and DNS point at trafficpolice's\n" +
 			"router. Each flow goes local (from this host), remote (through the agent, from the target pod)\n" +
-			"or is blocked, by the outgoing filter. Exits with COMMAND's status (128+N for signal N);\n" +
-			"trafficpolice's own failures exit 2.",
-		Example: "  trafficpolice sandbox run -f config.json -- ./uwu-app\n" +
-			"  trafficpolice sandbox run --local :5432 --block prod-db --flow-log flows.jsonl -- go test ./...\n" +
-			"  trafficpolice sandbox run --image localhost/dev/bookworm:1 --local :5432 -- make test",
-		Args: cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if cmd.ArgsLenAtDash() != 0 {
-				return fmt.Errorf("put the command after --, as in `trafficpolice sandbox run -f config.json -- %s`", args[0])
+			"or is blocked, by the outgoing filter.\n\n" +
+			"Needs root (run it with sudo): it creates a network namespace, a TUN device and nat rules.\n" +
+			"Under sudo, COMMAND runs as the invoking user.\n\n" +
+			"Everything from COMMAND on is COMMAND's, its flags included, as with sudo and docker run;\n" +
+			"a -- before COMMAND is accepted too. Without -f, " + defaultConfigFile + " is read when it\n" +
+			"exists. mirrord keys that trafficpolice does not honour print a warning each before the run\n" +
+			"starts (--strict refuses them).\n\n" +
+			"Exits with COMMAND's status (128+N when it died of signal N; 127 when it is not found, 126\n" +
+			"when it cannot be executed); trafficpolice's own failures exit 125.",
+		Example: "  sudo trafficpolice sandbox run -f config.json ./uwu-app --listen :9999\n" +
+			"  sudo trafficpolice sandbox run -t deployment/uwu-app -n shop --steal ./uwu-app\n" +
+			"  sudo trafficpolice sandbox run --local :5432 --block prod-db --flow-log flows.jsonl go test ./...\n" +
+			"  sudo trafficpolice sandbox run sh -c 'curl -s uwu-service:8080'\n" +
+			"  sudo trafficpolice sandbox run --image localhost/dev/bookworm:1 --local :5432 -- make test",
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return fmt.Errorf("give the command to run, as in `trafficpolice sandbox run ./app --its-flags`")
 			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
 			return runSandbox(cmd.Context(), f, args)
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVarP(&f.file, "file", "f", "", "configuration file (mirrord's format: JSON, YAML or TOML)")
+	// The first argument that is not a flag starts COMMAND: its flags are its own.
+	fl.SetInterspersed(false)
+	f.config.add(fl, true)
+	fl.BoolVar(&f.steal, "steal", false, "steal the pod's incoming traffic (feature.network.incoming mode \"steal\")")
 	fl.StringArrayVar(&f.extra.Local, "local", nil, "add a local filter rule (repeatable), e.g. :5432 or app-db")
 	fl.StringArrayVar(&f.extra.Remote, "remote", nil, "add a remote filter rule (repeatable)")
 	fl.StringArrayVar(&f.extra.Block, "block", nil, "refuse flows matching this rule (repeatable)")
@@ -70,9 +85,12 @@ func newSandboxRunCommand() *cobra.Command {
 }
 
 func runSandbox(ctx context.Context, f runFlags, argv []string) error {
-	cfg, err := loadConfig(f.file)
+	cfg, err := f.config.load(os.Stderr)
 	if err != nil {
 		return err
+	}
+	if f.steal {
+		cfg.Feature.Network.Incoming.Mode = config.ModeSteal
 	}
 	if err := f.kube.apply(cfg); err != nil {
 		return err
@@ -157,7 +175,7 @@ type kubeFlags struct {
 }
 
 func (k *kubeFlags) add(fl *pflag.FlagSet) {
-	fl.StringVar(&k.target, "target", "", "target KIND/NAME[/container/C] or targetless (overrides the file's target)")
+	fl.StringVarP(&k.target, "target", "t", "", "target KIND/NAME[/container/C] or targetless (overrides the file's target)")
 	fl.StringVarP(&k.namespace, "namespace", "n", "", "the target's namespace (default: the file's, else the context's)")
 	fl.StringVar(&k.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, ~/.kube/config; under sudo the invoking user's)")
 	fl.StringVar(&k.context, "context", "", "kubeconfig context (default: its current context)")

@@ -95,8 +95,8 @@ func TestRemoteRoutesThroughTheAgent(t *testing.T) {
 	t.Run("a wrong token is refused", func(t *testing.T) {
 		bad := writeConfig(t, "not-the-token")
 		r := w.run(t, []string{"--agent-token-file", bad}, "true")
-		if r.code != 2 {
-			t.Errorf("exit %d, want 2", r.code)
+		if r.code != 125 {
+			t.Errorf("exit %d, want 125 (trafficpolice's own failure)", r.code)
 		}
 		contains(t, r.stderr, "agent refused the token")
 	})

@@ -290,8 +290,8 @@ func TestClearErrorsForBadTargets(t *testing.T) {
 	if err == nil || !strings.Contains(errOut, `deployment/uwu-ap not found in namespace "`+ns+`"; did you mean deployment/uwu-app?`) {
 		t.Errorf("not found: err %v, stderr:\n%s", err, errOut)
 	}
-	if code := exitCode(err); code != 2 {
-		t.Errorf("not found: exit status %d, want 2", code)
+	if code := exitCode(err); code != 125 {
+		t.Errorf("not found: exit status %d, want 125 (trafficpolice's own failure)", code)
 	}
 
 	kc, err := c.UserKubeconfig("tp-nobody")
