@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/containerd/namespaces"
 
 	"github.com/trafficpolice/trafficpolice/images"
+	"github.com/trafficpolice/trafficpolice/netns/netnstest"
 	"github.com/trafficpolice/trafficpolice/sandbox/container"
 	"github.com/trafficpolice/trafficpolice/sandbox/container/containertest"
 )
@@ -31,7 +32,7 @@ type imageEnv struct {
 
 func newImageEnv(t *testing.T) *imageEnv {
 	t.Helper()
-	needRoot(t)
+	netnstest.RequireRoot(t)
 	client := containertest.NeedDaemon(t)
 	e := &imageEnv{client: client, ns: containertest.Namespace(t, client, containertest.BusyboxArchive(t))}
 	t.Cleanup(func() {

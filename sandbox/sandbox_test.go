@@ -19,10 +19,11 @@ import (
 
 	"github.com/trafficpolice/trafficpolice/config"
 	"github.com/trafficpolice/trafficpolice/netns"
+	"github.com/trafficpolice/trafficpolice/netns/netnstest"
 )
 
 func TestReachesHostLoopbackByLocalRuleOnly(t *testing.T) {
-	needRoot(t)
+	netnstest.RequireRoot(t)
 	cleanCheck(t)
 	ln := hostListener(t)
 	serveEcho(ln)
@@ -51,7 +52,7 @@ func TestReachesHostLoopbackByLocalRuleOnly(t *testing.T) {
 }
 
 func TestDefaultLocalWithoutAgentAndTheAppSeesNativeErrors(t *testing.T) {
-	needRoot(t)
+	netnstest.RequireRoot(t)
 	cleanCheck(t)
 	svc := newServiceNet(t)
 	ln := svc.listen(t, 7000)
@@ -87,7 +88,7 @@ func TestDefaultLocalWithoutAgentAndTheAppSeesNativeErrors(t *testing.T) {
 }
 
 func TestBlockRefusesQuickly(t *testing.T) {
-	needRoot(t)
+	netnstest.RequireRoot(t)
 	cleanCheck(t)
 	svc := newServiceNet(t)
 	serveEcho(svc.listen(t, 7000))
@@ -102,7 +103,7 @@ func TestBlockRefusesQuickly(t *testing.T) {
 }
 
 func TestUDPAndBlockedUDP(t *testing.T) {
-	needRoot(t)
+	netnstest.RequireRoot(t)
 	cleanCheck(t)
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	must(t, err)
@@ -129,7 +130,7 @@ func TestUDPAndBlockedUDP(t *testing.T) {
 }
 
 func TestDNSForLocalNamesAndHostsFile(t *testing.T) {
-	needRoot(t)
+	netnstest.RequireRoot(t)
 	cleanCheck(t)
 	svc := newServiceNet(t)
 	svc.start(t, "dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--bind-interfaces",
@@ -181,7 +182,7 @@ func waitDNS(t *testing.T, svc *serviceNet) {
 }
 
 func TestAppsOwnLoopbackListener(t *testing.T) {
-	needRoot(t)
+	netnstest.RequireRoot(t)
 	cleanCheck(t)
 	logPath := filepath.Join(t.TempDir(), "flows.jsonl")
 	r := run(t, nil, ExtraRules{}, []string{probe(t), "self"}, func(o *Options) {
@@ -196,7 +197,7 @@ func TestAppsOwnLoopbackListener(t *testing.T) {
 }
 
 func TestHundredMegabytesArriveIntact(t *testing.T) {
-	needRoot(t)
+	netnstest.RequireRoot(t)
 	cleanCheck(t)
 	const size = 100 << 20
 	data := make([]byte, size)
@@ -225,7 +226,7 @@ func TestHundredMegabytesArriveIntact(t *testing.T) {
 }
 
 func TestTwoHundredConcurrentConnections(t *testing.T) {
-	needRoot(t)
+	netnstest.RequireRoot(t)
 	cleanCheck(t)
 	svc := newServiceNet(t)
 	serveEcho(svc.listen(t, 7000))
@@ -237,7 +238,7 @@ func TestTwoHundredConcurrentConnections(t *testing.T) {
 }
 
 func TestExitStatusAndSignals(t *testing.T) {
-	needRoot(t)
+	netnstest.RequireRoot(t)
 	cleanCheck(t)
 	if r := run(t, nil, ExtraRules{}, []string{"sh", "-c", "exit 7"}); r.code != 7 || r.err != nil {
 		t.Fatalf("exit 7: %+v", r)
@@ -251,7 +252,7 @@ func TestExitStatusAndSignals(t *testing.T) {
 }
 
 func TestStaticGoBinaryResolvesThroughTheSandbox(t *testing.T) {
-	needRoot(t)
+	netnstest.RequireRoot(t)
 	cleanCheck(t)
 	dir := t.TempDir()
 	hosts := filepath.Join(dir, "hosts")
@@ -267,7 +268,7 @@ func TestStaticGoBinaryResolvesThroughTheSandbox(t *testing.T) {
 }
 
 func TestKilledRunIsCollected(t *testing.T) {
-	needRoot(t)
+	netnstest.RequireRoot(t)
 	before := cleanCheck(t)
 	// Build the real CLI and kill -9 it mid-run.
 	bin := filepath.Join(t.TempDir(), "trafficpolice")
@@ -315,7 +316,7 @@ func TestKilledRunIsCollected(t *testing.T) {
 }
 
 func TestSignalToCLIReachesApp(t *testing.T) {
-	needRoot(t)
+	netnstest.RequireRoot(t)
 	cleanCheck(t)
 	bin := filepath.Join(t.TempDir(), "trafficpolice")
 	out, err := execCommand("go", "build", "-o", bin, "../cmd/trafficpolice")
@@ -374,7 +375,7 @@ var _ = http.StatusOK
 var _ = context.Background
 
 func TestPingIsRoutedLikeAnyFlow(t *testing.T) {
-	needRoot(t)
+	netnstest.RequireRoot(t)
 	cleanCheck(t)
 	svc := newServiceNet(t)
 	ip := svc.svcIP.String()
