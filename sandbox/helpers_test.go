@@ -23,40 +23,65 @@ import (
 	"github.com/trafficpolice/trafficpolice/sandbox/launch"
 )
 
+// binDir holds the binaries the tests build (once per test binary);
+// TestMain removes it.
+var binDir string
+
 func TestMain(m *testing.M) {
 	launch.MaybeRunInit()
-	os.Exit(m.Run())
+	var err error
+	if binDir, err = os.MkdirTemp("", "tp-sandbox-test-"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	// Readable by the unprivileged user the app may run as.
+	os.Chmod(binDir, 0o755)
+	code := m.Run()
+	os.RemoveAll(binDir)
+	os.Exit(code)
+}
+
+type buildResult struct {
+	once sync.Once
+	path string
+	err  error
 }
 
 var (
-	probeOnce sync.Once
-	probePath string
-	probeErr  error
+	buildsMu sync.Mutex
+	builds   = map[string]*buildResult{}
 )
 
-// probe builds the static test client once per test binary.
-func probe(t *testing.T) string {
+// buildOnce builds the Go package pkg, statically (CGO_ENABLED=0), into
+// binDir/name once per test binary and returns its path.
+func buildOnce(t *testing.T, pkg, name string) string {
 	t.Helper()
-	probeOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "tp-probe-")
-		if err != nil {
-			probeErr = err
-			return
-		}
-		probePath = filepath.Join(dir, "probe")
-		cmd := exec.Command("go", "build", "-o", probePath, "./testdata/probe")
+	buildsMu.Lock()
+	b := builds[name]
+	if b == nil {
+		b = &buildResult{}
+		builds[name] = b
+	}
+	buildsMu.Unlock()
+	b.once.Do(func() {
+		b.path = filepath.Join(binDir, name)
+		cmd := exec.Command("go", "build", "-o", b.path, pkg)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			probeErr = fmt.Errorf("build probe: %v\n%s", err, out)
+			b.err = fmt.Errorf("build %s: %v\n%s", pkg, err, out)
 		}
 	})
-	if probeErr != nil {
-		t.Fatal(probeErr)
+	if b.err != nil {
+		t.Fatal(b.err)
 	}
-	// Readable by the unprivileged user the app may run as.
-	os.Chmod(filepath.Dir(probePath), 0o755)
-	return probePath
+	return b.path
 }
+
+// probe is the static test client (testdata/probe).
+func probe(t *testing.T) string { return buildOnce(t, "./testdata/probe", "probe") }
+
+// cli is the trafficpolice command, built as `make build` builds it.
+func cli(t *testing.T) string { return buildOnce(t, "../cmd/trafficpolice", "trafficpolice") }
 
 // hostState is what the host had before a test: the test must leave it so.
 // Tests of other packages run at the same time, so the check looks for what
@@ -309,5 +334,16 @@ func contains(t *testing.T, s, want string) {
 	t.Helper()
 	if !strings.Contains(s, want) {
 		t.Errorf("output %q does not contain %q", trim(s), want)
+	}
+}
+
+// waitUntil polls cond until it holds, and fails the test naming what it
+// waited for if that takes longer than timeout.
+func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %s for %s", timeout, what)
+		}
 	}
 }
