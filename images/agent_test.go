@@ -3,8 +3,6 @@ package images_test
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,9 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-
 	"github.com/trafficpolice/trafficpolice/netns"
+	"github.com/trafficpolice/trafficpolice/netns/netnstest"
 	"github.com/trafficpolice/trafficpolice/sandbox/container"
 	"github.com/trafficpolice/trafficpolice/sandbox/container/containertest"
 )
@@ -76,26 +73,9 @@ func TestAgentImageIsReproducibleAndStartsInContainerd(t *testing.T) {
 		t.Fatalf("images import: %v\n%s", err, out)
 	}
 
-	sfx := make([]byte, 4)
-	rand.Read(sfx)
-	id := "tpt-" + hex.EncodeToString(sfx)
-	n, err := netns.Create(id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		netns.KillProcesses(n)
-		n.Delete()
-	})
-	if err := n.Do(func() error {
-		lo, err := netlink.LinkByName("lo")
-		if err != nil {
-			return err
-		}
-		return netlink.LinkSetUp(lo)
-	}); err != nil {
-		t.Fatal(err)
-	}
+	n := netnstest.Namespace(t, "tpt")
+	netnstest.LoopbackUp(t, n)
+	id := n.Name()
 	sigs := make(chan os.Signal, 1)
 	var logs lockedBuffer
 	type result struct {

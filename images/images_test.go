@@ -17,18 +17,16 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sys/unix"
+
+	"github.com/trafficpolice/trafficpolice/netns/netnstest"
 )
 
 const busyboxPath = "/bin/busybox"
 
 func needBusybox(t *testing.T) {
 	t.Helper()
-	if _, err := os.Stat(busyboxPath); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("this test needs %s (apt-get install busybox-static)", busyboxPath)
-		}
-		t.Skipf("needs %s (apt-get install busybox-static)", busyboxPath)
-	}
+	_, err := os.Stat(busyboxPath)
+	netnstest.Need(t, err == nil, "this test needs %s: apt-get install busybox-static", busyboxPath)
 }
 
 // copyWithTime copies src to a new file whose modification time is mtime.
@@ -254,12 +252,7 @@ func TestBadRecipesAreRefused(t *testing.T) {
 }
 
 func TestDirImageKeepsOwnersModesAndLinks(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("this test needs root (chown, mknod)")
-		}
-		t.Skip("needs root (chown, mknod)")
-	}
+	netnstest.RequireRoot(t) // chown, mknod
 	root := t.TempDir()
 	write := func(p string, mode fs.FileMode, body string) string {
 		full := filepath.Join(root, p)

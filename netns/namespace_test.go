@@ -1,4 +1,4 @@
-package netns
+package netns_test
 
 import (
 	"errors"
@@ -9,6 +9,9 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/trafficpolice/trafficpolice/netns"
+	"github.com/trafficpolice/trafficpolice/netns/netnstest"
 )
 
 func nsInode(t *testing.T, path string) uint64 {
@@ -21,31 +24,31 @@ func nsInode(t *testing.T, path string) uint64 {
 }
 
 func TestCreateOpenListDelete(t *testing.T) {
-	needRoot(t)
-	name := testName(t)
-	n, err := Create(name)
+	netnstest.RequireRoot(t)
+	name := "tpt-" + netnstest.Suffix(t)
+	n, err := netns.Create(name)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { n.Delete() })
-	if n.Name() != name || n.Path() != RunDir+"/"+name {
+	if n.Name() != name || n.Path() != netns.RunDir+"/"+name {
 		t.Errorf("Name, Path = %q, %q", n.Name(), n.Path())
 	}
-	if _, err := Create(name); err == nil || !strings.Contains(err.Error(), "already exists") {
+	if _, err := netns.Create(name); err == nil || !strings.Contains(err.Error(), "already exists") {
 		t.Errorf("second Create(%q): err = %v, want 'already exists'", name, err)
 	}
-	o, err := Open(name)
+	o, err := netns.Open(name)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if nsInode(t, o.Path()) == nsInode(t, "/proc/self/ns/net") {
 		t.Error("the new namespace is the host's")
 	}
-	names, err := List("tpt-")
+	names, err := netns.List("tpt-")
 	if err != nil || !slices.Contains(names, name) {
 		t.Errorf("List(tpt-) = %v, %v; want it to contain %s", names, err, name)
 	}
-	if names, _ := List(name + "x"); len(names) != 0 {
+	if names, _ := netns.List(name + "x"); len(names) != 0 {
 		t.Errorf("List(%sx) = %v, want none", name, names)
 	}
 	if err := n.Delete(); err != nil {
@@ -54,10 +57,10 @@ func TestCreateOpenListDelete(t *testing.T) {
 	if err := n.Delete(); err != nil {
 		t.Errorf("second Delete: %v, want nil (idempotent)", err)
 	}
-	if names, _ := List(name); len(names) != 0 {
+	if names, _ := netns.List(name); len(names) != 0 {
 		t.Errorf("after Delete, List = %v", names)
 	}
-	if _, err := Open(name); err == nil {
+	if _, err := netns.Open(name); err == nil {
 		t.Error("Open after Delete succeeded")
 	}
 	mi, _ := os.ReadFile("/proc/self/mountinfo")
@@ -67,32 +70,32 @@ func TestCreateOpenListDelete(t *testing.T) {
 }
 
 func TestOpenRejectsPlainFile(t *testing.T) {
-	needRoot(t)
-	newTestNS(t) // makes sure RunDir exists
-	stale := testName(t)
-	if err := os.WriteFile(RunDir+"/"+stale, nil, 0o444); err != nil {
+	netnstest.RequireRoot(t)
+	netnstest.Namespace(t, "tpt") // makes sure RunDir exists
+	stale := "tpt-" + netnstest.Suffix(t)
+	if err := os.WriteFile(netns.RunDir+"/"+stale, nil, 0o444); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.Remove(RunDir + "/" + stale) })
-	if _, err := Open(stale); err == nil || !strings.Contains(err.Error(), "not a mounted namespace") {
+	t.Cleanup(func() { os.Remove(netns.RunDir + "/" + stale) })
+	if _, err := netns.Open(stale); err == nil || !strings.Contains(err.Error(), "not a mounted namespace") {
 		t.Errorf("Open(stale file) err = %v", err)
 	}
 }
 
 func TestBadNames(t *testing.T) {
 	for _, name := range []string{"", ".", "..", "a/b", "x\x00"} {
-		if _, err := Create(name); err == nil || !strings.Contains(err.Error(), "invalid") {
+		if _, err := netns.Create(name); err == nil || !strings.Contains(err.Error(), "invalid") {
 			t.Errorf("Create(%q) err = %v, want invalid", name, err)
 		}
-		if _, err := Open(name); err == nil {
+		if _, err := netns.Open(name); err == nil {
 			t.Errorf("Open(%q) succeeded", name)
 		}
 	}
 }
 
 func TestDoEntersAndRestores(t *testing.T) {
-	needRoot(t)
-	n := newTestNS(t)
+	netnstest.RequireRoot(t)
+	n := netnstest.Namespace(t, "tpt")
 	host := nsInode(t, "/proc/self/ns/net")
 	want := nsInode(t, n.Path())
 	var inside uint64
@@ -125,8 +128,8 @@ func TestDoEntersAndRestores(t *testing.T) {
 }
 
 func TestProcessesAndKill(t *testing.T) {
-	needRoot(t)
-	n := newTestNS(t)
+	netnstest.RequireRoot(t)
+	n := netnstest.Namespace(t, "tpt")
 	var cmd *exec.Cmd
 	if err := n.Do(func() error {
 		// exec from the locked thread: the child inherits the namespace.
@@ -138,20 +141,20 @@ func TestProcessesAndKill(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 
-	pids, err := Processes(n)
+	pids, err := netns.Processes(n)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !slices.Equal(pids, []int{cmd.Process.Pid}) {
 		t.Errorf("Processes = %v, want [%d]", pids, cmd.Process.Pid)
 	}
-	if err := KillProcesses(n); err != nil {
+	if err := netns.KillProcesses(n); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-done; err == nil || !strings.Contains(err.Error(), "killed") {
 		t.Errorf("sleep ended with %v, want killed", err)
 	}
-	if pids, _ := Processes(n); len(pids) != 0 {
+	if pids, _ := netns.Processes(n); len(pids) != 0 {
 		t.Errorf("after KillProcesses: %v", pids)
 	}
 }

@@ -1,4 +1,4 @@
-package netns
+package netns_test
 
 import (
 	"encoding/binary"

@@ -1,4 +1,4 @@
-package netns
+package netns_test
 
 import (
 	"context"
@@ -13,22 +13,13 @@ import (
 
 	"github.com/vishvananda/netlink"
 	vns "github.com/vishvananda/netns"
+
+	"github.com/trafficpolice/trafficpolice/netns"
+	"github.com/trafficpolice/trafficpolice/netns/netnstest"
 )
 
-func TestSandboxLinkValidation(t *testing.T) {
-	for _, o := range []SandboxLink{{MTU: 1000}, {MTU: 70000}, {Name: "this-name-is-too-long"}, {Name: "a/b"}} {
-		if _, err := o.withDefaults(); err == nil {
-			t.Errorf("%+v accepted", o)
-		}
-	}
-	o, err := SandboxLink{}.withDefaults()
-	if err != nil || o.Name != LinkName || o.MTU != DefaultMTU {
-		t.Errorf("defaults = %+v, %v", o, err)
-	}
-}
-
 func TestSetupSandboxLinkAddressesRoutes(t *testing.T) {
-	n, _ := newSandbox(t, SandboxLink{MTU: 9000})
+	n, _ := newSandbox(t, netns.SandboxLink{MTU: 9000})
 	nsh, err := vns.GetFromPath(n.Path())
 	if err != nil {
 		t.Fatal(err)
@@ -44,18 +35,18 @@ func TestSetupSandboxLinkAddressesRoutes(t *testing.T) {
 	if err != nil || lo.Attrs().Flags&net.FlagUp == 0 {
 		t.Errorf("lo: %v, up=%v", err, err == nil && lo.Attrs().Flags&net.FlagUp != 0)
 	}
-	link, err := h.LinkByName(LinkName)
+	link, err := h.LinkByName(netns.LinkName)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if link.Type() != "tuntap" || link.Attrs().Flags&net.FlagUp == 0 || link.Attrs().MTU != 9000 {
-		t.Errorf("link %s: type %s flags %v MTU %d", LinkName, link.Type(), link.Attrs().Flags, link.Attrs().MTU)
+		t.Errorf("link %s: type %s flags %v MTU %d", netns.LinkName, link.Type(), link.Attrs().Flags, link.Attrs().MTU)
 	}
 	addrs, err := h.AddrList(link, netlink.FAMILY_ALL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]bool{SandboxAddr4.String(): false, SandboxAddr6.String(): false}
+	want := map[string]bool{netns.SandboxAddr4.String(): false, netns.SandboxAddr6.String(): false}
 	for _, a := range addrs {
 		if _, ok := want[a.IPNet.String()]; ok {
 			want[a.IPNet.String()] = true
@@ -66,7 +57,7 @@ func TestSetupSandboxLinkAddressesRoutes(t *testing.T) {
 	}
 	for a, ok := range want {
 		if !ok {
-			t.Errorf("address %s missing on %s: %v", a, LinkName, addrs)
+			t.Errorf("address %s missing on %s: %v", a, netns.LinkName, addrs)
 		}
 	}
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
@@ -78,17 +69,17 @@ func TestSetupSandboxLinkAddressesRoutes(t *testing.T) {
 		for _, r := range routes {
 			if (r.Dst == nil || r.Dst.IP.IsUnspecified()) && r.Gw == nil && r.Src != nil {
 				src, _ := netip.AddrFromSlice(r.Src)
-				found = src.Unmap() == SandboxAddr4.Addr() || src == SandboxAddr6.Addr()
+				found = src.Unmap() == netns.SandboxAddr4.Addr() || src == netns.SandboxAddr6.Addr()
 			}
 		}
 		if !found {
-			t.Errorf("family %d: no default route dev %s with src: %v", fam, LinkName, routes)
+			t.Errorf("family %d: no default route dev %s with src: %v", fam, netns.LinkName, routes)
 		}
 	}
 	if err := n.Do(func() error {
-		b, err := os.ReadFile("/proc/sys/net/ipv4/conf/" + LinkName + "/route_localnet")
+		b, err := os.ReadFile("/proc/sys/net/ipv4/conf/" + netns.LinkName + "/route_localnet")
 		if err == nil && strings.TrimSpace(string(b)) != "1" {
-			t.Errorf("route_localnet on %s = %q", LinkName, b)
+			t.Errorf("route_localnet on %s = %q", netns.LinkName, b)
 		}
 		return err
 	}); err != nil {
@@ -97,36 +88,36 @@ func TestSetupSandboxLinkAddressesRoutes(t *testing.T) {
 }
 
 func TestSetupSandboxTUNGoesAwayOnClose(t *testing.T) {
-	n, tun := newSandbox(t, SandboxLink{})
+	n, tun := newSandbox(t, netns.SandboxLink{})
 	tun.Close()
 	err := n.Do(func() error {
-		_, err := net.InterfaceByName(LinkName)
+		_, err := net.InterfaceByName(netns.LinkName)
 		return err
 	})
 	if err == nil {
-		t.Errorf("%s still exists after the TUN file was closed", LinkName)
+		t.Errorf("%s still exists after the TUN file was closed", netns.LinkName)
 	}
 }
 
 func TestSetupSandboxWithoutIPv6(t *testing.T) {
-	n, _ := newSandbox(t, SandboxLink{NoIPv6: true})
+	n, _ := newSandbox(t, netns.SandboxLink{NoIPv6: true})
 	if err := n.Do(func() error {
 		out, err := exec.Command("ip6tables", "-t", "nat", "-S").CombinedOutput()
-		if strings.Contains(string(out), LoopbackChain) {
-			t.Errorf("ip6tables has %s without IPv6:\n%s", LoopbackChain, out)
+		if strings.Contains(string(out), netns.LoopbackChain) {
+			t.Errorf("ip6tables has %s without IPv6:\n%s", netns.LoopbackChain, out)
 		}
 		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := AddListenerBypass(n, "tcp", 80); err != nil {
+	if err := netns.AddListenerBypass(n, "tcp", 80); err != nil {
 		t.Errorf("AddListenerBypass without IPv6: %v", err)
 	}
 }
 
 // dialInBackground starts an unmarked dial from inside n, as the app would;
 // the dial is abandoned when the test ends.
-func dialInBackground(t *testing.T, n *Namespace, network, addr string) <-chan error {
+func dialInBackground(t *testing.T, n *netns.Namespace, network, addr string) <-chan error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	t.Cleanup(cancel)
 	done := make(chan error, 1)
@@ -148,12 +139,12 @@ func dialInBackground(t *testing.T, n *Namespace, network, addr string) <-chan e
 // that the router's answer completes the handshake.
 func TestLoopbackRedirectTCP(t *testing.T) {
 	for _, tc := range []struct{ dial, wantDst, wantSrc string }{
-		{"127.0.0.1:4242", "198.19.0.1:4242", SandboxAddr4.Addr().String()},
-		{"127.0.3.7:4242", "198.19.3.7:4242", SandboxAddr4.Addr().String()},
-		{"[::1]:4242", "[fd74:7270:ffff::1]:4242", SandboxAddr6.Addr().String()},
+		{"127.0.0.1:4242", "198.19.0.1:4242", netns.SandboxAddr4.Addr().String()},
+		{"127.0.3.7:4242", "198.19.3.7:4242", netns.SandboxAddr4.Addr().String()},
+		{"[::1]:4242", "[fd74:7270:ffff::1]:4242", netns.SandboxAddr6.Addr().String()},
 	} {
 		t.Run(tc.dial, func(t *testing.T) {
-			n, tun := newSandbox(t, SandboxLink{})
+			n, tun := newSandbox(t, netns.SandboxLink{})
 			done := dialInBackground(t, n, "tcp", tc.dial)
 			wantDst := netip.MustParseAddrPort(tc.wantDst)
 			syn := readPacket(t, tun, func(p packet) bool { return p.proto == protoTCP && p.dst == wantDst })
@@ -163,7 +154,7 @@ func TestLoopbackRedirectTCP(t *testing.T) {
 			if syn.src.Addr().String() != tc.wantSrc {
 				t.Errorf("SYN source %s, want %s (not loopback)", syn.src, tc.wantSrc)
 			}
-			if back, ok := AliasToLoopback(syn.dst.Addr()); !ok || netip.AddrPortFrom(back, syn.dst.Port()).String() != tc.dial {
+			if back, ok := netns.AliasToLoopback(syn.dst.Addr()); !ok || netip.AddrPortFrom(back, syn.dst.Port()).String() != tc.dial {
 				t.Errorf("AliasToLoopback(%s) = %s, %v; want %s", syn.dst.Addr(), back, ok, tc.dial)
 			}
 			synack := packet{src: syn.dst, dst: syn.src, proto: protoTCP, seq: 1000, ack: syn.seq + 1, flags: tcpSYN | tcpACK}
@@ -183,7 +174,7 @@ func TestLoopbackRedirectUDP(t *testing.T) {
 		{"[::1]:5353", "[fd74:7270:ffff::1]:5353"},
 	} {
 		t.Run(tc.dial, func(t *testing.T) {
-			n, tun := newSandbox(t, SandboxLink{})
+			n, tun := newSandbox(t, netns.SandboxLink{})
 			var conn net.Conn
 			if err := n.Do(func() error {
 				var err error
@@ -216,17 +207,9 @@ func TestLoopbackRedirectUDP(t *testing.T) {
 }
 
 // listenInside opens a TCP listener inside n that echoes one line.
-func listenInside(t *testing.T, n *Namespace, addr string) net.Listener {
+func listenInside(t *testing.T, n *netns.Namespace, addr string) net.Listener {
 	t.Helper()
-	var ln net.Listener
-	if err := n.Do(func() error {
-		var err error
-		ln, err = net.Listen("tcp", addr)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
+	ln := netnstest.Listen(t, n, "tcp", addr)
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -256,19 +239,19 @@ func echo(t *testing.T, c net.Conn) {
 }
 
 func TestDialInsideReachesLoopbackListener(t *testing.T) {
-	n, _ := newSandbox(t, SandboxLink{})
+	n, _ := newSandbox(t, netns.SandboxLink{})
 	for _, addr := range []string{"127.0.0.1:0", "[::1]:0"} {
 		ln := listenInside(t, n, addr)
-		c, err := DialInside(context.Background(), n, "tcp", ln.Addr().String())
+		c, err := netns.DialInside(context.Background(), n, "tcp", ln.Addr().String())
 		if err != nil {
 			t.Fatalf("DialInside %s: %v", ln.Addr(), err)
 		}
 		echo(t, c)
 	}
-	if _, err := DialInside(context.Background(), n, "tcp", "localhost:80"); err == nil || !strings.Contains(err.Error(), "literal IP") {
+	if _, err := netns.DialInside(context.Background(), n, "tcp", "localhost:80"); err == nil || !strings.Contains(err.Error(), "literal IP") {
 		t.Errorf("DialInside with a name: %v", err)
 	}
-	if _, err := DialInside(context.Background(), n, "sctp", "127.0.0.1:80"); err == nil || !strings.Contains(err.Error(), "network") {
+	if _, err := netns.DialInside(context.Background(), n, "sctp", "127.0.0.1:80"); err == nil || !strings.Contains(err.Error(), "network") {
 		t.Errorf("DialInside sctp: %v", err)
 	}
 }
@@ -276,35 +259,35 @@ func TestDialInsideReachesLoopbackListener(t *testing.T) {
 // TestListenerBypass shows the app reaching its own listener once the
 // bypass is in, and the redirect taking over again once it is out.
 func TestListenerBypass(t *testing.T) {
-	n, tun := newSandbox(t, SandboxLink{})
+	n, tun := newSandbox(t, netns.SandboxLink{})
 	for _, addr := range []string{"127.0.0.1:0", "[::1]:0"} {
 		ln := listenInside(t, n, addr)
 		port := uint16(ln.Addr().(*net.TCPAddr).Port)
-		if err := AddListenerBypass(n, "tcp", port); err != nil {
+		if err := netns.AddListenerBypass(n, "tcp", port); err != nil {
 			t.Fatal(err)
 		}
-		if err := AddListenerBypass(n, "tcp", port); err != nil { // no-op
+		if err := netns.AddListenerBypass(n, "tcp", port); err != nil { // no-op
 			t.Fatal(err)
 		}
 		if err := <-dialInBackground(t, n, "tcp", ln.Addr().String()); err != nil {
 			t.Errorf("with the bypass, the app's connect to %s failed: %v", ln.Addr(), err)
 		}
-		if err := RemoveListenerBypass(n, "tcp", port); err != nil {
+		if err := netns.RemoveListenerBypass(n, "tcp", port); err != nil {
 			t.Fatal(err)
 		}
-		if err := RemoveListenerBypass(n, "tcp", port); err != nil {
+		if err := netns.RemoveListenerBypass(n, "tcp", port); err != nil {
 			t.Errorf("second remove: %v", err)
 		}
 		// Without it, the connect goes to the router again (which does not
 		// answer here; the dial is abandoned at the end of the test).
 		dialInBackground(t, n, "tcp", ln.Addr().String())
 		readPacket(t, tun, func(p packet) bool {
-			a, ok := AliasToLoopback(p.dst.Addr())
+			a, ok := netns.AliasToLoopback(p.dst.Addr())
 			return p.proto == protoTCP && ok && a.Is4() == (addr[0] != '[') && p.dst.Port() == port
 		})
 	}
 	if err := n.Do(func() error {
-		out, err := exec.Command("iptables", "-t", "nat", "-S", LoopbackChain).CombinedOutput()
+		out, err := exec.Command("iptables", "-t", "nat", "-S", netns.LoopbackChain).CombinedOutput()
 		if strings.Contains(string(out), "--dport") {
 			t.Errorf("bypass rule left:\n%s", out)
 		}
@@ -316,14 +299,14 @@ func TestListenerBypass(t *testing.T) {
 		proto string
 		port  uint16
 	}{{"icmp", 1}, {"tcp", 0}} {
-		if err := AddListenerBypass(n, bad.proto, bad.port); err == nil {
+		if err := netns.AddListenerBypass(n, bad.proto, bad.port); err == nil {
 			t.Errorf("AddListenerBypass(%s, %d) accepted", bad.proto, bad.port)
 		}
 	}
 }
 
 func TestListeningPorts(t *testing.T) {
-	n, _ := newSandbox(t, SandboxLink{})
+	n, _ := newSandbox(t, netns.SandboxLink{})
 	tln := listenInside(t, n, "127.0.0.1:0")
 	t6 := listenInside(t, n, "[::]:0")
 	var pc, client net.PacketConn
@@ -346,7 +329,7 @@ func TestListeningPorts(t *testing.T) {
 	defer client.Close()
 	defer connected.Close()
 
-	tcp, udp, err := ListeningPorts(n)
+	tcp, udp, err := netns.ListeningPorts(n)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -369,7 +352,7 @@ func TestListeningPorts(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer hostLn.Close()
-	tcp, _, _ = ListeningPorts(n)
+	tcp, _, _ = netns.ListeningPorts(n)
 	if tcp[uint16(hostLn.Addr().(*net.TCPAddr).Port)] {
 		t.Error("a host listener shows up in the sandbox")
 	}

@@ -3,8 +3,6 @@ package sandbox
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
@@ -21,62 +19,69 @@ import (
 
 	"github.com/trafficpolice/trafficpolice/config"
 	"github.com/trafficpolice/trafficpolice/netns"
+	"github.com/trafficpolice/trafficpolice/netns/netnstest"
 	"github.com/trafficpolice/trafficpolice/sandbox/launch"
 )
 
+// binDir holds the binaries the tests build (once per test binary);
+// TestMain removes it.
+var binDir string
+
 func TestMain(m *testing.M) {
 	launch.MaybeRunInit()
-	os.Exit(m.Run())
+	var err error
+	if binDir, err = os.MkdirTemp("", "tp-sandbox-test-"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	// Readable by the unprivileged user the app may run as.
+	os.Chmod(binDir, 0o755)
+	code := m.Run()
+	os.RemoveAll(binDir)
+	os.Exit(code)
 }
 
-// needRoot fails under CI (which is root and must run every test) and
-// skips elsewhere when not root.
-func needRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("this test needs root (network namespaces, TUN); CI runs as root")
-	}
-	t.Skip("needs root")
-}
-
-func suffix() string {
-	b := make([]byte, 3)
-	rand.Read(b)
-	return hex.EncodeToString(b)
+type buildResult struct {
+	once sync.Once
+	path string
+	err  error
 }
 
 var (
-	probeOnce sync.Once
-	probePath string
-	probeErr  error
+	buildsMu sync.Mutex
+	builds   = map[string]*buildResult{}
 )
 
-// probe builds the static test client once per test binary.
-func probe(t *testing.T) string {
+// buildOnce builds the Go package pkg, statically (CGO_ENABLED=0), into
+// binDir/name once per test binary and returns its path.
+func buildOnce(t *testing.T, pkg, name string) string {
 	t.Helper()
-	probeOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "tp-probe-")
-		if err != nil {
-			probeErr = err
-			return
-		}
-		probePath = filepath.Join(dir, "probe")
-		cmd := exec.Command("go", "build", "-o", probePath, "./testdata/probe")
+	buildsMu.Lock()
+	b := builds[name]
+	if b == nil {
+		b = &buildResult{}
+		builds[name] = b
+	}
+	buildsMu.Unlock()
+	b.once.Do(func() {
+		b.path = filepath.Join(binDir, name)
+		cmd := exec.Command("go", "build", "-o", b.path, pkg)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			probeErr = fmt.Errorf("build probe: %v\n%s", err, out)
+			b.err = fmt.Errorf("build %s: %v\n%s", pkg, err, out)
 		}
 	})
-	if probeErr != nil {
-		t.Fatal(probeErr)
+	if b.err != nil {
+		t.Fatal(b.err)
 	}
-	// Readable by the unprivileged user the app may run as.
-	os.Chmod(filepath.Dir(probePath), 0o755)
-	return probePath
+	return b.path
 }
+
+// probe is the static test client (testdata/probe).
+func probe(t *testing.T) string { return buildOnce(t, "./testdata/probe", "probe") }
+
+// cli is the trafficpolice command, built as `make build` builds it.
+func cli(t *testing.T) string { return buildOnce(t, "../cmd/trafficpolice", "trafficpolice") }
 
 // hostState is what the host had before a test: the test must leave it so.
 // Tests of other packages run at the same time, so the check looks for what
@@ -232,7 +237,6 @@ func trim(s string) string {
 // for "somewhere the host can reach" that the test itself created.
 type serviceNet struct {
 	ns       *netns.Namespace
-	hostLink string
 	hostIP   netip.Addr
 	svcIP    netip.Addr
 	silentIP netip.Addr // routed towards the namespace, dropped there
@@ -240,66 +244,20 @@ type serviceNet struct {
 
 func newServiceNet(t *testing.T) *serviceNet {
 	t.Helper()
-	sfx := suffix()
-	ns, err := netns.Create("tpt-svc-" + sfx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ns := netnstest.Namespace(t, "tpt-svc")
+	netnstest.LoopbackUp(t, ns)
 	// A /29 from a range nobody uses here, chosen per test so tests can
 	// run side by side.
-	b := []byte(sfx)
+	b := []byte(netnstest.Suffix(t))
 	third := int(b[0])%200 + 20
 	base := netip.AddrFrom4([4]byte{10, 213, byte(third), byte(int(b[1]) % 31 * 8)})
-	s := &serviceNet{ns: ns, hostLink: "tpv" + sfx, hostIP: base.Next(), svcIP: base.Next().Next()}
+	s := &serviceNet{ns: ns, hostIP: base.Next(), svcIP: base.Next().Next()}
 	s.silentIP = s.svcIP.Next()
-	t.Cleanup(func() {
-		netns.KillProcesses(ns)
-		if l, err := netlink.LinkByName(s.hostLink); err == nil {
-			netlink.LinkDel(l)
-		}
-		ns.Delete()
-	})
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: s.hostLink}, PeerName: "tpp" + sfx}
-	if err := netlink.LinkAdd(veth); err != nil {
-		t.Fatalf("veth: %v", err)
-	}
-	peer, err := netlink.LinkByName("tpp" + sfx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fd, err := os.Open(ns.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fd.Close()
-	if err := netlink.LinkSetNsFd(peer, int(fd.Fd())); err != nil {
-		t.Fatal(err)
-	}
-	host, _ := netlink.LinkByName(s.hostLink)
-	must(t, netlink.AddrAdd(host, &netlink.Addr{IPNet: prefixNet(s.hostIP, 29)}))
-	must(t, netlink.LinkSetUp(host))
-	must(t, ns.Do(func() error {
-		lo, _ := netlink.LinkByName("lo")
-		netlink.LinkSetUp(lo)
-		p, err := netlink.LinkByName("tpp" + sfx)
-		if err != nil {
-			return err
-		}
-		if err := netlink.AddrAdd(p, &netlink.Addr{IPNet: prefixNet(s.svcIP, 29)}); err != nil {
-			return err
-		}
-		if err := netlink.AddrAdd(p, &netlink.Addr{IPNet: prefixNet(s.silentIP, 29)}); err != nil {
-			return err
-		}
-		return netlink.LinkSetUp(p)
-	}))
+	netnstest.Veth(t, nil, ns, []netip.Prefix{netip.PrefixFrom(s.hostIP, 29)},
+		[]netip.Prefix{netip.PrefixFrom(s.svcIP, 29), netip.PrefixFrom(s.silentIP, 29)})
 	// The silent address drops every TCP SYN: a destination that never answers.
 	s.exec(t, "iptables", "-A", "INPUT", "-d", s.silentIP.String(), "-p", "tcp", "-j", "DROP")
 	return s
-}
-
-func prefixNet(a netip.Addr, bits int) *net.IPNet {
-	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, 32)}
 }
 
 func must(t *testing.T, err error) {
@@ -338,14 +296,7 @@ func (s *serviceNet) start(t *testing.T, argv ...string) {
 // listen opens a TCP listener inside the service namespace.
 func (s *serviceNet) listen(t *testing.T, port int) net.Listener {
 	t.Helper()
-	var ln net.Listener
-	must(t, s.ns.Do(func() error {
-		var err error
-		ln, err = net.Listen("tcp", net.JoinHostPort(s.svcIP.String(), fmt.Sprint(port)))
-		return err
-	}))
-	t.Cleanup(func() { ln.Close() })
-	return ln
+	return netnstest.Listen(t, s.ns, "tcp", net.JoinHostPort(s.svcIP.String(), fmt.Sprint(port)))
 }
 
 // serveEcho echoes every connection.
@@ -383,5 +334,16 @@ func contains(t *testing.T, s, want string) {
 	t.Helper()
 	if !strings.Contains(s, want) {
 		t.Errorf("output %q does not contain %q", trim(s), want)
+	}
+}
+
+// waitUntil polls cond until it holds, and fails the test naming what it
+// waited for if that takes longer than timeout.
+func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %s for %s", timeout, what)
+		}
 	}
 }

@@ -15,6 +15,8 @@ import (
 	"github.com/containerd/containerd/namespaces"
 
 	"github.com/trafficpolice/trafficpolice/images"
+	"github.com/trafficpolice/trafficpolice/netns/netnstest"
+	"github.com/trafficpolice/trafficpolice/router"
 	"github.com/trafficpolice/trafficpolice/sandbox/container"
 	"github.com/trafficpolice/trafficpolice/sandbox/container/containertest"
 )
@@ -31,7 +33,7 @@ type imageEnv struct {
 
 func newImageEnv(t *testing.T) *imageEnv {
 	t.Helper()
-	needRoot(t)
+	netnstest.RequireRoot(t)
 	client := containertest.NeedDaemon(t)
 	e := &imageEnv{client: client, ns: containertest.Namespace(t, client, containertest.BusyboxArchive(t))}
 	t.Cleanup(func() {
@@ -109,12 +111,18 @@ func TestImageRunIsPolicedLikeAProcess(t *testing.T) {
 	if strings.Contains(got, "must not be seen") {
 		t.Fatalf("a blocked flow got through: %q", got)
 	}
-	routes := map[string]string{}
+	flows := map[string]router.FlowRecord{}
 	for _, rec := range readFlowLog(t, flowLog) {
-		routes[fmt.Sprint(rec["dst"])] = fmt.Sprint(rec["route"])
+		flows[rec.Dst] = rec
 	}
-	if routes["127.0.0.1:"+open] != "local" || routes["127.0.0.1:"+blocked] != "block" {
-		t.Fatalf("flow log routes %v, want %s local and %s blocked", routes, open, blocked)
+	// wget's request and the server's headers vary in length; the body
+	// alone is a floor for what came in.
+	if f := flows["127.0.0.1:"+open]; f.Proto != "tcp" || f.Route != "local" || f.Rule != "local :"+open ||
+		f.BytesOut == 0 || f.BytesIn <= int64(len("hello from the host")) || f.Error != "" {
+		t.Errorf("flow to the open port: %+v; want tcp, local by \"local :%s\", a request out and the answer in", f, open)
+	}
+	if f := flows["127.0.0.1:"+blocked]; f.Proto != "tcp" || f.Route != "block" || f.Rule != "block :"+blocked || f.BytesOut != 0 || f.BytesIn != 0 {
+		t.Errorf("flow to the blocked port: %+v; want tcp, block by \"block :%s\", no bytes", f, blocked)
 	}
 }
 
@@ -147,55 +155,36 @@ func TestImageRunCommandNotFoundExits127(t *testing.T) {
 	contains(t, r.stderr, "no-such-command")
 }
 
+// TestKilledImageRunIsCollected: a run with --image killed with SIGKILL
+// leaves its container, task and snapshot; `trafficpolice sandbox gc`
+// removes them with the rest of the run.
 func TestKilledImageRunIsCollected(t *testing.T) {
 	e := newImageEnv(t)
 	before := cleanCheck(t)
-	bin := t.TempDir() + "/trafficpolice"
-	if out, err := execCommand("go", "build", "-o", bin, "../cmd/trafficpolice"); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	cmd := newCmd(bin, "sandbox", "run", "-q", "--image", images.BusyboxRef, "--containerd-namespace", e.ns, "--", "sleep", "300")
-	must(t, cmd.Start())
 	ctx := namespaces.WithNamespace(context.Background(), e.ns)
-	var id string
-	for deadline := time.Now().Add(30 * time.Second); id == "" && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		cs, _ := e.client.Containers(ctx)
-		for _, c := range cs {
-			if task, err := c.Task(ctx, nil); err == nil {
-				if st, err := task.Status(ctx); err == nil && st.Status == containerd.Running {
-					id = c.ID()
-				}
-			}
+	running := func(id string) bool {
+		c, err := e.client.LoadContainer(ctx, NamespacePrefix+id)
+		if err != nil {
+			return false
 		}
+		task, err := c.Task(ctx, nil)
+		if err != nil {
+			return false
+		}
+		st, err := task.Status(ctx)
+		return err == nil && st.Status == containerd.Running
 	}
-	if id == "" {
-		cmd.Process.Kill()
-		cmd.Wait()
-		t.Fatal("the CLI started no container")
-	}
-	before.add(id)
+	k := killRun(t, before, running, "--image", images.BusyboxRef, "--containerd-namespace", e.ns)
+	ctr := NamespacePrefix + k.id
 	e.mu.Lock()
-	e.ids = append(e.ids, id)
+	e.ids = append(e.ids, ctr)
 	e.mu.Unlock()
-	cmd.Process.Kill()
-	cmd.Wait()
-	if _, err := e.client.LoadContainer(ctx, id); err != nil {
-		t.Fatalf("the container should outlive the killed CLI until Collect: %v", err)
+	if _, err := e.client.LoadContainer(ctx, ctr); err != nil {
+		t.Fatalf("the container should outlive the killed CLI until collected: %v", err)
 	}
-	cleaned, err := Collect()
-	if err != nil {
-		t.Fatal(err)
+	gc(t, k.id)
+	wantCollected(t, k)
+	if _, err := e.client.LoadContainer(ctx, ctr); !errdefs.IsNotFound(err) {
+		t.Errorf("container %s after gc: %v, want not found", ctr, err)
 	}
-	if want := strings.TrimPrefix(id, NamespacePrefix); !containsString(cleaned, want) {
-		t.Fatalf("Collect removed %v, not the killed run %s", cleaned, want)
-	}
-}
-
-func containsString(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

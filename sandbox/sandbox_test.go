@@ -1,28 +1,29 @@
 package sandbox
 
 import (
-	"context"
 	"crypto/sha256"
+	"debug/elf"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/trafficpolice/trafficpolice/config"
 	"github.com/trafficpolice/trafficpolice/netns"
+	"github.com/trafficpolice/trafficpolice/netns/netnstest"
+	"github.com/trafficpolice/trafficpolice/router"
 )
 
 func TestReachesHostLoopbackByLocalRuleOnly(t *testing.T) {
-	needRoot(t)
+	netnstest.RequireRoot(t)
 	cleanCheck(t)
 	ln := hostListener(t)
 	serveEcho(ln)
@@ -51,7 +52,7 @@ func TestReachesHostLoopbackByLocalRuleOnly(t *testing.T) {
 }
 
 func TestDefaultLocalWithoutAgentAndTheAppSeesNativeErrors(t *testing.T) {
-	needRoot(t)
+	netnstest.RequireRoot(t)
 	cleanCheck(t)
 	svc := newServiceNet(t)
 	ln := svc.listen(t, 7000)
@@ -71,23 +72,37 @@ func TestDefaultLocalWithoutAgentAndTheAppSeesNativeErrors(t *testing.T) {
 	contains(t, r.stdout, "connect: connection refused")
 	contains(t, r.stdout, "i/o timeout")
 
-	recs := readFlowLog(t, logPath)
-	var sawOpen, sawClosed bool
-	for _, rec := range recs {
-		if rec["dst"] == open && rec["route"] == "local" && rec["bytes_in"].(float64) > 0 {
-			sawOpen = true
+	// Two echo connections of 8 bytes each way ("hello N\n"), then a
+	// refused one; none matches a rule and there is no agent.
+	const rule = "default (no agent or target: local)"
+	var opens, closeds int
+	for _, rec := range readFlowLog(t, logPath) {
+		if src, err := netip.ParseAddrPort(rec.Src); err != nil || src.Addr() != netns.SandboxAddr4.Addr() {
+			t.Errorf("flow to %s: src %q, want the sandbox's address %s", rec.Dst, rec.Src, netns.SandboxAddr4.Addr())
 		}
-		if rec["dst"] == closed && strings.Contains(fmt.Sprint(rec["error"]), "refused") {
-			sawClosed = true
+		if rec.End.Before(rec.Start) {
+			t.Errorf("flow to %s ends (%s) before it starts (%s)", rec.Dst, rec.End, rec.Start)
+		}
+		switch rec.Dst {
+		case open:
+			opens++
+			if rec.Proto != "tcp" || rec.Route != "local" || rec.Rule != rule || rec.BytesOut != 8 || rec.BytesIn != 8 || rec.Error != "" {
+				t.Errorf("open flow %+v: want tcp, local by %q, 8 bytes each way, no error", rec, rule)
+			}
+		case closed:
+			closeds++
+			if rec.Proto != "tcp" || rec.Route != "local" || rec.Rule != rule || rec.BytesOut != 0 || rec.BytesIn != 0 || !strings.Contains(rec.Error, "refused") {
+				t.Errorf("closed flow %+v: want tcp, local by %q, no bytes, a refused error", rec, rule)
+			}
 		}
 	}
-	if !sawOpen || !sawClosed {
-		t.Fatalf("flow log lacks the open or the closed flow: %v", recs)
+	if opens != 2 || closeds != 1 {
+		t.Errorf("flow log has %d flows to %s and %d to %s, want 2 and 1", opens, open, closeds, closed)
 	}
 }
 
 func TestBlockRefusesQuickly(t *testing.T) {
-	needRoot(t)
+	netnstest.RequireRoot(t)
 	cleanCheck(t)
 	svc := newServiceNet(t)
 	serveEcho(svc.listen(t, 7000))
@@ -102,7 +117,7 @@ func TestBlockRefusesQuickly(t *testing.T) {
 }
 
 func TestUDPAndBlockedUDP(t *testing.T) {
-	needRoot(t)
+	netnstest.RequireRoot(t)
 	cleanCheck(t)
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	must(t, err)
@@ -129,7 +144,7 @@ func TestUDPAndBlockedUDP(t *testing.T) {
 }
 
 func TestDNSForLocalNamesAndHostsFile(t *testing.T) {
-	needRoot(t)
+	netnstest.RequireRoot(t)
 	cleanCheck(t)
 	svc := newServiceNet(t)
 	svc.start(t, "dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--bind-interfaces",
@@ -181,7 +196,7 @@ func waitDNS(t *testing.T, svc *serviceNet) {
 }
 
 func TestAppsOwnLoopbackListener(t *testing.T) {
-	needRoot(t)
+	netnstest.RequireRoot(t)
 	cleanCheck(t)
 	logPath := filepath.Join(t.TempDir(), "flows.jsonl")
 	r := run(t, nil, ExtraRules{}, []string{probe(t), "self"}, func(o *Options) {
@@ -193,10 +208,25 @@ func TestAppsOwnLoopbackListener(t *testing.T) {
 		t.Fatalf("%+v\nflow log: %s", r, b)
 	}
 	contains(t, r.stdout, "self: me")
+	// The app connects to its listener at once, before any bypass rule can
+	// be in: the router sees the flow and keeps it inside the sandbox.
+	recs := readFlowLog(t, logPath)
+	if len(recs) != 1 {
+		t.Fatalf("flow log has %d records, want the one self-connection: %+v", len(recs), recs)
+	}
+	rec := recs[0]
+	dst, err := netip.ParseAddrPort(rec.Dst)
+	if err != nil || dst.Addr() != netip.MustParseAddr("127.0.0.1") {
+		t.Fatalf("dst %q, want the app's own 127.0.0.1 listener", rec.Dst)
+	}
+	if want := fmt.Sprintf("the app listens on port %d", dst.Port()); rec.Proto != "tcp" || rec.Route != "sandbox" || rec.Rule != want ||
+		rec.BytesIn != int64(len("me")) || rec.BytesOut != 0 || rec.Error != "" {
+		t.Errorf("self-connection %+v: want tcp, route sandbox by %q, 2 bytes in (\"me\"), none out", rec, want)
+	}
 }
 
 func TestHundredMegabytesArriveIntact(t *testing.T) {
-	needRoot(t)
+	netnstest.RequireRoot(t)
 	cleanCheck(t)
 	const size = 100 << 20
 	data := make([]byte, size)
@@ -225,7 +255,7 @@ func TestHundredMegabytesArriveIntact(t *testing.T) {
 }
 
 func TestTwoHundredConcurrentConnections(t *testing.T) {
-	needRoot(t)
+	netnstest.RequireRoot(t)
 	cleanCheck(t)
 	svc := newServiceNet(t)
 	serveEcho(svc.listen(t, 7000))
@@ -237,7 +267,7 @@ func TestTwoHundredConcurrentConnections(t *testing.T) {
 }
 
 func TestExitStatusAndSignals(t *testing.T) {
-	needRoot(t)
+	netnstest.RequireRoot(t)
 	cleanCheck(t)
 	if r := run(t, nil, ExtraRules{}, []string{"sh", "-c", "exit 7"}); r.code != 7 || r.err != nil {
 		t.Fatalf("exit 7: %+v", r)
@@ -245,84 +275,79 @@ func TestExitStatusAndSignals(t *testing.T) {
 	if r := run(t, nil, ExtraRules{}, []string{"sh", "-c", "kill -TERM $$"}); r.code != 128+15 {
 		t.Fatalf("killed by SIGTERM: %+v", r)
 	}
-	if r := run(t, nil, ExtraRules{}, []string{"/nonexistent/app"}); r.err == nil && r.code != 127 {
-		t.Fatalf("missing command: %+v", r)
+}
+
+// TestAppThatCannotStartExitsAsAShellWould: 127 for a command that is not
+// found, 126 for one that cannot be executed, with the shell's message, and
+// no error of the sandbox's own.
+func TestAppThatCannotStartExitsAsAShellWould(t *testing.T) {
+	netnstest.RequireRoot(t)
+	cleanCheck(t)
+	for _, tc := range cannotStart(t) {
+		r := run(t, nil, ExtraRules{}, []string{tc.argv0})
+		if r.err != nil || r.code != tc.code {
+			t.Errorf("%s: exit %d, error %v; want exit %d and no error", tc.argv0, r.code, r.err, tc.code)
+		}
+		contains(t, r.stderr, "trafficpolice: "+tc.msg+"\n")
+	}
+}
+
+type cannotStartCase struct {
+	argv0, msg string
+	code       int
+}
+
+// cannotStart lists commands that cannot start, with the status and the
+// message a shell would give.
+func cannotStart(t *testing.T) []cannotStartCase {
+	dir := t.TempDir()
+	// Searchable by the unprivileged user the app may run as (SUDO_UID).
+	must(t, os.Chmod(dir, 0o755))
+	notExec := filepath.Join(dir, "not-executable")
+	must(t, os.WriteFile(notExec, []byte("#!/bin/sh\necho ran\n"), 0o644))
+	return []cannotStartCase{
+		{"/nonexistent/app", "/nonexistent/app: no such file or directory", 127},
+		{"tp-no-such-command", "tp-no-such-command: command not found", 127},
+		{notExec, notExec + ": permission denied", 126},
+		{dir, dir + ": is a directory", 126},
 	}
 }
 
 func TestStaticGoBinaryResolvesThroughTheSandbox(t *testing.T) {
-	needRoot(t)
+	netnstest.RequireRoot(t)
 	cleanCheck(t)
-	dir := t.TempDir()
-	hosts := filepath.Join(dir, "hosts")
-	resolv := filepath.Join(dir, "resolv.conf")
-	must(t, os.WriteFile(hosts, []byte("198.51.100.9 only-on-the-host.test\n"), 0o644))
-	must(t, os.WriteFile(resolv, []byte("nameserver 127.0.0.1\n"), 0o644))
-	// The sandbox's own /etc/hosts does not carry the host's entries: the
-	// answer can only come from the router's DNS server.
-	r := run(t, nil, ExtraRules{}, []string{"sh", "-c", "cat /etc/resolv.conf; grep -c only-on-the-host /etc/hosts; " + probe(t) + " resolve only-on-the-host.test"},
-		func(o *Options) { o.HostResolvConf, o.HostHosts = resolv, hosts })
-	contains(t, r.stdout, "nameserver "+netns.DNSAddr4.String())
-	contains(t, r.stdout, "198.51.100.9")
-}
-
-func TestKilledRunIsCollected(t *testing.T) {
-	needRoot(t)
-	before := cleanCheck(t)
-	// Build the real CLI and kill -9 it mid-run.
-	bin := filepath.Join(t.TempDir(), "trafficpolice")
-	out, err := execCommand("go", "build", "-o", bin, "../cmd/trafficpolice")
-	if err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	cmd := newCmd(bin, "sandbox", "run", "-q", "--", "sleep", "300")
-	must(t, cmd.Start())
-	// The run's namespace carries the id of its record, whose pid is the CLI's.
-	var id string
-	deadline := time.Now().Add(10 * time.Second)
-	for id == "" && time.Now().Before(deadline) {
-		entries, _ := os.ReadDir(StateDir)
-		for _, e := range entries {
-			if r, err := readRecord(filepath.Join(StateDir, e.Name())); err == nil && r.PID == cmd.Process.Pid {
-				id = r.ID
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if id == "" {
-		t.Fatal("the run wrote no record")
-	}
-	before.add(NamespacePrefix + id)
-	// Wait until the app runs inside, then kill the CLI without warning.
-	for time.Now().Before(deadline) {
-		if pids, _ := processesIn(NamespacePrefix + id); len(pids) > 0 {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	cmd.Process.Kill()
-	cmd.Wait()
-	if _, err := netns.Open(NamespacePrefix + id); err != nil {
-		t.Fatalf("the killed run's namespace should still be there before Collect: %v", err)
-	}
-	cleaned, err := Collect()
+	probe := probe(t)
+	f, err := elf.Open(probe)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Contains(cleaned, id) {
-		t.Fatalf("Collect removed %v, not the killed run %s", cleaned, id)
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			t.Fatalf("%s has a program interpreter: not a static binary", probe)
+		}
+	}
+	f.Close()
+	dir := t.TempDir()
+	hosts := filepath.Join(dir, "hosts")
+	resolv := filepath.Join(dir, "resolv.conf")
+	// The name is only in the hosts file the router reads: the sandbox's
+	// /etc/hosts does not carry it, its resolv.conf names only the router,
+	// and the host-side nameserver answers nothing. Only the router's DNS
+	// server can give the answer.
+	must(t, os.WriteFile(hosts, []byte("198.51.100.9 only-on-the-host.test\n"), 0o644))
+	must(t, os.WriteFile(resolv, []byte("nameserver 127.0.0.1\n"), 0o644))
+	r := run(t, nil, ExtraRules{}, []string{"sh", "-c", "grep -c only-on-the-host /etc/hosts; grep nameserver /etc/resolv.conf; " + probe + " resolve only-on-the-host.test"},
+		func(o *Options) { o.HostResolvConf, o.HostHosts = resolv, hosts })
+	want := "0\nnameserver " + netns.DNSAddr4.String() + "\nnameserver " + netns.DNSAddr6.String() + "\n198.51.100.9\n"
+	if r.err != nil || r.code != 0 || r.stdout != want {
+		t.Fatalf("exit %d, error %v, output %q; want %q", r.code, r.err, r.stdout, want)
 	}
 }
 
 func TestSignalToCLIReachesApp(t *testing.T) {
-	needRoot(t)
+	netnstest.RequireRoot(t)
 	cleanCheck(t)
-	bin := filepath.Join(t.TempDir(), "trafficpolice")
-	out, err := execCommand("go", "build", "-o", bin, "../cmd/trafficpolice")
-	if err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	cmd := newCmd(bin, "sandbox", "run", "-q", "--", "sh", "-c", "trap 'exit 42' INT; trap 'exit 43' TERM; echo ready; while :; do sleep 0.1; done")
+	cmd := newCmd(cli(t), "sandbox", "run", "-q", "--", "sh", "-c", "trap 'exit 42' INT; trap 'exit 43' TERM; echo ready; while :; do sleep 0.1; done")
 	stdout, _ := cmd.StdoutPipe()
 	must(t, cmd.Start())
 	buf := make([]byte, 6)
@@ -332,19 +357,21 @@ func TestSignalToCLIReachesApp(t *testing.T) {
 	// Not from a terminal: only trafficpolice gets the signal, and must
 	// pass it on.
 	cmd.Process.Signal(os.Interrupt)
-	err = cmd.Wait()
+	err := cmd.Wait()
 	if cmd.ProcessState.ExitCode() != 42 {
 		t.Fatalf("exit status %d (%v), want the app's 42", cmd.ProcessState.ExitCode(), err)
 	}
 }
 
-func readFlowLog(t *testing.T, path string) []map[string]any {
+// readFlowLog reads the flow log, checking that every line carries every
+// field (a zero value included).
+func readFlowLog(t *testing.T, path string) []router.FlowRecord {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []map[string]any
+	var out []router.FlowRecord
 	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
 		if line == "" {
 			continue
@@ -358,7 +385,11 @@ func readFlowLog(t *testing.T, path string) []map[string]any {
 				t.Fatalf("flow log line lacks %q: %s", k, line)
 			}
 		}
-		out = append(out, m)
+		var rec router.FlowRecord
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("flow log line %q: %v", line, err)
+		}
+		out = append(out, rec)
 	}
 	return out
 }
@@ -370,11 +401,8 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-var _ = http.StatusOK
-var _ = context.Background
-
 func TestPingIsRoutedLikeAnyFlow(t *testing.T) {
-	needRoot(t)
+	netnstest.RequireRoot(t)
 	cleanCheck(t)
 	svc := newServiceNet(t)
 	ip := svc.svcIP.String()

@@ -14,6 +14,7 @@ import (
 	"github.com/trafficpolice/trafficpolice/agent"
 	"github.com/trafficpolice/trafficpolice/agent/client"
 	"github.com/trafficpolice/trafficpolice/agent/proto"
+	"github.com/trafficpolice/trafficpolice/netns/netnstest"
 )
 
 // clusterDNS is a real DNS server standing in for the cluster's: it
@@ -21,7 +22,7 @@ import (
 // its own, over UDP and TCP.
 func clusterDNS(t *testing.T) string {
 	t.Helper()
-	requireRoot(t)
+	netnstest.RequireRoot(t)
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
 		m := new(dns.Msg)
 		m.SetReply(r)

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"testing"
 	"time"
 
@@ -16,19 +15,6 @@ import (
 )
 
 const testToken = agenttest.Token
-
-// requireRoot skips a test that needs root, or fails it in CI, where a
-// skipped test would hide a broken setup.
-func requireRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("this test needs root (CI runs as root)")
-	}
-	t.Skip("this test needs root")
-}
 
 // startAgent serves a real agent on loopback (package agenttest).
 func startAgent(t testing.TB, opts agent.Options) *agenttest.Agent { return agenttest.Start(t, opts) }

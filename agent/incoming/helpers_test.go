@@ -5,61 +5,26 @@ package incoming_test
 // in this one file so that they are swapped in one place.
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"os/exec"
 	"runtime"
 	"testing"
 	"time"
 
+	"github.com/trafficpolice/trafficpolice/netns/netnstest"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
-// need stops the test when a requirement is unmet: it fails under
-// CI=true, where everything must be installed, and skips elsewhere.
-func need(t testing.TB, ok bool, format string, args ...any) {
-	t.Helper()
-	if ok {
-		return
-	}
-	msg := fmt.Sprintf(format, args...)
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s (CI=true: unmet requirements fail the test)", msg)
-	}
-	t.Skipf("%s (skipped outside CI)", msg)
-}
-
-// requireRoot stops the test (see need) unless it runs as root.
-func requireRoot(t testing.TB) {
-	t.Helper()
-	need(t, os.Geteuid() == 0, "this test needs root (network namespaces, nat rules)")
-}
-
-// requireCommands stops the test (see need) unless every command is on
-// PATH; debianPackage brings them.
+// requireCommands stops the test (see netnstest.Need) unless every
+// command is on PATH; debianPackage brings them.
 func requireCommands(t testing.TB, debianPackage string, names ...string) {
 	t.Helper()
 	for _, name := range names {
-		_, err := exec.LookPath(name)
-		need(t, err == nil, "this test needs %s: apt-get install %s", name, debianPackage)
+		netnstest.RequireCommand(t, name, debianPackage)
 	}
-}
-
-// uniqueSuffix is a fresh random suffix for the names a test gives its
-// resources.
-func uniqueSuffix(t testing.TB) string {
-	t.Helper()
-	var b [3]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(b[:])
 }
 
 // inNS runs fn on an OS thread of its own inside ns, so that the sockets,

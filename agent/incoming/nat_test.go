@@ -12,13 +12,14 @@ import (
 	"testing"
 
 	"github.com/trafficpolice/trafficpolice/agent/nat"
+	"github.com/trafficpolice/trafficpolice/netns/netnstest"
 )
 
 // TestSweepRemovesDeadAgentsRulesOfEitherBackend: an agent at start
 // removes the rules of dead agents, whichever backend wrote them, and
 // leaves a live agent's alone.
 func TestSweepRemovesDeadAgentsRulesOfEitherBackend(t *testing.T) {
-	requireRoot(t)
+	netnstest.RequireRoot(t)
 	requireCommands(t, "iptables", "iptables", "ip6tables", "iptables-save", "ip6tables-save")
 	pod := newNetns(t)
 	log := testLog(t)
@@ -98,7 +99,7 @@ func TestNATBackendChoice(t *testing.T) {
 		t.Errorf("nat.ParseBackend(pf): %v", err)
 	}
 
-	requireRoot(t)
+	netnstest.RequireRoot(t)
 	requireCommands(t, "iptables", "iptables", "ip6tables")
 	pod := newNetns(t)
 	choose := func(choice nat.Backend) (nat.Rules, error) {

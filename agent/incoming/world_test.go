@@ -46,6 +46,7 @@ import (
 	"github.com/trafficpolice/trafficpolice/agent/client"
 	"github.com/trafficpolice/trafficpolice/agent/nat"
 	"github.com/trafficpolice/trafficpolice/config"
+	"github.com/trafficpolice/trafficpolice/netns/netnstest"
 )
 
 // The agent process reads its settings from these variables; the first
@@ -126,11 +127,11 @@ func forBothBackends(t *testing.T, test func(t *testing.T, w *world)) {
 
 func newWorld(t *testing.T, backend nat.Backend) *world {
 	t.Helper()
-	requireRoot(t)
+	netnstest.RequireRoot(t)
 	if backend == nat.IPTables {
 		requireCommands(t, "iptables", "iptables", "ip6tables", "iptables-save", "ip6tables-save")
 	}
-	w := &world{backend: backend, suffix: uniqueSuffix(t), pod: newNetns(t), peer: newNetns(t)}
+	w := &world{backend: backend, suffix: netnstest.Suffix(t)[:6], pod: newNetns(t), peer: newNetns(t)}
 	joinByVeth(t,
 		vethEnd{ns: w.peer, name: "tpi-" + w.suffix + "-peer", addrs: []netip.Prefix{netip.PrefixFrom(peerAddr4, 24), netip.PrefixFrom(peerAddr6, 64)}},
 		vethEnd{ns: w.pod, name: "tpi-" + w.suffix + "-pod", addrs: []netip.Prefix{netip.PrefixFrom(podAddr4, 24), netip.PrefixFrom(podAddr6, 64)}})

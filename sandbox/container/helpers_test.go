@@ -3,8 +3,6 @@ package container
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -20,6 +18,7 @@ import (
 
 	tpimages "github.com/trafficpolice/trafficpolice/images"
 	"github.com/trafficpolice/trafficpolice/netns"
+	"github.com/trafficpolice/trafficpolice/netns/netnstest"
 	"github.com/trafficpolice/trafficpolice/sandbox/container/containertest"
 )
 
@@ -52,19 +51,10 @@ type helperSpec struct {
 	Argv                                      []string
 }
 
-func suffix(t *testing.T) string {
-	t.Helper()
-	b := make([]byte, 4)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(b)
-}
-
 // env is one test's world: a containerd namespace holding the busybox
 // image, a network namespace, a state folder. Its cleanup checks that no
-// container, task, snapshot or mount of the test is left, then removes
-// the image and both namespaces.
+// container, task, snapshot or mount of the test is left; the image and
+// both namespaces go afterwards (containertest, netnstest).
 type env struct {
 	t       *testing.T
 	client  *containerd.Client
@@ -83,11 +73,8 @@ func newEnv(t *testing.T) *env {
 	e := &env{t: t, client: client, state: t.TempDir(), image: tpimages.BusyboxRef}
 	e.ns = containertest.Namespace(t, client, containertest.BusyboxArchive(t))
 	e.ctx = namespaces.WithNamespace(context.Background(), e.ns)
-	n, err := netns.Create("tpt-" + suffix(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.netns = n
+	// Made before the cleanup is registered, so it is deleted after it.
+	e.netns = netnstest.Namespace(t, "tpt")
 	t.Cleanup(e.cleanup)
 	return e
 }
@@ -110,17 +97,11 @@ func (e *env) cleanup() {
 	if cs, err := e.client.Containers(e.ctx); err != nil || len(cs) != 0 {
 		t.Errorf("containers left in %s: %d (err %v)", e.ns, len(cs), err)
 	}
-	if err := netns.KillProcesses(e.netns); err != nil {
-		t.Error(err)
-	}
-	if err := e.netns.Delete(); err != nil {
-		t.Error(err)
-	}
 }
 
 // spec returns a Spec for one container of this env.
 func (e *env) spec(argv ...string) Spec {
-	id := "tpt-" + suffix(e.t)
+	id := "tpt-" + netnstest.Suffix(e.t)
 	e.ids = append(e.ids, id)
 	dir := filepath.Join(e.state, id)
 	if err := os.MkdirAll(dir, 0o700); err != nil {

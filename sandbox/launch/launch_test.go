@@ -3,14 +3,13 @@ package launch
 import (
 	"bufio"
 	"bytes"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/trafficpolice/trafficpolice/netns"
+	"github.com/trafficpolice/trafficpolice/netns/netnstest"
 )
 
 func TestMain(m *testing.M) {
@@ -26,18 +26,11 @@ func TestMain(m *testing.M) {
 		runHelper()
 		return
 	}
-	os.Exit(m.Run())
-}
-
-func needRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
+	if os.Getenv(userDBEnv) != "" {
+		runUserDBHelper()
 		return
 	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("this test needs root")
-	}
-	t.Skip("this test needs root")
+	os.Exit(m.Run())
 }
 
 // ourMounts counts the mountinfo lines that mention any of words.
@@ -70,13 +63,7 @@ type sandbox struct {
 
 func newSandbox(t *testing.T) *sandbox {
 	t.Helper()
-	needRoot(t)
-	b := make([]byte, 4)
-	rand.Read(b)
-	n, err := netns.Create("tpt-" + hex.EncodeToString(b))
-	if err != nil {
-		t.Fatal(err)
-	}
+	n := netnstest.Namespace(t, "tpt")
 	s := &sandbox{ns: n, dir: t.TempDir()}
 	s.resolv = filepath.Join(s.dir, "resolv.conf")
 	s.hosts = filepath.Join(s.dir, "hosts")
@@ -89,20 +76,13 @@ func newSandbox(t *testing.T) *sandbox {
 		}
 	}
 	s.hostResolvBefore, _ = os.ReadFile("/etc/resolv.conf")
-	mountsBefore := ourMounts(t, n.Name(), s.dir, " /etc/resolv.conf ", " /etc/hosts ")
+	// The namespace's own mount is checked by netnstest, after this
+	// cleanup: here, the mounts the app's launch may have leaked.
+	words := []string{s.dir, " /etc/resolv.conf ", " /etc/hosts "}
+	mountsBefore := ourMounts(t, words...)
 	t.Cleanup(func() {
-		if err := netns.KillProcesses(n); err != nil {
-			t.Error(err)
-		}
-		if err := n.Delete(); err != nil {
-			t.Error(err)
-		}
-		if names, _ := netns.List(n.Name()); len(names) != 0 {
-			t.Errorf("netns left: %v", names)
-		}
-		// Our namespace's own mount is gone: one fewer than at the start.
-		if got := ourMounts(t, n.Name(), s.dir, " /etc/resolv.conf ", " /etc/hosts "); got != mountsBefore-1 {
-			t.Errorf("mounts of ours in /proc/self/mountinfo: %d, want %d", got, mountsBefore-1)
+		if got := ourMounts(t, words...); got != mountsBefore {
+			t.Errorf("mounts of ours in /proc/self/mountinfo: %d, want %d as before", got, mountsBefore)
 		}
 		if after, _ := os.ReadFile("/etc/resolv.conf"); !bytes.Equal(after, s.hostResolvBefore) {
 			t.Errorf("the host's /etc/resolv.conf changed:\n%s", after)
@@ -232,20 +212,67 @@ func TestRunsAsGivenUser(t *testing.T) {
 			t.Errorf("capabilities left: %s", l)
 		}
 	}
-	// Groups from the user database when not given.
-	spec.Groups = nil
-	spec.Argv = []string{"id", "-G"}
-	out, err = run(t, spec)
-	want := map[string]bool{}
-	for _, g := range userGroups(uid, gid) {
-		want[strconv.FormatUint(uint64(g), 10)] = true
+}
+
+// The user database test runs Start in a helper process with a private
+// mount namespace, where the test's own passwd and group files are bound
+// over /etc's: the expected groups are then known without asking the code
+// under test (or the host's database, which varies) for them.
+
+const userDBEnv = "TP_LAUNCH_TEST_USERDB" // "NETNS-PATH DIR": DIR holds passwd, group, resolv.conf, hosts
+
+// The test's user database: tpuser (4242, primary group 4242) is a member
+// of 4300 and 4301, not of 4302.
+const (
+	testPasswd = "root:x:0:0:root:/root:/bin/sh\ntpuser:x:4242:4242::/nonexistent:/bin/sh\n"
+	testGroup  = "root:x:0:\ntpgroup:x:4242:\ntpextra1:x:4300:tpuser\ntpextra2:x:4301:someone,tpuser\ntpother:x:4302:someone\n"
+)
+
+func runUserDBHelper() {
+	netnsPath, dir, _ := strings.Cut(os.Getenv(userDBEnv), " ")
+	for _, f := range []string{"passwd", "group"} {
+		if err := syscall.Mount(filepath.Join(dir, f), "/etc/"+f, "", syscall.MS_BIND, ""); err != nil {
+			fmt.Println("error: bind", f, err)
+			os.Exit(1)
+		}
 	}
-	got := map[string]bool{}
-	for _, g := range strings.Fields(out) {
-		got[g] = true
+	uid, gid := uint32(4242), uint32(4242)
+	cmd, err := Start(Spec{NetnsPath: netnsPath, ResolvConf: filepath.Join(dir, "resolv.conf"), Hosts: filepath.Join(dir, "hosts"),
+		Argv: []string{"id", "-G"}, UID: &uid, GID: &gid, Dir: "/", Stdout: os.Stdout, Stderr: os.Stdout})
+	if err != nil {
+		fmt.Println("error:", err)
+		os.Exit(1)
 	}
-	if err != nil || fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Errorf("id -G = %q, %v; want the groups %v", out, err, want)
+	if err := cmd.Wait(); err != nil {
+		fmt.Println("error:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+func TestGroupsComeFromTheUserDatabaseWhenNotGiven(t *testing.T) {
+	s := newSandbox(t)
+	for f, body := range map[string]string{"passwd": testPasswd, "group": testGroup} {
+		if err := os.WriteFile(filepath.Join(s.dir, f), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	helper := exec.Command(os.Args[0], "-test.run=^$")
+	helper.Env = append(os.Environ(), userDBEnv+"="+s.ns.Path()+" "+s.dir)
+	// A mount namespace of its own (Go makes its mounts private), so the
+	// bind mounts over /etc never reach the host.
+	helper.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
+	out, err := helper.CombinedOutput()
+	if err != nil {
+		t.Fatalf("helper: %v\n%s", err, out)
+	}
+	got := strings.Fields(string(out))
+	slices.Sort(got)
+	if want := []string{"4242", "4300", "4301"}; !slices.Equal(got, want) {
+		t.Errorf("id -G of tpuser = %q, want the groups %v of the test's database", out, want)
+	}
+	if b, _ := os.ReadFile("/etc/group"); strings.Contains(string(b), "tpextra1") {
+		t.Error("the test's group file shows on the host")
 	}
 }
 
@@ -280,7 +307,7 @@ func TestCommandNotFound(t *testing.T) {
 }
 
 func TestBadSpec(t *testing.T) {
-	needRoot(t)
+	netnstest.RequireRoot(t)
 	uid := uint32(1)
 	for _, spec := range []Spec{
 		{Argv: []string{"true"}},

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/trafficpolice/trafficpolice/netns/netnstest"
 	"github.com/trafficpolice/trafficpolice/test/apps/uwu"
 )
 
@@ -45,8 +46,8 @@ func readMessages(t *testing.T, path string) []storedMessage {
 
 func TestTheThreeAppsRunTheSeedStoryInTheCluster(t *testing.T) {
 	t.Parallel()
-	RequireRoot(t)
-	curl := RequireCommand(t, "curl", "curl")
+	netnstest.RequireRoot(t)
+	curl := netnstest.RequireCommand(t, "curl", "curl")
 	uwuService := BuildApp(t, "./test/apps/uwu-service")
 	messagesDB := BuildApp(t, "./test/apps/messages-db")
 	uwuApp := BuildApp(t, "./test/apps/uwu-app")

@@ -14,6 +14,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/trafficpolice/trafficpolice/netns/netnstest"
 )
 
 // The cluster network. Every cluster reuses it: each lives in namespaces
@@ -60,11 +62,11 @@ type Cluster struct {
 
 // New builds an empty cluster (the network, the bridge and the DNS pod)
 // and registers its removal with t.Cleanup. It stops the test when root or
-// dnsmasq is missing (see Need).
+// dnsmasq is missing (see netnstest.Need).
 func New(t TB) *Cluster {
 	t.Helper()
-	RequireRoot(t)
-	dnsmasq := RequireCommand(t, dnsmasqBinary, "dnsmasq-base")
+	netnstest.RequireRoot(t)
+	dnsmasq := netnstest.RequireCommand(t, dnsmasqBinary, "dnsmasq-base")
 
 	id, err := randomID()
 	if err != nil {

@@ -15,8 +15,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/trafficpolice/trafficpolice/test/apps/uwu"
 	"github.com/vishvananda/netlink"
+
+	"github.com/trafficpolice/trafficpolice/netns/netnstest"
+	"github.com/trafficpolice/trafficpolice/test/apps/uwu"
 )
 
 func TestMain(m *testing.M) { Main(m) }
@@ -139,7 +141,7 @@ func hostHasNoRouteInto(t *testing.T, c *Cluster, pod *Pod) {
 
 func dig(t *testing.T, pod *Pod, args ...string) string {
 	t.Helper()
-	digBin := RequireCommand(t, "dig", "dnsutils")
+	digBin := netnstest.RequireCommand(t, "dig", "dnsutils")
 	out, err := pod.Run(t, append([]string{digBin, "+time=2", "+tries=2"}, args...)...)
 	if err != nil {
 		t.Fatalf("dig %s in pod %s: %v\n%s", strings.Join(args, " "), pod.Name(), err, out)
@@ -149,9 +151,9 @@ func dig(t *testing.T, pod *Pod, args ...string) string {
 
 func TestClusterServesPodsByNameAndLeavesNothingBehind(t *testing.T) {
 	t.Parallel()
-	RequireRoot(t)
-	curl := RequireCommand(t, "curl", "curl")
-	RequireCommand(t, "dig", "dnsutils")
+	netnstest.RequireRoot(t)
+	curl := netnstest.RequireCommand(t, "curl", "curl")
+	netnstest.RequireCommand(t, "dig", "dnsutils")
 	uwuService := BuildApp(t, "./test/apps/uwu-service")
 
 	var left leftovers
@@ -305,7 +307,7 @@ func TestClusterServesPodsByNameAndLeavesNothingBehind(t *testing.T) {
 
 func TestParallelClustersAreIsolated(t *testing.T) {
 	t.Parallel()
-	RequireRoot(t)
+	netnstest.RequireRoot(t)
 	uwuService := BuildApp(t, "./test/apps/uwu-service")
 
 	a, b := New(t), New(t)
@@ -336,7 +338,7 @@ func TestParallelClustersAreIsolated(t *testing.T) {
 
 func TestAddPodRejectsDuplicatesAndBadNames(t *testing.T) {
 	t.Parallel()
-	RequireRoot(t)
+	netnstest.RequireRoot(t)
 	c := New(t)
 	c.AddPod(t, "one")
 	if _, err := c.addPod("one", 99); err == nil || !strings.Contains(err.Error(), `"one"`) {
@@ -349,7 +351,7 @@ func TestAddPodRejectsDuplicatesAndBadNames(t *testing.T) {
 
 func TestProcessesAreStoppedWithTheirTest(t *testing.T) {
 	t.Parallel()
-	RequireRoot(t)
+	netnstest.RequireRoot(t)
 	c := New(t)
 	pod := c.AddPod(t, "sleeper")
 	var pid int

@@ -6,11 +6,13 @@ import (
 	"os/exec"
 	"testing"
 	"time"
+
+	"github.com/trafficpolice/trafficpolice/netns/netnstest"
 )
 
 func TestStaleClustersOfDeadRunsAreRemoved(t *testing.T) {
 	t.Parallel()
-	RequireRoot(t)
+	netnstest.RequireRoot(t)
 
 	// A PID that has just exited stands for a crashed test binary.
 	dead := exec.Command("true")

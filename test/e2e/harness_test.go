@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trafficpolice/trafficpolice/netns/netnstest"
 	"github.com/trafficpolice/trafficpolice/test/cluster"
 )
 
@@ -37,8 +38,8 @@ const agentPort = 7777
 
 func newWorld(t *testing.T) *world {
 	t.Helper()
-	cluster.RequireRoot(t)
-	cluster.RequireCommand(t, "dig", "dnsutils")
+	netnstest.RequireRoot(t)
+	netnstest.RequireCommand(t, "dig", "dnsutils")
 	w := &world{
 		c:     cluster.New(t),
 		tp:    cluster.BuildApp(t, "./cmd/trafficpolice"),

@@ -21,10 +21,10 @@ import (
 	"github.com/trafficpolice/trafficpolice/agent"
 	"github.com/trafficpolice/trafficpolice/agent/agenttest"
 	"github.com/trafficpolice/trafficpolice/agent/client"
+	"github.com/trafficpolice/trafficpolice/netns/netnstest"
 	"github.com/trafficpolice/trafficpolice/router"
 	"github.com/trafficpolice/trafficpolice/router/policy"
 	"github.com/trafficpolice/trafficpolice/router/routertest"
-	"github.com/trafficpolice/trafficpolice/test/cluster"
 )
 
 // The agent runs in this process's network namespace, so "the pod" is the
@@ -221,7 +221,7 @@ func clusterDNS(t *testing.T) (ip string, asked func() []string) {
 		addr := net.JoinHostPort(ip, "53")
 		pc, err := net.ListenPacket("udp", addr)
 		if errors.Is(err, syscall.EACCES) {
-			cluster.Need(t, false, "this test runs a DNS server on port 53: it needs root or net.ipv4.ip_unprivileged_port_start <= 53")
+			netnstest.Need(t, false, "this test runs a DNS server on port 53: it needs root or net.ipv4.ip_unprivileged_port_start <= 53")
 		}
 		if err != nil {
 			continue // the address is taken: draw another

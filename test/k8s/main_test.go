@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"testing"
+
+	"github.com/trafficpolice/trafficpolice/netns/netnstest"
 )
 
 // The one cluster of this test binary, started by TestMain.
@@ -38,12 +40,7 @@ func need(t *testing.T) *Cluster {
 	if testing.Short() {
 		t.Skip("-short: no Kubernetes cluster")
 	}
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("the Kubernetes tests need root (CI=true: unmet requirements fail the test)")
-		}
-		t.Skip("the Kubernetes tests need root (skipped outside CI)")
-	}
+	netnstest.RequireRoot(t)
 	if startErr != nil {
 		t.Fatalf("no cluster: %v", startErr)
 	}

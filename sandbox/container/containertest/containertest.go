@@ -8,8 +8,6 @@ package containertest
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -21,6 +19,7 @@ import (
 	"github.com/containerd/containerd/namespaces"
 
 	tpimages "github.com/trafficpolice/trafficpolice/images"
+	"github.com/trafficpolice/trafficpolice/netns/netnstest"
 )
 
 // Address is the daemon's socket: $CONTAINERD_ADDRESS or the default.
@@ -58,12 +57,7 @@ func NeedDaemon(t testing.TB) *containerd.Client {
 			client = c
 		}
 	}
-	if miss != "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("this test needs %s", miss)
-		}
-		t.Skipf("this test needs %s", miss)
-	}
+	netnstest.Need(t, miss == "", "this test needs %s", miss)
 	t.Cleanup(func() { client.Close() })
 	return client
 }
@@ -90,9 +84,7 @@ func BusyboxArchive(t testing.TB) string {
 // test makes are gone by then.
 func Namespace(t testing.TB, client *containerd.Client, archives ...string) string {
 	t.Helper()
-	b := make([]byte, 4)
-	rand.Read(b)
-	ns := "tpt-" + hex.EncodeToString(b)
+	ns := "tpt-" + netnstest.Suffix(t)
 	ctx := namespaces.WithNamespace(context.Background(), ns)
 	t.Cleanup(func() {
 		if err := RemoveNamespace(ctx, client, ns); err != nil {
