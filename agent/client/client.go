@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -159,22 +158,18 @@ func (c *Client) Close() error {
 	return nil
 }
 
-// Facts describe the pod the agent runs in, as the sandbox copies them
-// (the one type of pod facts, as the tunnel carries them).
-type Facts = proto.Facts
-
-// Facts describes the pod, as its agent last reported it.
+// Facts describes the pod, as its agent last reported it, without what
+// would be unsafe to write into the sandbox's resolver files (see
+// sanitizeFacts; the client logs what it drops).
 func (c *Client) Facts() Facts {
 	c.mu.Lock()
 	f := c.facts
 	c.mu.Unlock()
-	return Facts{
-		Hostname:      f.Hostname,
-		Addresses:     slices.Clone(f.Addresses),
-		SearchDomains: slices.Clone(f.SearchDomains),
-		Ndots:         f.Ndots,
-		Options:       slices.Clone(f.Options),
+	safe, dropped := sanitizeFacts(f)
+	if len(dropped) > 0 {
+		c.log.Warn("ignored pod facts the agent reported that are not valid", "dropped", dropped)
 	}
+	return safe
 }
 
 func (c *Client) where() string {
