@@ -40,8 +40,11 @@ type Options struct {
 	Incoming config.Incoming
 	// Argv is the app's command line.
 	Argv []string
-	Env  []string
-	Dir  string
+	// Env is the app's environment, nil for this process's; trafficpolice's
+	// own secrets (the agent's token) are left out of it, and out of
+	// Container.Env.
+	Env []string
+	Dir string
 	// FlowLog is a path for the JSON flow log; "" for none.
 	FlowLog string
 	// MTU of the sandbox's TUN; 0 for the default.
@@ -135,6 +138,10 @@ func (o Options) withDefaults() Options {
 	}
 	if o.HostHosts == "" {
 		o.HostHosts = "/etc/hosts"
+	}
+	o.Env = appEnv(o.Env)
+	if o.Container.Env != nil {
+		o.Container.Env = appEnv(o.Container.Env)
 	}
 	return o
 }

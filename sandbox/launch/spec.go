@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/user"
 	"strconv"
+	"strings"
 	"syscall"
 )
 
@@ -20,7 +21,9 @@ type Spec struct {
 	// Argv is the command and its arguments; Argv[0] is looked up in the
 	// PATH of Env, as a shell would.
 	Argv []string
-	// Env is the app's environment; nil means this process's.
+	// Env is the app's environment; nil means this process's. With UID
+	// set, HOME, USER and LOGNAME are that user's from the user database
+	// (under sudo they still name root).
 	Env []string
 	// Dir is the app's working directory; "" means this process's.
 	Dir string
@@ -104,7 +107,28 @@ func (s Spec) payload() (*payload, error) {
 	if p.UID != nil && p.Groups == nil {
 		p.Groups = userGroups(*p.UID, *p.GID)
 	}
+	if p.UID != nil {
+		p.Env = withUserEnv(p.Env, *p.UID)
+	}
 	return p, nil
+}
+
+// withUserEnv sets HOME, USER and LOGNAME in env to uid's, as login(1)
+// would. A user the database does not know keeps env as it is.
+func withUserEnv(env []string, uid uint32) []string {
+	u, err := user.LookupId(strconv.FormatUint(uint64(uid), 10))
+	if err != nil {
+		return env
+	}
+	out := make([]string, 0, len(env)+3)
+	for _, kv := range env {
+		switch name, _, _ := strings.Cut(kv, "="); name {
+		case "HOME", "USER", "LOGNAME":
+		default:
+			out = append(out, kv)
+		}
+	}
+	return append(out, "HOME="+u.HomeDir, "USER="+u.Username, "LOGNAME="+u.Username)
 }
 
 // userGroups returns the supplementary groups of uid from the user
