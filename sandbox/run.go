@@ -45,6 +45,10 @@ type Options struct {
 	// Container.Env.
 	Env []string
 	Dir string
+	// CapAdd are capabilities the app gets on top of Docker's default set
+	// (launch.DefaultCapabilities), for a plain process and a container
+	// alike: names as launch.ParseCapabilities takes them.
+	CapAdd []string
 	// FlowLog is a path for the JSON flow log; "" for none.
 	FlowLog string
 	// MTU of the sandbox's TUN; 0 for the default.
@@ -88,6 +92,9 @@ type Agent interface {
 func Run(ctx context.Context, o Options) (int, error) {
 	if len(o.Argv) == 0 {
 		return 0, errors.New("no command to run: give one after --, as in `trafficpolice sandbox run -- ./app`")
+	}
+	if _, err := launch.ParseCapabilities(o.CapAdd); err != nil {
+		return 0, fmt.Errorf("Options.CapAdd: %w", err)
 	}
 	o = o.withDefaults()
 	if cleaned, err := Collect(); err != nil {
@@ -381,6 +388,7 @@ func runApp(ctx context.Context, ns *netns.Namespace, files resolverFiles, o Opt
 		Dir:        o.Dir,
 		UID:        uid,
 		GID:        gid,
+		CapAdd:     o.CapAdd,
 		Stdin:      o.Stdin,
 		Stdout:     o.Stdout,
 		Stderr:     o.Stderr,

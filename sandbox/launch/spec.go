@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"os/user"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -33,6 +34,11 @@ type Spec struct {
 	// Groups are the supplementary groups when UID is set; nil means the
 	// user's groups from the user database (or just GID if it has none).
 	Groups []uint32
+	// CapAdd are capabilities the app gets on top of DefaultCapabilities
+	// (names as ParseCapabilities takes them). They bound what any app may
+	// hold; an app that runs as root holds them all, one that runs as UID
+	// none (a setuid program it runs may gain them back).
+	CapAdd []string
 	// Stdin, Stdout and Stderr are as in exec.Cmd: an *os.File is passed
 	// to the app as is, anything else through a pipe.
 	Stdin          io.Reader
@@ -60,6 +66,8 @@ type payload struct {
 	Dir       string
 	UID, GID  *uint32
 	Groups    []uint32
+	// Caps are the capabilities the app may keep, canonical names.
+	Caps      []string
 	ParentPID int
 }
 
@@ -76,7 +84,12 @@ func (s Spec) payload() (*payload, error) {
 	if s.UID != nil && s.GID == nil {
 		return nil, fmt.Errorf("Spec.UID is %d but Spec.GID is nil: set both", *s.UID)
 	}
+	added, err := ParseCapabilities(s.CapAdd)
+	if err != nil {
+		return nil, fmt.Errorf("Spec.CapAdd: %w", err)
+	}
 	p := &payload{
+		Caps:      append(slices.Clone(DefaultCapabilities), added...),
 		NetnsPath: s.NetnsPath,
 		Argv:      s.Argv,
 		Env:       s.Env,
@@ -182,7 +195,8 @@ func credentialsFrom(getenv func(string) string, euid int) (uid, gid *uint32, er
 type StartError struct {
 	// Step is what failed: "spec" (bad Spec or unreadable by the helper),
 	// "init" (the helper died or panicked), "mount", "setns",
-	// "credentials", "parent" (trafficpolice died meanwhile), "chdir",
+	// "capabilities", "credentials", "parent" (trafficpolice died
+	// meanwhile), "chdir",
 	// "lookup" or "exec".
 	Step string
 	// Msg says what, for lookup and exec as a shell would
