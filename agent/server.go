@@ -27,6 +27,22 @@ const (
 	DefaultCommunicationTimeout = 30 * time.Second
 	DefaultDialTimeout          = 30 * time.Second
 	DefaultUDPIdleTimeout       = 2 * time.Minute
+	// DefaultHandshakeTimeout bounds how long a new connection may take to
+	// send its Hello. A client sends it at once (a few hundred bytes, even
+	// over a port-forward), so a few seconds is plenty; it is short, and
+	// apart from CommunicationTimeout, because until then the peer is
+	// nobody and holds one of the MaxPendingHandshakes places.
+	DefaultHandshakeTimeout = 5 * time.Second
+	// MaxPendingHandshakes is how many connections may wait for their
+	// Hello at once; beyond that, new connections are closed at once.
+	MaxPendingHandshakes = 64
+)
+
+// Backoff of the accept loop when the process is out of descriptors or
+// memory: as net/http does, doubling up to a second.
+const (
+	firstAcceptBackoff = 5 * time.Millisecond
+	maxAcceptBackoff   = time.Second
 )
 
 // Options configure an agent.
@@ -39,9 +55,11 @@ type Options struct {
 	// point them at their own.
 	ResolvConfPath string
 	HostsPath      string
-	// CommunicationTimeout bounds the handshake, reading a request, and a
-	// DNS resolution.
+	// CommunicationTimeout bounds reading a request and a DNS resolution.
 	CommunicationTimeout time.Duration
+	// HandshakeTimeout bounds a new connection's Hello; zero means
+	// DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
 	// DialTimeout bounds a TCP dial from the pod; a client may ask for less.
 	DialTimeout time.Duration
 	// UDPIdleTimeout ends a UDP flow with no datagram either way for that long.
@@ -77,6 +95,10 @@ type Server struct {
 	incoming     *incoming.Service
 	incomingErr  string
 	incomingOnce sync.Once
+
+	// pending holds a place for each connection that has not yet
+	// presented a good token (MaxPendingHandshakes of them).
+	pending chan struct{}
 }
 
 // New checks opts and fills in the defaults.
@@ -90,6 +112,7 @@ func New(opts Options) (*Server, error) {
 		def  time.Duration
 	}{
 		{"CommunicationTimeout", &opts.CommunicationTimeout, DefaultCommunicationTimeout},
+		{"HandshakeTimeout", &opts.HandshakeTimeout, DefaultHandshakeTimeout},
 		{"DialTimeout", &opts.DialTimeout, DefaultDialTimeout},
 		{"UDPIdleTimeout", &opts.UDPIdleTimeout, DefaultUDPIdleTimeout},
 	} {
@@ -122,9 +145,10 @@ func New(opts Options) (*Server, error) {
 		log = slog.Default()
 	}
 	return &Server{
-		opts: opts,
-		log:  log,
-		dns:  &dnsResolver{resolvConfPath: opts.ResolvConfPath, hosts: &hostsFile{path: opts.HostsPath}},
+		opts:    opts,
+		log:     log,
+		dns:     &dnsResolver{resolvConfPath: opts.ResolvConfPath, hosts: &hostsFile{path: opts.HostsPath}},
+		pending: make(chan struct{}, MaxPendingHandshakes),
 	}, nil
 }
 
@@ -170,6 +194,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer stopIncoming()
 	stop := context.AfterFunc(ctx, func() { _ = ln.Close() })
 	defer stop()
+	backoff := time.Duration(0)
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -180,8 +205,30 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			if errors.As(err, &ne) && ne.Timeout() {
 				continue
 			}
+			if outOfResources(err) {
+				// Out of descriptors or memory: wait for flows to end
+				// rather than give up on every client.
+				backoff = min(max(2*backoff, firstAcceptBackoff), maxAcceptBackoff)
+				s.log.Warn("accept failed, retrying", "err", err, "in", backoff)
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(backoff):
+				}
+				continue
+			}
 			_ = ln.Close()
 			return fmt.Errorf("agent accept on %s: %w", ln.Addr(), err)
+		}
+		backoff = 0
+		select {
+		case s.pending <- struct{}{}:
+		default:
+			// Too many peers that have not said who they are: this one
+			// gets nothing, not even a goroutine.
+			s.log.Debug("too many connections waiting for their Hello: closing a new one", "client", c.RemoteAddr().String(), "max", MaxPendingHandshakes)
+			_ = c.Close()
+			continue
 		}
 		wg.Add(1)
 		go func() {
@@ -191,29 +238,57 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 }
 
-// serveConn runs one client's tunnel: handshake, then one goroutine per
-// stream, until the tunnel or ctx ends. Everything the client opened is
-// closed before it returns.
+// outOfResources reports an Accept error that passes once some
+// connections end: out of file descriptors (the process's or the
+// system's), of socket buffers or of memory.
+func outOfResources(err error) bool {
+	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// serveConn runs one client's tunnel: the handshake on the bare
+// connection, then yamux and one goroutine per stream, until the tunnel or
+// ctx ends. Everything the client opened is closed before it returns. It
+// holds a place in s.pending until the handshake is over.
 func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	log := s.log.With("client", c.RemoteAddr().String())
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stopClose := context.AfterFunc(ctx, func() { _ = c.Close() })
+	err := s.handshake(c, log)
+	<-s.pending
+	if err != nil {
+		log.Warn("tunnel handshake failed", "err", err)
+		_ = c.Close()
+		return
+	}
+	stopClose()
+	// Only now, for a client that presented the token, does yamux get
+	// its windows and backlog.
 	sess, err := yamux.Server(c, proto.MuxConfig(log))
 	if err != nil {
 		log.Error("start tunnel session", "err", err)
 		_ = c.Close()
 		return
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	context.AfterFunc(ctx, func() { _ = sess.Close() })
-
-	t, err := s.handshake(ctx, sess, log)
+	actx, acancel := context.WithTimeout(ctx, s.opts.CommunicationTimeout)
+	ctrl, err := sess.AcceptStreamWithContext(actx)
+	acancel()
 	if err != nil {
-		log.Warn("tunnel handshake failed", "err", err)
+		if ctx.Err() == nil {
+			log.Warn("the client opened no control stream", "err", err)
+		}
 		return
 	}
+	t := newTunnel(log, sess, ctrl)
 	log.Info("client connected")
 
 	var wg sync.WaitGroup
@@ -241,32 +316,24 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	log.Info("client disconnected, its flows are closed")
 }
 
-// handshake reads Hello on the first stream and answers Welcome or Refused.
-func (s *Server) handshake(ctx context.Context, sess *yamux.Session, log *slog.Logger) (*tunnel, error) {
-	hctx, cancel := context.WithTimeout(ctx, s.opts.CommunicationTimeout)
-	defer cancel()
-	ctrl, err := sess.AcceptStreamWithContext(hctx)
+// handshake reads Hello from the bare connection within HandshakeTimeout
+// and answers Welcome or Refused. Until the token checks out, the agent
+// holds no more for the peer than the Hello's bytes (MaxHelloSize).
+func (s *Server) handshake(c net.Conn, log *slog.Logger) error {
+	_ = c.SetDeadline(time.Now().Add(s.opts.HandshakeTimeout))
+	hello, err := proto.ReadHello(c)
 	if err != nil {
-		return nil, fmt.Errorf("wait for the client's first stream: %w", err)
-	}
-	_ = ctrl.SetDeadline(time.Now().Add(s.opts.CommunicationTimeout))
-	m, err := proto.ReadMessage(ctrl)
-	if err != nil {
-		return nil, fmt.Errorf("read Hello: %w", err)
-	}
-	hello, ok := m.(proto.Hello)
-	if !ok {
-		return nil, fmt.Errorf("first message is %s, want Hello", m.Type())
+		return err
 	}
 	if hello.Version != proto.Version {
 		reason := fmt.Sprintf("protocol version %d is not supported: this agent speaks version %d", hello.Version, proto.Version)
-		s.refuse(sess, ctrl, proto.Refused{Code: proto.RefuseVersion, Reason: reason})
-		return nil, errors.New(reason)
+		s.refuse(c, proto.Refused{Code: proto.RefuseVersion, Reason: reason})
+		return errors.New(reason)
 	}
 	if !s.tokenOK(hello.Token) {
-		log.Warn("refused a client: wrong or missing token", "remote", sess.RemoteAddr().String(), "token_given", hello.Token != "")
-		s.refuse(sess, ctrl, proto.Refused{Code: proto.RefuseToken, Reason: "wrong or missing token"})
-		return nil, errors.New("client presented a wrong or missing token")
+		log.Warn("refused a client: wrong or missing token", "remote", c.RemoteAddr().String(), "token_given", hello.Token != "")
+		s.refuse(c, proto.Refused{Code: proto.RefuseToken, Reason: "wrong or missing token"})
+		return errors.New("client presented a wrong or missing token")
 	}
 	facts, err := podFacts(s.opts.ResolvConfPath)
 	if err != nil {
@@ -274,11 +341,11 @@ func (s *Server) handshake(ctx context.Context, sess *yamux.Session, log *slog.L
 		log.Warn("could not read all pod facts", "err", err)
 	}
 	facts.IncomingError = s.incomingErr
-	if err := proto.WriteMessage(ctrl, proto.Welcome{Version: proto.Version, Facts: facts}); err != nil {
-		return nil, err
+	if err := proto.WriteMessage(c, proto.Welcome{Version: proto.Version, Facts: facts}); err != nil {
+		return err
 	}
-	_ = ctrl.SetDeadline(time.Time{})
-	return newTunnel(log, sess, ctrl), nil
+	_ = c.SetDeadline(time.Time{})
+	return nil
 }
 
 // tokenOK compares in constant time; hashing first keeps the token's
@@ -289,17 +356,11 @@ func (s *Server) tokenOK(given string) bool {
 	return subtle.ConstantTimeCompare(a[:], b[:]) == 1
 }
 
-// refuse sends the refusal and gives the client a moment to read it and
-// hang up, so that closing does not reset the connection under it.
-func (s *Server) refuse(sess *yamux.Session, ctrl *yamux.Stream, r proto.Refused) {
-	if err := proto.WriteMessage(ctrl, r); err != nil {
-		return
-	}
-	_ = ctrl.Close()
-	select {
-	case <-sess.CloseChan():
-	case <-time.After(time.Second):
-	}
+// refuse sends the refusal; the caller closes the connection. The client
+// has nothing unread on it (it waits for the answer to its Hello), so the
+// close is a FIN that lets it read the refusal, not a reset.
+func (s *Server) refuse(c net.Conn, r proto.Refused) {
+	_ = proto.WriteMessage(c, r)
 }
 
 // serveStream reads a flow's request and hands it to its handler.

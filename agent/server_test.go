@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -11,8 +12,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/hashicorp/yamux"
 
 	"github.com/trafficpolice/trafficpolice/agent/proto"
 )
@@ -90,20 +89,12 @@ func hello(t *testing.T, addr string, h proto.Hello) (proto.Message, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sess, err := yamux.Client(c, proto.MuxConfig(nil))
-	if err != nil {
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := proto.WriteMessage(c, h); err != nil {
 		t.Fatal(err)
 	}
-	defer sess.Close()
-	st, err := sess.OpenStream()
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = st.SetDeadline(time.Now().Add(10 * time.Second))
-	if err := proto.WriteMessage(st, h); err != nil {
-		t.Fatal(err)
-	}
-	m, err := proto.ReadMessage(st)
+	m, err := proto.ReadMessage(c)
 	if err != nil {
 		t.Fatalf("read the answer to Hello: %v", err)
 	}
@@ -136,8 +127,8 @@ func TestHandshakeRefusesWrongOrMissingTokenAndLogsIt(t *testing.T) {
 func TestHandshakeRefusesOtherVersions(t *testing.T) {
 	addr, _ := startServer(t, Options{Token: "s3cret"})
 	m, _ := hello(t, addr, proto.Hello{Version: proto.Version + 1, Token: "s3cret"})
-	if r, ok := m.(proto.Refused); !ok || r.Code != proto.RefuseVersion || !strings.Contains(r.Reason, "version 2") {
-		t.Fatalf("answer = %#v, want Refused{Code: RefuseVersion} naming version 2", m)
+	if r, ok := m.(proto.Refused); !ok || r.Code != proto.RefuseVersion || !strings.Contains(r.Reason, fmt.Sprintf("version %d", proto.Version)) {
+		t.Fatalf("answer = %#v, want Refused{Code: RefuseVersion} naming version %d", m, proto.Version)
 	}
 }
 

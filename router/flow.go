@@ -36,7 +36,7 @@ func (r *Router) newFlow(proto policy.Proto, src, dst netip.AddrPort) *flow {
 		f.host, f.hostSide = ne.name, ne.side
 	}
 	appListens := false
-	if dst.Addr().IsLoopback() && r.cfg.AppListens != nil {
+	if _, loop := policy.Loopback(dst.Addr()); loop && r.cfg.AppListens != nil {
 		appListens = r.cfg.AppListens(proto, dst.Port())
 	}
 	f.decision = r.cfg.Policy.Decide(policy.Flow{Proto: proto, Dst: dst, Host: f.host, AppListens: appListens})
@@ -84,7 +84,10 @@ func (r *Router) dial(ctx context.Context, f *flow) (net.Conn, error) {
 // came from a cluster DNS answer is dialed at the name's local resolution,
 // as mirrord does; loopback is never re-resolved.
 func (r *Router) localDestination(ctx context.Context, f *flow) (netip.AddrPort, error) {
-	if f.host == "" || f.hostSide != policy.Remote || f.dst.Addr().IsLoopback() {
+	if lo, loop := policy.Loopback(f.dst.Addr()); loop {
+		return netip.AddrPortFrom(lo, f.dst.Port()), nil
+	}
+	if f.host == "" || f.hostSide != policy.Remote {
 		return f.dst, nil
 	}
 	for _, name := range r.localNameCandidates(f.host) {

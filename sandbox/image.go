@@ -12,6 +12,7 @@ import (
 
 	"github.com/trafficpolice/trafficpolice/netns"
 	"github.com/trafficpolice/trafficpolice/sandbox/container"
+	"github.com/trafficpolice/trafficpolice/sandbox/launch"
 )
 
 // runContainer is runApp for `sandbox run --image`: the app runs in a
@@ -19,6 +20,10 @@ import (
 // container is named after the namespace and recorded in the run's state
 // folder, so teardown and Collect can remove it.
 func runContainer(ctx context.Context, ns *netns.Namespace, files resolverFiles, o Options, uid, gid *uint32, sigs <-chan os.Signal) (int, error) {
+	capAdd, err := launch.ParseCapabilities(o.CapAdd)
+	if err != nil {
+		return 0, fmt.Errorf("Options.CapAdd: %w", err)
+	}
 	s := container.Spec{
 		Options:    o.Container,
 		Image:      o.Image,
@@ -30,6 +35,7 @@ func runContainer(ctx context.Context, ns *netns.Namespace, files resolverFiles,
 		Hosts:      files.hosts,
 		UID:        uid,
 		GID:        gid,
+		CapAdd:     capAdd,
 		Stdin:      o.Stdin,
 		Stdout:     o.Stdout,
 		Stderr:     o.Stderr,

@@ -40,8 +40,15 @@ type Options struct {
 	Incoming config.Incoming
 	// Argv is the app's command line.
 	Argv []string
-	Env  []string
-	Dir  string
+	// Env is the app's environment, nil for this process's; trafficpolice's
+	// own secrets (the agent's token) are left out of it, and out of
+	// Container.Env.
+	Env []string
+	Dir string
+	// CapAdd are capabilities the app gets on top of Docker's default set
+	// (launch.DefaultCapabilities), for a plain process and a container
+	// alike: names as launch.ParseCapabilities takes them.
+	CapAdd []string
 	// FlowLog is a path for the JSON flow log; "" for none.
 	FlowLog string
 	// MTU of the sandbox's TUN; 0 for the default.
@@ -85,6 +92,9 @@ type Agent interface {
 func Run(ctx context.Context, o Options) (int, error) {
 	if len(o.Argv) == 0 {
 		return 0, errors.New("no command to run: give one, as in `trafficpolice sandbox run ./app --its-flags`")
+	}
+	if _, err := launch.ParseCapabilities(o.CapAdd); err != nil {
+		return 0, fmt.Errorf("Options.CapAdd: %w", err)
 	}
 	o = o.withDefaults()
 	if cleaned, err := Collect(); err != nil {
@@ -135,6 +145,10 @@ func (o Options) withDefaults() Options {
 	}
 	if o.HostHosts == "" {
 		o.HostHosts = "/etc/hosts"
+	}
+	o.Env = appEnv(o.Env)
+	if o.Container.Env != nil {
+		o.Container.Env = appEnv(o.Container.Env)
 	}
 	return o
 }
@@ -375,6 +389,7 @@ func runApp(ctx context.Context, ns *netns.Namespace, files resolverFiles, o Opt
 		Dir:        o.Dir,
 		UID:        uid,
 		GID:        gid,
+		CapAdd:     o.CapAdd,
 		Stdin:      o.Stdin,
 		Stdout:     o.Stdout,
 		Stderr:     o.Stderr,

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -256,7 +257,8 @@ func (c *Client) reconnect() *tunnel {
 	}
 }
 
-// connect opens a connection, starts yamux on it and shakes hands.
+// connect opens a connection, shakes hands on it, then starts yamux and
+// opens the control stream.
 func (c *Client) connect(ctx context.Context) (*tunnel, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.opts.CommunicationTimeout)
 	defer cancel()
@@ -267,21 +269,28 @@ func (c *Client) connect(ctx context.Context) (*tunnel, error) {
 	if tc, ok := conn.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
+	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
+	facts, err := c.handshake(conn)
+	if !stop() {
+		_ = conn.Close()
+		return nil, fmt.Errorf("handshake with agent at %s: %w", c.where(), ctx.Err())
+	}
+	if err != nil {
+		_ = conn.Close()
+		return nil, err
+	}
 	sess, err := yamux.Client(conn, proto.MuxConfig(c.log))
 	if err != nil {
 		_ = conn.Close()
 		return nil, fmt.Errorf("start tunnel session with agent at %s: %w", c.where(), err)
 	}
-	stop := context.AfterFunc(ctx, func() { _ = sess.Close() })
-	t, err := c.handshake(sess)
-	if !stop() {
-		_ = sess.Close()
-		return nil, fmt.Errorf("handshake with agent at %s: %w", c.where(), ctx.Err())
-	}
+	// The first stream is the control stream.
+	ctrl, err := sess.OpenStream()
 	if err != nil {
 		_ = sess.Close()
-		return nil, err
+		return nil, fmt.Errorf("open control stream to agent at %s: %w", c.where(), err)
 	}
+	t := &tunnel{sess: sess, ctrl: proto.NewControl(ctrl), facts: facts}
 	c.wg.Add(2)
 	go func() {
 		defer c.wg.Done()
@@ -302,32 +311,34 @@ func (c *Client) dialAgent(ctx context.Context) (net.Conn, error) {
 	return d.DialContext(ctx, "tcp", c.opts.Address)
 }
 
-func (c *Client) handshake(sess *yamux.Session) (*tunnel, error) {
-	ctrl, err := sess.OpenStream()
-	if err != nil {
-		return nil, fmt.Errorf("open control stream to agent at %s: %w", c.where(), err)
+// handshake sends Hello on the bare connection and reads the answer;
+// yamux starts only after Welcome (protocol version 3).
+func (c *Client) handshake(conn net.Conn) (proto.Facts, error) {
+	if err := proto.WriteMessage(conn, proto.Hello{Version: proto.Version, Token: c.opts.Token}); err != nil {
+		return proto.Facts{}, fmt.Errorf("greet agent at %s: %w", c.where(), err)
 	}
-	if err := proto.WriteMessage(ctrl, proto.Hello{Version: proto.Version, Token: c.opts.Token}); err != nil {
-		return nil, fmt.Errorf("greet agent at %s: %w", c.where(), err)
+	m, err := proto.ReadMessage(conn)
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) {
+		return proto.Facts{}, fmt.Errorf("agent at %s hung up on the Hello (an agent older than protocol version %d does: upgrade it): %w",
+			c.where(), proto.Version, err)
 	}
-	m, err := proto.ReadMessage(ctrl)
 	if err != nil {
-		return nil, fmt.Errorf("read the agent's answer to Hello from %s: %w", c.where(), err)
+		return proto.Facts{}, fmt.Errorf("read the agent's answer to Hello from %s: %w", c.where(), err)
 	}
 	switch m := m.(type) {
 	case proto.Welcome:
 		if m.Version != proto.Version {
-			return nil, fmt.Errorf("agent at %s speaks protocol version %d, this client %d", c.where(), m.Version, proto.Version)
+			return proto.Facts{}, fmt.Errorf("agent at %s speaks protocol version %d, this client %d", c.where(), m.Version, proto.Version)
 		}
-		return &tunnel{sess: sess, ctrl: proto.NewControl(ctrl), facts: m.Facts}, nil
+		return m.Facts, nil
 	case proto.Refused:
 		if m.Code == proto.RefuseToken {
-			return nil, fmt.Errorf("connect to agent at %s: %w (%s): check --agent-token-file or %s",
+			return proto.Facts{}, fmt.Errorf("connect to agent at %s: %w (%s): check --agent-token-file or %s",
 				c.where(), ErrTokenRefused, m.Reason, "TRAFFICPOLICE_AGENT_TOKEN")
 		}
-		return nil, fmt.Errorf("agent at %s refused the tunnel: %s", c.where(), m.Reason)
+		return proto.Facts{}, fmt.Errorf("agent at %s refused the tunnel: %s", c.where(), m.Reason)
 	}
-	return nil, fmt.Errorf("agent at %s answered Hello with %s", c.where(), m.Type())
+	return proto.Facts{}, fmt.Errorf("agent at %s answered Hello with %s", c.where(), m.Type())
 }
 
 // tunnelFor returns the current tunnel, waiting for one while the client

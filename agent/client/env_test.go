@@ -80,19 +80,18 @@ func TestEnvFromAnOlderAgent(t *testing.T) {
 		if err != nil {
 			return
 		}
+		if _, err := proto.ReadMessage(c); err != nil {
+			return
+		}
+		if err := proto.WriteMessage(c, proto.Welcome{Version: proto.Version}); err != nil {
+			return
+		}
 		sess, err := yamux.Server(c, nil)
 		if err != nil {
 			return
 		}
 		defer sess.Close()
-		ctrl, err := sess.AcceptStream()
-		if err != nil {
-			return
-		}
-		if _, err := proto.ReadMessage(ctrl); err != nil {
-			return
-		}
-		if err := proto.WriteMessage(ctrl, proto.Welcome{Version: proto.Version}); err != nil {
+		if _, err := sess.AcceptStream(); err != nil { // the control stream
 			return
 		}
 		for {

@@ -11,6 +11,15 @@
 // copies that never slow the pod's own traffic: a client that lags loses
 // its copies, not the pod its speed.
 //
+// Under HTTP/1 filters the agent parses requests strictly where RFC 9112
+// says to reject (a Transfer-Encoding without chunked last, Content-Length
+// that is not digits or disagrees with itself, both together, obsolete
+// line folding, bare CR, a chunk without its CRLF): such a request gets 400
+// and the connection closes, since an app behind us could split the bytes
+// into requests otherwise than we did. A keep-alive connection idle for
+// Options.HTTPIdleTimeout is closed; a head that takes longer than
+// Options.HTTPHeadTimeout gets 408.
+//
 // It must not touch nat rules other than its own and the jumps to them
 // (and dead agents' ones), and must not redirect the agent's own ports.
 package incoming

@@ -1,6 +1,7 @@
 package incoming
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -35,6 +36,8 @@ type Service struct {
 	// openTimeout bounds opening a stream to a client and its answer.
 	openTimeout time.Duration
 	dialTimeout time.Duration
+	// httpIdleTimeout and httpHeadTimeout: see Options.
+	httpIdleTimeout, httpHeadTimeout time.Duration
 	// dial reaches the original destination, past the nat rules
 	// (dialPod); tests that run without them use a plain dialer.
 	dial func(ctx context.Context, dst netip.AddrPort) (*net.TCPConn, error)
@@ -78,6 +81,9 @@ func newService(log *slog.Logger, rules nat.PortRules, opts Options) *Service {
 		openTimeout: opts.OpenTimeout,
 		dialTimeout: opts.DialTimeout,
 		ports:       map[uint16][]*subscription{},
+
+		httpIdleTimeout: cmp.Or(opts.HTTPIdleTimeout, DefaultHTTPIdleTimeout),
+		httpHeadTimeout: cmp.Or(opts.HTTPHeadTimeout, DefaultHTTPHeadTimeout),
 	}
 	in.dial = in.dialPod
 	return in

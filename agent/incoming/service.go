@@ -32,7 +32,20 @@ type Options struct {
 	// Reserved ports are never redirected, with the reason (the agent's
 	// own tunnel port: stealing it would cut the tunnel itself).
 	Reserved map[uint16]string
+	// HTTPIdleTimeout and HTTPHeadTimeout bound, on an HTTP-filtered port,
+	// the wait for a keep-alive connection's next request and for the rest
+	// of a request head once it started; zero means the defaults.
+	HTTPIdleTimeout, HTTPHeadTimeout time.Duration
 }
+
+// Defaults of the HTTP filter's limits. The idle limit is longer than the
+// keep-alive limits of common servers (nginx 75 s, Node 5 s), so the agent
+// does not close a connection that the pod's app would have kept; the head
+// limit is nginx's client_header_timeout.
+const (
+	DefaultHTTPIdleTimeout = 2 * time.Minute
+	DefaultHTTPHeadTimeout = time.Minute
+)
 
 // Peer is one client's tunnel as incoming traffic sees it: the session it
 // opens a stream on for each connection it hands over.

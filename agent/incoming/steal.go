@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"slices"
@@ -177,15 +178,27 @@ func (h *httpConn) serve() {
 		return
 	}
 	for first := true; ; first = false {
-		req, line, err := readRequestHead(h.br)
-		if errors.Is(err, io.EOF) {
+		req, line, started, err := h.nextRequest()
+		if errors.Is(err, io.EOF) || (isTimeout(err) && !started) {
+			// Closed or idle between requests: end quietly.
+			_ = h.client.CloseWrite()
 			return
 		}
 		if errors.Is(err, errNotHTTP) && first {
 			h.passWhole(line)
 			return
 		}
-		if err != nil {
+		var bad *badRequest
+		switch {
+		case errors.As(err, &bad):
+			h.in.log.Info("bad HTTP request refused", "peer", h.src.String(), "status", bad.status, "err", err)
+			h.refuse(bad.status, err)
+			return
+		case isTimeout(err):
+			h.in.log.Info("HTTP request head too slow", "peer", h.src.String(), "limit", h.in.httpHeadTimeout)
+			h.refuse(http.StatusRequestTimeout, fmt.Errorf("the request head did not arrive within %s", h.in.httpHeadTimeout))
+			return
+		case err != nil:
 			h.in.log.Debug("HTTP-filtered connection ends", "peer", h.src.String(), "err", err)
 			splice.Abort(h.client)
 			return
@@ -195,6 +208,42 @@ func (h *httpConn) serve() {
 		}
 	}
 }
+
+// nextRequest waits, at most the idle limit, for the next request to
+// start, then reads its head within the head limit; started says whether
+// any of it came.
+func (h *httpConn) nextRequest() (req *requestHead, line []byte, started bool, err error) {
+	_ = h.client.SetReadDeadline(time.Now().Add(h.in.httpIdleTimeout))
+	if _, err := h.br.Peek(1); err != nil {
+		_ = h.client.SetReadDeadline(time.Time{})
+		return nil, nil, false, err
+	}
+	_ = h.client.SetReadDeadline(time.Now().Add(h.in.httpHeadTimeout))
+	req, line, err = readRequestHead(h.br)
+	_ = h.client.SetReadDeadline(time.Time{})
+	return req, line, true, err
+}
+
+// refuse answers a request that is not forwarded with status and why,
+// then closes the connection (RFC 9112 §6.3 for a faulty framing: the
+// rest of the bytes cannot be trusted to start a request).
+func (h *httpConn) refuse(status int, why error) {
+	body := fmt.Sprintf("trafficpolice: %v\n", why)
+	_, _ = fmt.Fprintf(h.client, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+		status, http.StatusText(status), len(body), body)
+	_ = h.client.CloseWrite()
+	// Lingering close: closing with the client's bytes unread would reset
+	// the connection and could destroy the answer before the client reads
+	// it; take a little of what it still sends first.
+	_ = h.client.SetReadDeadline(time.Now().Add(lingerTimeout))
+	_, _ = io.CopyN(io.Discard, h.client, lingerBytes)
+}
+
+// How long and how much a refused connection is read before it is closed.
+const (
+	lingerTimeout = time.Second
+	lingerBytes   = 256 << 10
+)
 
 // clientSpeaksFirst waits for the first byte from the client or from the
 // pod's app; false means the app sent first (a server-first protocol).

@@ -6,11 +6,11 @@
 //
 // # Transport
 //
-// A client opens one TCP connection to the agent and runs a
-// github.com/hashicorp/yamux session over it (the client is the yamux
-// client). Every flow the router sends to the pod is one yamux stream. The
-// tunnel carries payload only: TCP bytes and UDP datagrams, never IP packets
-// or TCP segments.
+// A client opens one TCP connection to the agent, shakes hands on it (see
+// Handshake), and then runs a github.com/hashicorp/yamux session over it
+// (the client is the yamux client). Every flow the router sends to the pod
+// is one yamux stream. The tunnel carries payload only: TCP bytes and UDP
+// datagrams, never IP packets or TCP segments.
 //
 // # Frames
 //
@@ -33,7 +33,7 @@
 // the body, or an unknown type or error class is a decoding error: the
 // protocol is versioned, so new fields come with a new Version.
 //
-// # Handshake (the first stream, which stays open as the control stream)
+// # Handshake (on the bare connection, before yamux)
 //
 //	Hello   (1)  client → agent   version u16, token str
 //	Welcome (2)  agent → client   version u16, facts Facts
@@ -45,9 +45,20 @@
 // (version 2) why the agent cannot steal or mirror incoming traffic, empty
 // when it can, so that a run that needs it fails at its start.
 //
-// The agent compares the token in constant time; a wrong or missing token
-// (or an unsupported version) gets Refused and the connection is closed.
-// After Welcome the first stream stays open for the life of the tunnel and
+// The client sends Hello as the first bytes of the connection and waits
+// for the answer. Nothing is buffered for a peer before its token is
+// checked (version 3): the agent reads one Hello frame of at most
+// MaxHelloSize body bytes within its handshake timeout (a few seconds),
+// holds at most a fixed number of connections in that state (more are
+// closed at once), and only after Welcome starts yamux, with its stream
+// windows and backlog. The agent compares the token in constant time; a
+// wrong or missing token (or an unsupported version) gets Refused and the
+// connection is closed. A connection whose first byte is 0 (yamux's
+// version, as clients of versions 1 and 2 sent) is closed with a note in
+// the agent's log.
+//
+// After Welcome both ends run yamux; the first stream the client opens is
+// the control stream. It stays open for the life of the tunnel and
 // carries only Abort messages, in both directions:
 //
 //	Abort   (9)  either way       stream id u32

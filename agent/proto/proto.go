@@ -6,8 +6,9 @@ import (
 	"time"
 )
 
-// Version is the protocol version this build speaks.
-const Version uint16 = 2
+// Version is the protocol version this build speaks. Version 3 moved the
+// handshake before the yamux session (see the package doc).
+const Version uint16 = 3
 
 // MaxBodySize bounds a frame's body. It leaves room for the largest DNS
 // message (64 KiB) plus the fields around it; anything bigger is an attack

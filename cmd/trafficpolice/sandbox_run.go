@@ -15,6 +15,7 @@ import (
 	"github.com/trafficpolice/trafficpolice/config"
 	"github.com/trafficpolice/trafficpolice/sandbox"
 	"github.com/trafficpolice/trafficpolice/sandbox/container"
+	"github.com/trafficpolice/trafficpolice/sandbox/launch"
 )
 
 type runFlags struct {
@@ -28,6 +29,7 @@ type runFlags struct {
 	agentAddress   string
 	agentTokenFile string
 	debugListen    string
+	capAdd         []string
 	kube           kubeFlags
 	image          imageFlags
 }
@@ -79,6 +81,7 @@ func newSandboxRunCommand() *cobra.Command {
 	fl.BoolVarP(&f.verbose, "verbose", "v", false, "log the router's decisions to stderr")
 	fl.StringVar(&f.debugListen, "debug-listen", "", "serve pprof and the router's counters on this loopback HOST:PORT")
 	fl.MarkHidden("debug-listen")
+	fl.StringArrayVar(&f.capAdd, "cap-add", nil, "give the app this capability too (repeatable; e.g. NET_ADMIN, or ALL); the default is Docker's set")
 	f.kube.add(fl)
 	f.image.add(fl)
 	return cmd
@@ -101,6 +104,9 @@ func runSandbox(ctx context.Context, f runFlags, argv []string) error {
 	}
 	if _, err := f.image.options(nil); err != nil {
 		return err
+	}
+	if _, err := launch.ParseCapabilities(f.capAdd); err != nil {
+		return fmt.Errorf("--cap-add: %w", err)
 	}
 	progress := sandbox.NewProgress(os.Stderr)
 	if f.quiet {
@@ -150,6 +156,7 @@ func runSandbox(ctx context.Context, f runFlags, argv []string) error {
 		Argv:        argv,
 		Env:         appEnv,
 		Dir:         wd,
+		CapAdd:      f.capAdd,
 		FlowLog:     f.flowLog,
 		MTU:         f.mtu,
 		DebugListen: f.debugListen,

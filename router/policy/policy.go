@@ -202,10 +202,27 @@ type Decision struct {
 
 func (d Decision) String() string { return d.Route.String() + " (" + d.Rule + ")" }
 
+// Loopback returns the loopback address that a destination a stands for,
+// and whether it is one: the whole of 127.0.0.0/8 and ::1, and the
+// unspecified addresses, which the kernel connects to the local host
+// (0.0.0.0 to 127.0.0.1, :: to ::1). IPv4-mapped addresses count as IPv4.
+func Loopback(a netip.Addr) (netip.Addr, bool) {
+	a = a.Unmap()
+	switch {
+	case a.IsLoopback():
+		return a, true
+	case a == netip.IPv4Unspecified():
+		return netip.AddrFrom4([4]byte{127, 0, 0, 1}), true
+	case a == netip.IPv6Unspecified():
+		return netip.IPv6Loopback(), true
+	}
+	return a, false
+}
+
 // Decide routes one flow.
 func (p *Policy) Decide(f Flow) Decision {
-	dst := f.Dst.Addr().Unmap()
-	loop := dst.IsLoopback()
+	// Rules see an unspecified destination as the loopback it stands for.
+	dst, loop := Loopback(f.Dst.Addr())
 	if loop && f.AppListens {
 		return Decision{Route: Sandbox, Rule: fmt.Sprintf("the app listens on port %d", f.Dst.Port())}
 	}
@@ -270,7 +287,7 @@ func (p *Policy) entryMatches(e Entry, f Flow, dst netip.Addr) bool {
 	case e.Prefix.IsValid():
 		return e.Prefix.Contains(dst)
 	}
-	if e.Host == "localhost" && dst.IsLoopback() {
+	if _, loop := Loopback(dst); loop && e.Host == "localhost" {
 		return true
 	}
 	if f.Host != "" && p.nameMatches(e.Host, f.Host) {

@@ -59,6 +59,9 @@ type Spec struct {
 	ResolvConf, Hosts string
 	// UID and GID run the command as that user; nil keeps the image's.
 	UID, GID *uint32
+	// CapAdd are capabilities added to containerd's default set (Docker's),
+	// canonical CAP_ names.
+	CapAdd []string
 	// Stdin, Stdout and Stderr are the command's; with TTY set they are
 	// ignored for the terminal.
 	Stdin          io.Reader
@@ -215,6 +218,9 @@ func (s *Spec) specOpts(image containerd.Image, con console.Console) ([]oci.Spec
 	}
 	if s.UID != nil {
 		opts = append(opts, oci.WithUIDGID(*s.UID, *s.GID))
+	}
+	if len(s.CapAdd) > 0 {
+		opts = append(opts, oci.WithAddedCapabilities(s.CapAdd))
 	}
 	env := s.Env
 	if con != nil {

@@ -96,6 +96,12 @@ func runInit() (serr *StartError) {
 		return fail("setns", err, "enter network namespace %s", p.NetnsPath)
 	}
 
+	// Still root here: drop what would let the app change or leave the
+	// namespace (also from the bounding set, so that a setuid program the
+	// app runs cannot gain it back), then become the user, if any.
+	if serr := limitCapabilities(p.Caps); serr != nil {
+		return serr
+	}
 	if p.UID != nil || p.GID != nil {
 		if serr := dropPrivileges(p); serr != nil {
 			return serr

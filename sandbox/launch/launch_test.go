@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -421,5 +422,31 @@ func TestAppDiesWithTrafficpolice(t *testing.T) {
 			t.Fatalf("the app (pid %d) outlived trafficpolice", pid)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Under sudo the environment still names root (HOME=/root, USER=root):
+// the app, running as the invoking user, gets that user's own.
+func TestAsAnotherUserTheAppGetsItsHomeAndName(t *testing.T) {
+	s := newSandbox(t)
+	uid, gid := uint32(65534), uint32(65534)
+	u, err := user.LookupId("65534")
+	if err != nil {
+		t.Fatalf("user 65534 is not in the user database: %v", err)
+	}
+	spec := s.spec("sh", "-c", `echo "$HOME|$USER|$LOGNAME|$KEEP"`)
+	spec.UID, spec.GID = &uid, &gid
+	spec.Env = []string{"HOME=/root", "USER=root", "LOGNAME=root", "KEEP=kept", "PATH=/usr/bin:/bin"}
+	out, err := run(t, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := u.HomeDir + "|" + u.Username + "|" + u.Username + "|kept\n"; out != want {
+		t.Fatalf("HOME|USER|LOGNAME|KEEP = %q, want %q", out, want)
+	}
+	// As root (no UID), the environment is left as given.
+	spec.UID, spec.GID = nil, nil
+	if out, err := run(t, spec); err != nil || out != "/root|root|root|kept\n" {
+		t.Fatalf("as root: %q, %v", out, err)
 	}
 }

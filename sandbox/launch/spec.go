@@ -5,7 +5,9 @@ import (
 	"io"
 	"os"
 	"os/user"
+	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 )
 
@@ -20,7 +22,9 @@ type Spec struct {
 	// Argv is the command and its arguments; Argv[0] is looked up in the
 	// PATH of Env, as a shell would.
 	Argv []string
-	// Env is the app's environment; nil means this process's.
+	// Env is the app's environment; nil means this process's. With UID
+	// set, HOME, USER and LOGNAME are that user's from the user database
+	// (under sudo they still name root).
 	Env []string
 	// Dir is the app's working directory; "" means this process's.
 	Dir string
@@ -30,6 +34,11 @@ type Spec struct {
 	// Groups are the supplementary groups when UID is set; nil means the
 	// user's groups from the user database (or just GID if it has none).
 	Groups []uint32
+	// CapAdd are capabilities the app gets on top of DefaultCapabilities
+	// (names as ParseCapabilities takes them). They bound what any app may
+	// hold; an app that runs as root holds them all, one that runs as UID
+	// none (a setuid program it runs may gain them back).
+	CapAdd []string
 	// Stdin, Stdout and Stderr are as in exec.Cmd: an *os.File is passed
 	// to the app as is, anything else through a pipe.
 	Stdin          io.Reader
@@ -57,6 +66,8 @@ type payload struct {
 	Dir       string
 	UID, GID  *uint32
 	Groups    []uint32
+	// Caps are the capabilities the app may keep, canonical names.
+	Caps      []string
 	ParentPID int
 }
 
@@ -73,7 +84,12 @@ func (s Spec) payload() (*payload, error) {
 	if s.UID != nil && s.GID == nil {
 		return nil, fmt.Errorf("Spec.UID is %d but Spec.GID is nil: set both", *s.UID)
 	}
+	added, err := ParseCapabilities(s.CapAdd)
+	if err != nil {
+		return nil, fmt.Errorf("Spec.CapAdd: %w", err)
+	}
 	p := &payload{
+		Caps:      append(slices.Clone(DefaultCapabilities), added...),
 		NetnsPath: s.NetnsPath,
 		Argv:      s.Argv,
 		Env:       s.Env,
@@ -104,7 +120,28 @@ func (s Spec) payload() (*payload, error) {
 	if p.UID != nil && p.Groups == nil {
 		p.Groups = userGroups(*p.UID, *p.GID)
 	}
+	if p.UID != nil {
+		p.Env = withUserEnv(p.Env, *p.UID)
+	}
 	return p, nil
+}
+
+// withUserEnv sets HOME, USER and LOGNAME in env to uid's, as login(1)
+// would. A user the database does not know keeps env as it is.
+func withUserEnv(env []string, uid uint32) []string {
+	u, err := user.LookupId(strconv.FormatUint(uint64(uid), 10))
+	if err != nil {
+		return env
+	}
+	out := make([]string, 0, len(env)+3)
+	for _, kv := range env {
+		switch name, _, _ := strings.Cut(kv, "="); name {
+		case "HOME", "USER", "LOGNAME":
+		default:
+			out = append(out, kv)
+		}
+	}
+	return append(out, "HOME="+u.HomeDir, "USER="+u.Username, "LOGNAME="+u.Username)
 }
 
 // userGroups returns the supplementary groups of uid from the user
@@ -158,7 +195,8 @@ func credentialsFrom(getenv func(string) string, euid int) (uid, gid *uint32, er
 type StartError struct {
 	// Step is what failed: "spec" (bad Spec or unreadable by the helper),
 	// "init" (the helper died or panicked), "mount", "setns",
-	// "credentials", "parent" (trafficpolice died meanwhile), "chdir",
+	// "capabilities", "credentials", "parent" (trafficpolice died
+	// meanwhile), "chdir",
 	// "lookup" or "exec".
 	Step string
 	// Msg says what, for lookup and exec as a shell would
