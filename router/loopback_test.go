@@ -1,4 +1,4 @@
-package router
+package router_test
 
 import (
 	"context"
@@ -7,23 +7,21 @@ import (
 	"slices"
 	"syscall"
 	"testing"
-	"time"
 
-	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
-	"gvisor.dev/gvisor/pkg/tcpip/link/pipe"
-	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
+	"github.com/trafficpolice/trafficpolice/router"
 	"github.com/trafficpolice/trafficpolice/router/policy"
+	"github.com/trafficpolice/trafficpolice/router/routertest"
 )
 
 // synTo is a TCP SYN from the app's address to dst, as raw IPv4 bytes.
 func synTo(dst netip.AddrPort) []byte {
 	b := make([]byte, header.IPv4MinimumSize+header.TCPMinimumSize)
 	ip := header.IPv4(b)
-	src, to := tcpip.AddrFrom4(appAddr.As4()), tcpip.AddrFrom4(dst.Addr().As4())
+	src, to := tcpip.AddrFrom4(routertest.AppAddr4.As4()), tcpip.AddrFrom4(dst.Addr().As4())
 	ip.Encode(&header.IPv4Fields{TotalLength: uint16(len(b)), TTL: 64, Protocol: uint8(header.TCPProtocolNumber), SrcAddr: src, DstAddr: to})
 	ip.SetChecksum(^ip.CalculateChecksum())
 	tcp := header.TCP(b[header.IPv4MinimumSize:])
@@ -40,35 +38,26 @@ func synTo(dst netip.AddrPort) []byte {
 // today; the policy treats them as loopback besides.)
 func TestUnspecifiedDestinationNeverReachesTheHostByDefault(t *testing.T) {
 	dialed := make(chan string, 4)
-	appEnd, routerEnd := pipe.New("", "", 65520)
 	marker := netip.MustParseAddrPort("10.1.2.3:80")
-	h := newHarness(t, policy.Rules{TCP: true, UDP: true, Block: []string{marker.Addr().String()}}, func(c *Config) {
-		c.Link = routerEnd
-		c.DialLocal = func(ctx context.Context, network, addr string) (net.Conn, error) {
+	app := routertest.Start(t, router.Config{
+		Policy: routertest.Policy(t, policy.Rules{TCP: true, UDP: true, Block: []string{marker.Addr().String()}}),
+		DialLocal: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			dialed <- addr
 			return nil, syscall.ECONNREFUSED // dial nothing: what counts is that it was asked
-		}
+		},
 	})
-	appEnd.Attach(nopDispatcher{}) // the router's answers go nowhere
 	for _, dst := range []netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:8888"), marker} {
-		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(synTo(dst))})
-		pkt.NetworkProtocolNumber = header.IPv4ProtocolNumber
-		var pkts stack.PacketBufferList
-		pkts.PushBack(pkt)
-		if _, err := appEnd.WritePackets(pkts); err != nil {
+		if err := app.Inject(synTo(dst)); err != nil {
 			t.Fatal(err)
 		}
-		pkt.DecRef()
 	}
 	// The marker's SYN came second: once its flow is logged, the first
 	// one has been handled too.
-	var recs []FlowRecord
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		recs = h.flowLog.records(t)
-		if slices.ContainsFunc(recs, func(r FlowRecord) bool { return r.Dst == marker.String() }) {
-			break
-		}
-	}
+	var recs []router.FlowRecord
+	routertest.Eventually(func() bool {
+		recs = app.Flows()
+		return slices.ContainsFunc(recs, func(r router.FlowRecord) bool { return r.Dst == marker.String() })
+	})
 	select {
 	case addr := <-dialed:
 		t.Fatalf("a SYN to 0.0.0.0:8888 was dialed from the host at %s (flows %+v)", addr, recs)
@@ -79,12 +68,7 @@ func TestUnspecifiedDestinationNeverReachesTheHostByDefault(t *testing.T) {
 			t.Fatalf("flow %+v goes to the host", r)
 		}
 	}
-	if !slices.ContainsFunc(recs, func(r FlowRecord) bool { return r.Dst == marker.String() && r.Route == "block" }) {
+	if !slices.ContainsFunc(recs, func(r router.FlowRecord) bool { return r.Dst == marker.String() && r.Route == "block" }) {
 		t.Fatalf("the marker flow was not logged: %+v", recs)
 	}
 }
-
-type nopDispatcher struct{}
-
-func (nopDispatcher) DeliverNetworkPacket(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) {}
-func (nopDispatcher) DeliverLinkPacket(tcpip.NetworkProtocolNumber, *stack.PacketBuffer)    {}

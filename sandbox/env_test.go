@@ -7,13 +7,14 @@ import (
 
 	"github.com/trafficpolice/trafficpolice/agent/proto"
 	"github.com/trafficpolice/trafficpolice/config"
+	"github.com/trafficpolice/trafficpolice/netns/netnstest"
 )
 
 // The agent's token opens a tunnel around every rule: an app that had it
 // could dial the agent itself. It must not reach the app, whether it came
 // from trafficpolice's own environment or from the target's.
 func TestAppEnvironmentHoldsNoAgentToken(t *testing.T) {
-	needRoot(t)
+	netnstest.RequireRoot(t)
 	cleanCheck(t)
 	const secret = "tp-secret-token-" + "4f1c"
 	env := append(os.Environ(), proto.EnvToken+"="+secret, "TP_KEPT=yes")
@@ -68,7 +69,7 @@ func capLine(t *testing.T, out, name string) string {
 // Run as root without sudo (CI), the app cannot change its network: no
 // CAP_NET_ADMIN, no way out of the namespace; --cap-add gives it back.
 func TestRootAppCannotChangeTheSandboxNetwork(t *testing.T) {
-	needRoot(t)
+	netnstest.RequireRoot(t)
 	cleanCheck(t)
 	script := "ip addr add 10.255.0.1/32 dev lo && echo changed; unshare --net true && echo left; nsenter --net=/proc/1/ns/net true && echo entered; exit 0"
 	r := run(t, config.Default(), ExtraRules{}, []string{"sh", "-c", script})

@@ -98,7 +98,7 @@ func TestResponseTransferEncodingNotChunkedRunsUntilClose(t *testing.T) {
 func filteredConn(t *testing.T, in *Service) (*bufio.Reader, func(string)) {
 	t.Helper()
 	pod := podApp(t, nil)
-	alice := newTestClient(t, "alice", proto.ModeSteal, false)
+	alice := newTestClient(t, "alice", proto.ModeSteal)
 	if _, err := in.subscribe(alice.t, steal(pod.Port(), "alice", header("^x-user: alice$"))); err != nil {
 		t.Fatal(err)
 	}

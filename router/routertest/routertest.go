@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -66,6 +67,7 @@ type App struct {
 
 	t     testing.TB
 	stack *stack.Stack
+	link  *pipe.Endpoint // the app's end of the link
 	log   *flowLog
 }
 
@@ -123,7 +125,7 @@ func Start(t testing.TB, cfg router.Config) *App {
 		s.Close()
 		s.Wait()
 	})
-	return &App{Router: r, t: t, stack: s, log: log}
+	return &App{Router: r, t: t, stack: s, link: appEnd, log: log}
 }
 
 // appStack is the sandbox's kernel: the sandbox's addresses on one NIC,
@@ -316,4 +318,23 @@ func tcpipAddr(a netip.Addr) tcpip.Address {
 		return tcpip.AddrFrom4(a.Unmap().As4())
 	}
 	return tcpip.AddrFrom16(a.As16())
+}
+
+// Inject puts a raw IP packet (IPv4 or IPv6 by its first byte) on the link
+// as the app's kernel would never send it: what an app with CAP_NET_RAW
+// can write on its TUN.
+func (a *App) Inject(packet []byte) error {
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(packet)})
+	defer pkt.DecRef()
+	pkt.NetworkProtocolNumber = header.IPv4ProtocolNumber
+	if len(packet) > 0 && packet[0]>>4 == 6 {
+		pkt.NetworkProtocolNumber = header.IPv6ProtocolNumber
+	}
+	var pkts stack.PacketBufferList
+	pkts.PushBack(pkt)
+	_, err := a.link.WritePackets(pkts)
+	if err != nil {
+		return fmt.Errorf("inject a packet: %s", err)
+	}
+	return nil
 }
