@@ -28,8 +28,11 @@ func TestCreateOpenListDelete(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { n.Delete() })
-	if n.Name() != name || n.Path() != RunDir+"/"+name {
+	if n.Name() != name || n.Path() != Dir+"/"+name {
 		t.Errorf("Name, Path = %q, %q", n.Name(), n.Path())
+	}
+	if target, err := os.Readlink(LinkDir + "/" + name); err != nil || target != n.Path() {
+		t.Errorf("%s/%s links to %q (%v), want %s, for `ip netns`", LinkDir, name, target, err, n.Path())
 	}
 	if _, err := Create(name); err == nil || !strings.Contains(err.Error(), "already exists") {
 		t.Errorf("second Create(%q): err = %v, want 'already exists'", name, err)
@@ -60,6 +63,9 @@ func TestCreateOpenListDelete(t *testing.T) {
 	if _, err := Open(name); err == nil {
 		t.Error("Open after Delete succeeded")
 	}
+	if _, err := os.Lstat(LinkDir + "/" + name); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s/%s left after Delete (lstat: %v)", LinkDir, name, err)
+	}
 	mi, _ := os.ReadFile("/proc/self/mountinfo")
 	if strings.Contains(string(mi), name) {
 		t.Errorf("mount of %s left in /proc/self/mountinfo", name)
@@ -68,12 +74,12 @@ func TestCreateOpenListDelete(t *testing.T) {
 
 func TestOpenRejectsPlainFile(t *testing.T) {
 	needRoot(t)
-	newTestNS(t) // makes sure RunDir exists
+	newTestNS(t) // makes sure Dir exists
 	stale := testName(t)
-	if err := os.WriteFile(RunDir+"/"+stale, nil, 0o444); err != nil {
+	if err := os.WriteFile(Dir+"/"+stale, nil, 0o444); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.Remove(RunDir + "/" + stale) })
+	t.Cleanup(func() { os.Remove(Dir + "/" + stale) })
 	if _, err := Open(stale); err == nil || !strings.Contains(err.Error(), "not a mounted namespace") {
 		t.Errorf("Open(stale file) err = %v", err)
 	}

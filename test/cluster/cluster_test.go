@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trafficpolice/trafficpolice/netns"
 	"github.com/trafficpolice/trafficpolice/test/apps/uwu"
 	"github.com/vishvananda/netlink"
 )
@@ -36,16 +37,16 @@ type leftovers struct {
 func snapshot(t *testing.T, c *Cluster) leftovers {
 	t.Helper()
 	l := leftovers{prefix: c.prefix, dir: c.dir, inodes: map[uint64]string{}}
-	names := []string{c.netName}
+	namespaces := []*netns.Namespace{c.netNS}
 	for _, p := range c.pods {
-		names = append(names, p.nsName)
+		namespaces = append(namespaces, p.network)
 	}
-	for _, n := range names {
+	for _, n := range namespaces {
 		var st syscall.Stat_t
-		if err := syscall.Stat(netnsPath(n), &st); err != nil {
-			t.Fatalf("stat namespace %s: %v", n, err)
+		if err := syscall.Stat(n.Path(), &st); err != nil {
+			t.Fatalf("stat namespace %s: %v", n.Name(), err)
 		}
-		l.inodes[st.Ino] = n
+		l.inodes[st.Ino] = n.Name()
 	}
 	for _, p := range c.procs {
 		l.pids = append(l.pids, p.Pid())
@@ -55,14 +56,12 @@ func snapshot(t *testing.T, c *Cluster) leftovers {
 
 func (l leftovers) check(t *testing.T) {
 	t.Helper()
-	entries, err := os.ReadDir(netnsDir)
-	if err != nil && !os.IsNotExist(err) {
-		t.Fatalf("list %s: %v", netnsDir, err)
+	names, err := netns.List(l.prefix)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), l.prefix) {
-			t.Errorf("namespace %s is left in %s", e.Name(), netnsDir)
-		}
+	for _, n := range names {
+		t.Errorf("namespace %s is left", n)
 	}
 	links, err := netlink.LinkList()
 	if err != nil {
