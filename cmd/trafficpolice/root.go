@@ -8,8 +8,42 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
+// version is this build's version: set with -ldflags "-X
+// main.version=V" (make build, make release), else the module version
+// that `go install github.com/trafficpolice/trafficpolice/cmd/trafficpolice@V`
+// records (see init), else "dev".
 var version = "dev"
+
+func init() {
+	if info, ok := debug.ReadBuildInfo(); ok {
+		version = effectiveVersion(version, info)
+	}
+}
+
+// effectiveVersion is the -X value when there is one, else the main
+// module's version when the binary was built from a module download
+// (go install …@V: no VCS stamp). A build in a checkout without -X stays
+// "dev": its module version is a guess from git tags (+dirty and all),
+// and the agent image tag follows this version.
+func effectiveVersion(ldflag string, info *debug.BuildInfo) string {
+	if ldflag != "" && ldflag != "dev" {
+		return ldflag
+	}
+	v := info.Main.Version
+	if v == "" || v == "(devel)" || buildSetting(info, "vcs.revision") != "" {
+		return "dev"
+	}
+	return v
+}
+
+func buildSetting(info *debug.BuildInfo, key string) string {
+	for _, s := range info.Settings {
+		if s.Key == key {
+			return s.Value
+		}
+	}
+	return ""
+}
 
 // exitError carries an exit status that is not a failure of trafficpolice
 // itself, such as the sandboxed app's own exit status.
@@ -38,10 +72,8 @@ func newVersionCommand() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			v := version
 			if info, ok := debug.ReadBuildInfo(); ok && v == "dev" {
-				for _, s := range info.Settings {
-					if s.Key == "vcs.revision" {
-						v = "dev-" + s.Value
-					}
+				if rev := buildSetting(info, "vcs.revision"); rev != "" {
+					v = "dev-" + rev
 				}
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), "trafficpolice", v)
