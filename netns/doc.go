@@ -10,6 +10,11 @@
 // state outside the namespace, so that it can later move into a rootless
 // helper that hands back only the file descriptor.
 //
-// Namespaces are named and bind-mounted at /run/netns/NAME, the same way
-// `ip netns add` does it, so `ip netns exec NAME ...` works for debugging.
+// Namespaces are named and bind-mounted at /run/trafficpolice-netns/NAME,
+// a shared mount point that only this package mounts under, and linked
+// from /run/netns/NAME, so `ip netns exec NAME ...` works for debugging.
+// Nothing is mounted in /run/netns itself: other tools' namespaces there
+// (containerd's, vishvananda/netns' NewNamed) are never covered, and no
+// bind mount of /run/netns by another tool can cover ours. The test
+// harnesses create their namespaces here too, so there is one way.
 package netns

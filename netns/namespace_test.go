@@ -31,8 +31,11 @@ func TestCreateOpenListDelete(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { n.Delete() })
-	if n.Name() != name || n.Path() != netns.RunDir+"/"+name {
+	if n.Name() != name || n.Path() != netns.Dir+"/"+name {
 		t.Errorf("Name, Path = %q, %q", n.Name(), n.Path())
+	}
+	if target, err := os.Readlink(netns.LinkDir + "/" + name); err != nil || target != n.Path() {
+		t.Errorf("%s/%s links to %q (%v), want %s, for `ip netns`", netns.LinkDir, name, target, err, n.Path())
 	}
 	if _, err := netns.Create(name); err == nil || !strings.Contains(err.Error(), "already exists") {
 		t.Errorf("second Create(%q): err = %v, want 'already exists'", name, err)
@@ -63,6 +66,9 @@ func TestCreateOpenListDelete(t *testing.T) {
 	if _, err := netns.Open(name); err == nil {
 		t.Error("Open after Delete succeeded")
 	}
+	if _, err := os.Lstat(netns.LinkDir + "/" + name); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s/%s left after Delete (lstat: %v)", netns.LinkDir, name, err)
+	}
 	mi, _ := os.ReadFile("/proc/self/mountinfo")
 	if strings.Contains(string(mi), name) {
 		t.Errorf("mount of %s left in /proc/self/mountinfo", name)
@@ -71,12 +77,12 @@ func TestCreateOpenListDelete(t *testing.T) {
 
 func TestOpenRejectsPlainFile(t *testing.T) {
 	netnstest.RequireRoot(t)
-	netnstest.Namespace(t, "tpt") // makes sure RunDir exists
+	netnstest.Namespace(t, "tpt") // makes sure Dir exists
 	stale := "tpt-" + netnstest.Suffix(t)
-	if err := os.WriteFile(netns.RunDir+"/"+stale, nil, 0o444); err != nil {
+	if err := os.WriteFile(netns.Dir+"/"+stale, nil, 0o444); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.Remove(netns.RunDir + "/" + stale) })
+	t.Cleanup(func() { os.Remove(netns.Dir + "/" + stale) })
 	if _, err := netns.Open(stale); err == nil || !strings.Contains(err.Error(), "not a mounted namespace") {
 		t.Errorf("Open(stale file) err = %v", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"testing"
 )
@@ -84,5 +85,28 @@ func TestRouteExplain(t *testing.T) {
 	_, err = runCLI(t, "route", "explain", "x:99999")
 	if err == nil || !strings.Contains(err.Error(), "1 to 65535") {
 		t.Errorf("bad port: %v", err)
+	}
+}
+
+func TestVersionComesFromTheLdflagElseFromGoInstall(t *testing.T) {
+	installed := &debug.BuildInfo{Main: debug.Module{Path: "github.com/trafficpolice/trafficpolice", Version: "v1.2.3"}}
+	checkout := &debug.BuildInfo{
+		Main:     debug.Module{Path: "github.com/trafficpolice/trafficpolice", Version: "v0.0.0-20260101000000-4f41123abcde+dirty"},
+		Settings: []debug.BuildSetting{{Key: "vcs.revision", Value: "4f41123abcdef"}},
+	}
+	devel := &debug.BuildInfo{Main: debug.Module{Path: "github.com/trafficpolice/trafficpolice", Version: "(devel)"}}
+	for _, c := range []struct {
+		name, ldflag string
+		info         *debug.BuildInfo
+		want         string
+	}{
+		{"make build or release", "v1.2.4", installed, "v1.2.4"},
+		{"go install …@v1.2.3", "dev", installed, "v1.2.3"},
+		{"go build in a checkout", "dev", checkout, "dev"},
+		{"go build without VCS stamp", "dev", devel, "dev"},
+	} {
+		if got := effectiveVersion(c.ldflag, c.info); got != c.want {
+			t.Errorf("%s: effectiveVersion(%q, %q) = %q, want %q", c.name, c.ldflag, c.info.Main.Version, got, c.want)
+		}
 	}
 }

@@ -7,7 +7,10 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
+// version is this build's version: set with -ldflags "-X
+// main.version=V" (make build, make release), else the module version
+// that `go install github.com/trafficpolice/trafficpolice/cmd/trafficpolice@V`
+// records (see init in version.go), else "dev".
 var version = "dev"
 
 // exitError carries an exit status that is not a failure of trafficpolice

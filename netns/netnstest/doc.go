@@ -9,6 +9,13 @@
 // binaries never meet, and every cleanup checks that what it removed is
 // gone. It takes a small TB rather than testing.TB so that a program (the
 // demo) driving a harness can use it too.
+//
+// It also helps tests check that trafficpolice's namespaces
+// live beside other tools' without harm: it runs a test in a mount
+// namespace of its own whose /run is fresh (the state of a machine just
+// booted, made without touching the host's), and it makes and deletes
+// namespaces the way other tools do (vishvananda/netns' NewNamed and
+// DeleteNamed, as containerd's CRI does for every pod).
 package netnstest
 
 // TB is the part of testing.TB these helpers use. *testing.T, *testing.B

@@ -9,8 +9,8 @@ import (
 )
 
 // Namespace creates the empty network namespace PREFIX-SUFFIX with package
-// netns (bind-mounted under netns.RunDir, so `ip netns exec NAME` works on
-// it), with every link down, lo included, as `ip netns add` leaves it. It
+// netns (mounted under netns.Dir and linked from /run/netns, so `ip netns
+// exec NAME` works on it), with every link down, lo included, as `ip netns add` leaves it. It
 // stops the test unless it runs as root (see RequireRoot). When the test
 // ends, the processes in the namespace are killed and it is deleted; the
 // cleanup fails the test if its name or its mount is left.
@@ -29,7 +29,7 @@ func Namespace(t TB, prefix string) *netns.Namespace {
 			t.Errorf("test namespace: %v", err)
 		}
 		if names, _ := netns.List(n.Name()); len(names) != 0 {
-			t.Errorf("test namespace %s is left in %s", n.Name(), netns.RunDir)
+			t.Errorf("test namespace %s is left in %s", n.Name(), netns.Dir)
 		}
 		if mi, err := os.ReadFile("/proc/self/mountinfo"); err == nil && strings.Contains(string(mi), n.Path()+" ") {
 			t.Errorf("the mount of test namespace %s is left", n.Name())

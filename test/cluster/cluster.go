@@ -12,9 +12,10 @@ import (
 	"sync"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
+	vns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/trafficpolice/trafficpolice/netns"
 	"github.com/trafficpolice/trafficpolice/netns/netnstest"
 )
 
@@ -45,7 +46,7 @@ type Cluster struct {
 	prefix  string // "tpc-<id>": every name the cluster creates starts with it
 	dir     string // temp dir for resolv.conf, hosts, dnsmasq files
 	netName string // the cluster network namespace (holds the bridge)
-	netNS   netns.NsHandle
+	netNS   *netns.Namespace
 	netH    *netlink.Handle
 	bridge  netlink.Link
 	dns     *dnsServer
@@ -75,7 +76,6 @@ func New(t TB) *Cluster {
 	c := &Cluster{
 		id:      id,
 		prefix:  "tpc-" + id,
-		netNS:   netns.None(),
 		nextNum: firstPodNum,
 	}
 	c.netName = c.prefix
@@ -188,14 +188,14 @@ func validPodName(name string) error {
 
 // buildNetwork creates the cluster namespace and its bridge with the gateway addresses.
 func (c *Cluster) buildNetwork() error {
-	h, err := newNamedNetns(c.netName)
+	ns, err := netns.Create(c.netName)
 	if err != nil {
 		return err
 	}
-	c.netNS = h
-	c.netH, err = netlink.NewHandleAt(h)
+	c.netNS = ns
+	c.netH, err = netlinkAt(ns)
 	if err != nil {
-		return fmt.Errorf("netlink in %s: %w", c.netName, err)
+		return err
 	}
 	if err := bringUp(c.netH, "lo"); err != nil {
 		return fmt.Errorf("namespace %s: %w", c.netName, err)
@@ -250,15 +250,19 @@ func (c *Cluster) addPod(name string, num int) (*Pod, error) {
 	if err := p.writeFiles(c.dir); err != nil {
 		return nil, err
 	}
-	h, err := newNamedNetns(p.nsName)
+	ns, err := netns.Create(p.nsName)
 	if err != nil {
 		return nil, err
 	}
-	p.created = true
-	defer h.Close()
-	ph, err := netlink.NewHandleAt(h)
+	p.network = ns
+	h, err := vns.GetFromPath(ns.Path())
 	if err != nil {
-		return nil, fmt.Errorf("netlink in %s: %w", p.nsName, err)
+		return nil, fmt.Errorf("open %s: %w", ns, err)
+	}
+	defer h.Close()
+	ph, err := netlinkAt(ns)
+	if err != nil {
+		return nil, err
 	}
 	defer ph.Close()
 
@@ -302,6 +306,20 @@ func (c *Cluster) addPod(name string, num int) (*Pod, error) {
 		}
 	}
 	return p, nil
+}
+
+// netlinkAt returns a netlink handle whose sockets live in ns.
+func netlinkAt(ns *netns.Namespace) (*netlink.Handle, error) {
+	h, err := vns.GetFromPath(ns.Path())
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", ns, err)
+	}
+	defer h.Close() // the handle's sockets keep what they need
+	nh, err := netlink.NewHandleAt(h)
+	if err != nil {
+		return nil, fmt.Errorf("netlink in %s: %w", ns, err)
+	}
+	return nh, nil
 }
 
 // ip4For is the pod's address in the subnet: 10.244.0.NUM.
@@ -363,17 +381,12 @@ func (c *Cluster) close() error {
 		c.netH.Close()
 	}
 	for _, p := range pods {
-		if p.created {
-			if err := deleteNamedNetns(p.nsName); err != nil {
-				errs = append(errs, err)
-			}
+		if p.network != nil {
+			errs = append(errs, removeNamespace(p.network))
 		}
 	}
-	if c.netNS.IsOpen() {
-		c.netNS.Close()
-		if err := deleteNamedNetns(c.netName); err != nil {
-			errs = append(errs, err)
-		}
+	if c.netNS != nil {
+		errs = append(errs, removeNamespace(c.netNS))
 	}
 	if c.dir != "" {
 		if err := os.RemoveAll(c.dir); err != nil {

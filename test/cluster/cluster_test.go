@@ -17,6 +17,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/trafficpolice/trafficpolice/netns"
 	"github.com/trafficpolice/trafficpolice/netns/netnstest"
 	"github.com/trafficpolice/trafficpolice/test/apps/uwu"
 )
@@ -38,16 +39,16 @@ type leftovers struct {
 func snapshot(t *testing.T, c *Cluster) leftovers {
 	t.Helper()
 	l := leftovers{prefix: c.prefix, dir: c.dir, inodes: map[uint64]string{}}
-	names := []string{c.netName}
+	namespaces := []*netns.Namespace{c.netNS}
 	for _, p := range c.pods {
-		names = append(names, p.nsName)
+		namespaces = append(namespaces, p.network)
 	}
-	for _, n := range names {
+	for _, n := range namespaces {
 		var st syscall.Stat_t
-		if err := syscall.Stat(netnsPath(n), &st); err != nil {
-			t.Fatalf("stat namespace %s: %v", n, err)
+		if err := syscall.Stat(n.Path(), &st); err != nil {
+			t.Fatalf("stat namespace %s: %v", n.Name(), err)
 		}
-		l.inodes[st.Ino] = n
+		l.inodes[st.Ino] = n.Name()
 	}
 	for _, p := range c.procs {
 		l.pids = append(l.pids, p.Pid())
@@ -57,14 +58,12 @@ func snapshot(t *testing.T, c *Cluster) leftovers {
 
 func (l leftovers) check(t *testing.T) {
 	t.Helper()
-	entries, err := os.ReadDir(netnsDir)
-	if err != nil && !os.IsNotExist(err) {
-		t.Fatalf("list %s: %v", netnsDir, err)
+	names, err := netns.List(l.prefix)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), l.prefix) {
-			t.Errorf("namespace %s is left in %s", e.Name(), netnsDir)
-		}
+	for _, n := range names {
+		t.Errorf("namespace %s is left", n)
 	}
 	links, err := netlink.LinkList()
 	if err != nil {

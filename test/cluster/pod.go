@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/trafficpolice/trafficpolice/netns"
 )
 
 // Pod is one namespace in the cluster, with its own address, resolv.conf
@@ -23,7 +25,7 @@ type Pod struct {
 	ip6     netip.Addr
 	resolv  string
 	hosts   string
-	created bool // its namespace exists and must be deleted
+	network *netns.Namespace // nil until created; then removed with the cluster
 }
 
 // Name is the pod's name, also its hostname and its service's short name.
@@ -34,8 +36,8 @@ func (p *Pod) Name() string { return p.name }
 func (p *Pod) Namespace() string { return p.nsName }
 
 // NamespacePath is the file that holds the pod's network namespace
-// (/run/netns/NAME), for setns or nsenter --net=PATH.
-func (p *Pod) NamespacePath() string { return netnsPath(p.nsName) }
+// (see netns.Namespace.Path), for setns or nsenter --net=PATH.
+func (p *Pod) NamespacePath() string { return p.network.Path() }
 
 // IP is the pod's IPv4 address.
 func (p *Pod) IP() netip.Addr { return p.ip4 }
@@ -82,7 +84,7 @@ func (p *Pod) DialContext(ctx context.Context, network, addr string) (net.Conn, 
 		return nil, fmt.Errorf("dial from pod %s: address %q is not valid: want IP:port (no names): %w", p.name, addr, err)
 	}
 	var conn net.Conn
-	err := onThreadIn(p.NamespacePath(), func() error {
+	err := p.network.Do(func() error {
 		var d net.Dialer
 		var err error
 		conn, err = d.DialContext(ctx, network, addr)

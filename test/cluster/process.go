@@ -78,7 +78,7 @@ func (p *Pod) start(t TB, argv []string, env []string) (*Process, error) {
 	cmd.Stdout, cmd.Stderr = proc.out, proc.out
 	// Output copying must not hang on a grandchild that kept the pipe.
 	cmd.WaitDelay = stopGrace
-	if err := onThreadIn(p.NamespacePath(), cmd.Start); err != nil {
+	if err := p.network.Do(cmd.Start); err != nil {
 		return nil, fmt.Errorf("start %q in pod %s: %w", argv, p.name, err)
 	}
 	p.c.track(proc)
@@ -105,7 +105,7 @@ func (p *Pod) Run(t TB, argv ...string) (string, error) {
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.WaitDelay = stopGrace
-	if err := onThreadIn(p.NamespacePath(), cmd.Start); err != nil {
+	if err := p.network.Do(cmd.Start); err != nil {
 		return "", fmt.Errorf("start %q in pod %s: %w", argv, p.name, err)
 	}
 	waitErr := make(chan error, 1)

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+
+	"github.com/trafficpolice/trafficpolice/netns"
 )
 
 // A test binary that dies without its cleanups (a -timeout panic, a
@@ -84,45 +86,35 @@ func sweepStale() (removed []string, err error) {
 // removeNamespaces kills the processes left in the named namespaces of a
 // cluster prefix and deletes the namespaces.
 func removeNamespaces(prefix string) ([]string, error) {
-	entries, err := os.ReadDir(netnsDir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
+	names, err := netns.List(prefix)
 	if err != nil {
-		return nil, fmt.Errorf("list %s: %w", netnsDir, err)
+		return nil, err
 	}
 	var removed []string
 	var errs []error
-	for _, e := range entries {
-		name := e.Name()
+	for _, name := range names {
 		if name != prefix && !strings.HasPrefix(name, prefix+"-") {
 			continue
 		}
-		var st syscall.Stat_t
-		if err := syscall.Stat(netnsPath(name), &st); err == nil {
-			killProcessesInNetns(st.Ino)
+		if ns, err := netns.Open(name); err == nil {
+			if err := netns.KillProcesses(ns); err != nil {
+				errs = append(errs, err)
+				continue
+			}
 		}
-		if err := deleteNamedNetns(name); err != nil {
+		if err := netns.DeleteNamed(name); err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		removed = append(removed, netnsPath(name))
+		removed = append(removed, "netns "+name)
 	}
 	return removed, errors.Join(errs...)
 }
 
-// killProcessesInNetns sends SIGKILL to every process whose network
-// namespace has inode ino.
-func killProcessesInNetns(ino uint64) {
-	links, _ := filepath.Glob("/proc/[0-9]*/ns/net")
-	want := fmt.Sprintf("net:[%d]", ino)
-	for _, l := range links {
-		if target, err := os.Readlink(l); err != nil || target != want {
-			continue
-		}
-		pid, err := strconv.Atoi(filepath.Base(filepath.Dir(filepath.Dir(l))))
-		if err == nil && pid != os.Getpid() {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
+// removeNamespace kills what is left in a cluster's namespace, then deletes it.
+func removeNamespace(ns *netns.Namespace) error {
+	if err := netns.KillProcesses(ns); err != nil {
+		return err
 	}
+	return ns.Delete()
 }

@@ -1,12 +1,16 @@
 package cluster
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/trafficpolice/trafficpolice/netns"
 	"github.com/trafficpolice/trafficpolice/netns/netnstest"
 )
 
@@ -31,23 +35,18 @@ func TestStaleClustersOfDeadRunsAreRemoved(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	var names []string
+	var namespaces []*netns.Namespace
 	for _, n := range []string{prefix, prefix + "-a"} {
-		h, err := newNamedNetns(n)
+		ns, err := netns.Create(n)
 		if err != nil {
 			t.Fatal(err)
 		}
-		h.Close()
-		names = append(names, n)
-		t.Cleanup(func() {
-			if _, err := os.Stat(netnsPath(n)); err == nil {
-				deleteNamedNetns(n)
-			}
-		})
+		namespaces = append(namespaces, ns)
+		t.Cleanup(func() { ns.Delete() })
 	}
 	// A process left in the pod namespace, as if it had escaped Pdeathsig.
 	orphan := exec.Command("sleep", "300")
-	if err := onThreadIn(netnsPath(prefix+"-a"), orphan.Start); err != nil {
+	if err := namespaces[1].Do(orphan.Start); err != nil {
 		t.Fatal(err)
 	}
 	exited := make(chan struct{})
@@ -59,9 +58,12 @@ func TestStaleClustersOfDeadRunsAreRemoved(t *testing.T) {
 		t.Fatalf("sweepStale: %v", err)
 	}
 	t.Logf("removed %v", removed)
-	for _, n := range names {
-		if _, err := os.Stat(netnsPath(n)); !os.IsNotExist(err) {
-			t.Errorf("stale namespace %s is still there (stat: %v)", n, err)
+	for _, n := range namespaces {
+		if _, err := netns.Open(n.Name()); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("stale namespace %s is still there (open: %v)", n.Name(), err)
+		}
+		if left, _ := netns.List(n.Name()); slices.Contains(left, n.Name()) {
+			t.Errorf("stale namespace %s is still listed", n.Name())
 		}
 	}
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {

@@ -6,11 +6,17 @@
 // cluster's uwu-service, and writes to the local messages-db only.
 //
 // Run it as root with `make demo`. Everything it creates is removed at the
-// end, on failure and on Ctrl-C.
+// end, on failure and on Ctrl-C, and at the end the demo checks that it is:
+// it exits 1 if a namespace, a mount or a run record is left. It also makes
+// a namespace the way other tools do (vishvananda/netns' NewNamed, as
+// containerd's CRI does) before anything else, and deletes it their way at
+// the very end: trafficpolice must never get in the way of that.
 package main
 
 import (
 	"bufio"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -25,6 +31,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/trafficpolice/trafficpolice/netns"
+	"github.com/trafficpolice/trafficpolice/netns/netnstest"
+	"github.com/trafficpolice/trafficpolice/sandbox"
 	"github.com/trafficpolice/trafficpolice/test/cluster"
 )
 
@@ -57,6 +66,7 @@ func story(t *director) {
 		t.Fatalf("the demo builds network namespaces: run it as root (sudo make demo)")
 	}
 	t.say("\n🚨 trafficpolice demo — the uwu story of \"The Traffic Police\", on a namespace \"cluster\"\n")
+	makeForeignNamespace(t)
 	t.step("building trafficpolice and the sample apps")
 	tp := cluster.BuildApp(t, "./cmd/trafficpolice")
 	uwuApp := cluster.BuildApp(t, "./test/apps/uwu-app")
@@ -66,6 +76,7 @@ func story(t *director) {
 
 	t.step("bringing up the cluster: network namespaces, a bridge and a DNS server (dnsmasq)")
 	c := cluster.New(t)
+	t.mustBeGone(c.Prefix())
 	svc := c.AddPod(t, "uwu-service")
 	db := c.AddPod(t, "messages-db")
 	target := c.AddPod(t, "uwu-app")
@@ -112,6 +123,7 @@ func story(t *director) {
 		"MESSAGES_DB=127.0.0.1:8888", "UWU_SERVICE=uwu-service:8080")
 	sandbox.echo = true
 	sandbox.waitFor(t, "stealing", 30*time.Second)
+	t.mustBeGone(runNamespace(t, sandbox.cmd.Process.Pid)...)
 	time.Sleep(300 * time.Millisecond)
 
 	t.say("\n  a client in the cluster sends the seed's message to the uwu-app pod:")
@@ -144,6 +156,54 @@ func story(t *director) {
 	t.say("  --agent-address: trafficpolice finds pod/uwu-app with your kubeconfig, starts the agent in its")
 	t.say("  network namespace and tunnels through the API server. `make demo KUBECONFIG=~/.kube/config` runs")
 	t.say("  this story there (see the README's \"Kubernetes\").\n")
+}
+
+// makeForeignNamespace makes a namespace as another tool would, before the
+// demo's own, and registers its deletion, the other tool's way, to run
+// after every other cleanup: on a machine where /run/netns was not a mount
+// point, that delete used to fail with "device or resource busy".
+func makeForeignNamespace(t *director) {
+	id, err := randomHex()
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	name := "tpf-" + id
+	if err := netnstest.NewForeign(name); err != nil {
+		t.Fatalf("%v", err)
+	}
+	t.Cleanup(func() {
+		if err := netnstest.DeleteForeign(name); err != nil {
+			t.Errorf("another tool's namespace is no longer deletable: %v", err)
+		}
+	})
+	t.mustBeGone(name)
+}
+
+func randomHex() (string, error) {
+	b := make([]byte, 4)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("random name: %w", err)
+	}
+	return hex.EncodeToString(b), nil
+}
+
+// runNamespace finds, in the run records, the namespace and record folder
+// of the sandbox run whose process is pid.
+func runNamespace(t *director, pid int) []string {
+	dirs, _ := filepath.Glob(filepath.Join(sandbox.StateDir, "*", "state.json"))
+	for _, f := range dirs {
+		var r struct {
+			Namespace string `json:"namespace"`
+			PID       int    `json:"pid"`
+		}
+		b, err := os.ReadFile(f)
+		if err == nil && json.Unmarshal(b, &r) == nil && r.PID == pid && r.Namespace != "" {
+			t.recordDirs = append(t.recordDirs, filepath.Dir(f))
+			return []string{r.Namespace}
+		}
+	}
+	t.Fatalf("no run record of the sandbox (pid %d) in %s", pid, sandbox.StateDir)
+	return nil
 }
 
 func indent(s, prefix string) string {
@@ -292,12 +352,14 @@ func (p *hostProcess) stop(t *director) {
 // cluster.TB, runs cleanups in reverse order at the end, on failure and on
 // Ctrl-C, and prints the story's step lines.
 type director struct {
-	verbose  bool
-	mu       sync.Mutex
-	cleanups []func()
-	failed   bool
-	stepMsg  string
-	once     sync.Once
+	verbose    bool
+	mu         sync.Mutex
+	cleanups   []func()
+	failed     bool
+	stepMsg    string
+	once       sync.Once
+	gone       []string // namespace names (or name prefixes) that must be gone at the end
+	recordDirs []string // run records that must be gone at the end
 }
 
 type fatal struct{}
@@ -322,11 +384,13 @@ func (d *director) run(fn func(*director)) (code int) {
 			code = 1
 		}
 		d.cleanup()
+		if left := d.leftovers(); len(left) > 0 {
+			d.Errorf("left behind: %s", strings.Join(left, "; "))
+		} else if !d.failed {
+			fmt.Println("  ✓ everything the demo created is gone")
+		}
 		if d.failed && code == 0 {
 			code = 1
-		}
-		if code == 0 {
-			fmt.Println("  ✓ everything the demo created is gone")
 		}
 	}()
 	fn(d)
@@ -343,6 +407,43 @@ func (d *director) cleanup() {
 			cs[i]()
 		}
 	})
+}
+
+// mustBeGone has the end check look for namespaces starting with prefix.
+func (d *director) mustBeGone(prefixes ...string) {
+	d.mu.Lock()
+	d.gone = append(d.gone, prefixes...)
+	d.mu.Unlock()
+}
+
+// leftovers lists what the demo created and is still there after every
+// cleanup: namespaces (under any name or mount) and run records.
+func (d *director) leftovers() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var left []string
+	for _, p := range d.gone {
+		names, err := netns.List(p)
+		if err != nil {
+			left = append(left, err.Error())
+		}
+		for _, n := range names {
+			left = append(left, "namespace "+n)
+		}
+		mounts, err := netnstest.NsfsMounts("/" + p)
+		if err != nil {
+			left = append(left, err.Error())
+		}
+		for _, m := range mounts {
+			left = append(left, "mount "+m)
+		}
+	}
+	for _, dir := range d.recordDirs {
+		if _, err := os.Stat(dir); err == nil {
+			left = append(left, "run record "+dir)
+		}
+	}
+	return left
 }
 
 func (d *director) say(format string, args ...any) { fmt.Printf(format+"\n", args...) }
