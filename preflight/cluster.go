@@ -77,7 +77,14 @@ func needed(n ClusterNeeds, ns string) []permission {
 			permission{verb: "delete", group: "batch", resource: "jobs", namespace: agentNS, why: "remove the agent's Job when the run ends"},
 			permission{verb: "list", resource: "pods", namespace: agentNS, why: "find the agent's pod"})
 	}
-	ps = append(ps, permission{verb: "create", resource: "pods", subresource: "portforward", namespace: agentNS, why: "tunnel to the agent"})
+	secretNS := agentNS
+	if n.Ephemeral {
+		secretNS = ns
+	}
+	ps = append(ps, permission{verb: "create", resource: "secrets", namespace: secretNS, why: "hand the agent its token"},
+		permission{verb: "update", resource: "secrets", namespace: secretNS, why: "tie the token's Secret to the agent"},
+		permission{verb: "delete", resource: "secrets", namespace: secretNS, why: "remove the token when the run ends"},
+		permission{verb: "create", resource: "pods", subresource: "portforward", namespace: agentNS, why: "tunnel to the agent"})
 	if n.Env && n.TargetKind != "" {
 		ps = append(ps, permission{verb: "get", resource: "secrets", namespace: ns, why: "feature.env: the spec's secretKeyRef values", optional: true},
 			permission{verb: "get", resource: "configmaps", namespace: ns, why: "feature.env: the spec's configMapKeyRef values", optional: true})

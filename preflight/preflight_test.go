@@ -136,6 +136,9 @@ func TestNeededPermissions(t *testing.T) {
 		"create jobs.batch in namespace shop",
 		"delete jobs.batch in namespace shop",
 		"list pods in namespace shop",
+		"create secrets in namespace shop",
+		"update secrets in namespace shop",
+		"delete secrets in namespace shop",
 		"create pods/portforward in namespace shop",
 		"get secrets in namespace shop (optional)",
 		"get configmaps in namespace shop (optional)",
@@ -147,7 +150,7 @@ func TestNeededPermissions(t *testing.T) {
 	for _, p := range needed(ClusterNeeds{TargetKind: "pod", Ephemeral: true, AgentNamespace: "tools"}, "shop") {
 		eph = append(eph, p.String())
 	}
-	if w := "update pods/ephemeralcontainers in namespace shop,create pods/portforward in namespace tools"; !strings.Contains(strings.Join(eph, ","), w) {
+	if w := "update pods/ephemeralcontainers in namespace shop,create secrets in namespace shop,update secrets in namespace shop,delete secrets in namespace shop,create pods/portforward in namespace tools"; !strings.Contains(strings.Join(eph, ","), w) {
 		t.Errorf("ephemeral permissions: %v; want %s", eph, w)
 	}
 }

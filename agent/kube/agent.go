@@ -72,6 +72,9 @@ type Agent struct {
 	Port int
 	// JobNamespace is where the Job is.
 	JobNamespace string
+	// SecretNamespace is where the Secret holding the token is (named
+	// Name, like the Job), removed with the Job or the target pod.
+	SecretNamespace string
 
 	access *Access
 }
@@ -116,9 +119,21 @@ func (a *Access) StartAgent(ctx context.Context, t *Target, o AgentOptions) (*Ag
 		"--idle-exit", max(o.CommunicationTimeout, time.Second).String(),
 		"--communication-timeout", o.CommunicationTimeout.String(),
 	}
-	env := []corev1.EnvVar{{Name: proto.EnvToken, Value: o.Token}}
 	ctx, cancel := context.WithTimeout(ctx, o.StartupTimeout)
 	defer cancel()
+	// The token reaches the agent through a Secret, not as a value in the
+	// pod spec, which whoever may read pods can read (an ephemeral
+	// container's spec can never be removed).
+	ag.SecretNamespace = a.jobNamespace(t, o)
+	if ag.Ephemeral {
+		ag.SecretNamespace = t.Pod.Namespace
+	}
+	if err := a.createTokenSecret(ctx, ag, o); err != nil {
+		return nil, err
+	}
+	env := []corev1.EnvVar{{Name: proto.EnvToken, ValueFrom: &corev1.EnvVarSource{
+		SecretKeyRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: ag.Name}, Key: tokenKey},
+	}}}
 	switch {
 	case t == nil:
 		err = a.startJob(ctx, nil, ag, args, env, o)
@@ -163,6 +178,9 @@ func (a *Access) startEphemeral(ctx context.Context, t *Target, ag *Agent, args 
 	if err != nil {
 		return apiError(err, "get", "pods", t.Pod.Namespace)
 	}
+	if err := a.ownSecret(ctx, ag, metav1.OwnerReference{APIVersion: "v1", Kind: "Pod", Name: pod.Name, UID: pod.UID}); err != nil {
+		return err
+	}
 	pod.Spec.EphemeralContainers = append(pod.Spec.EphemeralContainers, ec)
 	if _, err := pods.UpdateEphemeralContainers(ctx, pod.Name, pod, metav1.UpdateOptions{}); err != nil {
 		return apiError(err, "update", "pods/ephemeralcontainers", t.Pod.Namespace)
@@ -175,13 +193,7 @@ func (a *Access) startEphemeral(ctx context.Context, t *Target, ag *Agent, args 
 // network namespace, or (t nil) in a pod of its own. It returns once the
 // agent's container runs.
 func (a *Access) startJob(ctx context.Context, t *Target, ag *Agent, args []string, env []corev1.EnvVar, o AgentOptions) error {
-	ns := o.Namespace
-	if ns == "" && t != nil {
-		ns = t.Pod.Namespace
-	}
-	if ns == "" {
-		ns = a.Namespace
-	}
+	ns := a.jobNamespace(t, o)
 	ag.JobNamespace = ns
 	job := agentJob(ns, ag.Name, args, env, o)
 	if t != nil {
@@ -189,8 +201,12 @@ func (a *Access) startJob(ctx context.Context, t *Target, ag *Agent, args []stri
 			return err
 		}
 	}
-	if _, err := a.Client.BatchV1().Jobs(ns).Create(ctx, job, metav1.CreateOptions{}); err != nil {
+	created, err := a.Client.BatchV1().Jobs(ns).Create(ctx, job, metav1.CreateOptions{})
+	if err != nil {
 		return apiError(err, "create", "jobs", ns)
+	}
+	if err := a.ownSecret(ctx, ag, metav1.OwnerReference{APIVersion: "batch/v1", Kind: "Job", Name: created.Name, UID: created.UID}); err != nil {
+		return err
 	}
 	step(o, fmt.Sprintf("agent job %s/%s created", ns, ag.Name))
 	podName, err := a.jobPod(ctx, ns, ag.Name)
@@ -201,6 +217,55 @@ func (a *Access) startJob(ctx context.Context, t *Target, ag *Agent, args []stri
 		ag.Namespace, ag.Pod = ns, podName
 	}
 	return a.waitRunning(ctx, ns, podName, "agent", false)
+}
+
+// jobNamespace is where the agent's Job goes: agent.namespace, else the
+// target's, else the context's.
+func (a *Access) jobNamespace(t *Target, o AgentOptions) string {
+	switch {
+	case o.Namespace != "":
+		return o.Namespace
+	case t != nil:
+		return t.Pod.Namespace
+	}
+	return a.Namespace
+}
+
+// tokenKey is the key of the token in the agent's Secret.
+const tokenKey = "token"
+
+// createTokenSecret creates the Secret that holds the run's token for the
+// agent, named and labelled as the agent.
+func (a *Access) createTokenSecret(ctx context.Context, ag *Agent, o AgentOptions) error {
+	labels := map[string]string{AgentLabel: agentLabelValue, "trafficpolice.dev/agent": ag.Name}
+	for k, v := range o.Labels {
+		labels[k] = v
+	}
+	secret := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: ag.Name, Namespace: ag.SecretNamespace, Labels: labels},
+		Type:       corev1.SecretTypeOpaque,
+		Data:       map[string][]byte{tokenKey: []byte(o.Token)},
+	}
+	if _, err := a.Client.CoreV1().Secrets(ag.SecretNamespace).Create(ctx, secret, metav1.CreateOptions{}); err != nil {
+		return apiError(err, "create", "secrets", ag.SecretNamespace)
+	}
+	return nil
+}
+
+// ownSecret makes owner the owner of the agent's Secret, so that the
+// garbage collector removes it with the Job (or the pod) even when the
+// run that made it was killed.
+func (a *Access) ownSecret(ctx context.Context, ag *Agent, owner metav1.OwnerReference) error {
+	secrets := a.Client.CoreV1().Secrets(ag.SecretNamespace)
+	s, err := secrets.Get(ctx, ag.Name, metav1.GetOptions{})
+	if err != nil {
+		return apiError(err, "get", "secrets", ag.SecretNamespace)
+	}
+	s.OwnerReferences = append(s.OwnerReferences, owner)
+	if _, err := secrets.Update(ctx, s, metav1.UpdateOptions{}); err != nil {
+		return apiError(err, "update", "secrets", ag.SecretNamespace)
+	}
+	return nil
 }
 
 // agentJob is the Job named name that runs the agent with args and env, in
@@ -334,6 +399,14 @@ func badWait(reason string) bool {
 // cannot be removed; its agent exits by itself once no client is left
 // (agent.communication_timeout).
 func (ag *Agent) Close(ctx context.Context) error {
+	if ag.SecretNamespace != "" {
+		// Owned by the Job or the pod too: deleted now all the same, so
+		// that the token outlives the run nowhere.
+		err := ag.access.Client.CoreV1().Secrets(ag.SecretNamespace).Delete(ctx, ag.Name, metav1.DeleteOptions{})
+		if err != nil && !isNotFound(err) {
+			return apiError(err, "delete", "secrets", ag.SecretNamespace)
+		}
+	}
 	if ag.Ephemeral || ag.JobNamespace == "" {
 		return nil
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/trafficpolice/trafficpolice/agent/enter"
 	"github.com/trafficpolice/trafficpolice/agent/kube"
 	"github.com/trafficpolice/trafficpolice/agent/nat"
+	"github.com/trafficpolice/trafficpolice/agent/proto"
 )
 
 var trafficpolice struct {
@@ -198,6 +199,22 @@ func assertNoAgentLeft(t *testing.T, c *Cluster, ns string, pod *corev1.Pod, eph
 			if st.State.Terminated == nil {
 				return fmt.Errorf("ephemeral container %s has not ended", st.Name)
 			}
+		}
+		// An ephemeral container's spec stays with the pod: the token must
+		// not be in it, only a reference to the run's Secret.
+		for _, ec := range p.Spec.EphemeralContainers {
+			for _, e := range ec.Env {
+				if e.Name == proto.EnvToken && (e.Value != "" || e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil) {
+					return fmt.Errorf("ephemeral container %s carries the token in its spec (%+v)", ec.Name, e)
+				}
+			}
+		}
+		secrets, err := c.Client.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{LabelSelector: kube.AgentLabel})
+		if err != nil {
+			return err
+		}
+		if len(secrets.Items) > 0 {
+			return fmt.Errorf("the agent's Secret %s is still there", secrets.Items[0].Name)
 		}
 		if pids := agentProcesses(); len(pids) > 0 {
 			return fmt.Errorf("agent processes still run: %v", pids)
