@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/moby/sys/capability"
+	"golang.org/x/sys/unix"
 )
 
 // DefaultCapabilities is what an app that runs as root keeps, and the
@@ -94,7 +95,11 @@ func limitCapabilities(keep []string) *StartError {
 	if err := caps.Apply(capability.CAPS | capability.BOUNDS | capability.AMBS); err != nil {
 		return fail("capabilities", err, "limit the app's capabilities to %v", keep)
 	}
-	after, err := capability.NewPid2(0)
+	// Read back by thread id, not 0: for 0 the library reads the bounding
+	// set from /proc/self/status, which is the main thread's, and the
+	// locked init thread need not be the main one (capabilities are per
+	// thread; exec takes this thread's).
+	after, err := capability.NewPid2(unix.Gettid())
 	if err == nil {
 		err = after.Load()
 	}
