@@ -65,7 +65,7 @@ func newWorld(t *testing.T) *world {
 	if out, err := w.whoami.Run(t, "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "7002", "-j", "DROP"); err != nil {
 		t.Fatalf("iptables: %v %s", err, out)
 	}
-	w.whoami.WaitPort(t, 7000, 5*time.Second)
+	w.whoami.WaitPort(t, 7000, 60*time.Second) // a bound, not a measure: a loaded machine is slow to start it
 	w.startAgent(t)
 	w.agentAddr = w.target.Forward(t, agentPort)
 	return w

@@ -4,6 +4,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -102,21 +104,40 @@ func TestRemoteRoutesThroughTheAgent(t *testing.T) {
 	})
 
 	t.Run("the agent restarts mid-run and new flows succeed again", func(t *testing.T) {
-		// The app dials every 200 ms for a while; the test kills the agent
-		// after the first success and restarts it a second later.
-		script := fmt.Sprintf(`for i in $(seq 1 40); do if %s read whoami:7000 >/dev/null 2>&1; then echo ok; else echo fail; fi; sleep 0.2; done`, w.probe)
+		// The app dials until a first success and says so with a file;
+		// the test then kills the agent, restarts it and says so with
+		// another file; the app then dials until it succeeds again. Files,
+		// not sleeps: a loaded machine only makes each step slower.
+		dir := t.TempDir()
+		first, restarted := filepath.Join(dir, "first-ok"), filepath.Join(dir, "restarted")
+		script := fmt.Sprintf(`dial() { %s read whoami:7000 >/dev/null 2>&1; }
+			i=0; until dial; do i=$((i+1)); [ $i -gt 300 ] && { echo never; exit 1; }; sleep 0.1; done; echo ok; touch %s
+			i=0; until [ -e %s ]; do i=$((i+1)); [ $i -gt 600 ] && { echo no-restart; exit 1; }; sleep 0.1; done
+			i=0; until dial; do i=$((i+1)); [ $i -gt 600 ] && { echo fail; exit 1; }; sleep 0.1; done; echo ok`, w.probe, first, restarted)
 		done := make(chan result, 1)
 		go func() { done <- w.sh(t, nil, script) }()
-		time.Sleep(1500 * time.Millisecond)
+		waitFile(t, first, 60*time.Second)
 		w.agent.Signal(syscall.SIGKILL)
 		<-w.agent.Done()
-		time.Sleep(time.Second)
 		w.startAgent(t)
+		if err := os.WriteFile(restarted, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
 		r := <-done
-		lines := strings.Fields(r.stdout)
-		if len(lines) == 0 || lines[0] != "ok" || lines[len(lines)-1] != "ok" {
-			t.Fatalf("want the first and the last dials to succeed: %v", lines)
+		if lines := strings.Fields(r.stdout); strings.Join(lines, " ") != "ok ok" {
+			t.Fatalf("want a first dial to succeed, then one after the restart: %v\n%s", lines, r.stderr)
 		}
 		contains(t, r.stderr, "reconnect")
 	})
+}
+
+// waitFile waits, bounded, until path exists.
+func waitFile(t *testing.T, path string, timeout time.Duration) {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+	}
+	t.Fatalf("%s did not appear within %s", path, timeout)
 }

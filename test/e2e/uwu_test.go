@@ -54,10 +54,10 @@ func newUWUWorld(t *testing.T) *uwuWorld {
 	w.clusterDBProc = dbPod.Start(t, []string{w.messagesDB, "--listen", ":8888", "--data", w.clusterDB})
 	w.appDB = appDBPod.Start(t, []string{w.messagesDB, "--listen", ":8888", "--data", w.otherDB})
 	w.target.Start(t, []string{w.uwuApp, "--listen", ":9999"}, "MESSAGES_DB=messages-db:8888", "UWU_SERVICE=uwu-service:8080")
-	svcPod.WaitPort(t, 8080, 10*time.Second)
-	dbPod.WaitPort(t, 8888, 10*time.Second)
-	appDBPod.WaitPort(t, 8888, 10*time.Second)
-	w.target.WaitPort(t, 9999, 10*time.Second)
+	svcPod.WaitPort(t, 8080, 60*time.Second)
+	dbPod.WaitPort(t, 8888, 60*time.Second)
+	appDBPod.WaitPort(t, 8888, 60*time.Second)
+	w.target.WaitPort(t, 9999, 60*time.Second)
 
 	local := exec.Command(w.messagesDB, "--listen", "127.0.0.1:8888", "--data", w.localDB)
 	var out bytes.Buffer
