@@ -19,7 +19,7 @@ import (
 // clusterDNS is a real DNS server standing in for the cluster's: it
 // listens on port 53 (resolv.conf has no port) of a loopback address of
 // its own, over UDP and TCP.
-func clusterDNS(t *testing.T) string {
+func clusterDNS(t testing.TB) string {
 	t.Helper()
 	requireRoot(t)
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
