@@ -287,7 +287,7 @@ func (c *Client) connect(ctx context.Context) (*tunnel, error) {
 		_ = sess.Close()
 		return nil, err
 	}
-	c.wg.Add(2)
+	c.wg.Add(3)
 	go func() {
 		defer c.wg.Done()
 		t.readControl()
@@ -295,6 +295,10 @@ func (c *Client) connect(ctx context.Context) (*tunnel, error) {
 	go func() {
 		defer c.wg.Done()
 		c.acceptIncoming(t)
+	}()
+	go func() {
+		defer c.wg.Done()
+		c.runDNSStream(t)
 	}()
 	return t, nil
 }
@@ -324,7 +328,7 @@ func (c *Client) handshake(sess *yamux.Session) (*tunnel, error) {
 		if m.Version != proto.Version {
 			return nil, fmt.Errorf("agent at %s speaks protocol version %d, this client %d", c.where(), m.Version, proto.Version)
 		}
-		return &tunnel{sess: sess, ctrl: proto.NewControl(ctrl), facts: m.Facts}, nil
+		return &tunnel{sess: sess, ctrl: proto.NewControl(ctrl), facts: m.Facts, dnsReady: make(chan struct{})}, nil
 	case proto.Refused:
 		if m.Code == proto.RefuseToken {
 			return nil, fmt.Errorf("connect to agent at %s: %w (%s): check --agent-token-file or %s",
@@ -490,8 +494,43 @@ func (c *Client) DialUDP(ctx context.Context, dst netip.AddrPort) (net.Conn, err
 }
 
 // Exchange resolves one raw DNS query with the pod's resolver settings
-// and returns the raw answer.
+// and returns the raw answer. Queries share the tunnel's DNS stream, many
+// in flight at once; with an agent that predates it, each takes a stream
+// of its own.
 func (c *Client) Exchange(ctx context.Context, query []byte) ([]byte, error) {
+	giveUp := time.Now().Add(c.opts.CommunicationTimeout)
+	for {
+		t, err := c.tunnelFor(ctx, giveUp)
+		if err != nil {
+			return nil, err
+		}
+		s, err := t.dnsStream(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if s == nil {
+			return c.exchangeOnItsOwnStream(ctx, query)
+		}
+		a, err := s.exchange(ctx, query)
+		if errors.Is(err, errDNSStreamEnded) && ctx.Err() == nil {
+			// Asked again: on a stream of its own if the tunnel lives,
+			// else on the next tunnel's DNS stream. A stream that ended
+			// is not used again, so this loop ends.
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if a.Class != proto.ClassOK {
+			return nil, &RemoteError{Class: a.Class, Message: a.Message}
+		}
+		return a.Answer, nil
+	}
+}
+
+// exchangeOnItsOwnStream resolves one query on a DNS stream of its own,
+// for an agent that predates DNSStream.
+func (c *Client) exchangeOnItsOwnStream(ctx context.Context, query []byte) ([]byte, error) {
 	st, _, res, err := c.request(ctx, proto.DNS{Timeout: timeoutFor(ctx), Query: query}, nil)
 	if err != nil {
 		return nil, err

@@ -47,6 +47,14 @@ func clusterDNS(t testing.TB) string {
 		}
 		_ = w.WriteMsg(m)
 	})
+	return serveDNSOnLoopback(t, h)
+}
+
+// serveDNSOnLoopback serves h on port 53 (resolv.conf has no port) of a
+// loopback address of its own, over UDP and TCP, and returns the address.
+func serveDNSOnLoopback(t testing.TB, h dns.Handler) string {
+	t.Helper()
+	requireRoot(t)
 	for range 20 {
 		ip := fmt.Sprintf("127.%d.%d.%d", 100+rand.IntN(100), rand.IntN(256), 1+rand.IntN(254))
 		addr := net.JoinHostPort(ip, "53")
