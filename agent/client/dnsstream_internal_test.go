@@ -1,9 +1,11 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strings"
@@ -235,4 +237,56 @@ func TestDNSStreamIDsSkipZeroAndThoseInFlight(t *testing.T) {
 	if first != 0xffffffff || second != 2 {
 		t.Errorf("ids around the wrap = %d, %d; want 4294967295, 2 (0 is no id, 1 is in flight)", first, second)
 	}
+}
+
+// agentBytes is a DNS stream whose agent sent data and nothing more.
+type agentBytes struct{ io.Reader }
+
+func (agentBytes) Write(p []byte) (int, error) { return len(p), nil }
+func (agentBytes) Close() error                { return nil }
+
+// FuzzDNSStreamAnswers feeds arbitrary bytes, as the agent's side of a
+// DNS stream, to a client with queries 1 to 3 in flight. Whatever they
+// are, the reader must end (at the latest when they do) with the stream's
+// end, each query must get at most one answer, its own, and each answer
+// must give its slot back.
+func FuzzDNSStreamAnswers(f *testing.F) {
+	var valid []byte
+	for id := uint32(3); id >= 1; id-- {
+		valid, _ = proto.Append(valid, proto.DNSAnswer{ID: id, Answer: []byte{0x12, 0x34, 0x81, 0x80}})
+	}
+	f.Add(valid)
+	stray, _ := proto.Append(nil, proto.DNSAnswer{ID: 9, Class: proto.ClassTimeout, Message: "late"})
+	f.Add(stray)
+	f.Add(append(valid[:len(valid)/2:len(valid)/2], 0xff))
+	f.Add([]byte{byte(proto.TypeDNSAnswer), 0xff, 0xff, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s := newDNSStream(agentBytes{bytes.NewReader(data)})
+		answers := map[uint32]chan proto.DNSAnswer{}
+		for range 3 {
+			s.slots <- struct{}{}
+			id, ch, err := s.add()
+			if err != nil {
+				t.Fatal(err)
+			}
+			answers[id] = ch
+		}
+		if err := s.readAnswers(); !errors.Is(err, errDNSStreamEnded) {
+			t.Fatalf("readAnswers = %v, want the stream's end", err)
+		}
+		delivered := 0
+		for id, ch := range answers {
+			select {
+			case a := <-ch:
+				delivered++
+				if a.ID != id {
+					t.Fatalf("query %d got the answer for %d", id, a.ID)
+				}
+			default:
+			}
+		}
+		if len(s.slots) != 3-delivered {
+			t.Fatalf("%d answers delivered, %d slots still taken; want %d", delivered, len(s.slots), 3-delivered)
+		}
+	})
 }
