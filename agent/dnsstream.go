@@ -42,7 +42,7 @@ func (s *Server) serveDNSStream(ctx context.Context, t *tunnel, st *yamux.Stream
 // window), so one stream never holds more than limit queries and answers.
 // When the client closes its end (EOF), the queries in flight are still
 // answered; any other read error, or a frame other than DNSQuery, closes
-// st, cancels them and is returned. It returns once every goroutine it
+// st, cancels them (they get no answer) and is returned; so does ctx's end. It returns once every goroutine it
 // started has ended.
 func answerDNSQueries(ctx context.Context, st io.ReadWriteCloser, limit int,
 	resolve func(context.Context, proto.DNSQuery) proto.DNSAnswer) error {
@@ -63,6 +63,13 @@ func answerDNSQueries(ctx context.Context, st io.ReadWriteCloser, limit int,
 	answer := func(q proto.DNSQuery) {
 		defer wg.Done()
 		a := resolve(ctx, q)
+		if ctx.Err() != nil {
+			// The stream or the tunnel is going away: an answer now
+			// would be this failure, not the query's. Without one,
+			// the client asks again on its next tunnel.
+			<-slots
+			return
+		}
 		a.ID = q.ID
 		frame, err := proto.Append(nil, a)
 		if err != nil {

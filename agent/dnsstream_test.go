@@ -24,6 +24,9 @@ type memStream struct {
 	mu     sync.Mutex
 	out    bytes.Buffer
 	closed bool
+	// keepWriting takes writes after Close too, so that a test sees what
+	// the agent tried to write.
+	keepWriting bool
 }
 
 func newMemStream(in []byte) *memStream { return &memStream{in: bytes.NewReader(in)} }
@@ -37,7 +40,7 @@ func (m *memStream) Read(p []byte) (int, error) {
 func (m *memStream) Write(p []byte) (int, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.closed {
+	if m.closed && !m.keepWriting {
 		return 0, io.ErrClosedPipe
 	}
 	return m.out.Write(p)
@@ -241,6 +244,37 @@ func TestDNSStreamEndsWithItsContext(t *testing.T) {
 	}
 	if !st.isClosed() {
 		t.Error("the stream was left open")
+	}
+}
+
+func TestDNSStreamLeavesQueriesUnansweredWhenTheTunnelEnds(t *testing.T) {
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	st := &memStream{in: pr, keepWriting: true}
+	ctx, cancel := context.WithCancel(context.Background())
+	resolving := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- answerDNSQueries(ctx, st, 8, func(ctx context.Context, q proto.DNSQuery) proto.DNSAnswer {
+			close(resolving)
+			<-ctx.Done()
+			return proto.DNSAnswer{Class: proto.ClassTimeout, Message: "read udp: i/o timeout (" + ctx.Err().Error() + ")"}
+		})
+	}()
+	if _, err := pw.Write(queryFrames(t, 1)); err != nil {
+		t.Fatal(err)
+	}
+	<-resolving
+	cancel() // the tunnel ends with the query in flight
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("answerDNSQueries did not return within 10s of its context's end")
+	}
+	// The failure is the tunnel's, not the query's: the client, which
+	// asks again on its next tunnel, must not hear it as the answer.
+	if a := st.answers(t); len(a) != 0 {
+		t.Errorf("the agent answered %+v as its tunnel ended, want no answer", a)
 	}
 }
 

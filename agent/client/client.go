@@ -513,10 +513,13 @@ func (c *Client) Exchange(ctx context.Context, query []byte) ([]byte, error) {
 		}
 		a, err := s.exchange(ctx, query)
 		if errors.Is(err, errDNSStreamEnded) && ctx.Err() == nil {
-			// Asked again: on a stream of its own if the tunnel lives,
-			// else on the next tunnel's DNS stream. A stream that ended
-			// is not used again, so this loop ends.
-			continue
+			// Asked again (DNS queries may be): on the next tunnel's DNS
+			// stream, or on a stream of its own when only the DNS
+			// stream broke.
+			if tunnelDying(t) {
+				continue
+			}
+			return c.exchangeOnItsOwnStream(ctx, query)
 		}
 		if err != nil {
 			return nil, err

@@ -304,15 +304,18 @@ func TestExchangeFallsBackToAStreamPerQueryWithAnOlderAgent(t *testing.T) {
 	}
 }
 
-func TestExchangeInFlightWhenTheTunnelDropsIsAskedAgain(t *testing.T) {
-	t.Parallel()
-	received := make(chan struct{})
+// holdFirstDNS answers every A query with 10.0.0.1 except the first,
+// which it holds unanswered until the test ends; received closes when the
+// first arrives, and asked counts them all.
+func holdFirstDNS(t *testing.T) (ns string, received <-chan struct{}, asked *atomic.Int64) {
+	t.Helper()
+	first := make(chan struct{})
 	release := make(chan struct{})
-	var asked atomic.Int64
-	ns := serveDNSOnLoopback(t, dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+	asked = new(atomic.Int64)
+	ns = serveDNSOnLoopback(t, dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
 		if asked.Add(1) == 1 {
-			close(received)
-			<-release // the first copy of the query is never answered
+			close(first)
+			<-release
 			return
 		}
 		m := new(dns.Msg)
@@ -322,9 +325,13 @@ func TestExchangeInFlightWhenTheTunnelDropsIsAskedAgain(t *testing.T) {
 		_ = w.WriteMsg(m)
 	}))
 	t.Cleanup(func() { close(release) }) // before the server's shutdown, which waits for its handlers
-	a := startAgent(t, agent.Options{ResolvConfPath: resolvConfFor(t, ns)})
-	c := dial(t, a.Addr(), client.Options{CommunicationTimeout: 20 * time.Second})
-	wantDNSMode(t, c, "stream")
+	return ns, first, asked
+}
+
+// askInFlight asks for q1.example. and returns where its result goes once
+// the DNS server holds it.
+func askInFlight(t *testing.T, c *client.Client, received <-chan struct{}) <-chan error {
+	t.Helper()
 	result := make(chan error, 1)
 	go func() { result <- askNumbered(ctxTimeout(t, 30*time.Second), c, 1, 1) }()
 	select {
@@ -332,6 +339,16 @@ func TestExchangeInFlightWhenTheTunnelDropsIsAskedAgain(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the query did not reach the DNS server within 10s")
 	}
+	return result
+}
+
+func TestExchangeInFlightWhenTheTunnelDropsIsAskedAgain(t *testing.T) {
+	t.Parallel()
+	ns, received, asked := holdFirstDNS(t)
+	a := startAgent(t, agent.Options{ResolvConfPath: resolvConfFor(t, ns)})
+	c := dial(t, a.Addr(), client.Options{CommunicationTimeout: 20 * time.Second})
+	wantDNSMode(t, c, "stream")
+	result := askInFlight(t, c, received)
 	a.Stop() // the tunnel drops with the query in flight on its DNS stream
 	a.Restart()
 	select {
@@ -344,5 +361,34 @@ func TestExchangeInFlightWhenTheTunnelDropsIsAskedAgain(t *testing.T) {
 	}
 	if n := asked.Load(); n != 2 {
 		t.Errorf("the DNS server was asked %d times, want twice (once per tunnel)", n)
+	}
+	wantDNSMode(t, c, "stream")
+}
+
+func TestExchangeInFlightWhenTheDNSStreamBreaksIsAskedOnAStreamOfItsOwn(t *testing.T) {
+	t.Parallel()
+	ns, received, asked := holdFirstDNS(t)
+	a := startAgent(t, agent.Options{ResolvConfPath: resolvConfFor(t, ns)})
+	c := dial(t, a.Addr(), client.Options{})
+	wantDNSMode(t, c, "stream")
+	result := askInFlight(t, c, received)
+	if err := client.BreakDNSStream(c); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-result:
+		if err != nil {
+			t.Fatalf("the query in flight when the DNS stream broke: %v, want it asked again", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no answer within 30s of the DNS stream's end")
+	}
+	if n := asked.Load(); n != 2 {
+		t.Errorf("the DNS server was asked %d times, want twice", n)
+	}
+	// The tunnel lives on, its queries on a stream each.
+	wantDNSMode(t, c, "per-query")
+	if err := askNumbered(ctxTimeout(t, 10*time.Second), c, 1, 1); err != nil {
+		t.Fatal(err)
 	}
 }

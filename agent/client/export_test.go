@@ -25,3 +25,16 @@ func DNSMode(ctx context.Context, c *Client) (string, error) {
 	}
 	return "stream", nil
 }
+
+// BreakDNSStream ends the DNS stream of c's current tunnel as a protocol
+// error would, leaving the tunnel up. For tests only.
+func BreakDNSStream(c *Client) error {
+	c.mu.Lock()
+	t := c.cur
+	c.mu.Unlock()
+	if t == nil || t.dns == nil {
+		return errors.New("no DNS stream")
+	}
+	t.dns.end(errors.New("broken by the test"))
+	return nil
+}
