@@ -42,8 +42,8 @@ func (s *Server) serveDNSStream(ctx context.Context, t *tunnel, st *yamux.Stream
 // window), so one stream never holds more than limit queries and answers.
 // When the client closes its end (EOF), the queries in flight are still
 // answered; any other read error, or a frame other than DNSQuery, closes
-// st, cancels them (they get no answer) and is returned; so does ctx's end. It returns once every goroutine it
-// started has ended.
+// st, cancels them (they get no answer) and is returned, and so does
+// ctx's end. It returns once every goroutine it started has ended.
 func answerDNSQueries(ctx context.Context, st io.ReadWriteCloser, limit int,
 	resolve func(context.Context, proto.DNSQuery) proto.DNSAnswer) error {
 	ctx, cancel := context.WithCancelCause(ctx)
