@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/miekg/dns"
@@ -20,8 +21,8 @@ const hostsTTL = 10
 // /etc/resolv.conf. It resolves names as given: search-domain expansion is
 // the app's resolver's job.
 type dnsResolver struct {
-	resolvConfPath string
-	hosts          *hostsFile
+	resolvConf *resolvConfFile
+	hosts      *hostsFile
 }
 
 func (r *dnsResolver) resolve(ctx context.Context, query []byte) ([]byte, error) {
@@ -43,7 +44,7 @@ func (r *dnsResolver) resolve(ctx context.Context, query []byte) ([]byte, error)
 		}
 		return b, nil
 	}
-	rc, err := readResolvConf(r.resolvConfPath)
+	rc, err := r.resolvConf.get()
 	if err != nil {
 		return nil, err
 	}
@@ -124,6 +125,14 @@ func forward(ctx context.Context, rc resolvConf, query []byte) ([]byte, error) {
 
 func truncated(msg []byte) bool { return len(msg) > 2 && msg[2]&0x02 != 0 }
 
+// answerBuffers are read buffers of the largest DNS message, reused: one
+// allocated (and cleared) for every query cost more than the query's own
+// system calls.
+var answerBuffers = sync.Pool{New: func() any {
+	b := make([]byte, dns.MaxMsgSize)
+	return &b
+}}
+
 // exchangeRaw sends query to server and returns the raw answer with the
 // same ID, not re-encoded, so it reaches the app exactly as the pod's
 // nameserver sent it.
@@ -146,7 +155,9 @@ func exchangeRaw(ctx context.Context, network, server string, query []byte, time
 	if _, err := dc.Write(query); err != nil {
 		return nil, fmt.Errorf("send query to %s/%s: %w", server, network, err)
 	}
-	buf := make([]byte, dns.MaxMsgSize)
+	bp := answerBuffers.Get().(*[]byte)
+	defer answerBuffers.Put(bp)
+	buf := *bp
 	for {
 		n, err := dc.Read(buf)
 		if err != nil {

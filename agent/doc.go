@@ -3,8 +3,9 @@
 // trafficpolice asks over its tunnel (package agent/proto has the
 // messages). This package is the server and its outgoing side: a TCP
 // connection dialed from the pod and relayed byte for byte, a connected
-// UDP socket, a DNS query answered from the pod's /etc/hosts or forwarded
-// to the nameservers of its /etc/resolv.conf, the environment of the
+// UDP socket, DNS queries (on a stream each, or many in flight on one
+// DNS stream) answered from the pod's /etc/hosts or forwarded to the
+// nameservers of its /etc/resolv.conf, the environment of the
 // target's process, and the pod facts (hostname, addresses, resolver
 // settings) sent in the Welcome. Incoming traffic (steal and mirror) is
 // package agent/incoming, which the server starts when Options.Incoming

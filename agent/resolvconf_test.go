@@ -2,7 +2,10 @@ package agent
 
 import (
 	"net/netip"
+	"os"
+	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -44,5 +47,31 @@ func TestParseResolvConfDefaultsAndOverrides(t *testing.T) {
 	}
 	if empty := parseResolvConf(nil); empty.Ndots != 1 || len(empty.Nameservers) != 0 {
 		t.Errorf("empty resolv.conf: %+v", empty)
+	}
+}
+
+func TestResolvConfFileReloadsWhenChanged(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "resolv.conf")
+	if err := os.WriteFile(path, []byte("nameserver 10.96.0.10\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f := &resolvConfFile{path: path}
+	rc, err := f.get()
+	if err != nil || len(rc.Nameservers) != 1 || rc.Nameservers[0].Addr().String() != "10.96.0.10" {
+		t.Fatalf("first read: %+v, %v", rc, err)
+	}
+	if err := os.WriteFile(path, []byte("nameserver 10.96.0.11\nnameserver 10.96.0.12\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f.checked = time.Time{} // skip the once-per-second check
+	if rc, err = f.get(); err != nil || len(rc.Nameservers) != 2 || rc.Nameservers[0].Addr().String() != "10.96.0.11" {
+		t.Fatalf("after rewrite: %+v, %v", rc, err)
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	f.checked = time.Time{}
+	if _, err := f.get(); err == nil || !strings.Contains(err.Error(), "read resolv.conf") {
+		t.Errorf("after removal: %v, want an error reading resolv.conf", err)
 	}
 }

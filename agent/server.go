@@ -147,7 +147,7 @@ func New(opts Options) (*Server, error) {
 	return &Server{
 		opts:    opts,
 		log:     log,
-		dns:     &dnsResolver{resolvConfPath: opts.ResolvConfPath, hosts: &hostsFile{path: opts.HostsPath}},
+		dns:     &dnsResolver{resolvConf: &resolvConfFile{path: opts.ResolvConfPath}, hosts: &hostsFile{path: opts.HostsPath}},
 		pending: make(chan struct{}, MaxPendingHandshakes),
 	}, nil
 }
@@ -380,6 +380,8 @@ func (s *Server) serveStream(ctx context.Context, t *tunnel, st *yamux.Stream) {
 		s.serveUDP(ctx, t, st, req)
 	case proto.DNS:
 		s.serveDNS(ctx, t, st, req)
+	case proto.DNSStream:
+		s.serveDNSStream(ctx, t, st)
 	case proto.Ping:
 		_ = proto.WriteMessage(st, proto.Result{})
 		_ = st.Close()
@@ -395,7 +397,7 @@ func (s *Server) serveStream(ctx context.Context, t *tunnel, st *yamux.Stream) {
 		s.serveEnv(t, st)
 	default:
 		_ = proto.WriteMessage(st, proto.Result{Class: proto.ClassOther,
-			Message: fmt.Sprintf("%s cannot start a flow: send DialTCP, DialUDP, DNS, Ping, Subscribe or Env", m.Type())})
+			Message: fmt.Sprintf("%s cannot start a flow: send DialTCP, DialUDP, DNS, DNSStream, Ping, Subscribe or Env", m.Type())})
 		_ = st.Close()
 	}
 }

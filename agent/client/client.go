@@ -290,8 +290,8 @@ func (c *Client) connect(ctx context.Context) (*tunnel, error) {
 		_ = sess.Close()
 		return nil, fmt.Errorf("open control stream to agent at %s: %w", c.where(), err)
 	}
-	t := &tunnel{sess: sess, ctrl: proto.NewControl(ctrl), facts: facts}
-	c.wg.Add(2)
+	t := &tunnel{sess: sess, ctrl: proto.NewControl(ctrl), facts: facts, dnsReady: make(chan struct{})}
+	c.wg.Add(3)
 	go func() {
 		defer c.wg.Done()
 		t.readControl()
@@ -299,6 +299,10 @@ func (c *Client) connect(ctx context.Context) (*tunnel, error) {
 	go func() {
 		defer c.wg.Done()
 		c.acceptIncoming(t)
+	}()
+	go func() {
+		defer c.wg.Done()
+		c.runDNSStream(t)
 	}()
 	return t, nil
 }
@@ -496,8 +500,46 @@ func (c *Client) DialUDP(ctx context.Context, dst netip.AddrPort) (net.Conn, err
 }
 
 // Exchange resolves one raw DNS query with the pod's resolver settings
-// and returns the raw answer.
+// and returns the raw answer. Queries share the tunnel's DNS stream, many
+// in flight at once; with an agent that predates it, each takes a stream
+// of its own.
 func (c *Client) Exchange(ctx context.Context, query []byte) ([]byte, error) {
+	giveUp := time.Now().Add(c.opts.CommunicationTimeout)
+	for {
+		t, err := c.tunnelFor(ctx, giveUp)
+		if err != nil {
+			return nil, err
+		}
+		s, err := t.dnsStream(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if s == nil {
+			return c.exchangeOnItsOwnStream(ctx, query)
+		}
+		a, err := s.exchange(ctx, query)
+		if errors.Is(err, errDNSStreamEnded) && ctx.Err() == nil {
+			// Asked again (DNS queries may be): on the next tunnel's DNS
+			// stream, or on a stream of its own when only the DNS
+			// stream broke.
+			if tunnelDying(t) {
+				continue
+			}
+			return c.exchangeOnItsOwnStream(ctx, query)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if a.Class != proto.ClassOK {
+			return nil, &RemoteError{Class: a.Class, Message: a.Message}
+		}
+		return a.Answer, nil
+	}
+}
+
+// exchangeOnItsOwnStream resolves one query on a DNS stream of its own,
+// for an agent that predates DNSStream.
+func (c *Client) exchangeOnItsOwnStream(ctx context.Context, query []byte) ([]byte, error) {
 	st, _, res, err := c.request(ctx, proto.DNS{Timeout: timeoutFor(ctx), Query: query}, nil)
 	if err != nil {
 		return nil, err

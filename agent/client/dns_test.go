@@ -20,7 +20,7 @@ import (
 // clusterDNS is a real DNS server standing in for the cluster's: it
 // listens on port 53 (resolv.conf has no port) of a loopback address of
 // its own, over UDP and TCP.
-func clusterDNS(t *testing.T) string {
+func clusterDNS(t testing.TB) string {
 	t.Helper()
 	netnstest.RequireRoot(t)
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
@@ -48,6 +48,14 @@ func clusterDNS(t *testing.T) string {
 		}
 		_ = w.WriteMsg(m)
 	})
+	return serveDNSOnLoopback(t, h)
+}
+
+// serveDNSOnLoopback serves h on port 53 (resolv.conf has no port) of a
+// loopback address of its own, over UDP and TCP, and returns the address.
+func serveDNSOnLoopback(t testing.TB, h dns.Handler) string {
+	t.Helper()
+	netnstest.RequireRoot(t)
 	for range 20 {
 		ip := fmt.Sprintf("127.%d.%d.%d", 100+rand.IntN(100), rand.IntN(256), 1+rand.IntN(254))
 		addr := net.JoinHostPort(ip, "53")

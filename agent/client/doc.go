@@ -2,7 +2,9 @@
 // an agent, authenticates with the shared token, and turns the router's
 // remote flows into tunnel streams (see package agent/proto). A Client
 // has what the router needs of a remote side (DialTCP, DialUDP,
-// Exchange), and the pod facts the sandbox copies.
+// Exchange), and the pod facts the sandbox copies. DNS queries share one
+// stream per tunnel, many in flight (proto.DNSStream); with an agent that
+// predates it, each query takes a stream of its own.
 //
 // When the tunnel drops, the flows on it end with ECONNRESET, the client
 // reconnects with capped exponential backoff and jitter, and new dials wait

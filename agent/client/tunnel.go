@@ -7,12 +7,17 @@ import (
 )
 
 // tunnel is one connection to the agent: the yamux session, its control
-// stream (whose Aborts find the TCP flows on it), and the pod's facts as
-// the agent reported them on this connection.
+// stream (whose Aborts find the TCP flows on it), its DNS stream, and the
+// pod's facts as the agent reported them on this connection.
 type tunnel struct {
 	sess  *yamux.Session
 	facts proto.Facts
 	ctrl  *proto.Control
+
+	// dns is the stream all DNS queries share, set before dnsReady
+	// closes; nil when the agent does not speak DNSStream.
+	dns      *dnsStream
+	dnsReady chan struct{}
 }
 
 // readControl hands the agent's Aborts to their flows until the tunnel

@@ -124,17 +124,19 @@ func decodeBody(t Type, body []byte) (Message, error) {
 	case TypeEnv:
 		m = Env{}
 	case TypeResult:
-		r := Result{Class: Class(d.u8("class")), Message: d.str("message"), Data: d.rest()}
-		if d.err == nil && r.Class > maxClass {
-			d.fail("result class %d is unknown: valid classes are 0 to %d", r.Class, maxClass)
-		}
-		m = r
+		m = Result{Class: d.class(), Message: d.str("message"), Data: d.rest()}
 	case TypeAbort:
 		m = Abort{StreamID: d.u32("stream id")}
 	case TypeSubscribe:
 		m = d.subscribe()
 	case TypeIncoming:
 		m = d.incoming()
+	case TypeDNSStream:
+		m = DNSStream{}
+	case TypeDNSQuery:
+		m = d.dnsQuery()
+	case TypeDNSAnswer:
+		m = d.dnsAnswer()
 	}
 	if d.err == nil && len(d.b) > 0 {
 		d.fail("%d bytes left over after the last field", len(d.b))
@@ -190,6 +192,14 @@ func (d *decoder) u32(field string) uint32 {
 		return binary.BigEndian.Uint32(v)
 	}
 	return 0
+}
+
+func (d *decoder) class() Class {
+	c := Class(d.u8("class"))
+	if d.err == nil && c > maxClass {
+		d.fail("result class %d is unknown: valid classes are 0 to %d", c, maxClass)
+	}
+	return c
 }
 
 func (d *decoder) millis(field string) time.Duration {

@@ -31,7 +31,8 @@
 //
 // A body with bytes left over after its last field, a length that runs past
 // the body, or an unknown type or error class is a decoding error: the
-// protocol is versioned, so new fields come with a new Version.
+// protocol is versioned, so new fields come with a new Version. A new
+// message that an older peer can do without (Env, DNSStream) needs none.
 //
 // # Handshake (on the bare connection, before yamux)
 //
@@ -94,7 +95,8 @@
 // (yamux FIN) is a TCP half-close. For DialUDP, datagrams, each written as
 // u16 length followed by that many bytes (see WriteDatagram); the stream's
 // datagrams are exchanged with dst only. DNS and Ping streams end after the
-// Result.
+// Result. (A client resolves on one stream for all its queries when the
+// agent knows how: see DNS on one stream.)
 //
 // # Incoming traffic (version 2)
 //
@@ -152,4 +154,36 @@
 // older agent does not know the type, fails to decode the request and
 // closes the stream without a Result, which the client reports as
 // "unsupported" so that its caller can fall back to other sources.
+//
+// # DNS on one stream
+//
+// A stream per query costs a stream's opening and closing frames and a
+// goroutine on each end for every lookup. Instead, a client opens one
+// stream per tunnel for all its queries:
+//
+//	DNSStream (13) client → agent   (empty)
+//
+// The agent answers with a Result (ClassOK); from then on the stream
+// carries, in the usual frames, queries to the agent and answers back:
+//
+//	DNSQuery  (14) client → agent   id u32, timeout u32 (ms, 0 = agent default), query rest
+//	DNSAnswer (15) agent → client   id u32, class u8, message str, answer rest
+//
+// The id is the client's, unique among the stream's queries in flight and
+// never 0; it is not the DNS message's own ID, which apps choose and may
+// share. The agent resolves queries concurrently and answers each as soon
+// as it is resolved, in any order, with the id of its query; class,
+// message and answer mean what a DNS request's Result says. A query or
+// answer is at most MaxDNSMessageSize bytes. The client keeps at most
+// MaxDNSInFlight queries unanswered, counting a query whose caller gave up
+// until its answer comes (the agent answers every query, within the
+// query's timeout); the agent reads no further ahead than that many
+// unanswered queries. Anything else on the stream, or an answer whose id
+// is not in flight, is a protocol error that ends the stream; the client
+// then resolves on a stream per query until it reconnects.
+//
+// DNSStream needs no new Version: an agent that does not know it fails to
+// decode it and closes the stream without a Result, or answers with a
+// failure; either way the client resolves with a DNS stream per query on
+// that tunnel, and tries DNSStream again on the next.
 package proto

@@ -71,6 +71,10 @@ func goldenMessages() []goldenMessage {
 		{"Incoming", Incoming{Mode: ModeSteal, Port: 80, Src: netip.MustParseAddrPort("10.244.0.11:41234"), Dst: netip.MustParseAddrPort("10.244.0.10:80")}},
 		{"Incoming-ipv6", Incoming{Mode: ModeMirror, Port: 443, Src: netip.MustParseAddrPort("[fd00:10:244::b]:50000"), Dst: netip.MustParseAddrPort("[fd00:10:244::a]:443")}},
 		{"Env", Env{}},
+		{"DNSStream", DNSStream{}},
+		{"DNSQuery", DNSQuery{ID: 0x0a0b0c0d, Timeout: 5 * time.Second, Query: goldenQuery}},
+		{"DNSAnswer", DNSAnswer{ID: 0x0a0b0c0d, Answer: goldenAnswer}},
+		{"DNSAnswer-failure", DNSAnswer{ID: 7, Class: ClassTimeout, Message: "read answer from 10.96.0.10:53/udp: i/o timeout"}},
 	}
 }
 
@@ -86,6 +90,16 @@ var goldenQuery = func() []byte {
 		q = append(append(q, byte(len(label))), label...)
 	}
 	return append(q, 0, 0, 1, 0, 1) // root, type A, class IN
+}()
+
+// goldenAnswer answers goldenQuery: the same question, one A record
+// 10.96.0.20 with TTL 30, the name compressed to a pointer at offset 12.
+var goldenAnswer = func() []byte {
+	a := append([]byte(nil), goldenQuery...)
+	a[2], a[3] = 0x81, 0x80 // response, recursion desired and available
+	a[7] = 1                // one answer
+	a = append(a, 0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4)
+	return append(a, 10, 96, 0, 20)
 }()
 
 // goldenDatagram is the payload of datagram.hex: a UDP payload framed as

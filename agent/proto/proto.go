@@ -39,7 +39,14 @@ const (
 	// not know it fails to decode it and closes the stream, which the
 	// client takes as "no environment to import", so no version bump.
 	TypeEnv Type = 12
-	maxType      = TypeEnv
+	// DNSStream opens a stream of pipelined DNS queries, DNSQuery and
+	// DNSAnswer travel on it. An agent that does not know DNSStream fails
+	// to decode it and closes the stream, and the client goes on with a
+	// stream per query, so no version bump.
+	TypeDNSStream Type = 13
+	TypeDNSQuery  Type = 14
+	TypeDNSAnswer Type = 15
+	maxType            = TypeDNSAnswer
 )
 
 func (t Type) String() string {
@@ -68,6 +75,12 @@ func (t Type) String() string {
 		return "Incoming"
 	case TypeEnv:
 		return "Env"
+	case TypeDNSStream:
+		return "DNSStream"
+	case TypeDNSQuery:
+		return "DNSQuery"
+	case TypeDNSAnswer:
+		return "DNSAnswer"
 	}
 	return fmt.Sprintf("Type(%d)", uint8(t))
 }

@@ -47,6 +47,11 @@ func sampleMessages() []Message {
 		Incoming{Mode: ModeMirror, Port: 443, Src: netip.MustParseAddrPort("[::1]:5"), Dst: netip.MustParseAddrPort("[::1]:443")},
 		Env{},
 		Result{Class: ClassOK, Data: []byte("PATH=/usr/bin:/bin\x00GREETING=hello=there\x00EMPTY=\x00")},
+		DNSStream{},
+		DNSQuery{ID: 1, Timeout: 2 * time.Second, Query: []byte{0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0}},
+		DNSQuery{ID: 0xffffffff},
+		DNSAnswer{ID: 1, Answer: []byte{0x12, 0x34, 0x81, 0x80, 0, 1, 0, 0, 0, 0, 0, 0}},
+		DNSAnswer{ID: 0x80000000, Class: ClassNameNotFound, Message: "lookup missing.example: no such host"},
 	}
 }
 

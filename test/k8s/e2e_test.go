@@ -317,8 +317,16 @@ func TestClearErrorsForBadTargets(t *testing.T) {
 	}
 	cfg = map[string]any{"target": map[string]any{"path": "deployment/uwu-app", "namespace": ns}, "kubeconfig": kc}
 	_, errOut, err = sandboxRun(t, c, cfg, "true")
-	if err == nil || !strings.Contains(errOut, "RBAC denied: you may not get deployments in namespace") {
-		t.Errorf("RBAC: err %v, stderr:\n%s", err, errOut)
+	// The preflight asks the API server (SelfSubjectAccessReview) for
+	// every permission the run needs, and stops before anything starts.
+	for _, want := range []string{"preflight rbac: missing: get pods in namespace " + ns, "get deployments.apps in namespace " + ns,
+		"create jobs.batch in namespace " + ns, "create pods/portforward in namespace " + ns, "ask a cluster admin for a Role"} {
+		if err == nil || !strings.Contains(errOut, want) {
+			t.Errorf("RBAC: err %v, want %q in stderr:\n%s", err, want, errOut)
+		}
+	}
+	if strings.Contains(errOut, "agent started") {
+		t.Errorf("RBAC: the run started an agent before the preflight stopped it:\n%s", errOut)
 	}
 
 	access, err := kube.Connect(kube.AccessOptions{Kubeconfig: c.Kubeconfig, Namespace: ns})
