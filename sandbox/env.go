@@ -4,13 +4,8 @@ import (
 	"os"
 	"strings"
 
-	"github.com/trafficpolice/trafficpolice/agent/proto"
+	"github.com/trafficpolice/trafficpolice/agent/client"
 )
-
-// secretEnv names the variables that are trafficpolice's own secrets. The
-// agent's token opens a tunnel that no rule polices: an app that had it
-// could dial the agent itself and reach anything the pod reaches.
-var secretEnv = []string{proto.EnvToken}
 
 // appEnv is the environment the app gets: env (nil for this process's)
 // without trafficpolice's secrets. It never returns nil, so that nothing
@@ -23,7 +18,7 @@ func appEnv(env []string) []string {
 	for _, kv := range env {
 		name, _, _ := strings.Cut(kv, "=")
 		secret := false
-		for _, s := range secretEnv {
+		for _, s := range client.SecretEnv {
 			secret = secret || name == s
 		}
 		if !secret {

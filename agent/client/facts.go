@@ -7,6 +7,12 @@ import (
 	"github.com/trafficpolice/trafficpolice/agent/proto"
 )
 
+// SecretEnv names the environment variables that hold the tunnel's
+// secrets. The agent's token opens a tunnel that no rule polices: an app
+// that had it could dial the agent itself and reach anything the pod
+// reaches, so they never reach the app.
+var SecretEnv = []string{proto.EnvToken}
+
 // Facts describe the pod the agent runs in, as the sandbox copies them
 // (the one type of pod facts, as the tunnel carries them).
 type Facts = proto.Facts
