@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -161,16 +162,18 @@ func (c *Client) Close() error {
 
 // Facts describes the pod, as its agent last reported it, without what
 // would be unsafe to write into the sandbox's resolver files (see
-// sanitizeFacts; the client logs what it drops).
+// sanitizeFacts).
 func (c *Client) Facts() Facts {
 	c.mu.Lock()
 	f := c.facts
 	c.mu.Unlock()
-	safe, dropped := sanitizeFacts(f)
-	if len(dropped) > 0 {
-		c.log.Warn("ignored pod facts the agent reported that are not valid", "dropped", dropped)
+	return Facts{
+		Hostname:      f.Hostname,
+		Addresses:     slices.Clone(f.Addresses),
+		SearchDomains: slices.Clone(f.SearchDomains),
+		Ndots:         f.Ndots,
+		Options:       slices.Clone(f.Options),
 	}
-	return safe
 }
 
 func (c *Client) where() string {
@@ -191,7 +194,13 @@ func (c *Client) setTunnel(t *tunnel) {
 	defer c.mu.Unlock()
 	c.cur = t
 	if t != nil {
-		c.facts = t.facts
+		// Once per tunnel, not per Facts call: the sandbox asks several
+		// times, and what is dropped is logged once.
+		safe, dropped := sanitizeFacts(t.facts)
+		if len(dropped) > 0 {
+			c.log.Warn("ignored pod facts the agent reported that are not valid", "dropped", dropped)
+		}
+		c.facts = safe
 	}
 	close(c.changed)
 	c.changed = make(chan struct{})

@@ -44,7 +44,8 @@ func validName(s string) bool { return len(s) <= 253 && dnsName.MatchString(s) }
 // search domain with white space or a newline would add lines of the
 // agent's choosing (another nameserver) to them.
 func sanitizeFacts(f Facts) (Facts, []string) {
-	var out Facts
+	// IncomingError is shown, never written to a file: it passes as is.
+	out := Facts{IncomingError: f.IncomingError}
 	var dropped []string
 	if f.Hostname != "" {
 		if validName(f.Hostname) {

@@ -55,7 +55,8 @@ func TestSanitizeFactsBoundsCounts(t *testing.T) {
 
 func TestSanitizeFactsKeepsAnOrdinaryPod(t *testing.T) {
 	f := Facts{Hostname: "uwu-app-7d9f8c-x2x", Addresses: []netip.Addr{netip.MustParseAddr("10.244.0.12"), netip.MustParseAddr("fd00::12")},
-		SearchDomains: []string{"default.svc.cluster.local", "svc.cluster.local", "cluster.local"}, Ndots: 5, Options: []string{"timeout:2"}}
+		SearchDomains: []string{"default.svc.cluster.local", "svc.cluster.local", "cluster.local"}, Ndots: 5, Options: []string{"timeout:2"},
+		IncomingError: "iptables: permission denied"}
 	got, dropped := sanitizeFacts(f)
 	if !reflect.DeepEqual(got, f) || len(dropped) != 0 {
 		t.Errorf("an ordinary pod's facts changed: %+v, dropped %v", got, dropped)
