@@ -17,7 +17,6 @@ import (
 	"io"
 	"net"
 	"sync"
-	"sync/atomic"
 	"syscall"
 )
 
@@ -190,23 +189,6 @@ func Copy(dst io.Writer, src io.Reader, wait WaitFunc, done <-chan struct{}) (in
 			return total, &Error{Err: rerr}
 		}
 	}
-}
-
-// CopyCounted is Copy that adds each write's bytes to n as it goes, for
-// callers that report a flow's bytes while it runs.
-func CopyCounted(dst io.Writer, src io.Reader, wait WaitFunc, done <-chan struct{}, n *atomic.Int64) (int64, error) {
-	return Copy(countingWriter{dst, n}, src, wait, done)
-}
-
-type countingWriter struct {
-	w io.Writer
-	n *atomic.Int64
-}
-
-func (c countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n.Add(int64(n))
-	return n, err
 }
 
 // copyOnce moves one read's worth from src to dst through a pooled buffer.
