@@ -25,16 +25,21 @@ func (r *Run) Close() {
 	}
 }
 
+// AccessOptions is how a run reaches its cluster: the flags' kubeconfig
+// and context over the file's, the target's namespace.
+func AccessOptions(o Options) kube.AccessOptions {
+	return kube.AccessOptions{
+		Kubeconfig: first(o.Kubeconfig, o.Config.Kubeconfig),
+		Context:    first(o.Context, o.Config.KubeContext),
+		Namespace:  o.Config.Target.Namespace,
+	}
+}
+
 // startThroughKubernetes finds the target, starts the agent in its
 // network namespace and connects to it through an API-server
 // port-forward that reconnects when it drops.
 func startThroughKubernetes(ctx context.Context, o Options) (run *Run, err error) {
-	cfg := o.Config
-	access, err := kube.Connect(kube.AccessOptions{
-		Kubeconfig: first(o.Kubeconfig, cfg.Kubeconfig),
-		Context:    first(o.Context, cfg.KubeContext),
-		Namespace:  cfg.Target.Namespace,
-	})
+	access, err := kube.Connect(AccessOptions(o))
 	if err != nil {
 		return nil, err
 	}
@@ -60,7 +65,7 @@ func startThroughKubernetes(ctx context.Context, o Options) (run *Run, err error
 	if run.Client, err = dialAgent(ctx, access, ag, token, o); err != nil {
 		return run, err
 	}
-	if target != nil && cfg.Feature.Env.Enabled {
+	if target != nil && o.Config.Feature.Env.Enabled {
 		if run.Env, err = importEnv(ctx, access, target, run.Client, o); err != nil {
 			return run, err
 		}

@@ -9,7 +9,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/trafficpolice/trafficpolice/agent/connect"
-	"github.com/trafficpolice/trafficpolice/agent/kube"
 	"github.com/trafficpolice/trafficpolice/config"
 	"github.com/trafficpolice/trafficpolice/preflight"
 	"github.com/trafficpolice/trafficpolice/sandbox"
@@ -85,7 +84,8 @@ func preflightEnv(cfg *config.Config, kf kubeFlags, agentAddress, image, contain
 	env := preflight.Env{Euid: -1, StateDir: sandbox.StateDir, Image: image, ContainerdAddress: containerdAddress}
 	direct := connect.Address(connect.Options{Config: cfg, Address: agentAddress}) != ""
 	if cfg.Target.Path != "" && !direct {
-		env.Kube = &kube.AccessOptions{Kubeconfig: first(kf.kubeconfig, cfg.Kubeconfig), Context: first(kf.context, cfg.KubeContext)}
+		access := connect.AccessOptions(connect.Options{Config: cfg, Kubeconfig: kf.kubeconfig, Context: kf.context})
+		env.Kube = &access
 		kind := ""
 		if cfg.Target.Path != "targetless" {
 			kind, _, _ = strings.Cut(cfg.Target.Path, "/")
@@ -106,13 +106,4 @@ func runPreflight(ctx context.Context, env preflight.Env, progress *sandbox.Prog
 		}
 	}
 	return preflight.FirstFailure(rs)
-}
-
-func first(vals ...string) string {
-	for _, v := range vals {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
 }
