@@ -89,11 +89,23 @@ func bypassRule(proto string, port uint16) ([]string, error) {
 // the top of LoopbackChain (IPv4, and IPv6 where the chain exists). Adding
 // a bypass that exists already is a no-op. proto is "tcp" or "udp".
 func AddListenerBypass(n *Namespace, proto string, port uint16) error {
+	return n.Do(func() error { return ListenerBypassHere(n.name, true, proto, port) })
+}
+
+// ListenerBypassHere adds (add) or removes the listener bypass in the
+// calling thread's namespace, named name in errors: for a process that
+// runs wholly inside the sandbox (the rootless holder).
+func ListenerBypassHere(name string, add bool, proto string, port uint16) error {
 	rule, err := bypassRule(proto, port)
 	if err != nil {
 		return err
 	}
-	return forEachFamily(n, func(ipt *iptables.IPTables) error {
+	if !add {
+		return forEachFamilyHere(name, func(ipt *iptables.IPTables) error {
+			return ipt.DeleteIfExists("nat", LoopbackChain, rule...)
+		}, fmt.Sprintf("remove listener bypass %s/%d", proto, port))
+	}
+	return forEachFamilyHere(name, func(ipt *iptables.IPTables) error {
 		ok, err := ipt.Exists("nat", LoopbackChain, rule...)
 		if err != nil || ok {
 			return err
@@ -105,38 +117,31 @@ func AddListenerBypass(n *Namespace, proto string, port uint16) error {
 // RemoveListenerBypass deletes what AddListenerBypass inserted; a missing
 // rule is not an error.
 func RemoveListenerBypass(n *Namespace, proto string, port uint16) error {
-	rule, err := bypassRule(proto, port)
-	if err != nil {
-		return err
-	}
-	return forEachFamily(n, func(ipt *iptables.IPTables) error {
-		return ipt.DeleteIfExists("nat", LoopbackChain, rule...)
-	}, fmt.Sprintf("remove listener bypass %s/%d", proto, port))
+	return n.Do(func() error { return ListenerBypassHere(n.name, false, proto, port) })
 }
 
-// forEachFamily runs fn inside n for each IP family whose LoopbackChain
-// exists (IPv6 is absent when the sandbox was set up without it).
-func forEachFamily(n *Namespace, fn func(*iptables.IPTables) error, what string) error {
-	return n.Do(func() error {
-		for _, proto := range []iptables.Protocol{iptables.ProtocolIPv4, iptables.ProtocolIPv6} {
-			ipt, err := newIPTables(proto)
-			if err != nil {
-				return fmt.Errorf("%s in netns %q: %w", what, n.name, err)
-			}
-			ok, err := ipt.ChainExists("nat", LoopbackChain)
-			if err != nil {
-				return fmt.Errorf("%s in netns %q: %s: %w", what, n.name, cmdName(proto), err)
-			}
-			if !ok {
-				if proto == iptables.ProtocolIPv4 {
-					return fmt.Errorf("%s in netns %q: nat chain %s is missing (was SetupSandbox run?)", what, n.name, LoopbackChain)
-				}
-				continue
-			}
-			if err := fn(ipt); err != nil {
-				return fmt.Errorf("%s in netns %q: %s: %w", what, n.name, cmdName(proto), err)
-			}
+// forEachFamilyHere runs fn for each IP family whose LoopbackChain exists
+// in the calling thread's namespace (IPv6 is absent when the sandbox was
+// set up without it), named name in errors.
+func forEachFamilyHere(name string, fn func(*iptables.IPTables) error, what string) error {
+	for _, proto := range []iptables.Protocol{iptables.ProtocolIPv4, iptables.ProtocolIPv6} {
+		ipt, err := newIPTables(proto)
+		if err != nil {
+			return fmt.Errorf("%s in netns %q: %w", what, name, err)
 		}
-		return nil
-	})
+		ok, err := ipt.ChainExists("nat", LoopbackChain)
+		if err != nil {
+			return fmt.Errorf("%s in netns %q: %s: %w", what, name, cmdName(proto), err)
+		}
+		if !ok {
+			if proto == iptables.ProtocolIPv4 {
+				return fmt.Errorf("%s in netns %q: nat chain %s is missing (was SetupSandbox run?)", what, name, LoopbackChain)
+			}
+			continue
+		}
+		if err := fn(ipt); err != nil {
+			return fmt.Errorf("%s in netns %q: %s: %w", what, name, cmdName(proto), err)
+		}
+	}
+	return nil
 }

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
 	"strings"
 )
@@ -20,33 +19,9 @@ const (
 // local address, IPv4 and IPv6.
 func ListeningPorts(n *Namespace) (tcp, udp map[uint16]bool, err error) {
 	tcp, udp = map[uint16]bool{}, map[uint16]bool{}
-	err = n.Do(func() error {
-		// /proc/net is the reading process's namespace, /proc/thread-self/net
-		// this thread's: the one we entered.
-		for _, f := range []struct {
-			file  string
-			ports map[uint16]bool
-			udp   bool
-		}{
-			{"tcp", tcp, false}, {"tcp6", tcp, false},
-			{"udp", udp, true}, {"udp6", udp, true},
-		} {
-			path := "/proc/thread-self/net/" + f.file
-			fh, err := os.Open(path)
-			if os.IsNotExist(err) && strings.HasSuffix(f.file, "6") {
-				continue // kernel without IPv6
-			}
-			if err != nil {
-				return err
-			}
-			err = parseProcNet(fh, f.udp, f.ports)
-			fh.Close()
-			if err != nil {
-				return fmt.Errorf("parse %s: %w", path, err)
-			}
-		}
-		return nil
-	})
+	// /proc/net is the reading process's namespace, /proc/thread-self/net
+	// this thread's: the one we entered.
+	err = n.Do(func() error { return readProcNet("/proc/thread-self/net/", tcp, udp) })
 	if err != nil {
 		return nil, nil, fmt.Errorf("listening ports in netns %q: %w", n.name, err)
 	}

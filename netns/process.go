@@ -18,13 +18,39 @@ const killTimeout = 10 * time.Second
 // (same device and inode as its bind mount), sorted. Zombies have left
 // their namespaces and are not listed.
 func Processes(n *Namespace) ([]int, error) {
-	var want unix.Stat_t
-	if err := unix.Stat(n.path, &want); err != nil {
-		return nil, fmt.Errorf("processes in netns %q: %w", n.name, err)
-	}
-	entries, err := os.ReadDir("/proc")
+	id, err := IDOf(n.path)
 	if err != nil {
 		return nil, fmt.Errorf("processes in netns %q: %w", n.name, err)
+	}
+	pids, err := processesIn(id)
+	if err != nil {
+		return nil, fmt.Errorf("processes in netns %q: %w", n.name, err)
+	}
+	return pids, nil
+}
+
+// ID names a network namespace by its nsfs device and inode, which stay
+// valid for as long as the namespace lives, however it is held (a bind
+// mount, a process, an open descriptor).
+type ID struct {
+	Dev uint64 `json:"dev"`
+	Ino uint64 `json:"ino"`
+}
+
+// IDOf is the ID of the namespace at path (/run/netns/NAME,
+// /proc/PID/ns/net).
+func IDOf(path string) (ID, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return ID{}, err
+	}
+	return ID{Dev: st.Dev, Ino: st.Ino}, nil
+}
+
+func processesIn(want ID) ([]int, error) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
 	}
 	var pids []int
 	for _, e := range entries {
@@ -49,12 +75,23 @@ func Processes(n *Namespace) ([]int, error) {
 // this process) and waits, bounded, until none is left. Processes that
 // fork meanwhile are caught by the next round.
 func KillProcesses(n *Namespace) error {
+	id, err := IDOf(n.path)
+	if err != nil {
+		return fmt.Errorf("kill processes in netns %q: %w", n.name, err)
+	}
+	return KillProcessesIn(id, n.name)
+}
+
+// KillProcessesIn is KillProcesses for the namespace id, named name in
+// errors: a namespace held by processes only (a rootless run's) is gone
+// once they are.
+func KillProcessesIn(id ID, name string) error {
 	self := os.Getpid()
 	deadline := time.Now().Add(killTimeout)
 	for {
-		pids, err := Processes(n)
+		pids, err := processesIn(id)
 		if err != nil {
-			return err
+			return fmt.Errorf("kill processes in netns %q: %w", name, err)
 		}
 		left := pids[:0]
 		for _, pid := range pids {
@@ -66,11 +103,11 @@ func KillProcesses(n *Namespace) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("kill processes in netns %q: still alive after %s: %v", n.name, killTimeout, left)
+			return fmt.Errorf("kill processes in netns %q: still alive after %s: %v", name, killTimeout, left)
 		}
 		for _, pid := range left {
 			if err := unix.Kill(pid, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
-				return fmt.Errorf("kill pid %d in netns %q: %w", pid, n.name, err)
+				return fmt.Errorf("kill pid %d in netns %q: %w", pid, name, err)
 			}
 		}
 		time.Sleep(10 * time.Millisecond)

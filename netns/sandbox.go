@@ -194,8 +194,8 @@ func addDefaultRoutes(h *netlink.Handle, link netlink.Link, name string, addrs [
 }
 
 // writeSandboxSysctls sets the namespace's sysctls: route_localnet, so that
-// redirected loopback traffic may leave through the link named name, and
-// unprivileged ping.
+// redirected loopback traffic may leave through the link named name,
+// unprivileged ping and unprivileged low ports.
 func writeSandboxSysctls(name string) error {
 	sysctls := map[string]string{
 		"net/ipv4/conf/all/route_localnet":                     "1",
@@ -203,9 +203,20 @@ func writeSandboxSysctls(name string) error {
 		// Lets the app ping as an ordinary user (ICMP datagram sockets), as
 		// on most desktop distributions; harmless inside the sandbox.
 		"net/ipv4/ping_group_range": "0 2147483647",
+		// Lets the app, which runs as an ordinary user under sudo and
+		// rootless, listen on a pod's port 80 as it would in a container
+		// (Docker's default); the namespace's ports are the sandbox's own.
+		"net/ipv4/ip_unprivileged_port_start": "0",
 	}
 	for key, val := range sysctls {
-		if err := writeSysctl(key, val); err != nil {
+		err := writeSysctl(key, val)
+		if err != nil && key == "net/ipv4/ping_group_range" && errors.Is(err, unix.EINVAL) {
+			// In a user namespace only its mapped groups are valid: a
+			// rootless run maps the user's own.
+			g := os.Getegid()
+			err = writeSysctl(key, fmt.Sprintf("%d %d", g, g))
+		}
+		if err != nil {
 			return err
 		}
 	}

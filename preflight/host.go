@@ -22,6 +22,15 @@ import (
 type Env struct {
 	// Euid is the effective user id the run has; -1 means this process's.
 	Euid int
+	// Rootless says the run puts its sandbox in a user namespace of its
+	// own (what a user who is not root gets): the userns check replaces
+	// the root-only ones.
+	Rootless bool
+	// ProcSys is /proc/sys; "" means that.
+	ProcSys string
+	// SkipUsernsProbe leaves out the attempt to create a user namespace
+	// (tests of the sysctl checks).
+	SkipUsernsProbe bool
 	// TUNPath is the TUN clone device; "" means /dev/net/tun.
 	TUNPath string
 	// StateDir is where runs keep their records (sandbox.StateDir).
@@ -40,6 +49,9 @@ func (e Env) withDefaults() Env {
 	if e.Euid < 0 {
 		e.Euid = os.Geteuid()
 	}
+	if e.ProcSys == "" {
+		e.ProcSys = "/proc/sys"
+	}
 	if e.TUNPath == "" {
 		e.TUNPath = "/dev/net/tun"
 	}
@@ -54,6 +66,10 @@ func (e Env) withDefaults() Env {
 
 func checkPrivileges(env Env) Result {
 	r := Result{Check: "privileges"}
+	if env.Rootless {
+		r.Status, r.Detail = OK, fmt.Sprintf("rootless: the sandbox runs in a user namespace of uid %d's own", env.Euid)
+		return r
+	}
 	if env.Euid == 0 {
 		r.Status, r.Detail = OK, "running as root"
 		if u := os.Getenv("SUDO_USER"); u != "" {
@@ -78,7 +94,7 @@ func checkTUN(env Env) Result {
 		r.Fix = "load the tun module (modprobe tun), or in a container pass the device (--device /dev/net/tun)"
 	case errors.Is(err, os.ErrPermission):
 		r.Status, r.Detail = Fail, fmt.Sprintf("%s cannot be opened: %v", env.TUNPath, err)
-		r.Fix = "run with sudo, or make the device usable (chmod 0666 " + env.TUNPath + ", as Debian and Ubuntu ship it)"
+		r.Fix = "run with sudo, or make the device usable by everyone (sudo chmod 0666 " + env.TUNPath + ", as Debian and Ubuntu ship it; a udev rule keeps it: KERNEL==\"tun\", MODE=\"0666\")"
 	default:
 		r.Status, r.Detail = Fail, fmt.Sprintf("%s: %v", env.TUNPath, err)
 		r.Fix = "check that the kernel has TUN support (CONFIG_TUN)"
@@ -128,7 +144,7 @@ func checkStateDir(env Env) Result {
 	r := Result{Check: "state"}
 	if err := os.MkdirAll(env.StateDir, 0o755); err != nil {
 		r.Status, r.Detail = Fail, fmt.Sprintf("cannot create %s: %v", env.StateDir, err)
-		r.Fix = "run with sudo (runs record what they create there, so that a killed run is cleaned up)"
+		r.Fix = "run with sudo, or make it creatable (runs record what they create there, so that a killed run is cleaned up)"
 		return r
 	}
 	f, err := os.CreateTemp(env.StateDir, ".preflight-*")

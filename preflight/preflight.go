@@ -75,14 +75,17 @@ func (e *Error) Error() string {
 // cluster).
 func Run(ctx context.Context, env Env) []Result {
 	env = env.withDefaults()
-	rs := []Result{
-		checkPrivileges(env),
-		checkTUN(env),
-		checkNetns(env),
-		checkNAT(env),
-		checkStateDir(env),
+	rs := []Result{checkPrivileges(env), checkTUN(env)}
+	if env.Rootless {
+		rs = append(rs, checkUserns(env))
+	} else {
+		rs = append(rs, checkNetns(env), checkNAT(env))
 	}
-	if env.Image != "" {
+	rs = append(rs, checkStateDir(env))
+	if env.Image != "" && env.Rootless {
+		rs = append(rs, Result{Check: "containerd", Status: Fail, Detail: "--image needs root: containers run through the system's containerd",
+			Fix: "run with sudo (rootless containerd is not supported yet)"})
+	} else if env.Image != "" {
 		rs = append(rs, checkContainerd(ctx, env))
 	}
 	if env.Kube != nil {

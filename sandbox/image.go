@@ -10,7 +10,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/trafficpolice/trafficpolice/netns"
 	"github.com/trafficpolice/trafficpolice/sandbox/container"
 	"github.com/trafficpolice/trafficpolice/sandbox/launch"
 )
@@ -19,7 +18,7 @@ import (
 // container of o.Image that shares the sandbox's network namespace. The
 // container is named after the namespace and recorded in the run's state
 // folder, so teardown and Collect can remove it.
-func runContainer(ctx context.Context, ns *netns.Namespace, files resolverFiles, o Options, uid, gid *uint32, sigs <-chan os.Signal) (int, error) {
+func runContainer(ctx context.Context, ns space, files resolverFiles, o Options, uid, gid *uint32, sigs <-chan os.Signal) (int, error) {
 	capAdd, err := launch.ParseCapabilities(o.CapAdd)
 	if err != nil {
 		return 0, fmt.Errorf("Options.CapAdd: %w", err)

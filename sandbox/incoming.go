@@ -13,7 +13,6 @@ import (
 
 	"github.com/trafficpolice/trafficpolice/agent/client"
 	"github.com/trafficpolice/trafficpolice/config"
-	"github.com/trafficpolice/trafficpolice/netns"
 )
 
 // IncomingAgent is what incoming traffic needs of the agent's client;
@@ -32,7 +31,7 @@ type incoming struct {
 	cfg      config.Incoming
 	mode     client.Mode
 	agent    IncomingAgent
-	ns       *netns.Namespace
+	ns       space
 	progress *Progress
 	log      *slog.Logger
 
@@ -50,7 +49,7 @@ type incoming struct {
 // nil (and no error) when there is nothing to do. An agent that cannot
 // steal is an error (the user asked for the pod's traffic); one that
 // cannot mirror, mirrord's default, is only a note.
-func newIncoming(ns *netns.Namespace, o Options, agent IncomingAgent) (*incoming, error) {
+func newIncoming(ns space, o Options, agent IncomingAgent) (*incoming, error) {
 	cfg := o.Incoming
 	if cfg.Mode == "" || cfg.Mode == config.ModeOff || agent == nil {
 		return nil, nil
@@ -219,11 +218,11 @@ func (in *incoming) subscribe(ctx context.Context, local, remote uint16) {
 // listener on any IPv4 address, or only on loopback, takes) or else ::1.
 func (in *incoming) dialApp(ctx context.Context, port uint16) (net.Conn, error) {
 	p := strconv.Itoa(int(port))
-	c, err := netns.DialInside(ctx, in.ns, "tcp", "127.0.0.1:"+p)
+	c, err := in.ns.Dial(ctx, "tcp", "127.0.0.1:"+p)
 	if err == nil {
 		return c, nil
 	}
-	c, err6 := netns.DialInside(ctx, in.ns, "tcp", "[::1]:"+p)
+	c, err6 := in.ns.Dial(ctx, "tcp", "[::1]:"+p)
 	if err6 == nil {
 		return c, nil
 	}

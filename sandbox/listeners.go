@@ -6,7 +6,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/trafficpolice/trafficpolice/netns"
 	"github.com/trafficpolice/trafficpolice/router/policy"
 )
 
@@ -19,7 +18,7 @@ const listenerPoll = 250 * time.Millisecond
 // app's loopback traffic to its own TCP listeners inside the namespace (a
 // bypass rule per port) so it never makes the trip through the router.
 type listenerWatch struct {
-	ns  *netns.Namespace
+	ns  space
 	log *slog.Logger
 
 	mu       sync.Mutex
@@ -37,7 +36,7 @@ type listenerWatch struct {
 	done   chan struct{}
 }
 
-func newListenerWatch(ns *netns.Namespace, log *slog.Logger) *listenerWatch {
+func newListenerWatch(ns space, log *slog.Logger) *listenerWatch {
 	return &listenerWatch{ns: ns, log: log, tcp: map[uint16]bool{}, udp: map[uint16]bool{}, bypassed: map[uint16]bool{}}
 }
 
@@ -68,7 +67,7 @@ func (w *listenerWatch) stop() {
 
 // refresh re-reads the listening sockets and updates the bypass rules.
 func (w *listenerWatch) refresh() {
-	tcp, udp, err := netns.ListeningPorts(w.ns)
+	tcp, udp, err := w.ns.ListeningPorts()
 	if err != nil {
 		w.log.Debug("read listening ports", "err", err)
 		return
@@ -81,7 +80,7 @@ func (w *listenerWatch) refresh() {
 	}
 	for p := range tcp {
 		if !w.bypassed[p] {
-			if err := netns.AddListenerBypass(w.ns, "tcp", p); err != nil {
+			if err := w.ns.ListenerBypass(true, "tcp", p); err != nil {
 				w.log.Debug("listener bypass", "port", p, "err", err)
 				continue
 			}
@@ -90,7 +89,7 @@ func (w *listenerWatch) refresh() {
 	}
 	for p := range w.bypassed {
 		if !tcp[p] {
-			if err := netns.RemoveListenerBypass(w.ns, "tcp", p); err != nil {
+			if err := w.ns.ListenerBypass(false, "tcp", p); err != nil {
 				w.log.Debug("remove listener bypass", "port", p, "err", err)
 				continue
 			}
@@ -116,7 +115,7 @@ func (w *listenerWatch) listens(proto policy.Proto, port uint16) bool {
 		return w.has(proto, port)
 	}
 	start := time.Now()
-	tcp, udp, err := netns.ListeningPorts(w.ns)
+	tcp, udp, err := w.ns.ListeningPorts()
 	if err != nil {
 		w.log.Debug("read listening ports", "err", err)
 		return false

@@ -55,6 +55,11 @@ type Options struct {
 	MTU int
 	// NoIPv6 leaves IPv6 out of the sandbox.
 	NoIPv6 bool
+	// Rootless runs the sandbox in a user namespace of its own, as the user
+	// who runs trafficpolice (launch.StartHolder): what a user who is not
+	// root gets, and what root gets when asked. The app runs as that user
+	// with no capabilities.
+	Rootless bool
 	// DebugListen, if set, is a HOST:PORT on the host's loopback serving
 	// net/http/pprof and the router's counters (see serveDebug).
 	DebugListen string
@@ -102,7 +107,10 @@ func Run(ctx context.Context, o Options) (int, error) {
 	} else if len(cleaned) > 0 {
 		o.Progress.Note("removed what %d earlier killed run(s) left behind", len(cleaned))
 	}
-	rec, err := newRecord()
+	if o.Rootless && o.Image != "" {
+		return 0, errors.New("--image needs root: containers run through the system's containerd, which a rootless run cannot reach; run with sudo (rootless containerd is not supported yet)")
+	}
+	rec, err := newRecord(o.Rootless)
 	if err != nil {
 		return 0, err
 	}
@@ -114,12 +122,15 @@ func Run(ctx context.Context, o Options) (int, error) {
 	}()
 
 	done := o.Progress.Step("namespace ready")
-	ns, tun, err := buildNamespace(rec.Namespace, o)
+	ns, tun, err := buildSpace(rec, o)
 	done(err)
 	if err != nil {
 		return 0, err
 	}
 	defer tun.Close()
+	if h, ok := ns.(heldSpace); ok {
+		defer h.Close()
+	}
 	files, err := writeResolverFiles(rec.dir(), o)
 	if err != nil {
 		return 0, err
@@ -155,12 +166,15 @@ func (o Options) withDefaults() Options {
 
 // newRecord names a new run and writes its record before anything is
 // created, so that whatever exists can always be found and removed.
-func newRecord() (*record, error) {
+func newRecord(rootless bool) (*record, error) {
 	id, err := newID()
 	if err != nil {
 		return nil, err
 	}
-	rec := &record{ID: id, Namespace: NamespacePrefix + id, PID: os.Getpid(), PIDStart: processStart(os.Getpid()), Created: time.Now()}
+	rec := &record{ID: id, PID: os.Getpid(), PIDStart: processStart(os.Getpid()), Created: time.Now(), Base: stateDir()}
+	if !rootless {
+		rec.Namespace = NamespacePrefix + id
+	}
 	if err := writeRecord(rec); err != nil {
 		return nil, err
 	}
@@ -171,7 +185,7 @@ func newRecord() (*record, error) {
 // the TUN, the watch of its listening ports, incoming traffic and the debug
 // server. The returned function stops them, incoming first: the pod gets
 // its ports back before anything else is torn down.
-func startServices(ctx context.Context, ns *netns.Namespace, tun *os.File, o Options) (stop func(), err error) {
+func startServices(ctx context.Context, ns space, tun *os.File, o Options) (stop func(), err error) {
 	var stops []func()
 	stopAll := func() {
 		for i := len(stops) - 1; i >= 0; i-- {
@@ -245,16 +259,34 @@ func newID() (string, error) {
 	return hex.EncodeToString(b), nil
 }
 
-func buildNamespace(name string, o Options) (*netns.Namespace, *os.File, error) {
+// buildSpace creates the app's namespace and its TUN: a named namespace,
+// or for a rootless run a holder process, recorded before anything else
+// happens so that a killed run's holder is found.
+func buildSpace(rec *record, o Options) (space, *os.File, error) {
+	link := netns.SandboxLink{MTU: o.MTU, NoIPv6: o.NoIPv6, Offload: true}
+	if o.Rootless {
+		h, tun, err := launch.StartHolder(launch.HolderSpec{Link: link, Stdin: o.Stdin, Stdout: o.Stdout, Stderr: o.Stderr})
+		if err != nil {
+			return nil, nil, err
+		}
+		rec.Holder = &heldRecord{PID: h.Pid(), PIDStart: processStart(h.Pid()), Netns: h.NetnsID()}
+		if err := writeRecord(rec); err != nil {
+			tun.Close()
+			h.Close()
+			return nil, nil, err
+		}
+		return heldSpace{h}, tun, nil
+	}
+	name := rec.Namespace
 	ns, err := netns.Create(name)
 	if err != nil {
 		return nil, nil, fmt.Errorf("create network namespace %s: %w", name, err)
 	}
-	tun, err := netns.SetupSandbox(ns, netns.SandboxLink{MTU: o.MTU, NoIPv6: o.NoIPv6, Offload: true})
+	tun, err := netns.SetupSandbox(ns, link)
 	if err != nil {
 		return nil, nil, fmt.Errorf("set up the sandbox's TUN in %s: %w", name, err)
 	}
-	return ns, tun, nil
+	return namedSpace{ns}, tun, nil
 }
 
 type resolverFiles struct{ resolvConf, hosts string }
@@ -313,7 +345,7 @@ func writeResolverFiles(dir string, o Options) (resolverFiles, error) {
 	return files, nil
 }
 
-func startRouter(ctx context.Context, ns *netns.Namespace, tun *os.File, o Options) (*router.Router, *listenerWatch, error) {
+func startRouter(ctx context.Context, ns space, tun *os.File, o Options) (*router.Router, *listenerWatch, error) {
 	mtu := o.MTU
 	if mtu == 0 {
 		mtu = netns.DefaultMTU
@@ -347,7 +379,7 @@ func startRouter(ctx context.Context, ns *netns.Namespace, tun *os.File, o Optio
 		Link:   link,
 		Policy: o.Policy,
 		DialSandbox: func(ctx context.Context, network, address string) (net.Conn, error) {
-			return netns.DialInside(ctx, ns, network, address)
+			return ns.Dial(ctx, network, address)
 		},
 		AppListens:    watch.listens,
 		LoopbackAlias: netns.AliasToLoopback,
@@ -375,10 +407,13 @@ func startRouter(ctx context.Context, ns *netns.Namespace, tun *os.File, o Optio
 }
 
 // runApp starts the app in the namespace, forwards signals to it and waits.
-func runApp(ctx context.Context, ns *netns.Namespace, files resolverFiles, o Options) (int, error) {
+func runApp(ctx context.Context, ns space, files resolverFiles, o Options) (int, error) {
 	uid, gid, err := launch.CredentialsFromSudo()
 	if err != nil {
 		return 0, err
+	}
+	if o.Rootless {
+		uid, gid = nil, nil // the app runs as the user who runs us
 	}
 	spec := launch.Spec{
 		NetnsPath:  ns.Path(),
@@ -404,7 +439,12 @@ func runApp(ctx context.Context, ns *netns.Namespace, files resolverFiles, o Opt
 	}
 
 	done := o.Progress.Step("starting " + strings.Join(o.Argv, " "))
-	cmd, err := launch.Start(spec)
+	var cmd *exec.Cmd
+	if h, ok := ns.(heldSpace); ok {
+		cmd, err = h.StartApp(spec)
+	} else {
+		cmd, err = launch.Start(spec)
+	}
 	var startErr *launch.StartError
 	if errors.As(err, &startErr) && startErr.ExitCode != 0 {
 		// The app could not be started (not found, not executable): exit

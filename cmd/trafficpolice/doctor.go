@@ -21,6 +21,7 @@ func newDoctorCommand() *cobra.Command {
 		out                                    outputFlag
 		image, containerdAddress, agentAddress string
 		kf                                     kubeFlags
+		rootless, apparmor                     bool
 	)
 	cmd := &cobra.Command{
 		Use:   "doctor [-f FILE] [--target KIND/NAME] [--image REF] [-o text|json]",
@@ -34,6 +35,10 @@ func newDoctorCommand() *cobra.Command {
 			"  sudo trafficpolice doctor --target deployment/api -n shop -o json",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if apparmor {
+				_, err := fmt.Fprint(cmd.OutOrStdout(), preflight.AppArmorProfile)
+				return err
+			}
 			asJSON, err := out.json()
 			if err != nil {
 				return err
@@ -45,7 +50,7 @@ func newDoctorCommand() *cobra.Command {
 			if err := kf.apply(cfg); err != nil {
 				return err
 			}
-			env := preflightEnv(cfg, kf, agentAddress, image, containerdAddress)
+			env := preflightEnv(cfg, kf, agentAddress, image, containerdAddress, rootlessRun(rootless))
 			rs := preflight.Run(cmd.Context(), env)
 			if asJSON {
 				if err := writeJSON(cmd.OutOrStdout(), rs); err != nil {
@@ -68,20 +73,29 @@ func newDoctorCommand() *cobra.Command {
 	fl.StringVar(&image, "image", "", "check for a run with --image (containerd)")
 	fl.StringVar(&containerdAddress, "containerd-address", "", "containerd's socket (default $"+container.AddressEnv+" or "+container.DefaultAddress+")")
 	fl.StringVar(&agentAddress, "agent-address", "", "the run uses a running agent: no cluster checks")
+	fl.BoolVar(&rootless, "rootless", false, "check for a rootless run (the default when not root)")
+	fl.BoolVar(&apparmor, "apparmor-profile", false, "print the AppArmor profile that lets trafficpolice create user namespaces where AppArmor restricts them (Ubuntu 23.10+)")
 	kf.add(fl)
 	return cmd
 }
 
+// rootlessRun says whether a run is rootless: always when not root, and
+// when root asks for it (--rootless).
+func rootlessRun(flag bool) bool { return flag || os.Geteuid() != 0 }
+
 // preflightEnv is what a run with this configuration and these flags
 // needs checked.
-func preflightEnv(cfg *config.Config, kf kubeFlags, agentAddress, image, containerdAddress string) preflight.Env {
+func preflightEnv(cfg *config.Config, kf kubeFlags, agentAddress, image, containerdAddress string, rootless bool) preflight.Env {
 	if containerdAddress == "" {
 		containerdAddress = os.Getenv(container.AddressEnv)
 	}
 	if containerdAddress == "" {
 		containerdAddress = container.DefaultAddress
 	}
-	env := preflight.Env{Euid: -1, StateDir: sandbox.StateDir, Image: image, ContainerdAddress: containerdAddress}
+	env := preflight.Env{Euid: -1, Rootless: rootless, StateDir: sandbox.StateDir, Image: image, ContainerdAddress: containerdAddress}
+	if os.Geteuid() != 0 {
+		env.StateDir = sandbox.UserStateDir()
+	}
 	direct := connect.Address(connect.Options{Config: cfg, Address: agentAddress}) != ""
 	if cfg.Target.Path != "" && !direct {
 		access := connect.AccessOptions(connect.Options{Config: cfg, Kubeconfig: kf.kubeconfig, Context: kf.context})

@@ -30,6 +30,7 @@ type runFlags struct {
 	agentTokenFile string
 	debugListen    string
 	capAdd         []string
+	rootless       bool
 	kube           kubeFlags
 	image          imageFlags
 }
@@ -42,15 +43,18 @@ func newSandboxRunCommand() *cobra.Command {
 		Long: "Run COMMAND in a fresh network namespace whose default route and DNS point at trafficpolice's\n" +
 			"router. Each flow goes local (from this host), remote (through the agent, from the target pod)\n" +
 			"or is blocked, by the outgoing filter.\n\n" +
-			"Needs root (run it with sudo): it creates a network namespace, a TUN device and nat rules.\n" +
-			"Under sudo, COMMAND runs as the invoking user.\n\n" +
+			"Runs as root (sudo) or as an ordinary user. Under sudo, COMMAND runs as the invoking user; the\n" +
+			"sandbox is a named network namespace. As an ordinary user (rootless, or --rootless as root),\n" +
+			"the sandbox lives in a user namespace of its own: that needs unprivileged user namespaces and\n" +
+			"a /dev/net/tun the user may open (`trafficpolice doctor` checks both); --image needs root.\n\n" +
 			"Everything from COMMAND on is COMMAND's, its flags included, as with sudo and docker run;\n" +
 			"a -- before COMMAND is accepted too. Without -f, " + defaultConfigFile + " is read when it\n" +
 			"exists. mirrord keys that trafficpolice does not honour print a warning each before the run\n" +
 			"starts (--strict refuses them).\n\n" +
 			"Exits with COMMAND's status (128+N when it died of signal N; 127 when it is not found, 126\n" +
 			"when it cannot be executed); trafficpolice's own failures exit 125.",
-		Example: "  sudo trafficpolice sandbox run -f config.json ./uwu-app --listen :9999\n" +
+		Example: "  trafficpolice sandbox run --local :5432 -- go test ./...\n" +
+			"  sudo trafficpolice sandbox run -f config.json ./uwu-app --listen :9999\n" +
 			"  sudo trafficpolice sandbox run -t deployment/uwu-app -n shop --steal ./uwu-app\n" +
 			"  sudo trafficpolice sandbox run --local :5432 --block prod-db --flow-log flows.jsonl go test ./...\n" +
 			"  sudo trafficpolice sandbox run sh -c 'curl -s uwu-service:8080'\n" +
@@ -82,6 +86,7 @@ func newSandboxRunCommand() *cobra.Command {
 	fl.StringVar(&f.debugListen, "debug-listen", "", "serve pprof and the router's counters on this loopback HOST:PORT")
 	fl.MarkHidden("debug-listen")
 	fl.StringArrayVar(&f.capAdd, "cap-add", nil, "give the app this capability too (repeatable; e.g. NET_ADMIN, or ALL); the default is Docker's set")
+	fl.BoolVar(&f.rootless, "rootless", false, "run the sandbox in a user namespace of its own, as when not root (the default when not root)")
 	f.kube.add(fl)
 	f.image.add(fl)
 	return cmd
@@ -118,7 +123,7 @@ func runSandbox(ctx context.Context, f runFlags, argv []string) error {
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
-	if err := runPreflight(ctx, preflightEnv(cfg, f.kube, f.agentAddress, f.image.image, f.image.address), progress); err != nil {
+	if err := runPreflight(ctx, preflightEnv(cfg, f.kube, f.agentAddress, f.image.image, f.image.address, rootlessRun(f.rootless)), progress); err != nil {
 		return err
 	}
 	// The target's environment (feature.env) comes after ours: the pod's
@@ -161,6 +166,7 @@ func runSandbox(ctx context.Context, f runFlags, argv []string) error {
 		MTU:         f.mtu,
 		DebugListen: f.debugListen,
 		NoIPv6:      false,
+		Rootless:    rootlessRun(f.rootless),
 		Stdin:       os.Stdin,
 		Stdout:      os.Stdout,
 		Stderr:      os.Stderr,

@@ -20,6 +20,9 @@ import (
 // other process it returns at once. Call it first thing in main and in
 // TestMain.
 func MaybeRunInit() {
+	if len(os.Args) > 0 && os.Args[0] == holderArg0 {
+		runHolder()
+	}
 	if len(os.Args) == 0 || os.Args[0] != initArg0 {
 		return
 	}

@@ -35,6 +35,12 @@ func Start(spec Spec) (*exec.Cmd, error) {
 	if err != nil {
 		return nil, &StartError{Step: "spec", Msg: err.Error()}
 	}
+	return startPayload(p, spec.Stdin, spec.Stdout, spec.Stderr, spec.Terminal)
+}
+
+// startPayload is Start for a spec already turned into the init helper's
+// payload (the rootless holder receives it that way).
+func startPayload(p *payload, stdin io.Reader, stdout, stderr io.Writer, terminal *os.File) (*exec.Cmd, error) {
 	body, err := json.Marshal(p)
 	if err != nil {
 		return nil, fmt.Errorf("encode init spec: %w", err)
@@ -53,9 +59,9 @@ func Start(spec Spec) (*exec.Cmd, error) {
 	cmd := &exec.Cmd{
 		Path:       "/proc/self/exe",
 		Args:       []string{initArg0},
-		Stdin:      spec.Stdin,
-		Stdout:     spec.Stdout,
-		Stderr:     spec.Stderr,
+		Stdin:      stdin,
+		Stdout:     stdout,
+		Stderr:     stderr,
 		ExtraFiles: []*os.File{errW, specR},
 		SysProcAttr: &syscall.SysProcAttr{
 			// A private mount namespace for the app's resolv.conf and hosts.
@@ -67,9 +73,9 @@ func Start(spec Spec) (*exec.Cmd, error) {
 			Setpgid: true,
 		},
 	}
-	if spec.Terminal != nil {
+	if terminal != nil {
 		cmd.SysProcAttr.Foreground = true
-		cmd.SysProcAttr.Ctty = int(spec.Terminal.Fd())
+		cmd.SysProcAttr.Ctty = int(terminal.Fd())
 	}
 	err = cmd.Start()
 	errW.Close()

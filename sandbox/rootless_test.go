@@ -1,0 +1,198 @@
+package sandbox
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/trafficpolice/trafficpolice/netns"
+	"github.com/trafficpolice/trafficpolice/netns/netnstest"
+)
+
+// Rootless runs, as an ordinary user the test creates and as root with
+// --rootless.
+
+// runAs runs the built command as u and returns its exit status and output.
+func runAs(t *testing.T, u netnstest.User, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	cmd := u.Command(cli(t), args...)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	if cmd.ProcessState == nil {
+		t.Fatalf("trafficpolice %v as %s: %v", args, u.Name, err)
+	}
+	t.Logf("trafficpolice %v as %s: exit %d\nstdout: %s\nstderr: %s", args, u.Name, cmd.ProcessState.ExitCode(), trim(out.String()), trim(errOut.String()))
+	return cmd.ProcessState.ExitCode(), out.String(), errOut.String()
+}
+
+// processesOf lists the processes that run as uid.
+func processesOf(uid uint32) []int {
+	entries, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		var st syscall.Stat_t
+		if syscall.Stat("/proc/"+e.Name(), &st) == nil && st.Uid == uid {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+func TestRootlessRunAsAnOrdinaryUser(t *testing.T) {
+	netnstest.RequireRoot(t)
+	cleanCheck(t)
+	u := netnstest.NewUser(t)
+	netnstest.TUNOpenToAll(t)
+	svc := newServiceNet(t)
+	serveEcho(svc.listen(t, 7000))
+	ln := hostListener(t)
+	serveEcho(ln)
+	p := portOf(ln)
+	probe := probe(t)
+	flows := filepath.Join(u.Home, "flows.jsonl")
+
+	script := fmt.Sprintf(`id -u; id -g; grep CapEff /proc/self/status; echo "home=$HOME"
+		%[1]s echo 127.0.0.1:%[2]s 3
+		%[1]s echo %[3]s:7000 3
+		%[1]s self
+		%[1]s dial 127.0.0.1:1
+		%[1]s serve-whoami :80 low & srv=$! i=0
+		until %[1]s read 127.0.0.1:80; do i=$((i+1)); [ $i -gt 100 ] && break; sleep 0.1; done
+		kill $srv`, probe, p, svc.svcIP)
+	code, stdout, stderr := runAs(t, u, "sandbox", "run", "--local", ":"+p, "--flow-log", flows, "--", "sh", "-c", script)
+	if code != 0 {
+		t.Fatalf("exit %d\n%s", code, stderr)
+	}
+	// The app is the user, as the user sees themselves, with no capability.
+	want := []string{
+		fmt.Sprintf("%d\n%d\n", u.UID, u.GID),
+		"CapEff:\t0000000000000000",
+		"home=" + u.Home,
+		"3 echoed", // the host's loopback by the --local rule
+		"self: me", // the app's own listener, through the holder's socket
+		"connection refused",
+		"low peer=127.0.0.1", // a low port, as in a container
+	}
+	for _, w := range want {
+		contains(t, stdout, w)
+	}
+	if n := strings.Count(stdout, "3 echoed"); n != 2 {
+		t.Errorf("want the host's loopback and the service namespace each to echo: %d echoes", n)
+	}
+	recs := readFlowLog(t, flows)
+	if len(recs) == 0 {
+		t.Errorf("no flow log records")
+	}
+	contains(t, stderr, "✓ namespace ready")
+
+	// Nothing of the run is left: no process of the user, no state.
+	waitUntil(t, 10*time.Second, "the user's processes to end", func() bool { return len(processesOf(u.UID)) == 0 })
+	entries, _ := os.ReadDir(filepath.Join(os.TempDir(), fmt.Sprintf("trafficpolice-%d", u.UID)))
+	if len(entries) != 0 {
+		t.Errorf("the user's state folder keeps %d entries", len(entries))
+	}
+}
+
+func TestRootlessKilledRunIsCollectedByTheUsersGC(t *testing.T) {
+	netnstest.RequireRoot(t)
+	cleanCheck(t)
+	u := netnstest.NewUser(t)
+	netnstest.TUNOpenToAll(t)
+	cmd := u.Command(cli(t), "sandbox", "run", "-q", "--", "sh", "-c", "echo up; exec sleep 600")
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 30*time.Second, "the app to start", func() bool { return strings.Contains(out.String(), "up") })
+	holders := processesOf(u.UID)
+	var appNetns netns.ID
+	for _, pid := range holders {
+		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); bytes.HasPrefix(b, []byte("sleep")) {
+			appNetns, _ = netns.IDOf(fmt.Sprintf("/proc/%d/ns/net", pid))
+		}
+	}
+	if appNetns.Ino == 0 {
+		t.Fatalf("no app process among the user's %v", holders)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	// The holder and the app die with trafficpolice (parent-death signals);
+	// a grandchild that left its parent would stay: gc finds it by the
+	// namespace the record names.
+	code, stdout, _ := runAs(t, u, "sandbox", "gc")
+	if code != 0 {
+		t.Fatalf("gc: exit %d", code)
+	}
+	_ = stdout
+	waitUntil(t, 10*time.Second, "the user's processes to end", func() bool { return len(processesOf(u.UID)) == 0 })
+	entries, _ := os.ReadDir(filepath.Join(os.TempDir(), fmt.Sprintf("trafficpolice-%d", u.UID)))
+	if len(entries) != 0 {
+		t.Errorf("the user's state folder keeps %d entries after gc", len(entries))
+	}
+}
+
+func TestRootlessWithoutTUNAccessSaysWhatToDo(t *testing.T) {
+	netnstest.RequireRoot(t)
+	setpriv := netnstest.RequireCommand(t, "setpriv", "util-linux")
+	u := netnstest.NewUser(t)
+	// A TUN device node only root may open, over /dev/net/tun in a mount
+	// namespace of this test's: what a machine with mode 0600 has.
+	dir := t.TempDir()
+	node := filepath.Join(dir, "tun")
+	if err := syscall.Mknod(node, syscall.S_IFCHR|0o600, int(10<<8|200)); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(dir, 0o755)
+	cmd := exec.Command("unshare", "-m", "sh", "-c", fmt.Sprintf("mount --make-rprivate / && mount --bind %s /dev/net/tun && exec %s --reuid %d --regid %d --clear-groups env HOME=%s %s sandbox run -- true",
+		node, setpriv, u.UID, u.GID, u.Home, cli(t)))
+	cmd.Dir = u.Home
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	t.Logf("output:\n%s", out.String())
+	if cmd.ProcessState == nil {
+		t.Fatal(err)
+	}
+	if code := cmd.ProcessState.ExitCode(); code != 125 {
+		t.Errorf("exit %d, want 125", code)
+	}
+	for _, w := range []string{"preflight tun", "/dev/net/tun cannot be opened", "run with sudo, or", "chmod 0666 /dev/net/tun"} {
+		contains(t, out.String(), w)
+	}
+}
+
+func TestRootlessAsRootServesTheSameFlows(t *testing.T) {
+	netnstest.RequireRoot(t)
+	cleanCheck(t)
+	svc := newServiceNet(t)
+	serveEcho(svc.listen(t, 7000))
+	probe := probe(t)
+	rootless := func(o *Options) { o.Rootless = true }
+	r := run(t, nil, ExtraRules{}, []string{"sh", "-c", fmt.Sprintf("%[1]s echo %[2]s:7000 5; %[1]s self; %[1]s udp 127.0.0.1:9; exit 7", probe, svc.svcIP)}, rootless)
+	if r.err != nil || r.code != 7 {
+		t.Fatalf("want the app's exit status 7: %+v", r)
+	}
+	contains(t, r.stdout, "5 echoed")
+	contains(t, r.stdout, "self: me")
+	r = run(t, nil, ExtraRules{}, []string{"sh", "-c", "kill -TERM $$"}, rootless)
+	if r.err != nil || r.code != 128+int(syscall.SIGTERM) {
+		t.Errorf("an app killed by SIGTERM: %+v, want exit %d", r, 128+int(syscall.SIGTERM))
+	}
+	r = run(t, nil, ExtraRules{}, []string{"/nonexistent/app"}, rootless)
+	if r.err != nil || r.code != 127 {
+		t.Errorf("a missing app: %+v, want exit 127", r)
+	}
+}
