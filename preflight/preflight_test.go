@@ -217,3 +217,53 @@ func TestAsAnOrdinaryUser(t *testing.T) {
 		t.Errorf("FirstFailure = %v; want the privileges check", FirstFailure(rs))
 	}
 }
+
+// procSys is a /proc/sys of the test's making with the given values.
+func procSys(t *testing.T, values map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for k, v := range values {
+		p := filepath.Join(dir, k)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(v+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func TestUsernsSaysWhyNot(t *testing.T) {
+	env := func(values map[string]string) Env {
+		return Env{Euid: 1000, Rootless: true, SkipUsernsProbe: true, ProcSys: procSys(t, values)}.withDefaults()
+	}
+	want(t, checkUserns(env(map[string]string{sysctlMaxUserNS: "0"})), Fail, "user.max_user_namespaces = 0", "sysctl -w user.max_user_namespaces")
+	want(t, checkUserns(env(map[string]string{sysctlMaxUserNS: "100", sysctlDebianUsernsClone: "0"})), Fail,
+		"kernel.unprivileged_userns_clone = 0", "sysctl -w kernel.unprivileged_userns_clone=1")
+	want(t, checkUserns(env(map[string]string{sysctlAppArmorUserns: "1"})), Fail,
+		"apparmor_restrict_unprivileged_userns = 1", "trafficpolice doctor --apparmor-profile | sudo tee /etc/apparmor.d/trafficpolice")
+	want(t, checkUserns(env(map[string]string{sysctlMaxUserNS: "100", sysctlDebianUsernsClone: "1", sysctlAppArmorUserns: "0"})), OK, "allowed", "")
+	// The privileges check does not ask for root in a rootless run.
+	want(t, checkPrivileges(Env{Euid: 1000, Rootless: true}), OK, "rootless", "")
+}
+
+func TestUsernsProbeCreatesThem(t *testing.T) {
+	needRoot(t)
+	want(t, checkUserns(Env{Euid: 0, Rootless: true}.withDefaults()), OK, "can be created", "")
+	want(t, checkUserns(Env{Euid: 0, Rootless: true, IPTables: "/nonexistent/iptables"}.withDefaults()), Fail, "not installed", "")
+}
+
+func TestRootlessImageIsRefusedBeforeTheCluster(t *testing.T) {
+	rs := Run(context.Background(), Env{Euid: 1000, Rootless: true, SkipUsernsProbe: true, StateDir: t.TempDir(), Image: "localhost/x:1"})
+	var found bool
+	for _, r := range rs {
+		if r.Check == "containerd" {
+			found = true
+			want(t, r, Fail, "--image needs root", "sudo")
+		}
+	}
+	if !found {
+		t.Errorf("no containerd check in %v", rs)
+	}
+}

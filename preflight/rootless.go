@@ -72,6 +72,11 @@ func checkUserns(env Env) Result {
 		r.Status, r.Detail = OK, "user namespaces are allowed (not tried)"
 		return r
 	}
+	if _, err := exec.LookPath(env.IPTables); err != nil {
+		r.Status, r.Detail = Fail, env.IPTables+" is not installed"
+		r.Fix = "apt-get install iptables (the sandbox sends the app's loopback traffic to the router with a nat rule)"
+		return r
+	}
 	out, err := probeUserns(env)
 	if err != nil {
 		var ee *exec.ExitError

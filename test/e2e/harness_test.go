@@ -32,6 +32,33 @@ type world struct {
 	tp        string // the trafficpolice binary
 	probe     string
 	sidecar   int // port of the target pod's sidecar on 127.0.0.1
+	// user, when set, runs `sandbox run` as this ordinary user: rootless.
+	user *netnstest.User
+}
+
+// rootless makes the world's runs rootless: they run as an ordinary user
+// the test creates, who may read the token and open /dev/net/tun.
+func (w *world) rootless(t *testing.T) {
+	t.Helper()
+	u := netnstest.NewUser(t)
+	netnstest.TUNOpenToAll(t)
+	if err := os.Chown(w.tokenFile, int(u.UID), int(u.GID)); err != nil {
+		t.Fatal(err)
+	}
+	// The binaries' folders (one per package, in the build folder).
+	for _, bin := range []string{w.tp, w.probe} {
+		os.Chmod(filepath.Dir(bin), 0o755)
+		os.Chmod(filepath.Dir(filepath.Dir(bin)), 0o755)
+	}
+	w.user = &u
+}
+
+// command is exec.Command for a run: as the world's user, if any.
+func (w *world) command(name string, args ...string) *exec.Cmd {
+	if w.user != nil {
+		return w.user.Command(name, args...)
+	}
+	return exec.Command(name, args...)
 }
 
 const agentPort = 7777
@@ -48,6 +75,7 @@ func newWorld(t *testing.T) *world {
 	}
 	dir := t.TempDir()
 	os.Chmod(dir, 0o755)
+	os.Chmod(filepath.Dir(dir), 0o755)
 	w.tokenFile = filepath.Join(dir, "token")
 	if err := os.WriteFile(w.tokenFile, []byte(w.token+"\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -94,7 +122,7 @@ func (w *world) run(t *testing.T, args []string, argv ...string) result {
 	t.Helper()
 	full := append([]string{"sandbox", "run", "--agent-address", w.agentAddr, "--agent-token-file", w.tokenFile}, args...)
 	full = append(append(full, "--"), argv...)
-	cmd := exec.Command(w.tp, full...)
+	cmd := w.command(w.tp, full...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

@@ -84,8 +84,11 @@ func (w *incomingWorld) start(t *testing.T, name string, env []string, args []st
 	t.Helper()
 	full := append([]string{"sandbox", "run", "--agent-address", w.agentAddr, "--agent-token-file", w.tokenFile}, args...)
 	full = append(append(full, "--"), argv...)
-	r := &bgRun{name: name, cmd: exec.Command(w.tp, full...), done: make(chan struct{})}
-	r.cmd.Env = append(os.Environ(), env...)
+	r := &bgRun{name: name, cmd: w.command(w.tp, full...), done: make(chan struct{})}
+	if r.cmd.Env == nil {
+		r.cmd.Env = os.Environ()
+	}
+	r.cmd.Env = append(r.cmd.Env, env...)
 	r.cmd.Stdout, r.cmd.Stderr = &r.stdout, &r.stderr
 	if err := r.cmd.Start(); err != nil {
 		t.Fatalf("start sandbox run %s: %v", name, err)
