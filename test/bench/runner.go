@@ -25,10 +25,11 @@ const (
 	kernelPath path = iota // a client in the pod netns, plain kernel routing
 	localPath              // a client in the sandbox, flows local (dialed from the host)
 	remotePath             // a client in the sandbox, flows through the agent in the pod netns
+	rootlessPath           // localPath with the sandbox in a user namespace (sandbox run --rootless)
 )
 
 func (p path) String() string {
-	return [...]string{"kernel", "local", "remote"}[p]
+	return [...]string{"kernel", "local", "remote", "rootless"}[p]
 }
 
 // runner starts clients on each path.
@@ -81,6 +82,9 @@ func (r *runner) start(ctx context.Context, p path, args []string, debug bool) (
 			}
 			pr.debugAddr = addr
 			argv = append(argv, "--debug-listen", addr)
+		}
+		if p == rootlessPath {
+			argv = append(argv, "--rootless")
 		}
 		if p == remotePath {
 			if r.agentAddr == "" {
