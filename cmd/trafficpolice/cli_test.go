@@ -302,7 +302,7 @@ func TestEveryCommandHasExamples(t *testing.T) {
 		}
 	}
 	r := tp(t, "", "sandbox", "run", "--help")
-	for _, want := range []string{"Needs root (run it with sudo)", "-t, --target", "--config-file", "--steal", "--strict", "trafficpolice's own failures exit 125"} {
+	for _, want := range []string{"Runs as root (sudo) or as an ordinary user", "--rootless", "-t, --target", "--config-file", "--steal", "--strict", "trafficpolice's own failures exit 125"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("sandbox run --help lacks %q", want)
 		}
