@@ -360,6 +360,9 @@ func startRouter(ctx context.Context, ns *netns.Namespace, tun *os.File, o Optio
 		cfg.Remote = o.Agent
 		cfg.SearchDomains = o.Agent.Facts().SearchDomains
 	}
+	if hc, err := dns.ClientConfigFromFile(o.HostResolvConf); err == nil {
+		cfg.HostSearchDomains = hc.Search
+	}
 	rt, err := router.New(cfg)
 	if err != nil {
 		unix.Close(fd)
