@@ -91,8 +91,9 @@ func TestCNAMEChainNamesStandForTheAddress(t *testing.T) {
 // flakyResolver answers name with addrs until failing is set, then fails
 // every query as a resolver that went away.
 type flakyResolver struct {
-	addrs   map[string][]netip.Addr
-	failing bool
+	addrs    map[string][]netip.Addr
+	failing  bool
+	failAAAA bool // only AAAA queries fail
 }
 
 func (f *flakyResolver) Exchange(_ context.Context, query []byte) ([]byte, error) {
@@ -100,7 +101,7 @@ func (f *flakyResolver) Exchange(_ context.Context, query []byte) ([]byte, error
 	if err := q.Unpack(query); err != nil {
 		return nil, err
 	}
-	if f.failing {
+	if f.failing || f.failAAAA && q.Question[0].Qtype == dns.TypeAAAA {
 		return nil, errors.New("read udp 192.0.2.53:53: i/o timeout")
 	}
 	m := new(dns.Msg)
@@ -127,6 +128,7 @@ func TestRuleNameKeepsItsLastGoodAddressesWhenResolutionFails(t *testing.T) {
 	v4, v6 := netip.MustParseAddr("192.0.2.9"), netip.MustParseAddr("2001:db8::9")
 	res := &flakyResolver{addrs: map[string][]netip.Addr{"prod-db.corp.example.": {v4, v6}}}
 	r := &Router{
+		ctx:   context.Background(),
 		cfg:   Config{LocalResolver: res, HostSearchDomains: []string{"corp.example"}},
 		names: newNameTable(),
 		log:   slog.New(slog.DiscardHandler),
@@ -155,6 +157,18 @@ func TestRuleNameKeepsItsLastGoodAddressesWhenResolutionFails(t *testing.T) {
 	}
 	if wait := r.refreshRuleName(context.Background(), rn); wait != 2*ruleRefreshFloor {
 		t.Errorf("after a second failure: retry in %s, want %s", wait, 2*ruleRefreshFloor)
+	}
+	// A partial answer (AAAA fails) with a new address: it is added, and
+	// nothing the name had is dropped.
+	moved := netip.MustParseAddr("192.0.2.10")
+	res.failing, res.failAAAA = false, true
+	res.addrs["prod-db.corp.example."] = []netip.Addr{moved}
+	r.refreshRuleName(context.Background(), rn)
+	if want := []netip.Addr{v4, moved, v6}; !reflect.DeepEqual(rn.last, want) || rn.failures != 0 {
+		t.Fatalf("after a partial answer: %v (failures %d), want %v", rn.last, rn.failures, want)
+	}
+	if v := r.names.lookup(moved); !reflect.DeepEqual(v.names, []string{"prod-db"}) {
+		t.Fatalf("names of the new address %s = %v, want prod-db", moved, v.names)
 	}
 }
 

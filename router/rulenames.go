@@ -103,41 +103,49 @@ func (r *Router) keepFresh(rn *ruleName, wait time.Duration) {
 }
 
 // refreshRuleName resolves rn once, records its addresses and returns when
-// to resolve it again. A failed resolution keeps the last good addresses
-// matching (they are recorded again) and says so in the log.
+// to resolve it again. When no query is answered, the last good addresses
+// keep matching (they are recorded again), the log says so, and the next
+// attempt backs off. When only some are (a resolver that refuses the bare
+// name, say), what was answered is added to the last good addresses: a
+// partial answer never shrinks a rule.
 func (r *Router) refreshRuleName(ctx context.Context, rn *ruleName) time.Duration {
 	ctx, cancel := context.WithTimeout(ctx, ruleResolveTimeout)
 	defer cancel()
-	addrs, ttl, err := r.resolveRuleName(ctx, rn)
-	if err != nil && ctx.Err() != nil && r.ctx.Err() != nil {
+	res := r.resolveRuleName(ctx, rn)
+	if res.err != nil && r.ctx.Err() != nil {
 		return ruleRefreshFloor // the router is closing
 	}
-	if err != nil {
+	if res.answered == 0 {
 		rn.failures++
-		// Keep what the name was, and add what this round did learn.
-		kept := slices.Clone(rn.last)
-		for _, a := range addrs {
-			if !slices.Contains(kept, a) {
-				kept = append(kept, a)
-			}
-		}
-		rn.last = kept
-		r.recordRuleName(rn, kept, 0)
+		r.recordRuleName(rn, rn.last, 0)
 		wait := retryAfter(rn.failures)
 		r.log.Warn("a rule's host name did not resolve; its rule keeps matching the addresses it had",
-			"name", rn.name, "side", rn.side.String(), "addresses", kept, "retry_in", wait, "err", err)
+			"name", rn.name, "side", rn.side.String(), "addresses", rn.last, "retry_in", wait, "err", res.err)
 		return wait
 	}
 	rn.failures = 0
+	addrs := res.addrs
+	if res.err != nil {
+		addrs = union(addrs, rn.last)
+		r.log.Debug("some queries for a rule's host name failed; its last addresses are kept",
+			"name", rn.name, "side", rn.side.String(), "err", res.err)
+	}
 	if !slices.Equal(addrs, rn.last) {
-		r.log.Debug("a rule's host name resolved", "name", rn.name, "side", rn.side.String(), "addresses", addrs, "ttl", ttl)
+		r.log.Debug("a rule's host name resolved", "name", rn.name, "side", rn.side.String(), "addresses", addrs, "ttl", res.ttl)
 	}
 	rn.last = addrs
-	r.recordRuleName(rn, addrs, ttl)
+	r.recordRuleName(rn, addrs, res.ttl)
 	if len(addrs) == 0 {
 		return ruleRefreshNoAddress
 	}
-	return refreshAfter(ttl)
+	return refreshAfter(res.ttl)
+}
+
+// union is a and b merged, sorted, without duplicates.
+func union(a, b []netip.Addr) []netip.Addr {
+	out := append(slices.Clone(a), b...)
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out)
 }
 
 func (r *Router) recordRuleName(rn *ruleName, addrs []netip.Addr, ttl time.Duration) {
@@ -162,13 +170,20 @@ func retryAfter(failures int) time.Duration {
 	return min(wait, ruleRefreshCeiling)
 }
 
+// resolution is one round of queries for a rule's name.
+type resolution struct {
+	addrs    []netip.Addr  // every address answered, sorted
+	ttl      time.Duration // the smallest TTL among the answers' records
+	answered int           // queries that got an answer (NXDOMAIN included)
+	err      error         // the queries that did not, joined
+}
+
 // resolveRuleName asks rn's side for A and AAAA of the name as written and
 // of its search-domain forms (the side's search list: what the app's own
-// resolver would ask), in parallel. It returns every address found, sorted,
-// and the smallest TTL among the answers' records. An answer that says the
-// name does not exist counts as a good answer with no address; a query
-// that gets no answer, or a server failure, is an error.
-func (r *Router) resolveRuleName(ctx context.Context, rn *ruleName) ([]netip.Addr, time.Duration, error) {
+// resolver would ask), in parallel. An answer that says the name does not
+// exist counts as an answer with no address; a query that gets no answer,
+// or a server failure, is an error.
+func (r *Router) resolveRuleName(ctx context.Context, rn *ruleName) resolution {
 	var ex Exchanger = r.cfg.LocalResolver
 	search := r.cfg.HostSearchDomains
 	if rn.side == policy.Remote {
@@ -180,43 +195,42 @@ func (r *Router) resolveRuleName(ctx context.Context, rn *ruleName) ([]netip.Add
 			qnames = append(qnames, dns.Fqdn(rn.name+"."+d))
 		}
 	}
-	type result struct {
+	type answer struct {
 		m   *dns.Msg
 		err error
 	}
-	results := make(chan result, 2*len(qnames))
-	n := 0
+	answers := make(chan answer, 2*len(qnames))
 	for _, qn := range qnames {
 		for _, qt := range []uint16{dns.TypeA, dns.TypeAAAA} {
-			n++
 			go func() {
 				m, err := exchange(ctx, ex, qn, qt)
-				results <- result{m, err}
+				answers <- answer{m, err}
 			}()
 		}
 	}
-	var addrs []netip.Addr
-	var ttl time.Duration
+	var res resolution
 	var errs []error
-	for range n {
-		res := <-results
-		if res.err != nil {
-			errs = append(errs, res.err)
+	for range 2 * len(qnames) {
+		a := <-answers
+		if a.err != nil {
+			errs = append(errs, a.err)
 			continue
 		}
-		for _, rr := range res.m.Answer {
-			if t := time.Duration(rr.Header().Ttl) * time.Second; ttl == 0 || t < ttl {
-				ttl = t
+		res.answered++
+		for _, rr := range a.m.Answer {
+			if t := time.Duration(rr.Header().Ttl) * time.Second; res.ttl == 0 || t < res.ttl {
+				res.ttl = t
 			}
 			// 0.0.0.0 and :: are what DNS sinkholes answer for a name
 			// they block, not an address of the host.
-			if a, ok := answerAddr(rr); ok && !a.IsUnspecified() && !slices.Contains(addrs, a) {
-				addrs = append(addrs, a)
+			if addr, ok := answerAddr(rr); ok && !addr.IsUnspecified() {
+				res.addrs = append(res.addrs, addr)
 			}
 		}
 	}
-	slices.SortFunc(addrs, netip.Addr.Compare)
-	return addrs, ttl, errors.Join(errs...)
+	res.addrs = union(res.addrs, nil)
+	res.err = errors.Join(errs...)
+	return res
 }
 
 // exchange asks ex one question and returns the answer, which is an error
