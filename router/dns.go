@@ -134,24 +134,65 @@ func (r *Router) resolve(ctx context.Context, q *dns.Msg) (*dns.Msg, policy.Rout
 	return answer, d.Route, nil
 }
 
-// remember records which name produced which address, for the policy.
+// remember records which names produced which address, for the policy: the
+// name the app asked for, and every name of the CNAME chain that led from
+// it to the address ("alias CNAME prod-db", "prod-db A 10.0.0.5": both
+// alias and prod-db stand for 10.0.0.5).
 func (r *Router) remember(qname string, side policy.Route, m *dns.Msg) {
-	name := strings.ToLower(strings.TrimSuffix(qname, "."))
+	name := normalizeName(qname)
+	aliases := map[string][]string{} // CNAME target → the names pointing at it
 	for _, rr := range m.Answer {
-		var ip net.IP
-		switch v := rr.(type) {
-		case *dns.A:
-			ip = v.A
-		case *dns.AAAA:
-			ip = v.AAAA
-		default:
+		if c, ok := rr.(*dns.CNAME); ok {
+			target := normalizeName(c.Target)
+			aliases[target] = append(aliases[target], normalizeName(c.Hdr.Name))
+		}
+	}
+	for _, rr := range m.Answer {
+		a, ok := answerAddr(rr)
+		if !ok {
 			continue
 		}
-		if a, ok := netip.AddrFromSlice(ip); ok {
-			r.names.record(a, name, side, time.Duration(rr.Header().Ttl)*time.Second)
+		ttl := time.Duration(rr.Header().Ttl) * time.Second
+		r.names.record(a, name, side, asked, ttl)
+		for _, n := range chainTo(normalizeName(rr.Header().Name), aliases) {
+			if n != name {
+				r.names.record(a, n, side, chained, ttl)
+			}
 		}
 	}
 }
+
+// chainTo is name and every name that leads to it through aliases.
+func chainTo(name string, aliases map[string][]string) []string {
+	out := []string{name}
+	seen := map[string]bool{name: true}
+	for i := 0; i < len(out); i++ {
+		for _, from := range aliases[out[i]] {
+			if !seen[from] {
+				seen[from] = true
+				out = append(out, from)
+			}
+		}
+	}
+	return out
+}
+
+// answerAddr is the address of an A or AAAA record.
+func answerAddr(rr dns.RR) (netip.Addr, bool) {
+	var ip net.IP
+	switch v := rr.(type) {
+	case *dns.A:
+		ip = v.A
+	case *dns.AAAA:
+		ip = v.AAAA
+	default:
+		return netip.Addr{}, false
+	}
+	a, ok := netip.AddrFromSlice(ip)
+	return a.Unmap(), ok
+}
+
+func normalizeName(name string) string { return strings.ToLower(strings.TrimSuffix(name, ".")) }
 
 // lookupLocal resolves name on the host side (A or AAAA).
 func (r *Router) lookupLocal(ctx context.Context, name string, v6 bool) ([]netip.Addr, error) {

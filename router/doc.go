@@ -3,7 +3,9 @@
 // TUN device, asks the policy where each flow goes, and joins it to a socket
 // opened from the host (local), through the agent (remote) or inside the
 // sandbox (the app's own loopback ports). It also answers the sandbox's DNS,
-// remembering which name produced which address, and writes the flow log.
+// remembering which names produced which address, resolves the rules' host
+// names so that a rule matches their addresses however the app got them,
+// and writes the flow log.
 //
 // It never configures namespaces, links or firewalls: it is handed a link
 // endpoint (the TUN's fd, or an in-memory twin in tests) and dial functions.

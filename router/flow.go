@@ -24,6 +24,8 @@ var (
 type flow struct {
 	proto    policy.Proto
 	src, dst netip.AddrPort
+	// host is the name the app asked the sandbox's DNS for and got dst's
+	// address, hostSide where it was resolved; "" for none.
 	host     string
 	hostSide policy.Route
 	decision policy.Decision
@@ -32,17 +34,22 @@ type flow struct {
 
 func (r *Router) newFlow(proto policy.Proto, src, dst netip.AddrPort) *flow {
 	f := &flow{proto: proto, src: src, dst: dst}
-	if ne, ok := r.names.lookup(dst.Addr()); ok {
-		f.host, f.hostSide = ne.name, ne.side
-	}
+	names := r.names.lookup(dst.Addr())
+	f.host, f.hostSide = names.host, names.side
 	appListens := false
 	if _, loop := policy.Loopback(dst.Addr()); loop && r.cfg.AppListens != nil {
 		appListens = r.cfg.AppListens(proto, dst.Port())
 	}
-	f.decision = r.cfg.Policy.Decide(policy.Flow{Proto: proto, Dst: dst, Host: f.host, AppListens: appListens})
+	f.decision = r.cfg.Policy.Decide(policy.Flow{Proto: proto, Dst: dst, Host: f.host, Names: names.names, AppListens: appListens})
+	// The log names the host the app asked for, or else one the address
+	// stands for (an IP literal to a rule's host).
+	host := f.host
+	if host == "" && len(names.names) > 0 {
+		host = names.names[0]
+	}
 	f.rec = FlowRecord{
 		Start: time.Now(), Proto: proto.String(), Src: src.String(), Dst: dst.String(),
-		Host: f.host, Route: f.decision.Route.String(), Rule: f.decision.Rule,
+		Host: host, Route: f.decision.Route.String(), Rule: f.decision.Rule,
 	}
 	return f
 }

@@ -53,6 +53,10 @@ type Config struct {
 	// LocalResolver resolves names on the host side; nil uses the host's
 	// /etc/resolv.conf and /etc/hosts.
 	LocalResolver Exchanger
+	// HostSearchDomains are the host's resolv.conf search domains: a rule's
+	// name resolved on the host is asked in those forms too, as the host's
+	// own resolver would.
+	HostSearchDomains []string
 	// FlowLog receives one JSON line per finished flow; nil disables it.
 	FlowLog io.Writer
 	// Logger receives the router's own messages.
@@ -163,7 +167,8 @@ func newStack(link stack.LinkEndpoint) (*stack.Stack, error) {
 	return s, nil
 }
 
-// Start installs the forwarders and the DNS server.
+// Start installs the forwarders and the DNS server, and resolves the rules'
+// host names (waiting at most ruleResolveTimeout for their first answers).
 func (r *Router) Start() error {
 	for _, a := range r.cfg.DNSAddrs {
 		proto := ipv4.ProtocolNumber
@@ -187,6 +192,7 @@ func (r *Router) Start() error {
 			return err
 		}
 	}
+	r.startRuleNames()
 	return nil
 }
 

@@ -392,6 +392,9 @@ func startRouter(ctx context.Context, ns space, tun *os.File, o Options) (*route
 		cfg.Remote = o.Agent
 		cfg.SearchDomains = o.Agent.Facts().SearchDomains
 	}
+	if hc, err := dns.ClientConfigFromFile(o.HostResolvConf); err == nil {
+		cfg.HostSearchDomains = hc.Search
+	}
 	rt, err := router.New(cfg)
 	if err != nil {
 		unix.Close(fd)

@@ -275,6 +275,14 @@ func TestRouteExplainJSONAndExitStatus(t *testing.T) {
 		t.Errorf("stdout: %s", text.stdout)
 	}
 	tp(t, "", "route", "explain", "x:99999").want(t, exitFailure, "a bad destination")
+
+	// An IP destination: a name rule may match it in a run, which explain
+	// cannot know without resolving; it says so.
+	lit := tp(t, "", "route", "explain", "--block", "prod-db", "10.96.0.5:5432")
+	lit.want(t, 0, "an IP destination beside a name rule")
+	if !strings.Contains(lit.stdout, "the rules naming prod-db also match this address if a name resolves to it") {
+		t.Errorf("stdout: %s", lit.stdout)
+	}
 }
 
 // Every command shows examples in its help; sandbox run's says it needs root.

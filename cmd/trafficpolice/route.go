@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -126,7 +127,21 @@ func explainDest(p *policy.Policy, d dest) explanation {
 	if d.host != "" && !flow.Dst.Addr().IsValid() {
 		e.Note = "the address is not known here, so only hostname, port and protocol rules applied"
 	}
+	if names := ruleHostnames(p); d.addr.IsValid() && len(names) > 0 {
+		e.Note = fmt.Sprintf("in a run, the rules naming %s also match this address if a name resolves to it "+
+			"(on the side its rule sends it to); route explain does not resolve names", strings.Join(names, ", "))
+	}
 	return e
+}
+
+// ruleHostnames are the host names the rules name, sorted.
+func ruleHostnames(p *policy.Policy) []string {
+	var out []string
+	for n := range p.RuleNames() {
+		out = append(out, n)
+	}
+	slices.Sort(out)
+	return out
 }
 
 func (e explanation) print(cmd *cobra.Command) {

@@ -5,6 +5,7 @@
 // resolves a DNS name.
 //
 // It is pure: no sockets, no netlink, no root, no imports of ours. Everything
-// it needs about the running sandbox (the app's listening ports, the name a
-// destination address was resolved from) arrives as input.
+// it needs about the running sandbox (the app's listening ports, the names a
+// destination address stands for) arrives as input; it lists the rules'
+// host names (RuleNames) for the router to resolve.
 package policy

@@ -79,15 +79,11 @@ type Policy struct {
 
 	mu            sync.RWMutex
 	searchDomains []string
-	// known holds addresses that a rule's hostname resolves to on the side
-	// the rule sends it to, so a flow to such an address matches the rule
-	// even when the app did not resolve the name through the sandbox.
-	known map[string][]netip.Addr
 }
 
 // New parses and checks the rules.
 func New(r Rules) (*Policy, error) {
-	p := &Policy{rules: r, known: map[string][]netip.Addr{}}
+	p := &Policy{rules: r}
 	if r.Local != nil && r.Remote != nil {
 		return nil, fmt.Errorf("outgoing filter: \"local\" and \"remote\" cannot both be set; choose one (\"block\" may stand beside either)")
 	}
@@ -146,33 +142,34 @@ func (p *Policy) SetSearchDomains(domains []string) {
 	p.mu.Unlock()
 }
 
-// Hostnames lists the hostnames named by outgoing rules, with the side each
-// rule sends them to, so the router can resolve them there (LearnAddrs).
-func (p *Policy) Hostnames() map[string]Route {
-	out := map[string]Route{}
-	for _, e := range p.local {
-		if e.Host != "" {
-			out[e.Host] = Local
-		}
-	}
-	for _, e := range p.remote {
-		if e.Host != "" {
-			out[e.Host] = Remote
-		}
-	}
-	for _, e := range p.block {
-		if e.Host != "" {
-			out[e.Host] = Block
-		}
-	}
-	return out
+// NameSides says where a rule's hostname must be resolved for the rule to
+// match the name's addresses.
+type NameSides struct {
+	// Local: by the host's resolver; Remote: by the cluster's DNS.
+	Local, Remote bool
 }
 
-// LearnAddrs records what a rule's hostname resolves to.
-func (p *Policy) LearnAddrs(host string, addrs []netip.Addr) {
-	p.mu.Lock()
-	p.known[normalizeName(host)] = append([]netip.Addr(nil), addrs...)
-	p.mu.Unlock()
+// RuleNames lists the hostnames that outgoing rules name, with the sides
+// each must be resolved on so that the rule matches a flow by address
+// (Flow.Names): a local rule's name on the host, a remote rule's in the
+// cluster, and a block rule's on both, since the app may reach a blocked
+// host by either route and the block must hold for every address the name
+// may stand for. "localhost" is left out: loopback is matched as such.
+func (p *Policy) RuleNames() map[string]NameSides {
+	out := map[string]NameSides{}
+	add := func(list []Entry, s NameSides) {
+		for _, e := range list {
+			if e.Host == "" || e.Host == "localhost" {
+				continue
+			}
+			cur := out[e.Host]
+			out[e.Host] = NameSides{Local: cur.Local || s.Local, Remote: cur.Remote || s.Remote}
+		}
+	}
+	add(p.local, NameSides{Local: true})
+	add(p.remote, NameSides{Remote: true})
+	add(p.block, NameSides{Local: true, Remote: true})
+	return out
 }
 
 // Flow is what the policy knows about a new flow.
@@ -181,9 +178,14 @@ type Flow struct {
 	// Dst is the destination as the app addressed it (loopback already
 	// mapped back from the sandbox's alias).
 	Dst netip.AddrPort
-	// Host is the name the sandbox's DNS server answered with Dst's address,
-	// if any.
+	// Host is the name the sandbox's DNS server last answered with Dst's
+	// address, if any.
 	Host string
+	// Names are all the names Dst's address stands for: names the sandbox's
+	// DNS answered with it (and their CNAME chains) and rule names that
+	// resolve to it (RuleNames). A hostname rule matches when any of them is
+	// its name, however the app got the address.
+	Names []string
 	// AppListens says the app itself listens on Dst's port inside the sandbox.
 	AppListens bool
 }
@@ -293,10 +295,8 @@ func (p *Policy) entryMatches(e Entry, f Flow, dst netip.Addr) bool {
 	if f.Host != "" && p.nameMatches(e.Host, f.Host) {
 		return true
 	}
-	p.mu.RLock()
-	defer p.mu.RUnlock()
-	for _, a := range p.known[e.Host] {
-		if a.Unmap() == dst {
+	for _, n := range f.Names {
+		if p.nameMatches(e.Host, n) {
 			return true
 		}
 	}

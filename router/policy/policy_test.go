@@ -2,6 +2,7 @@ package policy
 
 import (
 	"net/netip"
+	"reflect"
 	"testing"
 )
 
@@ -137,17 +138,41 @@ func TestSearchDomainExpansionMatchesRule(t *testing.T) {
 	}
 }
 
-func TestLearnedAddressesMatchHostnameRules(t *testing.T) {
-	p := mustNew(t, Rules{HaveRemote: true, Local: []string{"app-db"}})
-	if d := p.Decide(flow(TCP, "192.0.2.7:5432", "")); d.Route != Remote {
-		t.Fatalf("before: %v", d)
+func TestAnyNameOfTheAddressMatchesHostnameRules(t *testing.T) {
+	p := mustNew(t, Rules{HaveRemote: true, Local: []string{"app-db"}, Block: []string{"prod-db:5432"}})
+	p.SetSearchDomains([]string{"default.svc.cluster.local"})
+	f := flow(TCP, "192.0.2.7:5432", "")
+	if d := p.Decide(f); d.Route != Remote {
+		t.Fatalf("an address without names: %v, want the default", d)
 	}
-	p.LearnAddrs("app-db", []netip.Addr{netip.MustParseAddr("192.0.2.7")})
-	if d := p.Decide(flow(TCP, "192.0.2.7:5432", "")); d.Route != Local {
-		t.Fatalf("after: %v", d)
+	f.Names = []string{"app-db"}
+	if d := p.Decide(f); d.Route != Local || d.Rule != "local app-db" {
+		t.Fatalf("an address that app-db stands for: %v, want local by the rule", d)
 	}
-	if got := p.Hostnames(); got["app-db"] != Local || len(got) != 1 {
-		t.Fatalf("Hostnames = %v", got)
+	// The app asked for an alias; the address is prod-db's too: the block wins.
+	f.Host, f.Names = "reports", []string{"app-db", "prod-db.default.svc.cluster.local", "reports"}
+	if d := p.Decide(f); d.Route != Block || d.Rule != "block prod-db:5432" {
+		t.Fatalf("an address that prod-db stands for, asked as an alias: %v, want blocked", d)
+	}
+	f.Dst = netip.MustParseAddrPort("192.0.2.7:80")
+	if d := p.Decide(f); d.Route != Local {
+		t.Fatalf("the block rule's port does not match: %v, want local by app-db", d)
+	}
+}
+
+func TestRuleNamesAreResolvedWhereTheRuleSendsThem(t *testing.T) {
+	p := mustNew(t, Rules{HaveRemote: true, Local: []string{"app-db", "tcp://app-db:5432", "localhost:8080", ":9", "10.0.0.0/8"},
+		Block: []string{"prod-db", "APP-DB."}})
+	want := map[string]NameSides{
+		"app-db":  {Local: true, Remote: true},
+		"prod-db": {Local: true, Remote: true},
+	}
+	if got := p.RuleNames(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("RuleNames = %v, want %v", got, want)
+	}
+	p = mustNew(t, Rules{HaveRemote: true, Remote: []string{"uwu-service"}})
+	if got := p.RuleNames(); !reflect.DeepEqual(got, map[string]NameSides{"uwu-service": {Remote: true}}) {
+		t.Fatalf("RuleNames = %v, want uwu-service in the cluster only", got)
 	}
 }
 

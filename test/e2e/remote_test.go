@@ -3,6 +3,7 @@ package e2e
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/trafficpolice/trafficpolice/router"
 )
 
 func pattern(i int) byte { return byte(i*7 + i>>11) }
@@ -76,6 +79,29 @@ func TestRemoteRoutesThroughTheAgent(t *testing.T) {
 		contains(t, r.stdout, "whoami peer="+ip+":")
 	})
 
+	t.Run("a blocked name, resolved by the cluster's DNS, is blocked by IP literal and by alias", func(t *testing.T) {
+		// prod-db and reports are two services in front of the whoami pod.
+		w.c.AddService(t, "prod-db", w.whoami)
+		w.c.AddService(t, "reports", w.whoami)
+		logPath := filepath.Join(t.TempDir(), "flows.jsonl")
+		literal := fmt.Sprintf("%s:7000", w.whoami.IP())
+		r := w.sh(t, []string{"--block", "prod-db", "--flow-log", logPath},
+			fmt.Sprintf("%[1]s read %[2]s; %[1]s read reports:7000; true", w.probe, literal))
+		if n := strings.Count(r.stdout, "connection refused"); n != 2 || strings.Contains(r.stdout, "whoami peer=") {
+			t.Fatalf("want both reads (by literal, by alias) refused, got:\n%s", r.stdout)
+		}
+		recs := readFlows(t, logPath)
+		blocked := 0
+		for _, rec := range recs {
+			if rec.Dst == literal && rec.Route == "block" && rec.Rule == "block prod-db" {
+				blocked++
+			}
+		}
+		if blocked != 2 {
+			t.Fatalf("flow log: %d flows to %s blocked by \"block prod-db\", want 2: %+v", blocked, literal, recs)
+		}
+	})
+
 	t.Run("100 MB arrive intact", func(t *testing.T) {
 		h := sha256.New()
 		buf := make([]byte, 1<<20)
@@ -140,4 +166,22 @@ func waitFile(t *testing.T, path string, timeout time.Duration) {
 		}
 	}
 	t.Fatalf("%s did not appear within %s", path, timeout)
+}
+
+// readFlows reads a run's flow log.
+func readFlows(t *testing.T, path string) []router.FlowRecord {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("read the flow log: %v", err)
+	}
+	var out []router.FlowRecord
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		var rec router.FlowRecord
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("flow log line %q: %v", line, err)
+		}
+		out = append(out, rec)
+	}
+	return out
 }
