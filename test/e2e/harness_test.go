@@ -38,7 +38,7 @@ type world struct {
 
 // rootless makes the world's runs rootless: they run as an ordinary user
 // the test creates, who may read the token and open /dev/net/tun.
-func (w *world) rootless(t *testing.T) {
+func (w *world) rootless(t *testing.T, bins ...string) {
 	t.Helper()
 	u := netnstest.NewUser(t)
 	netnstest.TUNOpenToAll(t)
@@ -46,7 +46,7 @@ func (w *world) rootless(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The binaries' folders (one per package, in the build folder).
-	for _, bin := range []string{w.tp, w.probe} {
+	for _, bin := range append([]string{w.tp, w.probe}, bins...) {
 		os.Chmod(filepath.Dir(bin), 0o755)
 		os.Chmod(filepath.Dir(filepath.Dir(bin)), 0o755)
 	}

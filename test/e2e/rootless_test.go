@@ -3,8 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -15,8 +13,7 @@ import (
 
 func TestRootlessRemoteAndIncoming(t *testing.T) {
 	w := newIncomingWorld(t)
-	w.rootless(t)
-	os.Chmod(filepath.Dir(w.tags), 0o755)
+	w.rootless(t, w.tags)
 	ip := w.target.IP().String()
 
 	t.Run("remote tcp by name and IP, udp, and the cluster's DNS", func(t *testing.T) {

@@ -91,9 +91,12 @@ func waitHostPort(t *testing.T, addr string) {
 // test ends, and waits until the pod's port is stolen.
 func (w *uwuWorld) sandboxApp(t *testing.T, config, messagesDB string) {
 	t.Helper()
-	cmd := exec.Command(w.tp, "sandbox", "run", "-f", writeConfig(t, config), "--agent-address", w.agentAddr,
+	cmd := w.command(w.tp, "sandbox", "run", "-f", writeConfig(t, config), "--agent-address", w.agentAddr,
 		"--agent-token-file", w.tokenFile, "--", w.uwuApp, "--listen", ":9999")
-	cmd.Env = append(os.Environ(), "MESSAGES_DB="+messagesDB, "UWU_SERVICE=uwu-service:8080")
+	if cmd.Env == nil {
+		cmd.Env = os.Environ()
+	}
+	cmd.Env = append(cmd.Env, "MESSAGES_DB="+messagesDB, "UWU_SERVICE=uwu-service:8080")
 	r, wr := io.Pipe()
 	cmd.Stdout, cmd.Stderr = wr, wr
 	if err := cmd.Start(); err != nil {
@@ -211,6 +214,17 @@ func TestSeedStoryLocalPort(t *testing.T) {
 	if strings.Contains(w.clusterDBProc.Output(), "store;") {
 		t.Errorf("the cluster's messages-db logged a store:\n%s", w.clusterDBProc.Output())
 	}
+}
+
+// The seed's second config, run by an ordinary user: rootless.
+func TestSeedStoryLocalPortRootless(t *testing.T) {
+	w := newUWUWorld(t)
+	w.rootless(t, w.uwuApp)
+	w.sandboxApp(t, `{"target": "pod/uwu-app", "feature": {"network": {"incoming": "steal", "outgoing": {"filter": {"local": [":8888"]}}}}}`,
+		"127.0.0.1:8888")
+	answer := w.post(t)
+	t.Logf("answer: %s", answer)
+	w.checkStory(t, answer, w.clusterDB, w.otherDB)
 }
 
 // The seed's first config: the name app-db is resolved and reached
