@@ -3,6 +3,7 @@ package sandbox
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -194,5 +195,68 @@ func TestRootlessAsRootServesTheSameFlows(t *testing.T) {
 	r = run(t, nil, ExtraRules{}, []string{"/nonexistent/app"}, rootless)
 	if r.err != nil || r.code != 127 {
 		t.Errorf("a missing app: %+v, want exit 127", r)
+	}
+}
+
+func TestRootlessSignalToCLIReachesAppAndLeavesNothing(t *testing.T) {
+	netnstest.RequireRoot(t)
+	cleanCheck(t)
+	u := netnstest.NewUser(t)
+	netnstest.TUNOpenToAll(t)
+	// The user keeps no runtime folder: the record goes to /tmp, which
+	// root's gc also sweeps.
+	cmd := u.Command(cli(t), "sandbox", "run", "-q", "--", "sh", "-c", "trap 'exit 42' INT; echo ready; while :; do sleep 0.1; done")
+	stdout, _ := cmd.StdoutPipe()
+	must(t, cmd.Start())
+	buf := make([]byte, 6)
+	if _, err := io.ReadFull(stdout, buf); err != nil || string(buf) != "ready\n" {
+		t.Fatalf("app did not start: %q %v", buf, err)
+	}
+	cmd.Process.Signal(os.Interrupt)
+	err := cmd.Wait()
+	if cmd.ProcessState.ExitCode() != 42 {
+		t.Fatalf("exit status %d (%v), want the app's 42", cmd.ProcessState.ExitCode(), err)
+	}
+	waitUntil(t, 10*time.Second, "the user's processes to end", func() bool { return len(processesOf(u.UID)) == 0 })
+	entries, _ := os.ReadDir(filepath.Join(os.TempDir(), fmt.Sprintf("trafficpolice-%d", u.UID)))
+	if len(entries) != 0 {
+		t.Errorf("the user's state folder keeps %d entries", len(entries))
+	}
+}
+
+func TestRootlessKilledRunIsCollectedByRootsGC(t *testing.T) {
+	netnstest.RequireRoot(t)
+	cleanCheck(t)
+	u := netnstest.NewUser(t)
+	netnstest.TUNOpenToAll(t)
+	// The app leaves a grandchild that outlives trafficpolice and the
+	// holder: it keeps the namespace alive until gc kills it.
+	cmd := u.Command(cli(t), "sandbox", "run", "-q", "--", "sh", "-c", "setsid sleep 600 </dev/null >/dev/null 2>&1 & echo up; exec sleep 600")
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	must(t, cmd.Start())
+	waitUntil(t, 30*time.Second, "the app to start", func() bool { return strings.Contains(out.String(), "up") })
+	cmd.Process.Kill()
+	cmd.Wait()
+	waitUntil(t, 10*time.Second, "the holder to die with trafficpolice", func() bool {
+		for _, pid := range processesOf(u.UID) {
+			if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); bytes.HasPrefix(b, []byte("trafficpolice")) {
+				return false
+			}
+		}
+		return true
+	})
+	if left := processesOf(u.UID); len(left) == 0 {
+		t.Fatalf("the grandchild did not outlive the run; the test needs it")
+	}
+	code, stdout, _ := runCLI(t, "sandbox", "gc")
+	if code != 0 {
+		t.Fatalf("root's gc: exit %d", code)
+	}
+	_ = stdout
+	waitUntil(t, 10*time.Second, "the grandchild to be killed", func() bool { return len(processesOf(u.UID)) == 0 })
+	entries, _ := os.ReadDir(filepath.Join(os.TempDir(), fmt.Sprintf("trafficpolice-%d", u.UID)))
+	if len(entries) != 0 {
+		t.Errorf("the user's state folder keeps %d entries after root's gc", len(entries))
 	}
 }

@@ -191,7 +191,8 @@ func Collect() ([]string, error) {
 	bases := []string{stateDir()}
 	if os.Geteuid() == 0 {
 		users, _ := filepath.Glob("/run/user/*/trafficpolice")
-		bases = append(bases, users...)
+		tmp, _ := filepath.Glob(filepath.Join(os.TempDir(), "trafficpolice-*"))
+		bases = append(append(bases, users...), tmp...)
 	}
 	var cleaned []string
 	var errs []error
