@@ -508,3 +508,23 @@ func runIDOf(t *testing.T, pid int) string {
 	t.Fatalf("no run recorded for pid %d", pid)
 	return ""
 }
+
+func TestLsWithoutAClusterSaysWhichKubeconfig(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "nope.yaml")
+	r := tp(t, dir, "ls", "--kubeconfig", missing)
+	r.want(t, 125, "ls with a missing kubeconfig")
+	if !strings.Contains(r.stderr, missing) {
+		t.Errorf("ls does not name the kubeconfig it tried:\n%s", r.stderr)
+	}
+	r = tp(t, dir, "ls", "-o", "yaml")
+	if r.code == 0 || !strings.Contains(r.stderr, `--output "yaml" is not valid; valid: text or json`) {
+		t.Errorf("ls -o yaml: exit %d\n%s", r.code, r.stderr)
+	}
+	// Completion fails quietly without a cluster: the shell gets nothing.
+	r = tp(t, dir, "__complete", "sandbox", "run", "--kubeconfig", missing, "--target", "")
+	r.want(t, 0, "completion without a cluster")
+	if strings.Contains(r.stdout, "deployment/") {
+		t.Errorf("completion without a cluster offered targets:\n%s", r.stdout)
+	}
+}

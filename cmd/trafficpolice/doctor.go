@@ -76,6 +76,7 @@ func newDoctorCommand() *cobra.Command {
 	fl.BoolVar(&rootless, "rootless", false, "check for a rootless run (the default when not root)")
 	fl.BoolVar(&apparmor, "apparmor-profile", false, "print the AppArmor profile that lets trafficpolice create user namespaces where AppArmor restricts them (Ubuntu 23.10+)")
 	kf.add(fl)
+	kf.complete(cmd)
 	return cmd
 }
 

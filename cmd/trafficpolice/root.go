@@ -36,7 +36,7 @@ func newRootCommand() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.SetVersionTemplate("trafficpolice {{.Version}}\n")
-	root.AddCommand(newVersionCommand(), newConfigCommand(), newRouteCommand(), newSandboxCommand(), newAgentCommand(), newImagesCommand(), newDoctorCommand())
+	root.AddCommand(newVersionCommand(), newConfigCommand(), newRouteCommand(), newSandboxCommand(), newAgentCommand(), newImagesCommand(), newDoctorCommand(), newLsCommand())
 	addCompletionExamples(root)
 	return root
 }

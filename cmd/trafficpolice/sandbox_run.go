@@ -88,6 +88,7 @@ func newSandboxRunCommand() *cobra.Command {
 	fl.StringArrayVar(&f.capAdd, "cap-add", nil, "give the app this capability too (repeatable; e.g. NET_ADMIN, or ALL); the default is Docker's set")
 	fl.BoolVar(&f.rootless, "rootless", false, "run the sandbox in a user namespace of its own, as when not root (the default when not root)")
 	f.kube.add(fl)
+	f.kube.complete(cmd)
 	f.image.add(fl)
 	return cmd
 }

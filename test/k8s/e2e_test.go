@@ -17,12 +17,15 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/trafficpolice/trafficpolice/agent/client"
 	"github.com/trafficpolice/trafficpolice/agent/enter"
 	"github.com/trafficpolice/trafficpolice/agent/kube"
 	"github.com/trafficpolice/trafficpolice/agent/nat"
 	"github.com/trafficpolice/trafficpolice/agent/proto"
+	"github.com/trafficpolice/trafficpolice/netns/netnstest"
 )
 
 var trafficpolice struct {
@@ -75,7 +78,16 @@ type answer struct{ Name, Peer, Hostname, Env string }
 // and returns its stdout and stderr.
 func sandboxRun(t *testing.T, c *Cluster, cfg map[string]any, script string, extra ...string) (string, string, error) {
 	t.Helper()
+	return sandboxRunAs(t, c, nil, cfg, script, extra...)
+}
+
+// sandboxRunAs is sandboxRun as the ordinary user u (rootless), with a
+// copy of the cluster's kubeconfig of u's own; nil runs as root.
+func sandboxRunAs(t *testing.T, c *Cluster, u *netnstest.User, cfg map[string]any, script string, extra ...string) (string, string, error) {
+	t.Helper()
 	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	os.Chmod(filepath.Dir(dir), 0o755)
 	cfgPath := filepath.Join(dir, "config.json")
 	b, _ := json.Marshal(cfg)
 	if err := os.WriteFile(cfgPath, b, 0o644); err != nil {
@@ -87,10 +99,50 @@ func sandboxRun(t *testing.T, c *Cluster, cfg map[string]any, script string, ext
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binary(t, c), args...)
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+c.Kubeconfig)
+	if u != nil {
+		bin := filepath.Join(dir, "trafficpolice")
+		copyFile(t, binary(t, c), bin, 0o755)
+		kubeconfig := userKubeconfig(t, c, *u)
+		cmd = u.Command(bin, args...)
+		cmd.Env = append(cmd.Env, "KUBECONFIG="+kubeconfig)
+		cmd.Cancel = func() error { return cmd.Process.Kill() }
+	}
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	err := cmd.Run()
 	return out.String(), errOut.String(), err
+}
+
+func copyFile(t *testing.T, src, dst string, mode os.FileMode) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, b, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// userKubeconfig writes the cluster's kubeconfig, its certificates and key
+// embedded, into u's home: what a user's ~/.kube/config is.
+func userKubeconfig(t *testing.T, c *Cluster, u netnstest.User) string {
+	t.Helper()
+	cfg, err := clientcmd.LoadFromFile(c.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := clientcmdapi.FlattenConfig(cfg); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(u.Home, "kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(path, int(u.UID), int(u.GID)); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 func targetPod(t *testing.T, c *Cluster, ns, app string) *corev1.Pod {
@@ -111,10 +163,16 @@ func targetPod(t *testing.T, c *Cluster, ns, app string) *corev1.Pod {
 func TestTargetDeploymentThroughKubernetes(t *testing.T) {
 	c := need(t)
 	for _, mode := range []struct {
-		name      string
-		ephemeral bool
-	}{{"job", false}, {"ephemeral", true}} {
+		name                string
+		ephemeral, rootless bool
+	}{{"job", false, false}, {"ephemeral", true, false}, {"job-rootless", false, true}} {
 		t.Run(mode.name, func(t *testing.T) {
+			var user *netnstest.User
+			if mode.rootless {
+				u := netnstest.NewUser(t)
+				netnstest.TUNOpenToAll(t)
+				user = &u
+			}
 			ns := uwuNamespace(t, c, "tp-e2e-"+mode.name)
 			pod := targetPod(t, c, ns, "uwu-app")
 			cfg := map[string]any{
@@ -128,7 +186,7 @@ func TestTargetDeploymentThroughKubernetes(t *testing.T) {
 				echo "MESSAGES_DB=$MESSAGES_DB" && echo "LOG_LEVEL=$LOG_LEVEL" && echo "SECRET_TOKEN=${SECRET_TOKEN:-unset}" &&
 				echo "IMAGE_GREETING=$IMAGE_GREETING"`, ServicePort, SidecarPort)
 			start := time.Now()
-			out, errOut, err := sandboxRun(t, c, cfg, script)
+			out, errOut, err := sandboxRunAs(t, c, user, cfg, script)
 			t.Logf("sandbox run took %s; its progress:\n%s", time.Since(start).Round(time.Millisecond), errOut)
 			if err != nil {
 				t.Fatalf("sandbox run: %v\nstdout:\n%s\nkubelet:\n%s", err, out, c.Logs("kubelet", 15))
@@ -294,6 +352,74 @@ func agentProcesses() []int {
 		}
 	}
 	return pids
+}
+
+// TestListAndCompleteTargets: `trafficpolice ls` lists a namespace's
+// targets with their containers, and shell completion offers them (and
+// namespaces and contexts) as kubectl's does, through the built command.
+func TestListAndCompleteTargets(t *testing.T) {
+	c := need(t)
+	ns := uwuNamespace(t, c, "tp-ls")
+	tp := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(binary(t, c), args...)
+		cmd.Env = append(os.Environ(), "KUBECONFIG="+c.Kubeconfig)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("trafficpolice %v: %v", args, err)
+		}
+		return string(out)
+	}
+	var listed struct {
+		Namespace string            `json:"namespace"`
+		Targets   []kube.TargetInfo `json:"targets"`
+	}
+	if err := json.Unmarshal([]byte(tp("ls", "-n", ns, "-o", "json")), &listed); err != nil {
+		t.Fatal(err)
+	}
+	byPath := map[string]kube.TargetInfo{}
+	for _, ti := range listed.Targets {
+		byPath[ti.Path] = ti
+	}
+	app, ok := byPath["deployment/uwu-app"]
+	if !ok || !slices.Contains(app.Containers, "app") || len(app.Containers) != 2 || app.Status != "1/1 ready" {
+		t.Errorf("deployment/uwu-app listed as %+v; want its two containers, app among them, 1/1 ready (all: %+v)", app, listed.Targets)
+	}
+	if _, ok := byPath["service/uwu-service"]; !ok {
+		t.Errorf("service/uwu-service not listed: %+v", listed.Targets)
+	}
+	pod := targetPod(t, c, ns, "uwu-app")
+	if p := byPath["pod/"+pod.Name]; p.Status != "running" {
+		t.Errorf("pod/%s listed as %+v, want running", pod.Name, p)
+	}
+	for path := range byPath {
+		if strings.HasPrefix(path, "replicaset/") {
+			t.Errorf("%s listed: a deployment's replica sets are not targets of their own", path)
+		}
+	}
+	text := tp("ls", "-n", ns)
+	if !strings.Contains(text, "TARGET") || !strings.Contains(text, "deployment/uwu-app") {
+		t.Errorf("ls text output:\n%s", text)
+	}
+
+	completions := func(args ...string) []string {
+		t.Helper()
+		return strings.Split(tp(append([]string{"__complete"}, args...)...), "\n")
+	}
+	if got := completions("sandbox", "run", "-n", ns, "--target", "deployment/"); !slices.Contains(got, "deployment/uwu-app") ||
+		!slices.Contains(got, "deployment/uwu-app/container/app") || slices.Contains(got, "service/uwu-service") {
+		t.Errorf("--target completion for deployment/: %q", got)
+	}
+	if got := completions("sandbox", "run", "-n", ""); !slices.Contains(got, ns) || !slices.Contains(got, "default") {
+		t.Errorf("-n completion: %q, want %s and default among them", got, ns)
+	}
+	cfg, err := clientcmd.LoadFromFile(c.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := completions("ls", "--context", ""); !slices.Contains(got, cfg.CurrentContext) {
+		t.Errorf("--context completion: %q, want %s", got, cfg.CurrentContext)
+	}
 }
 
 // TestClearErrorsForBadTargets: a target that does not exist names the
