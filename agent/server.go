@@ -272,7 +272,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	stopClose()
 	// Only now, for a client that presented the token, does yamux get
 	// its windows and backlog.
-	sess, err := yamux.Server(c, proto.MuxConfig(log))
+	sess, err := yamux.Server(proto.CoalesceFrames(c), proto.MuxConfig(log))
 	if err != nil {
 		log.Error("start tunnel session", "err", err)
 		_ = c.Close()

@@ -1,6 +1,7 @@
 package netnstest
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -56,7 +57,12 @@ func NewUser(t TB) User {
 // Command is exec.Command run as u, with u's HOME, USER and LOGNAME and
 // no XDG_RUNTIME_DIR of root's.
 func (u User) Command(name string, args ...string) *exec.Cmd {
-	cmd := exec.Command(name, args...)
+	return u.CommandContext(context.Background(), name, args...)
+}
+
+// CommandContext is Command with exec.CommandContext's ctx.
+func (u User) CommandContext(ctx context.Context, name string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: u.UID, Gid: u.GID, Groups: []uint32{u.GID}}}
 	var env []string
 	for _, kv := range os.Environ() {

@@ -103,9 +103,8 @@ func sandboxRunAs(t *testing.T, c *Cluster, u *netnstest.User, cfg map[string]an
 		bin := filepath.Join(dir, "trafficpolice")
 		copyFile(t, binary(t, c), bin, 0o755)
 		kubeconfig := userKubeconfig(t, c, *u)
-		cmd = u.Command(bin, args...)
+		cmd = u.CommandContext(ctx, bin, args...)
 		cmd.Env = append(cmd.Env, "KUBECONFIG="+kubeconfig)
-		cmd.Cancel = func() error { return cmd.Process.Kill() }
 	}
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
