@@ -82,6 +82,11 @@ func (h *hostsFile) get() (hostsTable, error) {
 	h.checked = time.Now()
 	fi, err := os.Stat(h.path)
 	if err != nil {
+		// A file read before stays in use (see resolvConfFile.lastGood:
+		// the target container restarted); one never read is empty.
+		if h.table.byName != nil {
+			return h.table, nil
+		}
 		if os.IsNotExist(err) {
 			h.table = parseHosts(nil)
 			return h.table, nil
@@ -93,6 +98,9 @@ func (h *hostsFile) get() (hostsTable, error) {
 	}
 	b, err := os.ReadFile(h.path)
 	if err != nil {
+		if h.table.byName != nil {
+			return h.table, nil
+		}
 		return hostsTable{}, fmt.Errorf("read hosts file: %w", err)
 	}
 	h.table, h.modTime, h.size = parseHosts(b), fi.ModTime(), fi.Size()

@@ -62,8 +62,7 @@ func (f *resolvConfFile) get() (resolvConf, error) {
 	}
 	fi, err := os.Stat(f.path)
 	if err != nil {
-		f.loaded = false
-		return resolvConf{}, fmt.Errorf("read resolv.conf: %w", err)
+		return f.lastGood(fmt.Errorf("read resolv.conf: %w", err))
 	}
 	f.checked = time.Now()
 	if f.loaded && fi.ModTime().Equal(f.modTime) && fi.Size() == f.size {
@@ -71,11 +70,24 @@ func (f *resolvConfFile) get() (resolvConf, error) {
 	}
 	rc, err := readResolvConf(f.path)
 	if err != nil {
-		f.loaded = false
-		return resolvConf{}, err
+		return f.lastGood(err)
 	}
 	f.rc, f.modTime, f.size, f.loaded = rc, fi.ModTime(), fi.Size(), true
 	return rc, nil
+}
+
+// lastGood answers a failed read with the last file read, when there was
+// one. In Job mode the path is /proc/PID/root/etc/resolv.conf of the
+// target container's process: when the container restarts, that process
+// is gone, while the pod (its network namespace, its resolver settings)
+// stays; every query failing from then on would be worse than answering
+// with what the pod had.
+func (f *resolvConfFile) lastGood(err error) (resolvConf, error) {
+	if !f.loaded {
+		return resolvConf{}, err
+	}
+	f.checked = time.Now()
+	return f.rc, nil
 }
 
 // parseResolvConf reads resolv.conf the way glibc does: unknown lines are

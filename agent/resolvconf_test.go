@@ -1,8 +1,10 @@
 package agent
 
 import (
+	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -71,7 +73,50 @@ func TestResolvConfFileReloadsWhenChanged(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.checked = time.Time{}
-	if _, err := f.get(); err == nil || !strings.Contains(err.Error(), "read resolv.conf") {
-		t.Errorf("after removal: %v, want an error reading resolv.conf", err)
+	if rc, err := f.get(); err != nil || len(rc.Nameservers) != 2 {
+		t.Errorf("after removal: %+v, %v; want the last file read", rc, err)
+	}
+	never := &resolvConfFile{path: path}
+	if _, err := never.get(); err == nil || !strings.Contains(err.Error(), "read resolv.conf") {
+		t.Errorf("a file never read: %v, want an error reading resolv.conf", err)
+	}
+}
+
+// In Job mode the agent reads the pod's resolver files through
+// /proc/PID/root of the target container's process. When the container
+// restarts that path is gone, the pod is not: the agent keeps answering
+// with what it read.
+func TestResolverFilesOutliveTheTargetProcess(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), []byte("nameserver 10.96.0.10\nsearch ns.svc.cluster.local\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "hosts"), []byte("10.0.0.7 alias-of-the-pod\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	target := exec.Command("sleep", "600")
+	if err := target.Start(); err != nil {
+		t.Fatal(err)
+	}
+	root := fmt.Sprintf("/proc/%d/root", target.Process.Pid)
+	rcf := &resolvConfFile{path: root + filepath.Join(dir, "resolv.conf")}
+	hf := &hostsFile{path: root + filepath.Join(dir, "hosts")}
+	if rc, err := rcf.get(); err != nil || len(rc.Search) != 1 {
+		t.Fatalf("before: %+v, %v", rc, err)
+	}
+	if tab, err := hf.get(); err != nil || len(tab.byName["alias-of-the-pod."]) != 1 {
+		t.Fatalf("before: %v, %v", tab.byName, err)
+	}
+	target.Process.Kill()
+	target.Wait()
+	if _, err := os.Stat(rcf.path); err == nil {
+		t.Fatalf("%s is still there after its process ended", rcf.path)
+	}
+	rcf.checked, hf.checked = time.Time{}, time.Time{}
+	if rc, err := rcf.get(); err != nil || len(rc.Search) != 1 || rc.Search[0] != "ns.svc.cluster.local" {
+		t.Errorf("after the process ended: %+v, %v; want what was read", rc, err)
+	}
+	if tab, err := hf.get(); err != nil || len(tab.byName["alias-of-the-pod."]) != 1 {
+		t.Errorf("after the process ended: %v, %v; want what was read", tab.byName, err)
 	}
 }
