@@ -259,7 +259,7 @@ var (
 		key("outgoing", shape{aBool, anObjectOf(outgoingFields)}, "The connections the app makes; false sends all of them local."),
 		key("dns", shape{aBool, anObjectOf(dnsFields)}, "Resolve names through the cluster (default true); false resolves everything on the host."),
 		key("incoming", shape{aBool, anEnum(modes...), anObjectOf(incomingFields)}, `The pod's incoming traffic: "mirror" (default), "steal", "off", or an object.`),
-		key("ipv6", sBool, "IPv6 towards the cluster."),
+		key("ipv6", sBool, "IPv6: accepted for mirrord's sake; trafficpolice carries IPv6 both ways (remote, local, DNS AAAA, steal and mirror) whatever the value."),
 	}
 	outgoingFields = []field{
 		key("tcp", sBool, "Route TCP (false: all TCP goes local)."),
