@@ -17,6 +17,7 @@ import (
 	"github.com/trafficpolice/trafficpolice/agent/enter"
 	"github.com/trafficpolice/trafficpolice/agent/nat"
 	"github.com/trafficpolice/trafficpolice/agent/proto"
+	"github.com/trafficpolice/trafficpolice/debugsrv"
 )
 
 func newAgentCommand() *cobra.Command {
@@ -26,6 +27,7 @@ func newAgentCommand() *cobra.Command {
 		commTO    time.Duration
 		natFlag   string
 		runFlags  agentRunFlags
+		debug     string
 	)
 	cmd := &cobra.Command{
 		Use:   "agent --listen HOST:PORT [--token-file FILE]",
@@ -51,6 +53,13 @@ func newAgentCommand() *cobra.Command {
 			opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
+			if debug != "" && runFlags.enterContainer == "" {
+				addr, err := debugsrv.Serve(ctx, debug, nil, opts.Logger)
+				if err != nil {
+					return err
+				}
+				opts.Logger.Info("debug server", "address", addr.String())
+			}
 			return serveAgent(ctx, opts, runFlags)
 		},
 	}
@@ -71,6 +80,8 @@ func newAgentCommand() *cobra.Command {
 	f.StringVar(&natFlag, "nat-backend", natDefault,
 		"how to write the nat rules: auto (iptables where it works, else nftables), iptables or nftables; $"+nat.EnvBackend+" sets the default")
 	runFlags.add(f)
+	f.StringVar(&debug, "debug-listen", "", "serve pprof and the agent's counters on this loopback HOST:PORT (in the agent's network namespace)")
+	f.MarkHidden("debug-listen")
 	cmd.MarkFlagRequired("listen")
 	return cmd
 }

@@ -12,6 +12,9 @@
 //	probe serve-whoami ADDR TAG   TCP and UDP: answer "TAG peer=IP:PORT"
 //	probe serve-echo ADDR         TCP echo
 //	probe serve-bytes ADDR N      send N bytes of a fixed pattern, then close
+//	probe hold ADDR N FILE     open N connections (each echoes once), print
+//	                           "held N", keep them until FILE exists, close
+//	                           them all, print "closed N"
 package main
 
 import (
@@ -55,6 +58,9 @@ func main() {
 		err = serveWhoami(os.Args[2], os.Args[3])
 	case "serve-echo":
 		err = serveEcho(os.Args[2])
+	case "hold":
+		n, _ := strconv.Atoi(os.Args[3])
+		err = hold(os.Args[2], n, os.Args[4])
 	case "serve-bytes":
 		n, _ := strconv.Atoi(os.Args[3])
 		err = serveBytes(os.Args[2], n)
@@ -111,6 +117,64 @@ func echo(addr string, n int) error {
 		return err
 	}
 	fmt.Printf("%d echoed\n", n)
+	return nil
+}
+
+// hold opens n connections at once (32 dials in flight) and keeps them
+// open, each proven by one echo, until release exists.
+func hold(addr string, n int, release string) error {
+	conns := make([]net.Conn, n)
+	errs := make(chan error, n)
+	sem := make(chan struct{}, 32)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			c, err := net.DialTimeout("tcp", addr, 20*time.Second)
+			if err != nil {
+				errs <- fmt.Errorf("connection %d: %w", i, err)
+				return
+			}
+			conns[i] = c
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			buf := []byte{byte(i)}
+			if _, err := c.Write(buf); err != nil {
+				errs <- fmt.Errorf("connection %d: %w", i, err)
+				return
+			}
+			if _, err := io.ReadFull(c, buf); err != nil {
+				errs <- fmt.Errorf("connection %d: %w", i, err)
+				return
+			}
+			c.SetDeadline(time.Time{})
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}()
+	for err := range errs {
+		return err
+	}
+	fmt.Printf("held %d\n", n)
+	for {
+		if _, err := os.Stat(release); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	fmt.Printf("closed %d\n", n)
 	return nil
 }
 
