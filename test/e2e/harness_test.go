@@ -34,6 +34,9 @@ type world struct {
 	sidecar   int // port of the target pod's sidecar on 127.0.0.1
 	// user, when set, runs `sandbox run` as this ordinary user: rootless.
 	user *netnstest.User
+	// agentDebug, when set, is the agent's debug server on the pod's
+	// loopback (startAgent adds --debug-listen).
+	agentDebug string
 }
 
 // rootless makes the world's runs rootless: they run as an ordinary user
@@ -101,7 +104,11 @@ func newWorld(t *testing.T) *world {
 
 func (w *world) startAgent(t *testing.T) {
 	t.Helper()
-	w.agent = w.target.Start(t, []string{w.tp, "agent", "--listen", fmt.Sprintf("0.0.0.0:%d", agentPort), "--token-file", w.tokenFile})
+	argv := []string{w.tp, "agent", "--listen", fmt.Sprintf("0.0.0.0:%d", agentPort), "--token-file", w.tokenFile}
+	if w.agentDebug != "" {
+		argv = append(argv, "--debug-listen", w.agentDebug)
+	}
+	w.agent = w.target.Start(t, argv)
 	w.target.WaitPort(t, agentPort, 5*time.Second)
 }
 
