@@ -1,0 +1,411 @@
+package incoming
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/trafficpolice/trafficpolice/agent/proto"
+)
+
+// These tests drive HTTP/2 on an HTTP-filtered port in-process (see
+// steal_test.go): a real gRPC client talks to the agent's serveConn, the
+// pod's app and the clients' apps are real gRPC servers. The same with
+// real nat rules, through agent/client, is in subscribe_test.go.
+
+// taggedHealth is a gRPC health service that says who answered: in a
+// header ("served-by"), a trailer ("served-by-trailer") and, for the
+// service "missing" and at the end of Watch, in its error status. Calls
+// lists every call it takes ("METHOD SERVICE x-user=...").
+type taggedHealth struct {
+	healthpb.UnimplementedHealthServer
+	tag   string
+	calls chan string
+	// release lets Watch go on after its first message: the test sends
+	// on it once that message arrived, which it can only if the proxy
+	// passed it on before the stream ended.
+	release chan struct{}
+}
+
+func newTaggedHealth(tag string) *taggedHealth {
+	return &taggedHealth{tag: tag, calls: make(chan string, 64), release: make(chan struct{}, 1)}
+}
+
+func (s *taggedHealth) record(ctx context.Context, method, service string) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	select {
+	case s.calls <- fmt.Sprintf("%s %s x-user=%s", method, service, strings.Join(md.Get("x-user"), ",")):
+	default:
+	}
+	_ = grpc.SetHeader(ctx, metadata.Pairs("served-by", s.tag))
+	_ = grpc.SetTrailer(ctx, metadata.Pairs("served-by-trailer", s.tag))
+}
+
+func (s *taggedHealth) Check(ctx context.Context, req *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
+	s.record(ctx, "Check", req.Service)
+	if req.Service == "missing" {
+		return nil, status.Errorf(codes.NotFound, "%s knows no service %q", s.tag, req.Service)
+	}
+	return &healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING}, nil
+}
+
+func (s *taggedHealth) Watch(req *healthpb.HealthCheckRequest, st grpc.ServerStreamingServer[healthpb.HealthCheckResponse]) error {
+	s.record(st.Context(), "Watch", req.Service)
+	if err := st.Send(&healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING}); err != nil {
+		return err
+	}
+	select {
+	case <-s.release:
+	case <-st.Context().Done():
+		return st.Context().Err()
+	}
+	for _, v := range []healthpb.HealthCheckResponse_ServingStatus{healthpb.HealthCheckResponse_NOT_SERVING, healthpb.HealthCheckResponse_SERVICE_UNKNOWN} {
+		if err := st.Send(&healthpb.HealthCheckResponse{Status: v}); err != nil {
+			return err
+		}
+	}
+	return status.Errorf(codes.Aborted, "%s ends the watch", s.tag)
+}
+
+func (s *taggedHealth) nextCall(t testing.TB) string {
+	t.Helper()
+	select {
+	case c := <-s.calls:
+		return c
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s took no call within 10s", s.tag)
+	}
+	return ""
+}
+
+// serveGRPC serves h on ln until the test ends.
+func serveGRPC(t testing.TB, h healthpb.HealthServer, ln net.Listener) {
+	srv := grpc.NewServer()
+	healthpb.RegisterHealthServer(srv, h)
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(srv.Stop)
+}
+
+// podGRPCApp is the pod's own gRPC app on loopback.
+func podGRPCApp(t testing.TB, h *taggedHealth) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveGRPC(t, h, ln)
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// newGRPCTestClient is a client whose local app is a gRPC server with h.
+func newGRPCTestClient(t testing.TB, tag string, mode proto.IncomingMode, h *taggedHealth) *testClient {
+	return newTestClientServing(t, tag, mode, func(ln net.Listener) { serveGRPC(t, h, ln) })
+}
+
+// dialThroughAgent is a gRPC client whose connections the agent serves as
+// if the nat rules had redirected them from dst; dials counts them.
+func dialThroughAgent(t testing.TB, in *Service, dst netip.AddrPort, dials *atomic.Int32) *grpc.ClientConn {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	cc, err := grpc.NewClient("passthrough:///pod", grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(dctx context.Context, _ string) (net.Conn, error) {
+			client, agentEnd, err := loopbackPair()
+			if err != nil {
+				return nil, err
+			}
+			if dials != nil {
+				dials.Add(1)
+			}
+			go in.serveConn(ctx, agentEnd, client.LocalAddr().(*net.TCPAddr).AddrPort(), dst)
+			return client, nil
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+// loopbackPair is the two ends of a fresh loopback TCP connection.
+func loopbackPair() (*net.TCPConn, *net.TCPConn, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, err
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		return nil, nil, err
+	}
+	a, err := ln.Accept()
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	return c.(*net.TCPConn), a.(*net.TCPConn), nil
+}
+
+func callCtx(t testing.TB, kv ...string) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	if len(kv) > 0 {
+		ctx = metadata.AppendToOutgoingContext(ctx, kv...)
+	}
+	return ctx
+}
+
+// check makes a unary Check and returns "SERVED-BY/TRAILER STATUS-CODE
+// MESSAGE-OR-RESULT".
+func check(t testing.TB, hc healthpb.HealthClient, service string, kv ...string) string {
+	t.Helper()
+	var header, trailer metadata.MD
+	res, err := hc.Check(callCtx(t, kv...), &healthpb.HealthCheckRequest{Service: service}, grpc.Header(&header), grpc.Trailer(&trailer))
+	who := strings.Join(header.Get("served-by"), ",") + "/" + strings.Join(trailer.Get("served-by-trailer"), ",")
+	if err != nil {
+		st := status.Convert(err)
+		return fmt.Sprintf("%s %s %s", who, st.Code(), st.Message())
+	}
+	return fmt.Sprintf("%s OK %s", who, res.Status)
+}
+
+// watch makes a server-streaming Watch, releasing the server after the
+// first message, and returns what it got.
+func watch(t testing.TB, hc healthpb.HealthClient, server *taggedHealth, kv ...string) string {
+	t.Helper()
+	st, err := hc.Watch(callCtx(t, kv...), &healthpb.HealthCheckRequest{Service: "w"})
+	if err != nil {
+		t.Fatalf("start a watch: %v", err)
+	}
+	var got []string
+	for {
+		res, err := st.Recv()
+		if err != nil {
+			s := status.Convert(err)
+			got = append(got, fmt.Sprintf("%s %s", s.Code(), s.Message()))
+			break
+		}
+		got = append(got, res.Status.String())
+		if len(got) == 1 {
+			// Only now may the server go on: the first message came
+			// through while the stream was still open.
+			server.release <- struct{}{}
+		}
+	}
+	header, _ := st.Header()
+	return fmt.Sprintf("%s/%s %s", strings.Join(header.Get("served-by"), ","), strings.Join(st.Trailer().Get("served-by-trailer"), ","), strings.Join(got, " "))
+}
+
+func TestHTTP2FilterDecidesEachGRPCCall(t *testing.T) {
+	in, _ := newTestIncoming(t)
+	podHealth, aliceHealth, bobHealth := newTaggedHealth("pod"), newTaggedHealth("alice"), newTaggedHealth("bob")
+	pod := podGRPCApp(t, podHealth)
+	alice := newGRPCTestClient(t, "alice", proto.ModeSteal, aliceHealth)
+	bob := newGRPCTestClient(t, "bob", proto.ModeSteal, bobHealth)
+	if _, err := in.subscribe(alice.t, steal(pod.Port(), "alice", header("^x-user: alice$"))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := in.subscribe(bob.t, steal(pod.Port(), "bob", proto.HTTPFilter{Kind: proto.FilterPath, Pattern: "/Watch$"})); err != nil {
+		t.Fatal(err)
+	}
+	var dials atomic.Int32
+	hc := healthpb.NewHealthClient(dialThroughAgent(t, in, pod, &dials))
+
+	for _, c := range []struct {
+		service string
+		md      []string
+		want    string
+		server  *taggedHealth
+	}{
+		{"a", []string{"x-user", "alice"}, "alice/alice OK SERVING", aliceHealth},
+		{"b", nil, "pod/pod OK SERVING", podHealth},
+		{"c", []string{"x-user", "carol"}, "pod/pod OK SERVING", podHealth},
+		// Error statuses and their trailers come back as sent, both ways.
+		{"missing", []string{"x-user", "alice"}, `alice/alice NotFound alice knows no service "missing"`, aliceHealth},
+		{"missing", nil, `pod/pod NotFound pod knows no service "missing"`, podHealth},
+	} {
+		if got := check(t, hc, c.service, c.md...); got != c.want {
+			t.Errorf("Check %q with %v: %q, want %q", c.service, c.md, got, c.want)
+		}
+		want := fmt.Sprintf("Check %s x-user=", c.service)
+		if len(c.md) > 0 {
+			want += c.md[1]
+		}
+		if got := c.server.nextCall(t); got != want {
+			t.Errorf("%s took %q, want %q", c.server.tag, got, want)
+		}
+	}
+
+	// Server streaming: the path filter sends every Watch to bob, the
+	// first match (alice's header) wins over it.
+	if got, want := watch(t, hc, bobHealth), "bob/bob SERVING NOT_SERVING SERVICE_UNKNOWN Aborted bob ends the watch"; got != want {
+		t.Errorf("a Watch: %q, want %q", got, want)
+	}
+	if got, want := watch(t, hc, aliceHealth, "x-user", "alice"), "alice/alice SERVING NOT_SERVING SERVICE_UNKNOWN Aborted alice ends the watch"; got != want {
+		t.Errorf("a Watch with x-user alice: %q, want %q", got, want)
+	}
+	bobHealth.nextCall(t)
+	aliceHealth.nextCall(t)
+
+	// Streams of one connection run side by side: a Watch held open at
+	// bob's app while unary calls go to the pod and to alice.
+	st, err := hc.Watch(callCtx(t), &healthpb.HealthCheckRequest{Service: "open"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Recv(); err != nil {
+		t.Fatalf("first message of the held watch: %v", err)
+	}
+	if got := check(t, hc, "during", "x-user", "alice"); got != "alice/alice OK SERVING" {
+		t.Errorf("a Check beside an open Watch: %q", got)
+	}
+	if got := check(t, hc, "during"); got != "pod/pod OK SERVING" {
+		t.Errorf("a Check beside an open Watch: %q", got)
+	}
+	bobHealth.release <- struct{}{}
+	for {
+		if _, err := st.Recv(); err != nil {
+			if status.Code(err) != codes.Aborted {
+				t.Errorf("the held watch ended with %v, want Aborted", err)
+			}
+			break
+		}
+	}
+	if n := dials.Load(); n != 1 {
+		t.Errorf("the gRPC client made %d connections, want all calls on one", n)
+	}
+}
+
+func TestHTTP2MirrorCopiesMatchingCalls(t *testing.T) {
+	in, _ := newTestIncoming(t)
+	podHealth, daveHealth := newTaggedHealth("pod"), newTaggedHealth("dave")
+	pod := podGRPCApp(t, podHealth)
+	dave := newGRPCTestClient(t, "dave", proto.ModeMirror, daveHealth)
+	if _, err := in.subscribe(dave.t, proto.Subscribe{Mode: proto.ModeMirror, Port: pod.Port(), Owner: "dave", Label: "dave@test", Filter: header("^x-copy: dave$")}); err != nil {
+		t.Fatal(err)
+	}
+	hc := healthpb.NewHealthClient(dialThroughAgent(t, in, pod, nil))
+	if got := check(t, hc, "plain"); got != "pod/pod OK SERVING" {
+		t.Errorf("a call the mirror does not want: %q", got)
+	}
+	podHealth.nextCall(t)
+	if got := check(t, hc, "copied", "x-copy", "dave"); got != "pod/pod OK SERVING" {
+		t.Errorf("a mirrored call: %q, want the pod's answer", got)
+	}
+	podHealth.nextCall(t)
+	if got := daveHealth.nextCall(t); got != "Check copied x-user=" {
+		t.Errorf("the mirror's app took %q, want the copy of the matching call only", got)
+	}
+}
+
+func TestHTTP2PrefaceIsToldFromHTTP1(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want bool
+	}{
+		{http2.ClientPreface, true},
+		{http2.ClientPreface + "\x00\x00\x00\x04", true},
+		{"POST / HTTP/1.1\r\n", false},
+		{"PRI /x HTTP/1.1\r\n\r\n", false},
+		{"PRI * HTTP/2.0\r\n\r\nXX", false},
+	} {
+		got, err := peekH2Preface(bufio.NewReader(strings.NewReader(c.in)))
+		if got != c.want || err != nil {
+			t.Errorf("peekH2Preface(%q) = %v, %v; want %v", c.in, got, err, c.want)
+		}
+	}
+	// Cut short: not decided, the error says why.
+	if got, err := peekH2Preface(bufio.NewReader(strings.NewReader("PRI * HTTP/2"))); got || err != io.EOF {
+		t.Errorf("a preface cut short: %v, %v; want false, EOF", got, err)
+	}
+}
+
+// TestHTTP2WithoutBackendAnswers502 sends a stolen call to a client whose
+// app does not speak HTTP/2: the call fails with the gateway's status,
+// the connection lives on for the pod's calls.
+func TestHTTP2BackendThatIsNotHTTP2Gets502(t *testing.T) {
+	in, _ := newTestIncoming(t)
+	podHealth := newTaggedHealth("pod")
+	pod := podGRPCApp(t, podHealth)
+	http1 := newTestClient(t, "http1", proto.ModeSteal)
+	if _, err := in.subscribe(http1.t, steal(pod.Port(), "http1", header("^x-user: old$"))); err != nil {
+		t.Fatal(err)
+	}
+	hc := healthpb.NewHealthClient(dialThroughAgent(t, in, pod, nil))
+	if got := check(t, hc, "x", "x-user", "old"); !strings.Contains(got, "Unavailable") || !strings.Contains(got, "502") {
+		t.Errorf("a call stolen by an app that speaks HTTP/1 only: %q, want Unavailable from a 502", got)
+	}
+	if got := check(t, hc, "y"); got != "pod/pod OK SERVING" {
+		t.Errorf("the pod's call after a failed stolen one: %q", got)
+	}
+}
+
+// BenchmarkGRPCUnary measures unary gRPC calls per second on one client
+// connection: straight to the app, through the agent to the pod's app
+// (the filter does not match), and stolen through the agent and a tunnel
+// to a client's app (it matches).
+func BenchmarkGRPCUnary(b *testing.B) {
+	rules := &fakeRules{ports: map[uint16]bool{}}
+	in := newService(slog.New(slog.DiscardHandler), rules, Options{Linger: 5 * time.Second, OpenTimeout: 5 * time.Second, DialTimeout: 5 * time.Second})
+	in.dial = func(ctx context.Context, dst netip.AddrPort) (*net.TCPConn, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", dst.String())
+		if err != nil {
+			return nil, err
+		}
+		return c.(*net.TCPConn), nil
+	}
+	b.Cleanup(in.close)
+	pod := podGRPCApp(b, newTaggedHealth("pod"))
+	alice := newGRPCTestClient(b, "alice", proto.ModeSteal, newTaggedHealth("alice"))
+	if _, err := in.subscribe(alice.t, steal(pod.Port(), "alice", header("^x-user: alice$"))); err != nil {
+		b.Fatal(err)
+	}
+	direct, err := grpc.NewClient(pod.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { direct.Close() })
+	through := dialThroughAgent(b, in, pod, nil)
+	for _, c := range []struct {
+		name string
+		cc   *grpc.ClientConn
+		md   []string
+	}{
+		{"direct", direct, nil},
+		{"agent-to-pod", through, nil},
+		{"stolen", through, []string{"x-user", "alice"}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			hc := healthpb.NewHealthClient(c.cc)
+			ctx := context.Background()
+			if len(c.md) > 0 {
+				ctx = metadata.AppendToOutgoingContext(ctx, c.md...)
+			}
+			req := &healthpb.HealthCheckRequest{Service: "bench"}
+			for b.Loop() {
+				if _, err := hc.Check(ctx, req); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "calls/s")
+		})
+	}
+}
+
