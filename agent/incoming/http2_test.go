@@ -408,4 +408,3 @@ func BenchmarkGRPCUnary(b *testing.B) {
 		})
 	}
 }
-
