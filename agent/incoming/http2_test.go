@@ -27,51 +27,54 @@ import (
 // These tests drive HTTP/2 on an HTTP-filtered port in-process (see
 // steal_test.go): a real gRPC client talks to the agent's serveConn, the
 // pod's app and the clients' apps are real gRPC servers. The same with
-// real nat rules, through agent/client, is in subscribe_test.go.
+// real nat rules, through agent/client, is in subscribe_http2_test.go,
+// which uses the exported helpers of this file (TaggedHealth, ServeGRPC,
+// CheckCall, WatchCall): exported from a test file, they are the tests'
+// only.
 
-// taggedHealth is a gRPC health service that says who answered: in a
+// TaggedHealth is a gRPC health service that says who answered: in a
 // header ("served-by"), a trailer ("served-by-trailer") and, for the
 // service "missing" and at the end of Watch, in its error status. Calls
 // lists every call it takes ("METHOD SERVICE x-user=...").
-type taggedHealth struct {
+type TaggedHealth struct {
 	healthpb.UnimplementedHealthServer
-	tag   string
+	Tag   string
 	calls chan string
 	// release lets Watch go on after its first message: the test sends
 	// on it once that message arrived, which it can only if the proxy
 	// passed it on before the stream ended.
-	release chan struct{}
+	Release chan struct{}
 }
 
-func newTaggedHealth(tag string) *taggedHealth {
-	return &taggedHealth{tag: tag, calls: make(chan string, 64), release: make(chan struct{}, 1)}
+func NewTaggedHealth(tag string) *TaggedHealth {
+	return &TaggedHealth{Tag: tag, calls: make(chan string, 64), Release: make(chan struct{}, 1)}
 }
 
-func (s *taggedHealth) record(ctx context.Context, method, service string) {
+func (s *TaggedHealth) record(ctx context.Context, method, service string) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	select {
 	case s.calls <- fmt.Sprintf("%s %s x-user=%s", method, service, strings.Join(md.Get("x-user"), ",")):
 	default:
 	}
-	_ = grpc.SetHeader(ctx, metadata.Pairs("served-by", s.tag))
-	_ = grpc.SetTrailer(ctx, metadata.Pairs("served-by-trailer", s.tag))
+	_ = grpc.SetHeader(ctx, metadata.Pairs("served-by", s.Tag))
+	_ = grpc.SetTrailer(ctx, metadata.Pairs("served-by-trailer", s.Tag))
 }
 
-func (s *taggedHealth) Check(ctx context.Context, req *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
+func (s *TaggedHealth) Check(ctx context.Context, req *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
 	s.record(ctx, "Check", req.Service)
 	if req.Service == "missing" {
-		return nil, status.Errorf(codes.NotFound, "%s knows no service %q", s.tag, req.Service)
+		return nil, status.Errorf(codes.NotFound, "%s knows no service %q", s.Tag, req.Service)
 	}
 	return &healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING}, nil
 }
 
-func (s *taggedHealth) Watch(req *healthpb.HealthCheckRequest, st grpc.ServerStreamingServer[healthpb.HealthCheckResponse]) error {
+func (s *TaggedHealth) Watch(req *healthpb.HealthCheckRequest, st grpc.ServerStreamingServer[healthpb.HealthCheckResponse]) error {
 	s.record(st.Context(), "Watch", req.Service)
 	if err := st.Send(&healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING}); err != nil {
 		return err
 	}
 	select {
-	case <-s.release:
+	case <-s.Release:
 	case <-st.Context().Done():
 		return st.Context().Err()
 	}
@@ -80,22 +83,22 @@ func (s *taggedHealth) Watch(req *healthpb.HealthCheckRequest, st grpc.ServerStr
 			return err
 		}
 	}
-	return status.Errorf(codes.Aborted, "%s ends the watch", s.tag)
+	return status.Errorf(codes.Aborted, "%s ends the watch", s.Tag)
 }
 
-func (s *taggedHealth) nextCall(t testing.TB) string {
+func (s *TaggedHealth) NextCall(t testing.TB) string {
 	t.Helper()
 	select {
 	case c := <-s.calls:
 		return c
 	case <-time.After(10 * time.Second):
-		t.Fatalf("%s took no call within 10s", s.tag)
+		t.Fatalf("%s took no call within 10s", s.Tag)
 	}
 	return ""
 }
 
-// serveGRPC serves h on ln until the test ends.
-func serveGRPC(t testing.TB, h healthpb.HealthServer, ln net.Listener) {
+// ServeGRPC serves h on ln until the test ends.
+func ServeGRPC(t testing.TB, h healthpb.HealthServer, ln net.Listener) {
 	srv := grpc.NewServer()
 	healthpb.RegisterHealthServer(srv, h)
 	go func() { _ = srv.Serve(ln) }()
@@ -103,19 +106,19 @@ func serveGRPC(t testing.TB, h healthpb.HealthServer, ln net.Listener) {
 }
 
 // podGRPCApp is the pod's own gRPC app on loopback.
-func podGRPCApp(t testing.TB, h *taggedHealth) netip.AddrPort {
+func podGRPCApp(t testing.TB, h *TaggedHealth) netip.AddrPort {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	serveGRPC(t, h, ln)
+	ServeGRPC(t, h, ln)
 	return ln.Addr().(*net.TCPAddr).AddrPort()
 }
 
 // newGRPCTestClient is a client whose local app is a gRPC server with h.
-func newGRPCTestClient(t testing.TB, tag string, mode proto.IncomingMode, h *taggedHealth) *testClient {
-	return newTestClientServing(t, tag, mode, func(ln net.Listener) { serveGRPC(t, h, ln) })
+func newGRPCTestClient(t testing.TB, tag string, mode proto.IncomingMode, h *TaggedHealth) *testClient {
+	return newTestClientServing(t, tag, mode, func(ln net.Listener) { ServeGRPC(t, h, ln) })
 }
 
 // dialThroughAgent is a gRPC client whose connections the agent serves as
@@ -171,9 +174,9 @@ func callCtx(t testing.TB, kv ...string) context.Context {
 	return ctx
 }
 
-// check makes a unary Check and returns "SERVED-BY/TRAILER STATUS-CODE
+// CheckCall makes a unary Check and returns "SERVED-BY/TRAILER STATUS-CODE
 // MESSAGE-OR-RESULT".
-func check(t testing.TB, hc healthpb.HealthClient, service string, kv ...string) string {
+func CheckCall(t testing.TB, hc healthpb.HealthClient, service string, kv ...string) string {
 	t.Helper()
 	var header, trailer metadata.MD
 	res, err := hc.Check(callCtx(t, kv...), &healthpb.HealthCheckRequest{Service: service}, grpc.Header(&header), grpc.Trailer(&trailer))
@@ -185,9 +188,9 @@ func check(t testing.TB, hc healthpb.HealthClient, service string, kv ...string)
 	return fmt.Sprintf("%s OK %s", who, res.Status)
 }
 
-// watch makes a server-streaming Watch, releasing the server after the
+// WatchCall makes a server-streaming Watch, releasing the server after the
 // first message, and returns what it got.
-func watch(t testing.TB, hc healthpb.HealthClient, server *taggedHealth, kv ...string) string {
+func WatchCall(t testing.TB, hc healthpb.HealthClient, server *TaggedHealth, kv ...string) string {
 	t.Helper()
 	st, err := hc.Watch(callCtx(t, kv...), &healthpb.HealthCheckRequest{Service: "w"})
 	if err != nil {
@@ -205,7 +208,7 @@ func watch(t testing.TB, hc healthpb.HealthClient, server *taggedHealth, kv ...s
 		if len(got) == 1 {
 			// Only now may the server go on: the first message came
 			// through while the stream was still open.
-			server.release <- struct{}{}
+			server.Release <- struct{}{}
 		}
 	}
 	header, _ := st.Header()
@@ -214,7 +217,7 @@ func watch(t testing.TB, hc healthpb.HealthClient, server *taggedHealth, kv ...s
 
 func TestHTTP2FilterDecidesEachGRPCCall(t *testing.T) {
 	in, _ := newTestIncoming(t)
-	podHealth, aliceHealth, bobHealth := newTaggedHealth("pod"), newTaggedHealth("alice"), newTaggedHealth("bob")
+	podHealth, aliceHealth, bobHealth := NewTaggedHealth("pod"), NewTaggedHealth("alice"), NewTaggedHealth("bob")
 	pod := podGRPCApp(t, podHealth)
 	alice := newGRPCTestClient(t, "alice", proto.ModeSteal, aliceHealth)
 	bob := newGRPCTestClient(t, "bob", proto.ModeSteal, bobHealth)
@@ -231,7 +234,7 @@ func TestHTTP2FilterDecidesEachGRPCCall(t *testing.T) {
 		service string
 		md      []string
 		want    string
-		server  *taggedHealth
+		server  *TaggedHealth
 	}{
 		{"a", []string{"x-user", "alice"}, "alice/alice OK SERVING", aliceHealth},
 		{"b", nil, "pod/pod OK SERVING", podHealth},
@@ -240,28 +243,28 @@ func TestHTTP2FilterDecidesEachGRPCCall(t *testing.T) {
 		{"missing", []string{"x-user", "alice"}, `alice/alice NotFound alice knows no service "missing"`, aliceHealth},
 		{"missing", nil, `pod/pod NotFound pod knows no service "missing"`, podHealth},
 	} {
-		if got := check(t, hc, c.service, c.md...); got != c.want {
+		if got := CheckCall(t, hc, c.service, c.md...); got != c.want {
 			t.Errorf("Check %q with %v: %q, want %q", c.service, c.md, got, c.want)
 		}
 		want := fmt.Sprintf("Check %s x-user=", c.service)
 		if len(c.md) > 0 {
 			want += c.md[1]
 		}
-		if got := c.server.nextCall(t); got != want {
-			t.Errorf("%s took %q, want %q", c.server.tag, got, want)
+		if got := c.server.NextCall(t); got != want {
+			t.Errorf("%s took %q, want %q", c.server.Tag, got, want)
 		}
 	}
 
 	// Server streaming: the path filter sends every Watch to bob, the
 	// first match (alice's header) wins over it.
-	if got, want := watch(t, hc, bobHealth), "bob/bob SERVING NOT_SERVING SERVICE_UNKNOWN Aborted bob ends the watch"; got != want {
+	if got, want := WatchCall(t, hc, bobHealth), "bob/bob SERVING NOT_SERVING SERVICE_UNKNOWN Aborted bob ends the watch"; got != want {
 		t.Errorf("a Watch: %q, want %q", got, want)
 	}
-	if got, want := watch(t, hc, aliceHealth, "x-user", "alice"), "alice/alice SERVING NOT_SERVING SERVICE_UNKNOWN Aborted alice ends the watch"; got != want {
+	if got, want := WatchCall(t, hc, aliceHealth, "x-user", "alice"), "alice/alice SERVING NOT_SERVING SERVICE_UNKNOWN Aborted alice ends the watch"; got != want {
 		t.Errorf("a Watch with x-user alice: %q, want %q", got, want)
 	}
-	bobHealth.nextCall(t)
-	aliceHealth.nextCall(t)
+	bobHealth.NextCall(t)
+	aliceHealth.NextCall(t)
 
 	// Streams of one connection run side by side: a Watch held open at
 	// bob's app while unary calls go to the pod and to alice.
@@ -272,13 +275,13 @@ func TestHTTP2FilterDecidesEachGRPCCall(t *testing.T) {
 	if _, err := st.Recv(); err != nil {
 		t.Fatalf("first message of the held watch: %v", err)
 	}
-	if got := check(t, hc, "during", "x-user", "alice"); got != "alice/alice OK SERVING" {
+	if got := CheckCall(t, hc, "during", "x-user", "alice"); got != "alice/alice OK SERVING" {
 		t.Errorf("a Check beside an open Watch: %q", got)
 	}
-	if got := check(t, hc, "during"); got != "pod/pod OK SERVING" {
+	if got := CheckCall(t, hc, "during"); got != "pod/pod OK SERVING" {
 		t.Errorf("a Check beside an open Watch: %q", got)
 	}
-	bobHealth.release <- struct{}{}
+	bobHealth.Release <- struct{}{}
 	for {
 		if _, err := st.Recv(); err != nil {
 			if status.Code(err) != codes.Aborted {
@@ -294,22 +297,22 @@ func TestHTTP2FilterDecidesEachGRPCCall(t *testing.T) {
 
 func TestHTTP2MirrorCopiesMatchingCalls(t *testing.T) {
 	in, _ := newTestIncoming(t)
-	podHealth, daveHealth := newTaggedHealth("pod"), newTaggedHealth("dave")
+	podHealth, daveHealth := NewTaggedHealth("pod"), NewTaggedHealth("dave")
 	pod := podGRPCApp(t, podHealth)
 	dave := newGRPCTestClient(t, "dave", proto.ModeMirror, daveHealth)
 	if _, err := in.subscribe(dave.t, proto.Subscribe{Mode: proto.ModeMirror, Port: pod.Port(), Owner: "dave", Label: "dave@test", Filter: header("^x-copy: dave$")}); err != nil {
 		t.Fatal(err)
 	}
 	hc := healthpb.NewHealthClient(dialThroughAgent(t, in, pod, nil))
-	if got := check(t, hc, "plain"); got != "pod/pod OK SERVING" {
+	if got := CheckCall(t, hc, "plain"); got != "pod/pod OK SERVING" {
 		t.Errorf("a call the mirror does not want: %q", got)
 	}
-	podHealth.nextCall(t)
-	if got := check(t, hc, "copied", "x-copy", "dave"); got != "pod/pod OK SERVING" {
+	podHealth.NextCall(t)
+	if got := CheckCall(t, hc, "copied", "x-copy", "dave"); got != "pod/pod OK SERVING" {
 		t.Errorf("a mirrored call: %q, want the pod's answer", got)
 	}
-	podHealth.nextCall(t)
-	if got := daveHealth.nextCall(t); got != "Check copied x-user=" {
+	podHealth.NextCall(t)
+	if got := daveHealth.NextCall(t); got != "Check copied x-user=" {
 		t.Errorf("the mirror's app took %q, want the copy of the matching call only", got)
 	}
 }
@@ -341,17 +344,17 @@ func TestHTTP2PrefaceIsToldFromHTTP1(t *testing.T) {
 // the connection lives on for the pod's calls.
 func TestHTTP2BackendThatIsNotHTTP2Gets502(t *testing.T) {
 	in, _ := newTestIncoming(t)
-	podHealth := newTaggedHealth("pod")
+	podHealth := NewTaggedHealth("pod")
 	pod := podGRPCApp(t, podHealth)
 	http1 := newTestClient(t, "http1", proto.ModeSteal)
 	if _, err := in.subscribe(http1.t, steal(pod.Port(), "http1", header("^x-user: old$"))); err != nil {
 		t.Fatal(err)
 	}
 	hc := healthpb.NewHealthClient(dialThroughAgent(t, in, pod, nil))
-	if got := check(t, hc, "x", "x-user", "old"); !strings.Contains(got, "Unavailable") || !strings.Contains(got, "502") {
+	if got := CheckCall(t, hc, "x", "x-user", "old"); !strings.Contains(got, "Unavailable") || !strings.Contains(got, "502") {
 		t.Errorf("a call stolen by an app that speaks HTTP/1 only: %q, want Unavailable from a 502", got)
 	}
-	if got := check(t, hc, "y"); got != "pod/pod OK SERVING" {
+	if got := CheckCall(t, hc, "y"); got != "pod/pod OK SERVING" {
 		t.Errorf("the pod's call after a failed stolen one: %q", got)
 	}
 }
@@ -372,8 +375,8 @@ func BenchmarkGRPCUnary(b *testing.B) {
 		return c.(*net.TCPConn), nil
 	}
 	b.Cleanup(in.close)
-	pod := podGRPCApp(b, newTaggedHealth("pod"))
-	alice := newGRPCTestClient(b, "alice", proto.ModeSteal, newTaggedHealth("alice"))
+	pod := podGRPCApp(b, NewTaggedHealth("pod"))
+	alice := newGRPCTestClient(b, "alice", proto.ModeSteal, NewTaggedHealth("alice"))
 	if _, err := in.subscribe(alice.t, steal(pod.Port(), "alice", header("^x-user: alice$"))); err != nil {
 		b.Fatal(err)
 	}
@@ -392,18 +395,32 @@ func BenchmarkGRPCUnary(b *testing.B) {
 		{"agent-to-pod", through, nil},
 		{"stolen", through, []string{"x-user", "alice"}},
 	} {
-		b.Run(c.name, func(b *testing.B) {
-			hc := healthpb.NewHealthClient(c.cc)
-			ctx := context.Background()
-			if len(c.md) > 0 {
-				ctx = metadata.AppendToOutgoingContext(ctx, c.md...)
-			}
-			req := &healthpb.HealthCheckRequest{Service: "bench"}
+		hc := healthpb.NewHealthClient(c.cc)
+		ctx := context.Background()
+		if len(c.md) > 0 {
+			ctx = metadata.AppendToOutgoingContext(ctx, c.md...)
+		}
+		req := &healthpb.HealthCheckRequest{Service: "bench"}
+		// One call after another: the latency of a call.
+		b.Run(c.name+"/serial", func(b *testing.B) {
 			for b.Loop() {
 				if _, err := hc.Check(ctx, req); err != nil {
 					b.Fatal(err)
 				}
 			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "calls/s")
+		})
+		// 16 calls in flight per CPU on the one connection: its rate.
+		b.Run(c.name+"/parallel", func(b *testing.B) {
+			b.SetParallelism(16)
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if _, err := hc.Check(ctx, req); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "calls/s")
 		})
 	}

@@ -1,0 +1,110 @@
+package incoming_test
+
+// gRPC (HTTP/2 with prior knowledge) under HTTP filters as a user gets
+// it: the world of world_test.go, a real gRPC client in the peer, the
+// pod's gRPC app in the pod, clients' gRPC apps on the host's loopback.
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/trafficpolice/trafficpolice/agent/client"
+	"github.com/trafficpolice/trafficpolice/agent/incoming"
+	"github.com/trafficpolice/trafficpolice/config"
+)
+
+// grpcFromPeer is a gRPC client in the peer whose connections go to to.
+func (w *world) grpcFromPeer(t *testing.T, to netip.AddrPort) healthpb.HealthClient {
+	t.Helper()
+	cc, err := grpc.NewClient("passthrough:///pod", grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return dialFrom(w.peer, to) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return healthpb.NewHealthClient(cc)
+}
+
+// grpcApp serves h on ln and returns it as an app of the test.
+func grpcApp(t *testing.T, h *incoming.TaggedHealth, ln net.Listener) *app {
+	a := newApp(t, h.Tag, ln)
+	incoming.ServeGRPC(t, h, ln)
+	return a
+}
+
+func TestHTTP2FilteredStealAndMirrorOfGRPCCalls(t *testing.T) {
+	forBothBackends(t, func(t *testing.T, w *world) {
+		podH, aliceH, daveH := incoming.NewTaggedHealth("pod"), incoming.NewTaggedHealth("alice"), incoming.NewTaggedHealth("dave")
+		pod := grpcApp(t, podH, w.podListener(t))
+		port := pod.addr.Port()
+		alice, dave := grpcApp(t, aliceH, localListener(t)), grpcApp(t, daveH, localListener(t))
+		stolen := subscribe(t, w.dialClient(t, "alice", client.Options{}), client.Steal, port, config.HTTPFilter{HeaderFilter: "^x-user: alice$"}, alice)
+		copied := subscribe(t, w.dialClient(t, "dave", client.Options{}), client.Mirror, port, config.HTTPFilter{HeaderFilter: "^x-copy: dave$"}, dave)
+		w.wantRedirects(t, port)
+
+		for _, to := range []netip.AddrPort{netip.AddrPortFrom(podAddr4, port), netip.AddrPortFrom(podAddr6, port)} {
+			hc := w.grpcFromPeer(t, to)
+			// Unary, both ways, with an error status and trailers.
+			for _, c := range []struct {
+				service string
+				md      []string
+				want    string
+				server  *incoming.TaggedHealth
+			}{
+				{"a", []string{"x-user", "alice"}, "alice/alice OK SERVING", aliceH},
+				{"b", []string{"x-user", "bob"}, "pod/pod OK SERVING", podH},
+				{"missing", []string{"x-user", "alice"}, `alice/alice NotFound alice knows no service "missing"`, aliceH},
+				{"missing", nil, `pod/pod NotFound pod knows no service "missing"`, podH},
+			} {
+				if got := incoming.CheckCall(t, hc, c.service, c.md...); got != c.want {
+					t.Errorf("to %s, Check %q with %v: %q, want %q", to, c.service, c.md, got, c.want)
+				}
+				c.server.NextCall(t)
+			}
+			// Server streaming, both ways: each message as it is sent.
+			if got, want := incoming.WatchCall(t, hc, aliceH, "x-user", "alice"), "alice/alice SERVING NOT_SERVING SERVICE_UNKNOWN Aborted alice ends the watch"; got != want {
+				t.Errorf("to %s, a stolen Watch: %q, want %q", to, got, want)
+			}
+			aliceH.NextCall(t)
+			if got, want := incoming.WatchCall(t, hc, podH), "pod/pod SERVING NOT_SERVING SERVICE_UNKNOWN Aborted pod ends the watch"; got != want {
+				t.Errorf("to %s, the pod's Watch: %q, want %q", to, got, want)
+			}
+			podH.NextCall(t)
+			// A mirrored call: the pod answers, dave's app gets a copy.
+			if got := incoming.CheckCall(t, hc, "copied", "x-copy", "dave"); got != "pod/pod OK SERVING" {
+				t.Errorf("to %s, a mirrored call: %q, want the pod's answer", to, got)
+			}
+			podH.NextCall(t)
+			if got := daveH.NextCall(t); got != "Check copied x-user=" {
+				t.Errorf("to %s, dave's app took %q, want the copy", to, got)
+			}
+			for _, a := range []*app{alice, dave} {
+				if got := a.nextHanded(t); got.Dst != to || got.Port != port {
+					t.Errorf("%s's Dial was told %+v, want the destination %s", a.tag, got, to)
+				}
+			}
+
+			if to.Addr().Is6() {
+				// Given back: the next connection's calls go to the pod's
+				// app. (Connections still open lose their redirect with the
+				// rules, in the kernel, as HTTP/1 ones do.)
+				if err := stolen.Close(); err != nil {
+					t.Fatal(err)
+				}
+				if err := copied.Close(); err != nil {
+					t.Fatal(err)
+				}
+				w.wantRedirects(t)
+				if got := incoming.CheckCall(t, w.grpcFromPeer(t, to), "after", "x-user", "alice"); got != "pod/pod OK SERVING" {
+					t.Errorf("after the steal ended: %q, want the pod's app", got)
+				}
+			}
+		}
+	})
+}
