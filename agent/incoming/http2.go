@@ -3,7 +3,9 @@ package incoming
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -13,9 +15,14 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"strings"
 	"sync"
+	"time"
 
+	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
+
+	"github.com/trafficpolice/trafficpolice/splice"
 )
 
 // HTTP/2 under HTTP filters: a connection that opens with the HTTP/2
@@ -79,6 +86,111 @@ func (h *httpConn) upstreamGreetsHTTP2() bool {
 // frameHeaderLen is the length of an HTTP/2 frame header (RFC 9113 §4.1).
 const frameHeaderLen = 9
 
+// h2MaxUpgradeBody bounds the body of a request that asks for h2c: it is
+// read whole before the switch (it belongs to stream 1). A request with a
+// larger or chunked body goes on as HTTP/1.
+const h2MaxUpgradeBody = 64 << 10
+
+// h2cUpgrade reports whether req asks to switch to HTTP/2 in clear text
+// (RFC 7540 §3.2: Upgrade: h2c, with one HTTP2-Settings named in
+// Connection), and returns the client's settings it carries.
+func h2cUpgrade(req *requestHead) (settings []byte, ok bool) {
+	if req.version != "HTTP/1.1" {
+		return nil, false
+	}
+	var upgrade, connection, http2Settings []string
+	for _, l := range req.headers {
+		switch strings.ToLower(l.name) {
+		case "upgrade":
+			upgrade = append(upgrade, l.value)
+		case "connection":
+			connection = append(connection, l.value)
+		case "http2-settings":
+			http2Settings = append(http2Settings, l.value)
+		}
+	}
+	if !httpguts.HeaderValuesContainsToken(upgrade, "h2c") ||
+		!httpguts.HeaderValuesContainsToken(connection, "upgrade") ||
+		!httpguts.HeaderValuesContainsToken(connection, "http2-settings") ||
+		len(http2Settings) != 1 {
+		return nil, false
+	}
+	settings, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(http2Settings[0], "="))
+	if err != nil || len(settings)%6 != 0 {
+		return nil, false
+	}
+	return settings, true
+}
+
+// upgradeToH2 takes the client's h2c upgrade, when the pod's app speaks
+// HTTP/2 in clear text: the agent answers 101 itself and serves the
+// connection as HTTP/2, req as its stream 1. It reports false, with
+// nothing of the request's body read, when the request goes on as HTTP/1
+// (to a backend that ignores the Upgrade, or takes the whole connection
+// as it would without the agent).
+func (h *httpConn) upgradeToH2(req *requestHead, settings []byte) bool {
+	if req.chunked || req.contentLength > h2MaxUpgradeBody {
+		return false
+	}
+	if !h.in.speaksH2C(h.ctx, h.dst) {
+		h.in.log.Debug("h2c upgrade left to the pod's app: it does not speak HTTP/2 in clear text", "peer", h.src.String())
+		return false
+	}
+	r, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(req.raw)))
+	if err != nil {
+		return false
+	}
+	var body io.ReadCloser = http.NoBody
+	if req.contentLength > 0 {
+		b := make([]byte, req.contentLength)
+		_ = h.client.SetReadDeadline(time.Now().Add(h.in.httpHeadTimeout))
+		_, err := io.ReadFull(h.br, b)
+		_ = h.client.SetReadDeadline(time.Time{})
+		if err != nil {
+			h.in.log.Debug("the body of an h2c upgrade request did not arrive", "peer", h.src.String(), "err", err)
+			splice.Abort(h.client)
+			return true
+		}
+		body = io.NopCloser(bytes.NewReader(b))
+	}
+	r.Body = body
+	for _, k := range []string{"Connection", "Upgrade", "Http2-Settings"} {
+		r.Header.Del(k)
+	}
+	r = r.WithContext(h.ctx)
+	if _, err := io.WriteString(h.client, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"); err != nil {
+		splice.Abort(h.client)
+		return true
+	}
+	if h.upstream != nil {
+		// An HTTP/1 connection, of no use to HTTP/2.
+		_ = h.upstream.side.Close()
+		h.upstream = nil
+	}
+	h.in.log.Debug("h2c upgrade: deciding each stream", "peer", h.src.String())
+	h.serveH2(nil, r, settings)
+	return true
+}
+
+// speaksH2C reports whether the app at dst answers the HTTP/2 preface
+// with its SETTINGS, on a connection of its own that is then closed.
+func (in *Service) speaksH2C(ctx context.Context, dst netip.AddrPort) bool {
+	c, err := in.dial(ctx, dst)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(cmp.Or(in.dialTimeout, 5*time.Second)))
+	if _, err := io.WriteString(c, http2.ClientPreface); err != nil {
+		return false
+	}
+	if err := http2.NewFramer(c, nil).WriteSettings(); err != nil {
+		return false
+	}
+	fh, err := http2.ReadFrameHeader(c)
+	return err == nil && fh.Type == http2.FrameSettings && fh.StreamID == 0
+}
+
 // h2Conn serves one HTTP/2 connection on an HTTP-filtered port.
 type h2Conn struct {
 	in       *Service
@@ -109,8 +221,10 @@ type h2Backend struct {
 
 // serveH2 serves the client's connection as HTTP/2 until it ends; br holds
 // what was read of it (the preface, at least). A connection to the pod's
-// app already dialed (spare, may be nil) is used, not wasted.
-func (h *httpConn) serveH2(spare net.Conn) {
+// app already dialed (spare, may be nil) is used, not wasted. After an
+// h2c upgrade, upgrade is the request that asked for it (stream 1) and
+// settings the client's, from its HTTP2-Settings.
+func (h *httpConn) serveH2(spare net.Conn, upgrade *http.Request, settings []byte) {
 	c := &h2Conn{in: h.in, ctx: h.ctx, src: h.src, dst: h.dst, log: h.in.log.With("peer", h.src.String()),
 		stolen: map[*subscription]*h2Backend{}, copies: map[*subscription]*h2Backend{}, spare: spare}
 	defer c.close()
@@ -122,8 +236,10 @@ func (h *httpConn) serveH2(spare net.Conn) {
 		IdleTimeout:                  h.in.httpIdleTimeout,
 	}
 	srv.ServeConn(&readConn{TCPConn: h.client, r: h.br}, &http2.ServeConnOpts{
-		Context:    h.ctx,
-		Handler:    c,
+		Context:        h.ctx,
+		Handler:        c,
+		UpgradeRequest: upgrade,
+		Settings:       settings,
 		BaseConfig: &http.Server{MaxHeaderBytes: h2MaxHeaderList, ErrorLog: c.errorLog()},
 	})
 }

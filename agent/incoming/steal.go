@@ -196,7 +196,7 @@ func (h *httpConn) serve() {
 				spare = &readConn{TCPConn: h.upstream.side.(*net.TCPConn), r: h.upstream.br}
 				h.upstream = nil
 			}
-			h.serveH2(spare)
+			h.serveH2(spare, nil, nil)
 			return
 		}
 		var bad *badRequest
@@ -212,6 +212,9 @@ func (h *httpConn) serve() {
 		case err != nil:
 			h.in.log.Debug("HTTP-filtered connection ends", "peer", h.src.String(), "err", err)
 			splice.Abort(h.client)
+			return
+		}
+		if settings, ok := h2cUpgrade(req); ok && h.upgradeToH2(req, settings) {
 			return
 		}
 		if !h.exchange(req) {

@@ -6,8 +6,13 @@ package incoming_test
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
+	"os/exec"
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc"
@@ -16,6 +21,7 @@ import (
 
 	"github.com/trafficpolice/trafficpolice/agent/client"
 	"github.com/trafficpolice/trafficpolice/agent/incoming"
+	"github.com/trafficpolice/trafficpolice/agent/nat"
 	"github.com/trafficpolice/trafficpolice/config"
 )
 
@@ -107,4 +113,68 @@ func TestHTTP2FilteredStealAndMirrorOfGRPCCalls(t *testing.T) {
 			}
 		}
 	})
+}
+
+// serveH2C answers every request, over HTTP/1.1 or HTTP/2 with prior
+// knowledge (no h2c upgrade: net/http's server has none), with "TAG
+// METHOD PATH BODYLENGTH PROTO".
+func serveH2C(t *testing.T, tag string, ln net.Listener) *app {
+	a := newApp(t, tag, ln)
+	var p http.Protocols
+	p.SetHTTP1(true)
+	p.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Protocols: &p, Handler: http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		fmt.Fprintf(rw, "%s %s %s %d %s", tag, r.Method, r.URL.Path, n, r.Proto)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return a
+}
+
+// curl runs curl in the peer and returns the body and the HTTP version
+// it spoke.
+func (w *world) curl(t *testing.T, args ...string) string {
+	t.Helper()
+	var out []byte
+	err := inNS(w.peer, func() (err error) {
+		out, err = exec.Command("curl", append([]string{"-sS", "--max-time", "10", "-w", " (curl spoke %{http_version})"}, args...)...).Output()
+		return err
+	})
+	if err != nil {
+		t.Fatalf("curl %s: %v (%s)", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func TestHTTP2CurlPriorKnowledgeAndUpgrade(t *testing.T) {
+	requireCommands(t, "curl", "curl")
+	w := newWorld(t, nat.NFTables)
+	h2Pod, h1Pod := serveH2C(t, "pod", w.podListener(t)), w.podHTTPApp(t, "pod1")
+	alice := serveH2C(t, "alice", localListener(t))
+	c := w.dialClient(t, "alice", client.Options{})
+	for _, p := range []uint16{h2Pod.addr.Port(), h1Pod.addr.Port()} {
+		subscribe(t, c, client.Steal, p, config.HTTPFilter{HeaderFilter: "^x-user: alice$"}, alice)
+	}
+	url := func(p *app, path string) string { return fmt.Sprintf("http://%s%s", netip.AddrPortFrom(podAddr4, p.addr.Port()), path) }
+	url6 := func(p *app, path string) string { return fmt.Sprintf("http://%s%s", netip.AddrPortFrom(podAddr6, p.addr.Port()), path) }
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--http2-prior-knowledge", "-H", "x-user: alice", url(h2Pod, "/pk")}, "alice GET /pk 0 HTTP/2.0 (curl spoke 2)"},
+		{[]string{"--http2-prior-knowledge", url6(h2Pod, "/pk")}, "pod GET /pk 0 HTTP/2.0 (curl spoke 2)"},
+		// The upgrade is the agent's to take, since the pod's app speaks
+		// h2c: the request (stream 1) and its body go by the filter.
+		{[]string{"--http2", "-H", "x-user: alice", "--data-binary", "abc", url(h2Pod, "/up")}, "alice POST /up 3 HTTP/2.0 (curl spoke 2)"},
+		{[]string{"--http2", url6(h2Pod, "/up")}, "pod GET /up 0 HTTP/2.0 (curl spoke 2)"},
+		// The pod's app speaks HTTP/1 only: the upgrade is not taken,
+		// the request goes on in HTTP/1.1, decided as any.
+		{[]string{"--http2", url(h1Pod, "/old")}, "pod1 GET /old 0 (curl spoke 1.1)"},
+		{[]string{"--http2", "-H", "x-user: alice", url(h1Pod, "/old")}, "alice GET /old 0 HTTP/1.1 (curl spoke 1.1)"},
+	} {
+		if got := w.curl(t, c.args...); got != c.want {
+			t.Errorf("curl %s: %q, want %q", strings.Join(c.args, " "), got, c.want)
+		}
+	}
 }
