@@ -240,7 +240,7 @@ func (h *httpConn) serveH2(spare net.Conn, upgrade *http.Request, settings []byt
 		Handler:        c,
 		UpgradeRequest: upgrade,
 		Settings:       settings,
-		BaseConfig: &http.Server{MaxHeaderBytes: h2MaxHeaderList, ErrorLog: c.errorLog()},
+		BaseConfig:     &http.Server{MaxHeaderBytes: h2MaxHeaderList, ErrorLog: c.errorLog()},
 	})
 }
 

@@ -156,8 +156,12 @@ func TestHTTP2CurlPriorKnowledgeAndUpgrade(t *testing.T) {
 	for _, p := range []uint16{h2Pod.addr.Port(), h1Pod.addr.Port()} {
 		subscribe(t, c, client.Steal, p, config.HTTPFilter{HeaderFilter: "^x-user: alice$"}, alice)
 	}
-	url := func(p *app, path string) string { return fmt.Sprintf("http://%s%s", netip.AddrPortFrom(podAddr4, p.addr.Port()), path) }
-	url6 := func(p *app, path string) string { return fmt.Sprintf("http://%s%s", netip.AddrPortFrom(podAddr6, p.addr.Port()), path) }
+	url := func(p *app, path string) string {
+		return fmt.Sprintf("http://%s%s", netip.AddrPortFrom(podAddr4, p.addr.Port()), path)
+	}
+	url6 := func(p *app, path string) string {
+		return fmt.Sprintf("http://%s%s", netip.AddrPortFrom(podAddr6, p.addr.Port()), path)
+	}
 	for _, c := range []struct {
 		args []string
 		want string
