@@ -115,7 +115,7 @@ func h2cUpgrade(req *requestHead) (settings []byte, ok bool) {
 		len(http2Settings) != 1 {
 		return nil, false
 	}
-	settings, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(http2Settings[0], "="))
+	settings, err := base64.RawURLEncoding.Strict().DecodeString(strings.TrimRight(http2Settings[0], "="))
 	if err != nil || len(settings)%6 != 0 {
 		return nil, false
 	}
