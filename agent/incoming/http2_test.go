@@ -425,3 +425,46 @@ func BenchmarkGRPCUnary(b *testing.B) {
 		})
 	}
 }
+
+// TestHTTP2PodAppGoingAwayKeepsTheCallerConnection restarts the pod's app
+// gracefully (GOAWAY to the agent) between two calls of one caller
+// connection: the agent's next call goes on a new connection to the new
+// app, and the caller's connection lives on.
+func TestHTTP2PodAppGoingAwayKeepsTheCallerConnection(t *testing.T) {
+	in, _ := newTestIncoming(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := ln.Addr().(*net.TCPAddr).AddrPort()
+	first := grpc.NewServer()
+	healthpb.RegisterHealthServer(first, NewTaggedHealth("pod-1"))
+	go func() { _ = first.Serve(ln) }()
+	t.Cleanup(first.Stop)
+	alice := newGRPCTestClient(t, "alice", proto.ModeSteal, NewTaggedHealth("alice"))
+	if _, err := in.subscribe(alice.t, steal(pod.Port(), "alice", header("^x-user: alice$"))); err != nil {
+		t.Fatal(err)
+	}
+	var dials atomic.Int32
+	hc := healthpb.NewHealthClient(dialThroughAgent(t, in, pod, &dials))
+	if got := CheckCall(t, hc, "before"); got != "pod-1/pod-1 OK SERVING" {
+		t.Fatalf("before the restart: %q", got)
+	}
+
+	first.GracefulStop() // GOAWAY, then the connection closes
+	ln2, err := net.Listen("tcp", pod.String())
+	if err != nil {
+		t.Fatalf("listen again at %s: %v", pod, err)
+	}
+	ServeGRPC(t, NewTaggedHealth("pod-2"), ln2)
+
+	if got := CheckCall(t, hc, "after"); got != "pod-2/pod-2 OK SERVING" {
+		t.Errorf("after the pod's app restarted: %q, want the new app's answer", got)
+	}
+	if got := CheckCall(t, hc, "stolen", "x-user", "alice"); got != "alice/alice OK SERVING" {
+		t.Errorf("a stolen call on the same connection: %q", got)
+	}
+	if n := dials.Load(); n != 1 {
+		t.Errorf("the caller made %d connections, want its one to live on", n)
+	}
+}
