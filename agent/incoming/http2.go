@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -202,6 +203,10 @@ type h2Conn struct {
 	pod    *h2Backend
 	stolen map[*subscription]*h2Backend
 	copies map[*subscription]*h2Backend
+	// copyQueued is what the copies of this connection's requests hold,
+	// together: bounded by maxTapQueue, as a mirror of a whole
+	// connection is, however many streams the caller opens.
+	copyQueued atomic.Int64
 	// spare is a connection to the pod's app dialed before the protocol
 	// was known; the pod's first HTTP/2 connection uses it.
 	spare net.Conn
@@ -392,6 +397,7 @@ func (c *h2Conn) newBackend(name string, dial func(context.Context) (net.Conn, e
 		// proxy's default for a body of unknown length; -1 says so for
 		// every body.
 		FlushInterval: -1,
+		BufferPool:    proxyBuffers,
 		ErrorLog:      c.errorLog(),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if onError != nil && onError(w, r, err) {
@@ -407,6 +413,22 @@ func (c *h2Conn) newBackend(name string, dial func(context.Context) (net.Conn, e
 	return b
 }
 
+// proxyBuffers are the buffers responses are copied through, shared by
+// all HTTP/2 connections: without them the proxy allocates 32 KiB per
+// request, most of the garbage of a small gRPC call.
+var proxyBuffers = &bufferPool{}
+
+type bufferPool struct{ p sync.Pool }
+
+func (b *bufferPool) Get() []byte {
+	if buf, ok := b.p.Get().(*[]byte); ok {
+		return *buf
+	}
+	return make([]byte, 32<<10)
+}
+
+func (b *bufferPool) Put(buf []byte) { b.p.Put(&buf) }
+
 // mirror starts a copy of r to each of subs and returns r with a body
 // that feeds the copies as the original is read. A copy never slows the
 // original: a copy that cannot keep up is dropped.
@@ -416,7 +438,7 @@ func (c *h2Conn) mirror(r *http.Request, subs []*subscription) *http.Request {
 		b := c.copyBackend(s)
 		cp := r.Clone(c.ctx)
 		cp.URL.Scheme, cp.URL.Host, cp.RequestURI = "http", "backend", ""
-		body := newMirrorBody(c.in, s)
+		body := newMirrorBody(c.in, s, &c.copyQueued)
 		cp.Body = body
 		if r.Body == nil || r.Body == http.NoBody {
 			cp.Body = http.NoBody
@@ -519,11 +541,12 @@ func (t *teeBody) Close() error {
 }
 
 // mirrorBody is the body of a mirrored request: bytes queued by the
-// original's reader, never blocking it, bounded by maxTapQueue as a
-// mirror of whole connections is.
+// original's reader, never blocking it, bounded by maxTapQueue for all
+// the copies of a connection.
 type mirrorBody struct {
-	in  *Service
-	sub *subscription
+	in     *Service
+	sub    *subscription
+	queued *atomic.Int64 // the connection's copies' bytes, all together
 
 	mu     sync.Mutex
 	queue  []byte
@@ -533,8 +556,8 @@ type mirrorBody struct {
 	closed bool
 }
 
-func newMirrorBody(in *Service, sub *subscription) *mirrorBody {
-	return &mirrorBody{in: in, sub: sub, wake: make(chan struct{}, 1)}
+func newMirrorBody(in *Service, sub *subscription, queued *atomic.Int64) *mirrorBody {
+	return &mirrorBody{in: in, sub: sub, queued: queued, wake: make(chan struct{}, 1)}
 }
 
 func (b *mirrorBody) write(p []byte) {
@@ -543,7 +566,8 @@ func (b *mirrorBody) write(p []byte) {
 	if b.err != nil || b.done || b.closed {
 		return
 	}
-	if len(b.queue)+len(p) > maxTapQueue {
+	if b.queued.Add(int64(len(p))) > maxTapQueue {
+		b.queued.Add(-int64(len(p)))
 		b.failLocked("the mirroring client is too slow")
 		return
 	}
@@ -579,6 +603,7 @@ func (b *mirrorBody) failLocked(why string) {
 		return
 	}
 	b.err = errors.New(why)
+	b.queued.Add(-int64(len(b.queue)))
 	b.queue = nil
 	n := b.in.mirrorDrops.Add(1)
 	b.in.log.Warn("mirror copy dropped", "sub", b.sub.String(), "why", why, "drops_so_far", n)
@@ -604,6 +629,7 @@ func (b *mirrorBody) Read(p []byte) (int, error) {
 		case len(b.queue) > 0:
 			n := copy(p, b.queue)
 			b.queue = b.queue[n:]
+			b.queued.Add(-int64(n))
 			b.mu.Unlock()
 			return n, nil
 		case b.done:
@@ -623,6 +649,7 @@ func (b *mirrorBody) Close() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.closed = true
+	b.queued.Add(-int64(len(b.queue)))
 	b.queue = nil
 	b.signal()
 	return nil

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"strings"
 	"sync/atomic"
@@ -467,4 +468,63 @@ func TestHTTP2PodAppGoingAwayKeepsTheCallerConnection(t *testing.T) {
 	if n := dials.Load(); n != 1 {
 		t.Errorf("the caller made %d connections, want its one to live on", n)
 	}
+}
+
+// TestHTTP2SlowMirrorNeverSlowsThePod sends a large HTTP/2 request that
+// a mirror copies to a client that never reads: the pod's app gets all
+// of it, the copy is dropped and counted.
+func TestHTTP2SlowMirrorNeverSlowsThePod(t *testing.T) {
+	in, _ := newTestIncoming(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h2c http.Protocols
+	h2c.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Protocols: &h2c, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		fmt.Fprintf(w, "got %d %s", n, r.Proto)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	pod := ln.Addr().(*net.TCPAddr).AddrPort()
+	stuck := newTestClient(t, "stuck", proto.ModeMirror)
+	if _, err := in.subscribe(stuck.t, proto.Subscribe{Mode: proto.ModeMirror, Port: pod.Port(), Owner: "s", Label: "stuck@test", Filter: header("^x-copy: yes$")}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	caller := &http.Client{Transport: &http.Transport{Protocols: &h2c, DialContext: func(context.Context, string, string) (net.Conn, error) {
+		client, agentEnd, err := loopbackPair()
+		if err != nil {
+			return nil, err
+		}
+		go in.serveConn(ctx, agentEnd, client.LocalAddr().(*net.TCPAddr).AddrPort(), pod)
+		return client, nil
+	}}}
+	const total = 32 << 20 // more than the stream windows and the copy's queue
+	req, err := http.NewRequestWithContext(callCtx(t), "POST", "http://pod/upload", io.LimitReader(zeros{}, total))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("X-Copy", "yes")
+	res, err := caller.Do(req)
+	if err != nil {
+		t.Fatalf("the pod's path stalled behind a mirror that does not read: %v", err)
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if want := fmt.Sprintf("got %d HTTP/2.0", total); err != nil || string(body) != want {
+		t.Fatalf("the pod's app answered %q, %v; want %q", body, err, want)
+	}
+	if in.mirrorDrops.Load() == 0 {
+		t.Error("the copy that could not keep up was not counted as dropped")
+	}
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
 }
