@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/encoding"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -98,10 +99,12 @@ func (s *TaggedHealth) NextCall(t testing.TB) string {
 	return ""
 }
 
-// ServeGRPC serves h on ln until the test ends.
-func ServeGRPC(t testing.TB, h healthpb.HealthServer, ln net.Listener) {
+// ServeGRPC serves h, and a bidirectional echo tagged as h, on ln until
+// the test ends.
+func ServeGRPC(t testing.TB, h *TaggedHealth, ln net.Listener) {
 	srv := grpc.NewServer()
 	healthpb.RegisterHealthServer(srv, h)
+	srv.RegisterService(&echoService, h.Tag)
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(srv.Stop)
 }
@@ -229,7 +232,8 @@ func TestHTTP2FilterDecidesEachGRPCCall(t *testing.T) {
 		t.Fatal(err)
 	}
 	var dials atomic.Int32
-	hc := healthpb.NewHealthClient(dialThroughAgent(t, in, pod, &dials))
+	cc := dialThroughAgent(t, in, pod, &dials)
+	hc := healthpb.NewHealthClient(cc)
 
 	for _, c := range []struct {
 		service string
@@ -290,6 +294,13 @@ func TestHTTP2FilterDecidesEachGRPCCall(t *testing.T) {
 			}
 			break
 		}
+	}
+	// Bidirectional streaming, message by message, both ways.
+	if got, want := ChatCall(t, cc, []string{"1", "2", "3"}, "x-user", "alice"), "alice:1 alice:2 alice:3"; got != want {
+		t.Errorf("a stolen chat: %q, want %q", got, want)
+	}
+	if got, want := ChatCall(t, cc, []string{"1", "2", "3"}), "pod:1 pod:2 pod:3"; got != want {
+		t.Errorf("the pod's chat: %q, want %q", got, want)
 	}
 	if n := dials.Load(); n != 1 {
 		t.Errorf("the gRPC client made %d connections, want all calls on one", n)
@@ -440,6 +451,7 @@ func TestHTTP2PodAppGoingAwayKeepsTheCallerConnection(t *testing.T) {
 	pod := ln.Addr().(*net.TCPAddr).AddrPort()
 	first := grpc.NewServer()
 	healthpb.RegisterHealthServer(first, NewTaggedHealth("pod-1"))
+	first.RegisterService(&echoService, "pod-1")
 	go func() { _ = first.Serve(ln) }()
 	t.Cleanup(first.Stop)
 	alice := newGRPCTestClient(t, "alice", proto.ModeSteal, NewTaggedHealth("alice"))
@@ -527,4 +539,74 @@ type zeros struct{}
 func (zeros) Read(p []byte) (int, error) {
 	clear(p)
 	return len(p), nil
+}
+
+// echoService is a bidirectional streaming gRPC service without protoc:
+// messages are raw bytes (rawCodec), each answered at once with
+// "TAG:MESSAGE", the server's tag being its implementation value.
+var echoService = grpc.ServiceDesc{
+	ServiceName: "trafficpolice.test.Echo",
+	HandlerType: (*any)(nil),
+	Streams: []grpc.StreamDesc{{
+		StreamName:    "Chat",
+		ServerStreams: true,
+		ClientStreams: true,
+		Handler: func(srv any, st grpc.ServerStream) error {
+			for {
+				var m []byte
+				if err := st.RecvMsg(&m); err == io.EOF {
+					return nil
+				} else if err != nil {
+					return err
+				}
+				out := []byte(srv.(string) + ":" + string(m))
+				if err := st.SendMsg(&out); err != nil {
+					return err
+				}
+			}
+		},
+	}},
+}
+
+// rawCodec carries gRPC messages as the bytes they are.
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) ([]byte, error) { return *v.(*[]byte), nil }
+func (rawCodec) Unmarshal(data []byte, v any) error {
+	*v.(*[]byte) = append([]byte(nil), data...)
+	return nil
+}
+func (rawCodec) Name() string { return "raw" }
+
+func init() { encoding.RegisterCodec(rawCodec{}) }
+
+// ChatCall sends each message on one bidirectional stream and waits for
+// its answer before sending the next: a proxy that held either direction
+// back would stall it. It returns the answers.
+func ChatCall(t testing.TB, cc *grpc.ClientConn, messages []string, kv ...string) string {
+	t.Helper()
+	st, err := cc.NewStream(callCtx(t, kv...), &echoService.Streams[0], "/trafficpolice.test.Echo/Chat", grpc.CallContentSubtype("raw"))
+	if err != nil {
+		t.Fatalf("open a chat: %v", err)
+	}
+	var got []string
+	for _, m := range messages {
+		b := []byte(m)
+		if err := st.SendMsg(&b); err != nil {
+			t.Fatalf("send %q: %v", m, err)
+		}
+		var answer []byte
+		if err := st.RecvMsg(&answer); err != nil {
+			t.Fatalf("the answer to %q: %v", m, err)
+		}
+		got = append(got, string(answer))
+	}
+	if err := st.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	var extra []byte
+	if err := st.RecvMsg(&extra); err != io.EOF {
+		t.Errorf("after the last answer: %q, %v; want the end of the stream", extra, err)
+	}
+	return strings.Join(got, " ")
 }

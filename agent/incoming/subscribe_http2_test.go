@@ -26,7 +26,7 @@ import (
 )
 
 // grpcFromPeer is a gRPC client in the peer whose connections go to to.
-func (w *world) grpcFromPeer(t *testing.T, to netip.AddrPort) healthpb.HealthClient {
+func (w *world) grpcFromPeer(t *testing.T, to netip.AddrPort) *grpc.ClientConn {
 	t.Helper()
 	cc, err := grpc.NewClient("passthrough:///pod", grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return dialFrom(w.peer, to) }))
@@ -34,7 +34,7 @@ func (w *world) grpcFromPeer(t *testing.T, to netip.AddrPort) healthpb.HealthCli
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	return healthpb.NewHealthClient(cc)
+	return cc
 }
 
 // grpcApp serves h on ln and returns it as an app of the test.
@@ -55,7 +55,8 @@ func TestHTTP2FilteredStealAndMirrorOfGRPCCalls(t *testing.T) {
 		w.wantRedirects(t, port)
 
 		for _, to := range []netip.AddrPort{netip.AddrPortFrom(podAddr4, port), netip.AddrPortFrom(podAddr6, port)} {
-			hc := w.grpcFromPeer(t, to)
+			cc := w.grpcFromPeer(t, to)
+			hc := healthpb.NewHealthClient(cc)
 			// Unary, both ways, with an error status and trailers.
 			for _, c := range []struct {
 				service string
@@ -82,6 +83,13 @@ func TestHTTP2FilteredStealAndMirrorOfGRPCCalls(t *testing.T) {
 				t.Errorf("to %s, the pod's Watch: %q, want %q", to, got, want)
 			}
 			podH.NextCall(t)
+			// Bidirectional streaming, message by message, both ways.
+			if got, want := incoming.ChatCall(t, cc, []string{"a", "b"}, "x-user", "alice"), "alice:a alice:b"; got != want {
+				t.Errorf("to %s, a stolen chat: %q, want %q", to, got, want)
+			}
+			if got, want := incoming.ChatCall(t, cc, []string{"a", "b"}), "pod:a pod:b"; got != want {
+				t.Errorf("to %s, the pod's chat: %q, want %q", to, got, want)
+			}
 			// A mirrored call: the pod answers, dave's app gets a copy.
 			if got := incoming.CheckCall(t, hc, "copied", "x-copy", "dave"); got != "pod/pod OK SERVING" {
 				t.Errorf("to %s, a mirrored call: %q, want the pod's answer", to, got)
@@ -107,7 +115,7 @@ func TestHTTP2FilteredStealAndMirrorOfGRPCCalls(t *testing.T) {
 					t.Fatal(err)
 				}
 				w.wantRedirects(t)
-				if got := incoming.CheckCall(t, w.grpcFromPeer(t, to), "after", "x-user", "alice"); got != "pod/pod OK SERVING" {
+				if got := incoming.CheckCall(t, healthpb.NewHealthClient(w.grpcFromPeer(t, to)), "after", "x-user", "alice"); got != "pod/pod OK SERVING" {
 					t.Errorf("after the steal ended: %q, want the pod's app", got)
 				}
 			}
