@@ -3,6 +3,7 @@ package incoming
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"log/slog"
@@ -609,4 +610,54 @@ func ChatCall(t testing.TB, cc *grpc.ClientConn, messages []string, kv ...string
 		t.Errorf("after the last answer: %q, %v; want the end of the stream", extra, err)
 	}
 	return strings.Join(got, " ")
+}
+
+func TestH2CUpgradeIsToldByItsHeaders(t *testing.T) {
+	settings := base64.RawURLEncoding.EncodeToString([]byte{0, 3, 0, 0, 0, 100})
+	for _, c := range []struct {
+		head string
+		want bool
+	}{
+		{"GET / HTTP/1.1\r\nHost: p\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: " + settings + "\r\n\r\n", true},
+		{"GET / HTTP/1.1\r\nHost: p\r\nconnection: upgrade\r\nconnection: http2-settings\r\nupgrade: websocket, H2C\r\nhttp2-settings: " + settings + "\r\n\r\n", true},
+		// Not an h2c upgrade: HTTP/1.0, another protocol, settings not
+		// named in Connection, missing, twice, or not base64url.
+		{"GET / HTTP/1.0\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: " + settings + "\r\n\r\n", false},
+		{"GET / HTTP/1.1\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: websocket\r\nHTTP2-Settings: " + settings + "\r\n\r\n", false},
+		{"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nHTTP2-Settings: " + settings + "\r\n\r\n", false},
+		{"GET / HTTP/1.1\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\r\n", false},
+		{"GET / HTTP/1.1\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: " + settings + "\r\nHTTP2-Settings: " + settings + "\r\n\r\n", false},
+		{"GET / HTTP/1.1\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: !!\r\n\r\n", false},
+	} {
+		head, _, err := readRequestHead(bufio.NewReader(strings.NewReader(c.head)))
+		if err != nil {
+			t.Fatalf("%q: %v", c.head, err)
+		}
+		got, ok := h2cUpgrade(head)
+		if ok != c.want || ok && base64.RawURLEncoding.EncodeToString(got) != settings {
+			t.Errorf("h2cUpgrade(%q) = %x, %v; want %v", c.head, got, ok, c.want)
+		}
+	}
+}
+
+// TestHTTP2HeaderListIsBounded sends a call with more metadata than the
+// agent takes: it fails, and the connection serves the next call.
+func TestHTTP2HeaderListIsBounded(t *testing.T) {
+	in, _ := newTestIncoming(t)
+	pod := podGRPCApp(t, NewTaggedHealth("pod"))
+	alice := newGRPCTestClient(t, "alice", proto.ModeSteal, NewTaggedHealth("alice"))
+	if _, err := in.subscribe(alice.t, steal(pod.Port(), "alice", header("^x-user: alice$"))); err != nil {
+		t.Fatal(err)
+	}
+	var dials atomic.Int32
+	hc := healthpb.NewHealthClient(dialThroughAgent(t, in, pod, &dials))
+	if got := CheckCall(t, hc, "big", "x-user", "alice", "x-big", strings.Repeat("b", h2MaxHeaderList)); !strings.Contains(got, "header list size") {
+		t.Errorf("a call with %d bytes of metadata: %q, want it refused for its header list size", h2MaxHeaderList, got)
+	}
+	if got := CheckCall(t, hc, "small", "x-user", "alice"); got != "alice/alice OK SERVING" {
+		t.Errorf("the next call: %q", got)
+	}
+	if n := dials.Load(); n != 1 {
+		t.Errorf("the gRPC client made %d connections, want one", n)
+	}
 }
