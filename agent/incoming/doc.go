@@ -15,7 +15,7 @@
 // preface (or upgrades to h2c, when the pod's app speaks it) is
 // terminated by the agent's HTTP/2 server and each stream forwarded, by
 // the same filters, through an HTTP/2 client connection to the stealing
-// client's app or the pod's app (http2.go); TLS is never terminated: it
+// client's app or the pod's app (http2.go, http2mirror.go); TLS is never terminated: it
 // passes through whole.
 //
 // Under HTTP/1 filters the agent parses requests strictly where RFC 9112
