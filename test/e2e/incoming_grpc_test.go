@@ -106,6 +106,22 @@ func TestIncomingGRPCByHeader(t *testing.T) {
 		t.Errorf("the pod's Watch: %q, want %q", got, want)
 	}
 
+	// curl, in HTTP/2 with prior knowledge and by h2c upgrade.
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--http2-prior-knowledge", "-H", "x-user: alice", "http://" + addr + "/pk"}, "local GET /pk HTTP/2.0"},
+		{[]string{"--http2-prior-knowledge", "http://" + addr + "/pk"}, "pod GET /pk HTTP/2.0"},
+		{[]string{"--http2", "-H", "x-user: alice", "http://" + addr + "/up"}, "local GET /up HTTP/2.0"},
+		{[]string{"--http2", "http://" + addr + "/up"}, "pod GET /up HTTP/2.0"},
+	} {
+		out, err := w.client.Run(t, append([]string{"curl", "-sS", "--max-time", "10"}, c.args...)...)
+		if err != nil || strings.TrimSpace(out) != c.want {
+			t.Errorf("curl %s: %q, %v; want %q", strings.Join(c.args, " "), out, err, c.want)
+		}
+	}
+
 	r.stop(t)
 	for _, want := range []string{"local got Check a x-user=alice", "local got Check missing x-user=alice", "local got Watch w x-user=alice"} {
 		contains(t, r.stdout.String(), want)

@@ -4,7 +4,9 @@
 // header ("served-by") and a trailer ("served-by-trailer"), and prints
 // "TAG got METHOD SERVICE x-user=VALUE" for each call. Check answers
 // SERVING, or NotFound for the service "missing"; Watch sends SERVING,
-// NOT_SERVING and SERVICE_UNKNOWN, then ends with Aborted.
+// NOT_SERVING and SERVICE_UNKNOWN, then ends with Aborted. Requests that
+// are not gRPC (curl's, in HTTP/1.1 or HTTP/2 with prior knowledge) are
+// answered "TAG METHOD PATH PROTO".
 //
 //	grpctag ADDR TAG
 package main
@@ -13,6 +15,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -67,9 +70,22 @@ func main() {
 		fmt.Fprintln(os.Stderr, "grpctag:", err)
 		os.Exit(1)
 	}
-	srv := grpc.NewServer()
-	healthpb.RegisterHealthServer(srv, &server{tag: os.Args[2]})
-	fmt.Printf("%s listening on %s\n", os.Args[2], ln.Addr())
+	tag := os.Args[2]
+	rpc := grpc.NewServer()
+	healthpb.RegisterHealthServer(rpc, &server{tag: tag})
+	// net/http serves both, so that one port speaks gRPC and plain
+	// HTTP/2 in clear text as a gRPC gateway's does.
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Protocols: &protocols, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+			rpc.ServeHTTP(w, r)
+			return
+		}
+		fmt.Fprintf(w, "%s %s %s %s\n", tag, r.Method, r.URL.Path, r.Proto)
+	})}
+	fmt.Printf("%s listening on %s\n", tag, ln.Addr())
 	if err := srv.Serve(ln); err != nil {
 		fmt.Fprintln(os.Stderr, "grpctag:", err)
 		os.Exit(1)
