@@ -42,7 +42,9 @@ type Service struct {
 	// (dialPod); tests that run without them use a plain dialer.
 	dial func(ctx context.Context, dst netip.AddrPort) (*net.TCPConn, error)
 
-	mu     sync.Mutex
+	// mu is read-locked by what every connection and HTTP request reads
+	// (route, open): they only wait for subscription changes.
+	mu     sync.RWMutex
 	ports  map[uint16][]*subscription // in the order they came
 	closed bool
 
@@ -238,8 +240,8 @@ func (r route) empty() bool {
 func (r route) filtered() bool { return len(r.steal) > 0 || len(r.mirror) > 0 }
 
 func (in *Service) route(port uint16) route {
-	in.mu.Lock()
-	defer in.mu.Unlock()
+	in.mu.RLock()
+	defer in.mu.RUnlock()
 	var r route
 	for _, s := range in.ports[port] {
 		if s.peer == nil || s.gone {
@@ -266,9 +268,9 @@ var errTunnelLost = errors.New("its tunnel is lost")
 // open opens a stream to s's client for one connection and waits for the
 // client to reach its app.
 func (in *Service) open(ctx context.Context, s *subscription, src, dst netip.AddrPort) (*yamux.Stream, error) {
-	in.mu.Lock()
+	in.mu.RLock()
 	p := s.peer
-	in.mu.Unlock()
+	in.mu.RUnlock()
 	if p == nil {
 		return nil, fmt.Errorf("%s: %w", s, errTunnelLost)
 	}

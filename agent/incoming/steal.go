@@ -2,6 +2,7 @@ package incoming
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -178,7 +179,7 @@ func (h *httpConn) serve() {
 		return
 	}
 	for first := true; ; first = false {
-		req, line, started, err := h.nextRequest()
+		req, line, started, err := h.nextRequest(first)
 		if errors.Is(err, io.EOF) || (isTimeout(err) && !started) {
 			// Closed or idle between requests: end quietly.
 			_ = h.client.CloseWrite()
@@ -186,6 +187,16 @@ func (h *httpConn) serve() {
 		}
 		if errors.Is(err, errNotHTTP) && first {
 			h.passWhole(line)
+			return
+		}
+		if errors.Is(err, errH2Preface) {
+			var spare net.Conn
+			if h.upstream != nil {
+				// With what the app sent already (its SETTINGS).
+				spare = &readConn{TCPConn: h.upstream.side.(*net.TCPConn), r: h.upstream.br}
+				h.upstream = nil
+			}
+			h.serveH2(spare, nil, nil)
 			return
 		}
 		var bad *badRequest
@@ -203,6 +214,9 @@ func (h *httpConn) serve() {
 			splice.Abort(h.client)
 			return
 		}
+		if settings, ok := h2cUpgrade(req); ok && h.upgradeToH2(req, settings) {
+			return
+		}
 		if !h.exchange(req) {
 			return
 		}
@@ -211,14 +225,22 @@ func (h *httpConn) serve() {
 
 // nextRequest waits, at most the idle limit, for the next request to
 // start, then reads its head within the head limit; started says whether
-// any of it came.
-func (h *httpConn) nextRequest() (req *requestHead, line []byte, started bool, err error) {
+// any of it came. The first request may instead be the HTTP/2 client
+// preface (errH2Preface, the bytes left unread).
+func (h *httpConn) nextRequest(first bool) (req *requestHead, line []byte, started bool, err error) {
 	_ = h.client.SetReadDeadline(time.Now().Add(h.in.httpIdleTimeout))
 	if _, err := h.br.Peek(1); err != nil {
 		_ = h.client.SetReadDeadline(time.Time{})
 		return nil, nil, false, err
 	}
 	_ = h.client.SetReadDeadline(time.Now().Add(h.in.httpHeadTimeout))
+	if first {
+		h2, err := peekH2Preface(h.br)
+		if h2 || err != nil {
+			_ = h.client.SetReadDeadline(time.Time{})
+			return nil, nil, true, cmp.Or(err, errH2Preface)
+		}
+	}
 	req, line, err = readRequestHead(h.br)
 	_ = h.client.SetReadDeadline(time.Time{})
 	return req, line, true, err
@@ -247,7 +269,10 @@ const (
 
 // clientSpeaksFirst waits for the first byte from the client or from the
 // pod's app; false means the app sent first (a server-first protocol).
-// The upstream's bytes are kept in its reader either way.
+// An HTTP/2 server that sends its SETTINGS without waiting for the
+// client's preface (gRPC's does) is no server-first protocol: the client
+// speaks HTTP/2 too, or the app will refuse it anyway. The upstream's
+// bytes are kept in its reader either way.
 func (h *httpConn) clientSpeaksFirst() bool {
 	upc := make(chan error, 1)
 	go func() {
@@ -265,7 +290,8 @@ func (h *httpConn) clientSpeaksFirst() bool {
 		err := <-upc
 		_ = h.upstream.conn.SetReadDeadline(time.Time{})
 		if err == nil {
-			return false // both spoke at once; the app's bytes are there
+			// Both spoke at once; the app's bytes are there.
+			return h.upstreamGreetsHTTP2()
 		}
 		if !isTimeout(err) {
 			splice.Abort(h.upstream.side) // it closed: dial again when needed
@@ -278,7 +304,7 @@ func (h *httpConn) clientSpeaksFirst() bool {
 		<-clientc
 		_ = h.client.SetReadDeadline(time.Time{})
 		if err == nil {
-			return false
+			return h.upstreamGreetsHTTP2()
 		}
 		splice.Abort(h.upstream.side)
 		h.upstream = nil

@@ -55,11 +55,11 @@ func (f *fakeRules) has(p uint16) bool {
 	return f.ports[p]
 }
 
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
@@ -192,6 +192,24 @@ type testClient struct {
 
 func newTestClient(t *testing.T, tag string, mode proto.IncomingMode) *testClient {
 	t.Helper()
+	if mode == proto.ModeMirror {
+		return newTestClientServing(t, tag, mode, nil)
+	}
+	return newTestClientServing(t, tag, mode, func(ln net.Listener) {
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			n, _ := io.Copy(io.Discard, r.Body)
+			fmt.Fprintf(w, "%s %s %s %d", tag, r.Method, r.URL.Path, n)
+		})}
+		go srv.Serve(ln)
+		t.Cleanup(func() { srv.Close() })
+	})
+}
+
+// newTestClientServing is a client whose app is serve, given the
+// client's streams as a listener; a nil serve never reads (a mirror that
+// does not keep up).
+func newTestClientServing(t testing.TB, tag string, mode proto.IncomingMode, serve func(net.Listener)) *testClient {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -216,12 +234,9 @@ func newTestClient(t *testing.T, tag string, mode proto.IncomingMode) *testClien
 	t.Cleanup(func() { clientSess.Close(); agentSess.Close() })
 	tc := &testClient{t: &Peer{Log: testLogger(t), Session: agentSess, Remote: tag}}
 	conns := &streamListener{conns: make(chan net.Conn), addr: cc.LocalAddr(), closed: make(chan struct{})}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		n, _ := io.Copy(io.Discard, r.Body)
-		fmt.Fprintf(w, "%s %s %s %d", tag, r.Method, r.URL.Path, n)
-	})}
-	go srv.Serve(conns)
-	t.Cleanup(func() { srv.Close() })
+	if serve != nil {
+		serve(conns)
+	}
 	go func() {
 		for {
 			st, err := clientSess.AcceptStream()
@@ -237,7 +252,7 @@ func newTestClient(t *testing.T, tag string, mode proto.IncomingMode) *testClien
 				t.Errorf("the agent sent %#v, want Incoming for %s", m, mode)
 			}
 			proto.WriteMessage(st, proto.Result{})
-			if mode == proto.ModeMirror {
+			if serve == nil {
 				continue // a client that never reads its copies
 			}
 			select {
