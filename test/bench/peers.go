@@ -229,7 +229,7 @@ func runSlirp(cred *syscall.Credential, client []string) error {
 	defer exitW.Close()
 	slirp := asPeerUser(exec.Command("slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback",
 		"--ready-fd=3", "--exit-fd=4", strconv.Itoa(ns.Process.Pid), "tap0"), cred)
-	slirp.Stdin, slirp.Stdout = nil, os.Stderr // the client's result owns stdout
+	slirp.Stdin, slirp.Stdout = nil, nil // its stdout only says it passed the tap fd; the client owns ours
 	slirp.ExtraFiles = []*os.File{readyW, exitR}
 	err = slirp.Start()
 	readyW.Close()

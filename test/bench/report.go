@@ -194,6 +194,15 @@ func (r *report) peerCells() [][]string {
 	if !hasPeer {
 		return nil
 	}
+	// A path whose rows did not run (--rows) has no column.
+	cols = slices.DeleteFunc(cols, func(c string) bool {
+		for k := range ratio {
+			if k[0] == c {
+				return false
+			}
+		}
+		return true
+	})
 	cells := [][]string{append([]string{"measurement"}, cols...)}
 	for _, n := range names {
 		line := []string{n}
