@@ -71,6 +71,8 @@ demo-k8s: deps k8s-binaries
 
 # bench: the router beside the kernel path, in namespaces of its own (as
 # root, under 5 minutes). BENCHFLAGS=--json for JSON; see README "Benchmarks".
+# The peers' rows (pasta, slirp4netns) need `make deps`; without them they
+# are reported as skipped.
 bench:
 	$(GO) run ./test/bench $(BENCHFLAGS)
 
