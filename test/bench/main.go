@@ -58,7 +58,7 @@ func benchMain(args []string) int {
 	fs.BoolVar(&o.json, "json", false, "print the results as JSON instead of a table")
 	fs.DurationVar(&o.duration, "duration", time.Second, "how long each throughput, latency and rate measurement runs")
 	fs.IntVar(&o.repeat, "repeat", 3, "runs of each throughput, latency and rate pair, alternating kernel and trafficpolice (medians reported)")
-	fs.StringVar(&rows, "rows", "", "only run row groups matching this regexp: tcp1, tcp8, rr, crr, udp, dns, mem, start (with path prefix, e.g. 'local/tcp')")
+	fs.StringVar(&rows, "rows", "", "only run row groups matching this regexp: tcp1, tcp8, rr, crr, udp, dns, mem, start, with a path prefix: local, rootless, remote, pasta, slirp4netns (e.g. 'local/tcp')")
 	fs.IntVar(&o.flows, "flows", 10000, "idle flows for the memory row")
 	fs.StringVar(&o.profile, "profile", "", "save trafficpolice's CPU profile of each throughput row into this directory")
 	fs.StringVar(&o.tp, "trafficpolice", "", "use this trafficpolice binary instead of building one")
@@ -71,7 +71,8 @@ func benchMain(args []string) int {
 	fs.BoolVar(&o.pause, "pause", false, "set everything up, print the addresses and wait for Ctrl-C (for debugging by hand)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: go run ./test/bench [flags]   (as root; `make bench`)\n\n"+
-			"Measures trafficpolice's router beside the kernel path it replaces, in namespaces of its own.\n\n")
+			"Measures trafficpolice's router beside the kernel path it replaces, in namespaces of its own,\n"+
+			"and the peers pasta and slirp4netns (Debian's passt, slirp4netns) on the same route.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
