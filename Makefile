@@ -70,7 +70,9 @@ demo-k8s: deps k8s-binaries
 	.ci/containerd.sh with $(GO) run ./test/k8s/cmd/k8s-cluster demo
 
 # bench: the router beside the kernel path, in namespaces of its own (as
-# root, under 5 minutes). BENCHFLAGS=--json for JSON; see README "Benchmarks".
+# root, 5-7 minutes). BENCHFLAGS=--json for JSON; see README "Benchmarks".
+# The peers' rows (pasta, slirp4netns) need `make deps`; without them they
+# are reported as skipped.
 bench:
 	$(GO) run ./test/bench $(BENCHFLAGS)
 

@@ -9,6 +9,9 @@
 // sandbox and, for the kernel figures, in the pod namespace. It removes all
 // of it at the end, on Ctrl-C, and (for a killed run) at the next start.
 //
+// Beside its own paths it measures the peers a user without root would
+// otherwise use, pasta and slirp4netns, as the user nobody (peers.go).
+//
 // It must not assert anything about timing: numbers live here, never in
 // tests. It sends traffic only between namespaces it created.
 package main

@@ -25,6 +25,12 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "client" {
 		os.Exit(clientMain(os.Args[2:]))
 	}
+	if len(os.Args) > 1 && os.Args[1] == "peer" {
+		os.Exit(peerMain(os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "peer-gate" {
+		os.Exit(gateMain(os.Args[2:]))
+	}
 	os.Exit(benchMain(os.Args[1:]))
 }
 
@@ -52,7 +58,7 @@ func benchMain(args []string) int {
 	fs.BoolVar(&o.json, "json", false, "print the results as JSON instead of a table")
 	fs.DurationVar(&o.duration, "duration", time.Second, "how long each throughput, latency and rate measurement runs")
 	fs.IntVar(&o.repeat, "repeat", 3, "runs of each throughput, latency and rate pair, alternating kernel and trafficpolice (medians reported)")
-	fs.StringVar(&rows, "rows", "", "only run row groups matching this regexp: tcp1, tcp8, rr, crr, udp, dns, mem, start (with path prefix, e.g. 'local/tcp')")
+	fs.StringVar(&rows, "rows", "", "only run row groups matching this regexp: tcp1, tcp8, rr, crr, udp, dns, mem, start, with a path prefix: local, rootless, remote, pasta, slirp4netns (e.g. 'local/tcp')")
 	fs.IntVar(&o.flows, "flows", 10000, "idle flows for the memory row")
 	fs.StringVar(&o.profile, "profile", "", "save trafficpolice's CPU profile of each throughput row into this directory")
 	fs.StringVar(&o.tp, "trafficpolice", "", "use this trafficpolice binary instead of building one")
@@ -65,7 +71,8 @@ func benchMain(args []string) int {
 	fs.BoolVar(&o.pause, "pause", false, "set everything up, print the addresses and wait for Ctrl-C (for debugging by hand)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: go run ./test/bench [flags]   (as root; `make bench`)\n\n"+
-			"Measures trafficpolice's router beside the kernel path it replaces, in namespaces of its own.\n\n")
+			"Measures trafficpolice's router beside the kernel path it replaces, in namespaces of its own,\n"+
+			"and the peers pasta and slirp4netns (Debian's passt, slirp4netns) on the same route.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -158,6 +165,16 @@ func bench(ctx context.Context, o options) (*report, error) {
 
 	rep := newReport(ctx, o)
 	paths := []path{localPath, rootlessPath}
+	b := &benchRun{r: r, o: o, rep: rep, say: say}
+	for _, p := range []path{pastaPath, slirpPath} {
+		why := peerMissing(p)
+		if why == "" {
+			paths = append(paths, p)
+		} else if b.wantAny(p) {
+			// A peer missing here is not the bench's failure.
+			rep.add(Row{Path: p.String(), Name: "all rows", Skipped: why})
+		}
+	}
 	if !o.noRemote {
 		if !hasAgentFlag(ctx, r.tp) {
 			rep.Notes = append(rep.Notes, "remote path skipped: this trafficpolice has no --agent-address")
@@ -177,7 +194,6 @@ func bench(ctx context.Context, o options) (*report, error) {
 		<-ctx.Done()
 		return nil, nil
 	}
-	b := &benchRun{r: r, o: o, rep: rep, say: say}
 	for _, p := range paths {
 		if err := b.path(ctx, p); err != nil {
 			return rep, err
@@ -304,9 +320,10 @@ type benchRun struct {
 }
 
 func (b *benchRun) want(p path, group string) bool {
-	if p == rootlessPath {
+	if p == rootlessPath || p.isPeer() {
 		// The rootless path differs from the local one only in where the
-		// sandbox's namespaces live: the rows that show its cost.
+		// sandbox's namespaces live, and the peers are the local path's
+		// competition: the rows that compare them.
 		switch group {
 		case "tcp1", "rr", "crr", "udp":
 		default:
@@ -314,6 +331,16 @@ func (b *benchRun) want(p path, group string) bool {
 		}
 	}
 	return b.o.rows == nil || b.o.rows.MatchString(p.String()+"/"+group)
+}
+
+// wantAny says some row group of p is to run.
+func (b *benchRun) wantAny(p path) bool {
+	for _, g := range []string{"tcp1", "tcp8", "rr", "crr", "udp", "dns", "mem", "start"} {
+		if b.want(p, g) {
+			return true
+		}
+	}
+	return false
 }
 
 // pair runs the same client on the kernel path and on p, alternating,
@@ -332,7 +359,7 @@ func (b *benchRun) pairArgs(ctx context.Context, p path, kArgs, tArgs []string, 
 		if err != nil {
 			return kern, tp, fmt.Errorf("kernel path, %s: %w", strings.Join(kArgs, " "), err)
 		}
-		b.say("%s: %s (trafficpolice)", p, strings.Join(tArgs, " "))
+		b.say("%s: %s (%s)", p, strings.Join(tArgs, " "), p.tool())
 		prof := ""
 		if i == 0 {
 			prof = profile

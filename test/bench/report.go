@@ -19,11 +19,15 @@ import (
 
 // Row is one measurement on one path, beside the kernel's.
 type Row struct {
-	Path string `json:"path"` // local or remote
+	Path string `json:"path"` // local, rootless, remote, or a peer: pasta, slirp4netns
+	// Tool carries the path's flows: trafficpolice, pasta or slirp4netns.
+	Tool string `json:"tool"`
 	Name string `json:"name"`
 	Unit string `json:"unit"`
-	// TP is trafficpolice's figure, Kernel the kernel path's in the same
-	// run, Ratio TP/Kernel (0 when Kernel is 0).
+	// TP is the path's figure (trafficpolice's, or on a peer's path the
+	// peer's; the key stays "trafficpolice" for comparing with older
+	// runs), Kernel the kernel path's in the same run, Ratio TP/Kernel (0
+	// when Kernel is 0).
 	TP     float64 `json:"trafficpolice"`
 	Kernel float64 `json:"kernel"`
 	Ratio  float64 `json:"ratio"`
@@ -34,6 +38,8 @@ type Row struct {
 	Delta float64 `json:"delta,omitempty"`
 	Note  string  `json:"note,omitempty"`
 	Error string  `json:"error,omitempty"`
+	// Skipped says why the path's rows did not run (a peer not installed).
+	Skipped string `json:"skipped,omitempty"`
 }
 
 // Machine describes where the bench ran.
@@ -60,6 +66,9 @@ func newReport(ctx context.Context, o options) *report {
 }
 
 func (r *report) add(row Row) {
+	if row.Tool == "" {
+		row.Tool = toolOf(row.Path)
+	}
 	if row.Error == "" && row.Kernel != 0 {
 		row.Ratio = row.TP / row.Kernel
 	}
@@ -106,8 +115,12 @@ func (r *report) writeTable(w io.Writer) {
 	m := r.Machine
 	fmt.Fprintf(w, "trafficpolice bench, %s: %s, %d CPUs, %d GiB, Linux %s, %s, commit %s, %s per measurement, median of %d\n\n",
 		m.Date, m.CPU, m.CPUs, m.MemoryGiB, m.Kernel, m.Go, m.Commit, r.Duration, r.Repeat)
-	cells := [][]string{{"path", "measurement", "unit", "trafficpolice", "kernel", "ratio", ""}}
+	cells := [][]string{{"path", "measurement", "unit", "figure", "kernel", "ratio", ""}}
 	for _, row := range r.Rows {
+		if row.Skipped != "" {
+			cells = append(cells, []string{row.Path, row.Name, "", "-", "-", "-", "skipped: " + row.Skipped})
+			continue
+		}
 		if row.Error != "" {
 			cells = append(cells, []string{row.Path, row.Name, row.Unit, "-", "-", "-", "error: " + oneLine(row.Error)})
 			continue
@@ -123,6 +136,19 @@ func (r *report) writeTable(w io.Writer) {
 		}
 		cells = append(cells, []string{row.Path, row.Name, row.Unit, num(row.TP), num(row.Kernel), ratio, note})
 	}
+	writeCells(w, cells, func(col int) bool { return col >= 3 && col <= 5 })
+	if peers := r.peerCells(); peers != nil {
+		fmt.Fprintf(w, "\nbeside the peers: each path's ratio to the kernel in its own pairs (higher is better for throughput and rates, lower for latency)\n\n")
+		writeCells(w, peers, func(col int) bool { return col >= 1 })
+	}
+	for _, n := range r.Notes {
+		fmt.Fprintf(w, "note: %s\n", n)
+	}
+}
+
+// writeCells prints cells as aligned columns, the columns right says
+// right-aligned.
+func writeCells(w io.Writer, cells [][]string, right func(col int) bool) {
 	widths := make([]int, len(cells[0]))
 	for _, c := range cells {
 		for i, v := range c {
@@ -133,7 +159,7 @@ func (r *report) writeTable(w io.Writer) {
 		var b strings.Builder
 		for i, v := range c {
 			pad := strings.Repeat(" ", widths[i]-utf8.RuneCountInString(v))
-			if i >= 3 && i <= 5 { // numbers: right-aligned
+			if right(i) {
 				b.WriteString(pad + v)
 			} else {
 				b.WriteString(v + pad)
@@ -142,9 +168,54 @@ func (r *report) writeTable(w io.Writer) {
 		}
 		fmt.Fprintln(w, strings.TrimRight(b.String(), " "))
 	}
-	for _, n := range r.Notes {
-		fmt.Fprintf(w, "note: %s\n", n)
+}
+
+// peerCells is the comparison of the local paths with the peers, one line
+// per measurement a peer has, nil when no peer row ran. The ratios are
+// the fair figures to set side by side: each path's kernel figure was
+// measured beside it, so the machine's drift between pairs cancels out.
+func (r *report) peerCells() [][]string {
+	cols := []string{localPath.String(), rootlessPath.String(), pastaPath.String(), slirpPath.String()}
+	ratio := map[[2]string]string{}
+	var names []string
+	hasPeer := false
+	for _, row := range r.Rows {
+		if row.Error != "" || row.Skipped != "" || row.Kernel == 0 || !slices.Contains(cols, row.Path) {
+			continue
+		}
+		if row.Tool != "trafficpolice" {
+			hasPeer = true
+			if !slices.Contains(names, row.Name) {
+				names = append(names, row.Name)
+			}
+		}
+		ratio[[2]string{row.Path, row.Name}] = fmt.Sprintf("%.2f", row.Ratio)
 	}
+	if !hasPeer {
+		return nil
+	}
+	// A path whose rows did not run (--rows) has no column.
+	cols = slices.DeleteFunc(cols, func(c string) bool {
+		for k := range ratio {
+			if k[0] == c {
+				return false
+			}
+		}
+		return true
+	})
+	cells := [][]string{append([]string{"measurement"}, cols...)}
+	for _, n := range names {
+		line := []string{n}
+		for _, c := range cols {
+			v, ok := ratio[[2]string{c, n}]
+			if !ok {
+				v = "-"
+			}
+			line = append(line, v)
+		}
+		cells = append(cells, line)
+	}
+	return cells
 }
 
 func oneLine(s string) string {

@@ -26,10 +26,35 @@ const (
 	localPath                // a client in the sandbox, flows local (dialed from the host)
 	remotePath               // a client in the sandbox, flows through the agent in the pod netns
 	rootlessPath             // localPath with the sandbox in a user namespace (sandbox run --rootless)
+	pastaPath                // a peer: the client under pasta as an unprivileged user (peers.go)
+	slirpPath                // a peer: the client under slirp4netns as an unprivileged user
 )
 
 func (p path) String() string {
-	return [...]string{"kernel", "local", "remote", "rootless"}[p]
+	return [...]string{"kernel", "local", "remote", "rootless", "pasta", "slirp4netns"}[p]
+}
+
+// tool is what carries p's flows: trafficpolice, or the peer.
+func (p path) tool() string {
+	if p.isPeer() {
+		return p.String()
+	}
+	return "trafficpolice"
+}
+
+// toolOf is the tool of the path named name.
+func toolOf(name string) string {
+	for p := kernelPath; p <= slirpPath; p++ {
+		if p.String() == name {
+			return p.tool()
+		}
+	}
+	return "trafficpolice"
+}
+
+// isPeer says p is another tool's path, measured for comparison.
+func (p path) isPeer() bool {
+	return p == pastaPath || p == slirpPath
 }
 
 // runner starts clients on each path.
@@ -68,9 +93,12 @@ func (r *runner) start(ctx context.Context, p path, args []string, debug bool) (
 	client := append([]string{r.self, "client"}, args...)
 	pr := &proc{stderr: new(bytes.Buffer)}
 	var cmd *exec.Cmd
-	if p == kernelPath {
+	switch {
+	case p == kernelPath:
 		cmd = exec.CommandContext(ctx, client[0], client[1:]...)
-	} else {
+	case p.isPeer():
+		cmd = r.peerCommand(ctx, p, client)
+	default:
 		argv := []string{"sandbox", "run", "-q"}
 		if r.mtu != 0 {
 			argv = append(argv, "--mtu", fmt.Sprint(r.mtu))
@@ -157,7 +185,7 @@ func (pr *proc) wait() (clientResult, error) {
 // run runs a client to its end. With a profile directory and a name, it
 // records trafficpolice's CPU profile meanwhile (profileFor long).
 func (r *runner) run(ctx context.Context, p path, args []string, profileName string, profileFor time.Duration) (clientResult, error) {
-	debug := r.profile != "" && profileName != "" && p != kernelPath
+	debug := r.profile != "" && profileName != "" && p != kernelPath && !p.isPeer()
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 	pr, err := r.start(ctx, p, args, debug)
