@@ -76,6 +76,7 @@ type Router struct {
 	wg     sync.WaitGroup
 
 	warnOnce sync.Map // destinations already warned about
+	pending  pendingDials
 	stats    Stats
 	closers  []io.Closer
 	onClose  []func()
@@ -208,7 +209,11 @@ func (r *Router) Close() error {
 }
 
 // Stats returns counters about the router's flows.
-func (r *Router) Stats() StatsSnapshot { return r.stats.snapshot() }
+func (r *Router) Stats() StatsSnapshot {
+	st := r.stats.snapshot()
+	st.SYNsDropped += int64(r.stack.Stats().TCP.ForwardMaxInFlightDrop.Value())
+	return st
+}
 
 func (r *Router) warnOnceFor(key string, msg string, args ...any) {
 	if _, loaded := r.warnOnce.LoadOrStore(key, true); !loaded {
