@@ -46,7 +46,11 @@ type Service struct {
 	ports  map[uint16][]*subscription // in the order they came
 	closed bool
 
-	mirrorDrops atomic.Uint64 // copies given up because a client lagged
+	mirrorDrops  atomic.Uint64 // copies given up because a client lagged
+	mirrorCopies atomic.Int64  // mirror copies whose goroutine still runs
+	// mirrorStall is how long a mirror copy may wait for its client to
+	// take a byte before it is given up (Options.MirrorStallTimeout).
+	mirrorStall time.Duration
 
 	// Set by Start: what Close removes.
 	natRules       nat.Rules
@@ -61,6 +65,10 @@ type subscription struct {
 	label  string
 	filter *httpFilter // nil: whole connections
 	linger time.Duration
+
+	// mirrorHeld is the bytes of this subscription's mirror copies that
+	// wait with the agent (maxTapQueue).
+	mirrorHeld atomic.Int64
 
 	// Under incoming.mu.
 	peer  *Peer // nil while lingering after its tunnel was lost
@@ -82,6 +90,7 @@ func newService(log *slog.Logger, rules nat.PortRules, opts Options) *Service {
 		dialTimeout: opts.DialTimeout,
 		ports:       map[uint16][]*subscription{},
 
+		mirrorStall:     cmp.Or(opts.MirrorStallTimeout, DefaultMirrorStallTimeout),
 		httpIdleTimeout: cmp.Or(opts.HTTPIdleTimeout, DefaultHTTPIdleTimeout),
 		httpHeadTimeout: cmp.Or(opts.HTTPHeadTimeout, DefaultHTTPHeadTimeout),
 	}

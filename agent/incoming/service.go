@@ -36,6 +36,10 @@ type Options struct {
 	// the wait for a keep-alive connection's next request and for the rest
 	// of a request head once it started; zero means the defaults.
 	HTTPIdleTimeout, HTTPHeadTimeout time.Duration
+	// MirrorStallTimeout is how long a mirror copy may wait for its
+	// client to take a byte before it is given up and closed; zero means
+	// DefaultMirrorStallTimeout.
+	MirrorStallTimeout time.Duration
 }
 
 // Defaults of the HTTP filter's limits. The idle limit is longer than the
@@ -45,6 +49,10 @@ type Options struct {
 const (
 	DefaultHTTPIdleTimeout = 2 * time.Minute
 	DefaultHTTPHeadTimeout = time.Minute
+	// DefaultMirrorStallTimeout: a client that takes no byte of a copy for
+	// this long has stopped reading it (yamux's keep-alives would have
+	// ended a dead tunnel sooner).
+	DefaultMirrorStallTimeout = 30 * time.Second
 )
 
 // Peer is one client's tunnel as incoming traffic sees it: the session it
