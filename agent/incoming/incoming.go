@@ -31,8 +31,9 @@ type Service struct {
 	// stealing it would cut the tunnel itself).
 	reserved map[uint16]string
 	// linger is how long a subscription outlives its tunnel when the
-	// client did not ask for another time.
-	linger time.Duration
+	// client did not ask for another time; maxLinger the most it may ask
+	// for (Options.MaxLinger).
+	linger, maxLinger time.Duration
 	// openTimeout bounds opening a stream to a client and its answer.
 	openTimeout time.Duration
 	dialTimeout time.Duration
@@ -86,6 +87,7 @@ func newService(log *slog.Logger, rules nat.PortRules, opts Options) *Service {
 		rules:       rules,
 		reserved:    map[uint16]string{},
 		linger:      opts.Linger,
+		maxLinger:   cmp.Or(opts.MaxLinger, DefaultMaxLinger),
 		openTimeout: opts.OpenTimeout,
 		dialTimeout: opts.DialTimeout,
 		ports:       map[uint16][]*subscription{},
@@ -117,6 +119,12 @@ func (in *Service) subscribe(p *Peer, req proto.Subscribe) (*subscription, error
 	s := &subscription{mode: req.Mode, port: req.Port, owner: req.Owner, label: label, filter: f, linger: req.Linger, peer: p}
 	if s.linger <= 0 {
 		s.linger = in.linger
+	}
+	if s.linger > in.maxLinger {
+		// A port held for a client that never comes back is a port the
+		// pod's app does not get: the client asks, the agent bounds.
+		in.log.Info("the client asked to keep its subscription longer than the agent allows", "client", p.Remote, "asked", s.linger, "max", in.maxLinger)
+		s.linger = in.maxLinger
 	}
 
 	in.mu.Lock()

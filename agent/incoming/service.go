@@ -26,6 +26,9 @@ type Options struct {
 	// Linger is how long a subscription outlives its tunnel when the
 	// client did not ask for another time.
 	Linger time.Duration
+	// MaxLinger caps the linger time a client asks for; zero means
+	// DefaultMaxLinger.
+	MaxLinger time.Duration
 	// OpenTimeout bounds opening a stream to a client and its answer;
 	// DialTimeout a dial to the pod's app.
 	OpenTimeout, DialTimeout time.Duration
@@ -53,6 +56,11 @@ const (
 	// this long has stopped reading it (yamux's keep-alives would have
 	// ended a dead tunnel sooner).
 	DefaultMirrorStallTimeout = 30 * time.Second
+	// DefaultMaxLinger bounds how long a lost client's subscriptions keep
+	// their ports from the pod's app: long enough for a laptop to come back
+	// from a network change, short of holding a port for a client that
+	// is gone for good.
+	DefaultMaxLinger = 10 * time.Minute
 )
 
 // Peer is one client's tunnel as incoming traffic sees it: the session it

@@ -184,6 +184,25 @@ func TestLostTunnelLingers(t *testing.T) {
 	}
 }
 
+func TestClientLingerIsCapped(t *testing.T) {
+	in, rules := newTestIncoming(t)
+	in.maxLinger = 200 * time.Millisecond
+	req := steal(80, "alice", proto.HTTPFilter{})
+	req.Linger = 365 * 24 * time.Hour // a client that would hold the port for a year
+	s, err := in.subscribe(&Peer{Remote: "a", Log: testLogger(t)}, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.detach(s) // its tunnel is lost
+	deadline := time.Now().Add(10 * time.Second)
+	for rules.has(80) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the port is still redirected for a lost client 10s after the agent's cap of %s", in.maxLinger)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // testClient is the client end of a tunnel: it answers the agent's
 // Incoming streams by serving HTTP itself ("TAG METHOD PATH"), or for a
 // mirror by never reading the copies.
