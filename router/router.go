@@ -77,6 +77,7 @@ type Router struct {
 
 	warnOnce sync.Map // destinations already warned about
 	pending  pendingDials
+	pinger   *pinger
 	stats    Stats
 	closers  []io.Closer
 	onClose  []func()
@@ -114,6 +115,7 @@ func New(cfg Config) (*Router, error) {
 		ctx:    ctx,
 		cancel: cancel,
 	}
+	r.pinger = &pinger{ctx: ctx, wg: &r.wg}
 	s, err := newStack(cfg.Link)
 	if err != nil {
 		cancel()
