@@ -111,7 +111,6 @@ func New(cfg Config) (*Router, error) {
 		cfg:    cfg,
 		names:  newNameTable(),
 		log:    cfg.Logger,
-		flows:  newFlowLog(cfg.FlowLog),
 		ctx:    ctx,
 		cancel: cancel,
 	}
@@ -122,6 +121,7 @@ func New(cfg Config) (*Router, error) {
 		return nil, err
 	}
 	r.stack = s
+	r.flows = newFlowLog(cfg.FlowLog)
 	return r, nil
 }
 
@@ -206,6 +206,7 @@ func (r *Router) Close() error {
 		for _, fn := range r.onClose {
 			fn()
 		}
+		r.flows.close()
 	})
 	return nil
 }
@@ -239,3 +240,8 @@ func (r *Router) appDst(a tcpip.Address, port uint16) netip.AddrPort {
 	}
 	return netip.AddrPortFrom(ip, port)
 }
+
+// FlowLogErr reports, once Close has returned, why records are missing
+// from the flow log; nil when every record was written. An audit log that
+// silently loses lines is worse than none: the run reports it.
+func (r *Router) FlowLogErr() error { return r.flows.err() }
