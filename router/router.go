@@ -203,10 +203,10 @@ func (r *Router) Close() error {
 		r.stack.Close()
 		r.wg.Wait()
 		r.stack.Wait()
+		r.flows.close()
 		for _, fn := range r.onClose {
 			fn()
 		}
-		r.flows.close()
 	})
 	return nil
 }
