@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -27,6 +28,12 @@ const (
 	DefaultCommunicationTimeout = 30 * time.Second
 	DefaultDialTimeout          = 30 * time.Second
 	DefaultUDPIdleTimeout       = 2 * time.Minute
+	// DefaultMaxUDPFlows caps a tunnel's UDP flows: each holds a socket,
+	// two goroutines and two datagram buffers (128 KiB) until it ends or
+	// idles out, so an app (or peer) that opens flows faster than they
+	// expire would otherwise grow the agent without bound. 1024 is far
+	// above what an app has open at once; past it, DialUDP is refused.
+	DefaultMaxUDPFlows = 1024
 	// DefaultHandshakeTimeout bounds how long a new connection may take to
 	// send its Hello. A client sends it at once (a few hundred bytes, even
 	// over a port-forward), so a few seconds is plenty; it is short, and
@@ -64,6 +71,9 @@ type Options struct {
 	DialTimeout time.Duration
 	// UDPIdleTimeout ends a UDP flow with no datagram either way for that long.
 	UDPIdleTimeout time.Duration
+	// MaxUDPFlows is how many UDP flows one tunnel may have open at once;
+	// zero means DefaultMaxUDPFlows.
+	MaxUDPFlows int
 	// Logger receives the agent's log; nil means slog.Default().
 	Logger *slog.Logger
 	// Incoming enables steal and mirror: Serve installs nat rules in the
@@ -99,6 +109,8 @@ type Server struct {
 	// pending holds a place for each connection that has not yet
 	// presented a good token (MaxPendingHandshakes of them).
 	pending chan struct{}
+	// udpFlows counts the UDP flows open on all tunnels.
+	udpFlows atomic.Int64
 }
 
 // New checks opts and fills in the defaults.
@@ -133,6 +145,12 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.HostsPath == "" {
 		opts.HostsPath = DefaultHostsPath
+	}
+	if opts.MaxUDPFlows < 0 {
+		return nil, fmt.Errorf("agent options: MaxUDPFlows %d is negative: give a positive number, or zero for the default %d", opts.MaxUDPFlows, DefaultMaxUDPFlows)
+	}
+	if opts.MaxUDPFlows == 0 {
+		opts.MaxUDPFlows = DefaultMaxUDPFlows
 	}
 	if opts.TargetPID < 0 {
 		return nil, fmt.Errorf("agent options: TargetPID %d is negative: give a process id, or zero for the oldest other process", opts.TargetPID)

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"log/slog"
+	"sync/atomic"
 
 	"github.com/hashicorp/yamux"
 
@@ -17,6 +18,8 @@ type tunnel struct {
 	sess *yamux.Session
 	ctrl *proto.Control
 	peer *incoming.Peer
+	// udpFlows counts the client's open UDP flows (Options.MaxUDPFlows).
+	udpFlows atomic.Int64
 }
 
 func newTunnel(log *slog.Logger, sess *yamux.Session, ctrl *yamux.Stream) *tunnel {

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -17,6 +18,16 @@ import (
 // serveUDP opens a connected UDP socket from the pod to dst and relays
 // datagrams both ways until either side closes or the flow idles out.
 func (s *Server) serveUDP(ctx context.Context, t *tunnel, st *yamux.Stream, req proto.DialUDP) {
+	if n := t.udpFlows.Add(1); n > int64(s.opts.MaxUDPFlows) {
+		t.udpFlows.Add(-1)
+		t.log.Debug("UDP flow refused: too many open", "dst", req.Dst.String(), "max", s.opts.MaxUDPFlows)
+		_ = proto.WriteMessage(st, proto.Result{Class: proto.ClassOther, Message: fmt.Sprintf(
+			"too many UDP flows open on this tunnel (%d, the agent's limit): close some, or wait for idle ones to expire (after %s)",
+			s.opts.MaxUDPFlows, s.opts.UDPIdleTimeout)})
+		_ = st.Close()
+		return
+	}
+	defer t.udpFlows.Add(-1)
 	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(req.Dst))
 	if err != nil {
 		t.log.Debug("UDP dial failed", "dst", req.Dst.String(), "err", err)
@@ -24,11 +35,16 @@ func (s *Server) serveUDP(ctx context.Context, t *tunnel, st *yamux.Stream, req 
 		_ = st.Close()
 		return
 	}
+	s.udpFlows.Add(1)
+	defer s.udpFlows.Add(-1)
 	var once sync.Once
 	closeAll := func() {
 		once.Do(func() {
 			_ = c.Close()
 			_ = st.Close()
+			// Close only half-closes a yamux stream: wake the reader
+			// too, or an expired flow lives on until the client closes.
+			_ = st.SetReadDeadline(time.Now())
 		})
 	}
 	defer closeAll()

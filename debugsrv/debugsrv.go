@@ -41,8 +41,10 @@ func Serve(ctx context.Context, addr string, vars func(map[string]json.RawMessag
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("/debug/vars", func(w http.ResponseWriter, r *http.Request) {
-		// ?gc=1 collects garbage first, so memstats show what is live.
+		// ?gc=1 collects garbage first, so memstats show what is live:
+		// twice, as a sync.Pool's items survive one collection.
 		if r.URL.Query().Get("gc") == "1" {
+			runtime.GC()
 			runtime.GC()
 		}
 		// Built per request instead of expvar.Publish: a process may run

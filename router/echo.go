@@ -1,15 +1,10 @@
 package router
 
 import (
-	"context"
-	"fmt"
-	"net"
 	"net/netip"
 	"time"
 
 	"golang.org/x/net/icmp"
-	"golang.org/x/net/ipv4"
-	"golang.org/x/net/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -20,6 +15,9 @@ import (
 
 // echoTimeout is how long a forwarded ping waits for its answer.
 const echoTimeout = 3 * time.Second
+
+// listenICMP opens the host's ICMP sockets; tests count what it opens.
+var listenICMP = icmp.ListenPacket
 
 // handleEcho4 and handleEcho6 take the app's ICMP echo requests (the
 // netstack hands them over for addresses it does not own) and route them
@@ -71,7 +69,7 @@ func (r *Router) echo(id stack.TransportEndpointID, req, quoted []byte, v6 bool)
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
-		reply, err := pingFromHost(r.ctx, dst.Addr(), req, v6)
+		reply, err := r.pinger.ping(r.ctx, dst.Addr(), req, v6)
 		f.rec.BytesOut = int64(len(req))
 		if err != nil {
 			f.rec.Error = err.Error()
@@ -82,55 +80,6 @@ func (r *Router) echo(id stack.TransportEndpointID, req, quoted []byte, v6 bool)
 		r.writeRaw(v6, echoReply(wire, app, reply, v6))
 		r.endFlow(f)
 	}()
-}
-
-// pingFromHost sends the app's echo request (same identifier, sequence and
-// data) from the host and returns the answer's ICMP message.
-func pingFromHost(ctx context.Context, dst netip.Addr, req []byte, v6 bool) ([]byte, error) {
-	network, listen, proto := "ip4:icmp", "0.0.0.0", 1
-	if v6 {
-		network, listen, proto = "ip6:ipv6-icmp", "::", 58
-	}
-	c, err := icmp.ListenPacket(network, listen)
-	if err != nil {
-		return nil, fmt.Errorf("ping from the host: %w", err)
-	}
-	defer c.Close()
-	stop := context.AfterFunc(ctx, func() { c.Close() })
-	defer stop()
-	msg, err := icmp.ParseMessage(proto, req)
-	if err != nil {
-		return nil, fmt.Errorf("parse echo request: %w", err)
-	}
-	want, ok := msg.Body.(*icmp.Echo)
-	if !ok {
-		return nil, fmt.Errorf("not an echo request")
-	}
-	out, err := msg.Marshal(nil) // the kernel computes the ICMPv6 checksum
-	if err != nil {
-		return nil, err
-	}
-	if _, err := c.WriteTo(out, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
-		return nil, fmt.Errorf("ping from the host: %w", err)
-	}
-	c.SetReadDeadline(time.Now().Add(echoTimeout))
-	buf := make([]byte, 64<<10)
-	for {
-		n, from, err := c.ReadFrom(buf)
-		if err != nil {
-			return nil, fmt.Errorf("no echo reply from %s: %w", dst, err)
-		}
-		if ip, ok := from.(*net.IPAddr); !ok || !ip.IP.Equal(dst.AsSlice()) {
-			continue
-		}
-		m, err := icmp.ParseMessage(proto, buf[:n])
-		if err != nil || (m.Type != ipv4.ICMPTypeEchoReply && m.Type != ipv6.ICMPTypeEchoReply) {
-			continue
-		}
-		if e, ok := m.Body.(*icmp.Echo); ok && e.ID == want.ID && e.Seq == want.Seq {
-			return append([]byte(nil), buf[:n]...), nil
-		}
-	}
 }
 
 // echoReply wraps the host's answer in an IP header from the address the

@@ -80,6 +80,8 @@ type Router struct {
 	wg     sync.WaitGroup
 
 	warnOnce sync.Map // destinations already warned about
+	pending  pendingDials
+	pinger   *pinger
 	stats    Stats
 	closers  []io.Closer
 	onClose  []func()
@@ -113,16 +115,17 @@ func New(cfg Config) (*Router, error) {
 		cfg:    cfg,
 		names:  newNameTable(),
 		log:    cfg.Logger,
-		flows:  newFlowLog(cfg.FlowLog),
 		ctx:    ctx,
 		cancel: cancel,
 	}
+	r.pinger = &pinger{ctx: ctx, wg: &r.wg}
 	s, err := newStack(cfg.Link)
 	if err != nil {
 		cancel()
 		return nil, err
 	}
 	r.stack = s
+	r.flows = newFlowLog(cfg.FlowLog)
 	return r, nil
 }
 
@@ -206,6 +209,7 @@ func (r *Router) Close() error {
 		r.stack.Close()
 		r.wg.Wait()
 		r.stack.Wait()
+		r.flows.close()
 		for _, fn := range r.onClose {
 			fn()
 		}
@@ -214,7 +218,11 @@ func (r *Router) Close() error {
 }
 
 // Stats returns counters about the router's flows.
-func (r *Router) Stats() StatsSnapshot { return r.stats.snapshot() }
+func (r *Router) Stats() StatsSnapshot {
+	st := r.stats.snapshot()
+	st.SYNsDropped += int64(r.stack.Stats().TCP.ForwardMaxInFlightDrop.Value())
+	return st
+}
 
 func (r *Router) warnOnceFor(key string, msg string, args ...any) {
 	if _, loaded := r.warnOnce.LoadOrStore(key, true); !loaded {
@@ -238,3 +246,8 @@ func (r *Router) appDst(a tcpip.Address, port uint16) netip.AddrPort {
 	}
 	return netip.AddrPortFrom(ip, port)
 }
+
+// FlowLogErr reports, once Close has returned, why records are missing
+// from the flow log; nil when every record was written. An audit log that
+// silently loses lines is worse than none: the run reports it.
+func (r *Router) FlowLogErr() error { return r.flows.err() }

@@ -6,16 +6,24 @@ import "sync/atomic"
 type Stats struct {
 	tcpFlows, udpFlows, dnsQueries, blocked, failed atomic.Int64
 	open                                            atomic.Int64
+	// synsDropped counts the app's SYNs dropped because too many dials
+	// were pending to their destination (the app retransmits them).
+	synsDropped atomic.Int64
 }
 
 // StatsSnapshot is a copy of Stats at one moment.
 type StatsSnapshot struct {
 	TCPFlows, UDPFlows, DNSQueries, Blocked, Failed, Open int64
+	// SYNsDropped counts the app's connection attempts dropped, to be
+	// retransmitted by the app, because too many dials were pending: to
+	// their destination, or in all (the netstack's forwarder limit).
+	SYNsDropped int64
 }
 
 func (s *Stats) snapshot() StatsSnapshot {
 	return StatsSnapshot{
 		TCPFlows: s.tcpFlows.Load(), UDPFlows: s.udpFlows.Load(), DNSQueries: s.dnsQueries.Load(),
 		Blocked: s.blocked.Load(), Failed: s.failed.Load(), Open: s.open.Load(),
+		SYNsDropped: s.synsDropped.Load(),
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -16,9 +17,18 @@ import (
 )
 
 const (
-	// maxPendingDials bounds connection attempts in progress; SYNs beyond it
-	// are dropped and retransmitted by the app, as a kernel's full backlog.
-	maxPendingDials = 4096
+	// maxPendingDials bounds connection attempts in progress in all; SYNs
+	// beyond it are dropped and retransmitted by the app, as a kernel's full
+	// backlog. Each costs a goroutine and a socket (or a tunnel stream)
+	// until its dial ends.
+	maxPendingDials = 16384
+	// maxPendingPerDst bounds them per destination address, so that a
+	// destination that drops SYNs (each dial waits out tcpDialTimeout)
+	// cannot take the slots every other new connection needs: it takes
+	// maxPendingDials/maxPendingPerDst silent addresses to fill them. A
+	// destination that answers holds a dial for one round trip, so the
+	// bound is far above what a busy one needs at once.
+	maxPendingPerDst = 512
 	// tcpDialTimeout is about what Linux takes to give up on an unanswered
 	// SYN (tcp_syn_retries=6); the app usually gives up first.
 	tcpDialTimeout = 130 * time.Second
@@ -34,12 +44,21 @@ func (r *Router) handleTCP(req *tcp.ForwarderRequest) {
 	id := req.ID()
 	src := netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort)
 	dst := r.appDst(id.LocalAddress, id.LocalPort)
+	if !r.pending.add(dst.Addr()) {
+		// As a full backlog: no answer, the app retransmits its SYN.
+		r.stats.synsDropped.Add(1)
+		r.warnOnceFor("pending "+dst.Addr().String(), "dropping new connections to a destination that answers none of its pending ones",
+			"dst", dst.Addr().String(), "pending", maxPendingPerDst)
+		req.Complete(false)
+		return
+	}
 	f := r.newFlow(policy.TCP, src, dst)
 	r.stats.tcpFlows.Add(1)
 
 	ctx, cancel := context.WithTimeout(r.ctx, tcpDialTimeout)
 	out, err := r.dial(ctx, f)
 	cancel()
+	r.pending.done(dst.Addr())
 	if err != nil {
 		r.stats.failed.Add(1)
 		req.Complete(!isTimeout(err))
@@ -60,6 +79,38 @@ func (r *Router) handleTCP(req *tcp.ForwarderRequest) {
 	req.Complete(false)
 	in := gonet.NewTCPConn(&wq, ep)
 	r.splice(f, in, out, endpointWaiter(&wq, ep), splice.TCPWait(out))
+}
+
+// pendingDials counts the dials in progress per destination address.
+type pendingDials struct {
+	mu sync.Mutex
+	n  map[netip.Addr]int
+}
+
+// add takes a place for a dial to dst; false means dst has its
+// maxPendingPerDst already.
+func (p *pendingDials) add(dst netip.Addr) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.n[dst] >= maxPendingPerDst {
+		return false
+	}
+	if p.n == nil {
+		p.n = map[netip.Addr]int{}
+	}
+	p.n[dst]++
+	return true
+}
+
+// done gives the place back once the dial has ended.
+func (p *pendingDials) done(dst netip.Addr) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.n[dst] <= 1 {
+		delete(p.n, dst)
+		return
+	}
+	p.n[dst]--
 }
 
 func (r *Router) endFlow(f *flow) {

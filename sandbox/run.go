@@ -139,11 +139,22 @@ func Run(ctx context.Context, o Options) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	defer stop()
+	stopped := false
+	defer func() {
+		if !stopped {
+			_ = stop()
+		}
+	}()
 	if o.Agent == nil {
 		o.Progress.Note("no agent or target: flows go out from this host unless a rule blocks them; the host's loopback only through a --local rule or ignore_localhost")
 	}
-	return runApp(ctx, ns, files, o)
+	code, err := runApp(ctx, ns, files, o)
+	stopped = true
+	if ferr := stop(); ferr != nil && err == nil {
+		// An audit log that silently loses lines is worse than none.
+		return code, fmt.Errorf("%s is incomplete (the app exited with status %d): %w", o.FlowLog, code, ferr)
+	}
+	return code, err
 }
 
 // withDefaults fills in the zero values of o.
@@ -184,13 +195,19 @@ func newRecord(rootless bool) (*record, error) {
 // startServices starts what serves the app while it runs: the router on
 // the TUN, the watch of its listening ports, incoming traffic and the debug
 // server. The returned function stops them, incoming first: the pod gets
-// its ports back before anything else is torn down.
-func startServices(ctx context.Context, ns space, tun *os.File, o Options) (stop func(), err error) {
+// its ports back before anything else is torn down; its error says which
+// flow-log records could not be written.
+func startServices(ctx context.Context, ns space, tun *os.File, o Options) (stop func() error, err error) {
 	var stops []func()
-	stopAll := func() {
+	var flowLogErr func() error
+	stopAll := func() error {
 		for i := len(stops) - 1; i >= 0; i-- {
 			stops[i]()
 		}
+		if flowLogErr != nil {
+			return flowLogErr()
+		}
+		return nil
 	}
 	// stopAll, not stop: a failing return sets stop to nil before this runs.
 	defer func() {
@@ -205,6 +222,7 @@ func startServices(ctx context.Context, ns space, tun *os.File, o Options) (stop
 		return nil, err
 	}
 	stops = append(stops, func() { rt.Close() }, watch.stop)
+	flowLogErr = rt.FlowLogErr
 	in, err := newIncoming(ns, o, o.Agent)
 	if err != nil {
 		return nil, err
@@ -368,7 +386,6 @@ func startRouter(ctx context.Context, ns space, tun *os.File, o Options) (*route
 		if err != nil {
 			return nil, nil, fmt.Errorf("open the flow log: %w", err)
 		}
-		// Closed by the process exit; the router writes until Close.
 		flowLog = f
 	}
 	dnsAddrs := []netip.Addr{netns.DNSAddr4}
@@ -398,9 +415,15 @@ func startRouter(ctx context.Context, ns space, tun *os.File, o Options) (*route
 	rt, err := router.New(cfg)
 	if err != nil {
 		unix.Close(fd)
+		if f, ok := flowLog.(*os.File); ok {
+			f.Close()
+		}
 		return nil, nil, err
 	}
 	rt.OnClose(func() { unix.Close(fd) })
+	if f, ok := flowLog.(*os.File); ok {
+		rt.OnClose(func() { f.Close() }) // after the router's last record
+	}
 	if err := rt.Start(); err != nil {
 		rt.Close()
 		return nil, nil, err

@@ -123,7 +123,7 @@ func podGRPCApp(t testing.TB, h *TaggedHealth) netip.AddrPort {
 
 // newGRPCTestClient is a client whose local app is a gRPC server with h.
 func newGRPCTestClient(t testing.TB, tag string, mode proto.IncomingMode, h *TaggedHealth) *testClient {
-	return newTestClientServing(t, tag, mode, func(ln net.Listener) { ServeGRPC(t, h, ln) })
+	return newTestClientServing(t, tag, mode, proto.StreamWindow, func(ln net.Listener) { ServeGRPC(t, h, ln) })
 }
 
 // dialThroughAgent is a gRPC client whose connections the agent serves as

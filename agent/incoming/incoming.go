@@ -31,8 +31,9 @@ type Service struct {
 	// stealing it would cut the tunnel itself).
 	reserved map[uint16]string
 	// linger is how long a subscription outlives its tunnel when the
-	// client did not ask for another time.
-	linger time.Duration
+	// client did not ask for another time; maxLinger the most it may ask
+	// for (Options.MaxLinger).
+	linger, maxLinger time.Duration
 	// openTimeout bounds opening a stream to a client and its answer.
 	openTimeout time.Duration
 	dialTimeout time.Duration
@@ -48,7 +49,11 @@ type Service struct {
 	ports  map[uint16][]*subscription // in the order they came
 	closed bool
 
-	mirrorDrops atomic.Uint64 // copies given up because a client lagged
+	mirrorDrops  atomic.Uint64 // copies given up because a client lagged
+	mirrorCopies atomic.Int64  // mirror copies whose goroutine still runs
+	// mirrorStall is how long a mirror copy may wait for its client to
+	// take a byte before it is given up (Options.MirrorStallTimeout).
+	mirrorStall time.Duration
 
 	// Set by Start: what Close removes.
 	natRules       nat.Rules
@@ -63,6 +68,10 @@ type subscription struct {
 	label  string
 	filter *httpFilter // nil: whole connections
 	linger time.Duration
+
+	// mirrorHeld is the bytes of this subscription's mirror copies that
+	// wait with the agent (maxTapQueue).
+	mirrorHeld atomic.Int64
 
 	// Under incoming.mu.
 	peer  *Peer // nil while lingering after its tunnel was lost
@@ -80,10 +89,12 @@ func newService(log *slog.Logger, rules nat.PortRules, opts Options) *Service {
 		rules:       rules,
 		reserved:    map[uint16]string{},
 		linger:      opts.Linger,
+		maxLinger:   cmp.Or(opts.MaxLinger, DefaultMaxLinger),
 		openTimeout: opts.OpenTimeout,
 		dialTimeout: opts.DialTimeout,
 		ports:       map[uint16][]*subscription{},
 
+		mirrorStall:     cmp.Or(opts.MirrorStallTimeout, DefaultMirrorStallTimeout),
 		httpIdleTimeout: cmp.Or(opts.HTTPIdleTimeout, DefaultHTTPIdleTimeout),
 		httpHeadTimeout: cmp.Or(opts.HTTPHeadTimeout, DefaultHTTPHeadTimeout),
 	}
@@ -110,6 +121,12 @@ func (in *Service) subscribe(p *Peer, req proto.Subscribe) (*subscription, error
 	s := &subscription{mode: req.Mode, port: req.Port, owner: req.Owner, label: label, filter: f, linger: req.Linger, peer: p}
 	if s.linger <= 0 {
 		s.linger = in.linger
+	}
+	if s.linger > in.maxLinger {
+		// A port held for a client that never comes back is a port the
+		// pod's app does not get: the client asks, the agent bounds.
+		in.log.Info("the client asked to keep its subscription longer than the agent allows", "client", p.Remote, "asked", s.linger, "max", in.maxLinger)
+		s.linger = in.maxLinger
 	}
 
 	in.mu.Lock()

@@ -2,25 +2,33 @@ package incoming
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/netip"
 	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
 )
 
-// maxTapQueue bounds the bytes a mirror copy may have waiting for its
-// client. Past it the copy is given up (its stream closed, the drop
-// counted): a slow local app or tunnel must never slow the pod's traffic.
+// maxTapQueue bounds the bytes a mirroring client (a subscription) may
+// have waiting with the agent, over all its copies. Past it the copy that
+// would pass it is given up (its stream closed, the drop counted): a slow
+// local app or tunnel must never slow the pod's traffic, nor grow the
+// agent with every connection it mirrors.
 const maxTapQueue = 4 << 20
 
 // tap sends a copy of a connection's bytes (or of its matching requests)
 // to a mirroring client. write never blocks; a goroutine opens the
-// stream and drains the queue.
+// stream and drains the queue. Every byte queued, or being written, is
+// counted in the subscription's mirrorHeld until it is written.
 type tap struct {
 	in       *Service
 	sub      *subscription
 	src, dst netip.AddrPort
 
 	mu      sync.Mutex
+	st      *yamux.Stream // once open
 	queue   [][]byte
 	queued  int
 	broken  bool // given up: the queue overflowed or the stream failed
@@ -31,6 +39,7 @@ type tap struct {
 
 func newTap(ctx context.Context, in *Service, s *subscription, src, dst netip.AddrPort) *tap {
 	tp := &tap{in: in, sub: s, src: src, dst: dst, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	in.mirrorCopies.Add(1)
 	go tp.run(ctx)
 	return tp
 }
@@ -43,8 +52,9 @@ func (tp *tap) Write(p []byte) (int, error) {
 	if tp.broken || tp.closing || len(p) == 0 {
 		return len(p), nil
 	}
-	if tp.queued+len(p) > maxTapQueue {
-		tp.giveUpLocked("the mirroring client is too slow")
+	if tp.sub.mirrorHeld.Add(int64(len(p))) > maxTapQueue {
+		tp.sub.mirrorHeld.Add(-int64(len(p)))
+		tp.giveUpLocked("the mirroring client is too slow: its copies hold the most the agent keeps for it")
 		return len(p), nil
 	}
 	tp.queue = append(tp.queue, append([]byte(nil), p...))
@@ -60,15 +70,25 @@ func (tp *tap) signal() {
 	}
 }
 
+// giveUpLocked drops the copy: its queue is freed at once and a write in
+// progress is woken to fail, so that run closes the stream and ends.
 func (tp *tap) giveUpLocked(why string) {
 	if tp.broken {
 		return
 	}
 	tp.broken = true
-	tp.queue, tp.queued = nil, 0
+	tp.dropQueueLocked()
+	if tp.st != nil {
+		_ = tp.st.SetWriteDeadline(time.Now())
+	}
 	n := tp.in.mirrorDrops.Add(1)
 	tp.in.log.Warn("mirror copy dropped", "sub", tp.sub.String(), "peer", tp.src.String(), "why", why, "drops_so_far", n)
 	tp.signal()
+}
+
+func (tp *tap) dropQueueLocked() {
+	tp.sub.mirrorHeld.Add(-int64(tp.queued))
+	tp.queue, tp.queued = nil, 0
 }
 
 // usable reports whether the tap still carries copies.
@@ -87,7 +107,15 @@ func (tp *tap) close() {
 }
 
 func (tp *tap) run(ctx context.Context) {
+	defer tp.in.mirrorCopies.Add(-1)
 	defer close(tp.done)
+	defer func() {
+		// Whatever is left is never sent: later writes are ignored.
+		tp.mu.Lock()
+		tp.broken = true
+		tp.dropQueueLocked()
+		tp.mu.Unlock()
+	}()
 	st, err := tp.in.open(ctx, tp.sub, tp.src, tp.dst)
 	if err != nil {
 		tp.mu.Lock()
@@ -95,7 +123,16 @@ func (tp *tap) run(ctx context.Context) {
 		tp.mu.Unlock()
 		return
 	}
-	defer st.Close()
+	// Closed both ways when the copy ends: FIN to the client, and the
+	// reader below woken, so that nothing is kept for a client that
+	// neither reads nor closes.
+	defer func() {
+		_ = st.Close()
+		_ = st.SetReadDeadline(time.Now())
+	}()
+	tp.mu.Lock()
+	tp.st = st
+	tp.mu.Unlock()
 	// The client writes nothing back for a mirror; a read ending means
 	// the client gave up on this copy.
 	go func() {
@@ -109,15 +146,31 @@ func (tp *tap) run(ctx context.Context) {
 	for {
 		tp.mu.Lock()
 		q, broken, closing := tp.queue, tp.broken, tp.closing
-		tp.queue, tp.queued = nil, 0
+		tp.queue, tp.queued = nil, 0 // still counted in mirrorHeld until written
 		tp.mu.Unlock()
 		if broken {
 			return
 		}
-		for _, b := range q {
-			if _, err := st.Write(b); err != nil {
+		for i, b := range q {
+			// A client that takes nothing for mirrorStall has stopped
+			// reading this copy. Set under mu: a give-up's deadline wins.
+			tp.mu.Lock()
+			broken = tp.broken
+			if !broken {
+				_ = st.SetWriteDeadline(time.Now().Add(tp.in.mirrorStall))
+			}
+			tp.mu.Unlock()
+			var err error
+			if !broken {
+				_, err = st.Write(b)
+			}
+			tp.sub.mirrorHeld.Add(-int64(len(b)))
+			if broken || err != nil {
+				for _, rest := range q[i+1:] {
+					tp.sub.mirrorHeld.Add(-int64(len(rest)))
+				}
 				tp.mu.Lock()
-				tp.giveUpLocked("write to the mirroring client: " + err.Error())
+				tp.giveUpLocked(fmt.Sprintf("write to the mirroring client: %v", err))
 				tp.mu.Unlock()
 				return
 			}

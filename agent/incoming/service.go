@@ -26,6 +26,9 @@ type Options struct {
 	// Linger is how long a subscription outlives its tunnel when the
 	// client did not ask for another time.
 	Linger time.Duration
+	// MaxLinger caps the linger time a client asks for; zero means
+	// DefaultMaxLinger.
+	MaxLinger time.Duration
 	// OpenTimeout bounds opening a stream to a client and its answer;
 	// DialTimeout a dial to the pod's app.
 	OpenTimeout, DialTimeout time.Duration
@@ -36,6 +39,10 @@ type Options struct {
 	// the wait for a keep-alive connection's next request and for the rest
 	// of a request head once it started; zero means the defaults.
 	HTTPIdleTimeout, HTTPHeadTimeout time.Duration
+	// MirrorStallTimeout is how long a mirror copy may wait for its
+	// client to take a byte before it is given up and closed; zero means
+	// DefaultMirrorStallTimeout.
+	MirrorStallTimeout time.Duration
 }
 
 // Defaults of the HTTP filter's limits. The idle limit is longer than the
@@ -45,6 +52,15 @@ type Options struct {
 const (
 	DefaultHTTPIdleTimeout = 2 * time.Minute
 	DefaultHTTPHeadTimeout = time.Minute
+	// DefaultMirrorStallTimeout: a client that takes no byte of a copy for
+	// this long has stopped reading it (yamux's keep-alives would have
+	// ended a dead tunnel sooner).
+	DefaultMirrorStallTimeout = 30 * time.Second
+	// DefaultMaxLinger bounds how long a lost client's subscriptions keep
+	// their ports from the pod's app: long enough for a laptop to come back
+	// from a network change, short of holding a port for a client that
+	// is gone for good.
+	DefaultMaxLinger = 10 * time.Minute
 )
 
 // Peer is one client's tunnel as incoming traffic sees it: the session it

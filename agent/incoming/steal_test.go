@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -183,6 +184,25 @@ func TestLostTunnelLingers(t *testing.T) {
 	}
 }
 
+func TestClientLingerIsCapped(t *testing.T) {
+	in, rules := newTestIncoming(t)
+	in.maxLinger = 200 * time.Millisecond
+	req := steal(80, "alice", proto.HTTPFilter{})
+	req.Linger = 365 * 24 * time.Hour // a client that would hold the port for a year
+	s, err := in.subscribe(&Peer{Remote: "a", Log: testLogger(t)}, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.detach(s) // its tunnel is lost
+	deadline := time.Now().Add(10 * time.Second)
+	for rules.has(80) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the port is still redirected for a lost client 10s after the agent's cap of %s", in.maxLinger)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // testClient is the client end of a tunnel: it answers the agent's
 // Incoming streams by serving HTTP itself ("TAG METHOD PATH"), or for a
 // mirror by never reading the copies.
@@ -192,10 +212,17 @@ type testClient struct {
 
 func newTestClient(t *testing.T, tag string, mode proto.IncomingMode) *testClient {
 	t.Helper()
+	return newTestClientWindow(t, tag, mode, proto.StreamWindow)
+}
+
+// newTestClientWindow is newTestClient whose yamux takes at most window
+// bytes of a stream unread (yamux's least is 256 KiB).
+func newTestClientWindow(t *testing.T, tag string, mode proto.IncomingMode, window uint32) *testClient {
+	t.Helper()
 	if mode == proto.ModeMirror {
-		return newTestClientServing(t, tag, mode, nil)
+		return newTestClientServing(t, tag, mode, window, nil)
 	}
-	return newTestClientServing(t, tag, mode, func(ln net.Listener) {
+	return newTestClientServing(t, tag, mode, window, func(ln net.Listener) {
 		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			n, _ := io.Copy(io.Discard, r.Body)
 			fmt.Fprintf(w, "%s %s %s %d", tag, r.Method, r.URL.Path, n)
@@ -207,8 +234,9 @@ func newTestClient(t *testing.T, tag string, mode proto.IncomingMode) *testClien
 
 // newTestClientServing is a client whose app is serve, given the
 // client's streams as a listener; a nil serve never reads (a mirror that
-// does not keep up).
-func newTestClientServing(t testing.TB, tag string, mode proto.IncomingMode, serve func(net.Listener)) *testClient {
+// does not keep up). Its yamux takes at most window bytes of a stream
+// unread.
+func newTestClientServing(t testing.TB, tag string, mode proto.IncomingMode, window uint32, serve func(net.Listener)) *testClient {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -227,7 +255,9 @@ func newTestClientServing(t testing.TB, tag string, mode proto.IncomingMode, ser
 	if err != nil {
 		t.Fatal(err)
 	}
-	clientSess, err := yamux.Client(cc, proto.MuxConfig(nil))
+	cfg := proto.MuxConfig(nil)
+	cfg.MaxStreamWindowSize = window
+	clientSess, err := yamux.Client(cc, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -479,5 +509,85 @@ func TestSlowMirrorNeverSlowsThePod(t *testing.T) {
 	}
 	if in.mirrorDrops.Load() == 0 {
 		t.Error("the copy that could not keep up was not counted as dropped")
+	}
+}
+
+// stuckWindow is what the client of mirrorTo takes of a copy unread.
+const stuckWindow = 256 << 10
+
+// mirrorTo subscribes a client that never reads its copies to mirror a
+// pod app that swallows everything, and returns the app's address and the
+// bytes it got so far.
+func mirrorTo(t *testing.T, in *Service) (netip.AddrPort, *atomic.Int64) {
+	t.Helper()
+	var got atomic.Int64
+	sink := podApp(t, func(c net.Conn) {
+		n, _ := io.Copy(io.Discard, c)
+		got.Add(n)
+	})
+	stuck := newTestClientWindow(t, "stuck", proto.ModeMirror, stuckWindow)
+	if _, err := in.subscribe(stuck.t, proto.Subscribe{Mode: proto.ModeMirror, Port: sink.Port(), Owner: "s"}); err != nil {
+		t.Fatal(err)
+	}
+	return sink, &got
+}
+
+// waitFor polls cond, bounded; what describes the state when it fails.
+func waitFor(t *testing.T, cond func() bool, what func() string) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal(what())
+		}
+	}
+}
+
+func TestMirrorQueueIsCappedPerSubscriberNotPerConnection(t *testing.T) {
+	in, _ := newTestIncoming(t)
+	sink, _ := mirrorTo(t, in)
+	// Past what the client takes unread, each connection leaves less than
+	// the cap with the agent; together they pass it.
+	const conns, each = 8, 2 << 20
+	buf := make([]byte, each)
+	for range conns {
+		c := connect(t, in, sink)
+		if _, err := c.Write(buf); err != nil {
+			t.Fatalf("the pod's path stalled behind a mirror that does not read: %v", err)
+		}
+	}
+	waitFor(t, func() bool { return in.mirrorDrops.Load() > 0 }, func() string {
+		return fmt.Sprintf("%d MiB mirrored to a client that reads nothing, in %d connections, and no copy was dropped: the %d MiB cap is per connection",
+			conns*each>>20, conns, maxTapQueue>>20)
+	})
+	for _, sub := range in.ports[sink.Port()] {
+		if held := sub.mirrorHeld.Load(); held > maxTapQueue {
+			t.Errorf("%s holds %d bytes of copies, over the cap of %d", sub, held, maxTapQueue)
+		}
+	}
+}
+
+func TestStalledMirrorCopiesAreClosed(t *testing.T) {
+	in, _ := newTestIncoming(t)
+	in.mirrorStall = 200 * time.Millisecond
+	sink, got := mirrorTo(t, in)
+	const conns, each = 4, 2 << 20 // more than the client takes unread
+	for range conns {
+		c := connect(t, in, sink)
+		if _, err := c.Write(make([]byte, each)); err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+	// The pod's app has it all: the connections ended, their copies did not.
+	waitFor(t, func() bool { return got.Load() == conns*each }, func() string {
+		return fmt.Sprintf("the pod's app got %d bytes, want %d", got.Load(), conns*each)
+	})
+	waitFor(t, func() bool { return in.mirrorCopies.Load() == 0 }, func() string {
+		return fmt.Sprintf("%d mirror copies to a client that reads nothing are still kept after their connections ended", in.mirrorCopies.Load())
+	})
+	for _, sub := range in.ports[sink.Port()] {
+		if held := sub.mirrorHeld.Load(); held != 0 {
+			t.Errorf("%s still counts %d bytes of copies that ended", sub, held)
+		}
 	}
 }

@@ -36,6 +36,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+	"gvisor.dev/gvisor/pkg/waiter"
 
 	"github.com/trafficpolice/trafficpolice/netns"
 	"github.com/trafficpolice/trafficpolice/router"
@@ -337,4 +338,47 @@ func (a *App) Inject(packet []byte) error {
 		return fmt.Errorf("inject a packet: %s", err)
 	}
 	return nil
+}
+
+// Ping sends one ICMPv4 echo request from the app to dst (a loopback dst
+// aliased as for DialTCP), with sequence seq and data, and returns the
+// ICMP message of the answer: the echo reply, or an error message.
+func (a *App) Ping(ctx context.Context, dst netip.Addr, seq uint16, data []byte) (header.ICMPv4, error) {
+	var wq waiter.Queue
+	ep, terr := a.stack.NewEndpoint(icmp.ProtocolNumber4, ipv4.ProtocolNumber, &wq)
+	if terr != nil {
+		return nil, fmt.Errorf("routertest: ICMP endpoint: %s", terr)
+	}
+	defer ep.Close()
+	to := appDst(netip.AddrPortFrom(dst, 0))
+	if terr := ep.Connect(to); terr != nil {
+		return nil, fmt.Errorf("routertest: ICMP connect to %s: %s", dst, terr)
+	}
+	req := header.ICMPv4(make([]byte, header.ICMPv4MinimumSize+len(data)))
+	req.SetType(header.ICMPv4Echo)
+	req.SetSequence(seq)
+	copy(req.Payload(), data)
+	var r bytes.Reader
+	r.Reset(req)
+	if _, terr := ep.Write(&r, tcpip.WriteOptions{}); terr != nil {
+		return nil, fmt.Errorf("routertest: ICMP echo to %s: %s", dst, terr)
+	}
+	e, ch := waiter.NewChannelEntry(waiter.ReadableEvents)
+	wq.EventRegister(&e)
+	defer wq.EventUnregister(&e)
+	for {
+		var b bytes.Buffer
+		_, terr := ep.Read(&b, tcpip.ReadOptions{})
+		if terr == nil {
+			return header.ICMPv4(b.Bytes()), nil
+		}
+		if _, ok := terr.(*tcpip.ErrWouldBlock); !ok {
+			return nil, fmt.Errorf("routertest: ICMP read: %s", terr)
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("routertest: no answer to the ping of %s (seq %d): %w", dst, seq, ctx.Err())
+		}
+	}
 }

@@ -64,7 +64,7 @@ func readUsage(ctx context.Context, dial func(context.Context, string, string) (
 	var vars struct {
 		Goroutines int `json:"goroutines"`
 		Memstats   struct {
-			HeapInuse uint64 `json:"HeapInuse"`
+			HeapAlloc uint64 `json:"HeapAlloc"`
 		} `json:"memstats"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&vars); err != nil {
@@ -74,7 +74,21 @@ func readUsage(ctx context.Context, dial func(context.Context, string, string) (
 	if err != nil {
 		return usage{}, err
 	}
-	return usage{goroutines: vars.Goroutines, fds: len(fds), heap: vars.Memstats.HeapInuse}, nil
+	return usage{goroutines: vars.Goroutines, fds: len(fds), heap: vars.Memstats.HeapAlloc}, nil
+}
+
+// saveHeap writes a heap profile (after a GC) from a debug server to path.
+func saveHeap(t *testing.T, dial func(context.Context, string, string) (net.Conn, error), addr, path string) {
+	c := &http.Client{Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}, Timeout: 20 * time.Second}
+	resp, err := c.Get("http://" + addr + "/debug/pprof/heap?gc=1")
+	if err != nil {
+		t.Logf("heap profile of %s: %v", addr, err)
+		return
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	os.WriteFile(path, b, 0o644)
+	t.Logf("heap profile of %s in %s", addr, path)
 }
 
 func freePort(t *testing.T) int {
@@ -103,8 +117,14 @@ func TestSoakFlowsReturnToIdle(t *testing.T) {
 	os.Chmod(dir, 0o755)
 	start, release := filepath.Join(dir, "start"), filepath.Join(dir, "release")
 	debug := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	script := fmt.Sprintf(`echo ready; while [ ! -e %s ]; do sleep 0.05; done; %s hold whoami:7001 %d %s; echo done; while :; do sleep 1; done`,
-		start, w.probe, n, release)
+	// A first round of a few flows warms what is made once (pools, lazily
+	// built tables): the idle figures are taken after it.
+	warm := filepath.Join(dir, "warm")
+	if err := os.WriteFile(warm, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	script := fmt.Sprintf(`%[2]s hold whoami:7001 50 %[5]s >/dev/null && echo ready; while [ ! -e %[1]s ]; do sleep 0.05; done; %[2]s hold whoami:7001 %[3]d %[4]s; echo done; while :; do sleep 1; done`,
+		start, w.probe, n, release, warm)
 	cmd := exec.Command(w.tp, "sandbox", "run", "-q", "--debug-listen", debug, "--agent-address", w.agentAddr,
 		"--agent-token-file", w.tokenFile, "--", "sh", "-c", script)
 	stdout, err := cmd.StdoutPipe()
@@ -184,6 +204,10 @@ func TestSoakFlowsReturnToIdle(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
+			if dir := os.Getenv("TP_SOAK_PROFILES"); dir != "" {
+				saveHeap(t, d.DialContext, debug, filepath.Join(dir, "sandbox-heap.pb.gz"))
+				saveHeap(t, w.target.DialContext, w.agentDebug, filepath.Join(dir, "agent-heap.pb.gz"))
+			}
 			t.Fatalf("60 s after the %d flows closed: sandbox %s (idle before: %s), agent %s (idle before: %s)", n, nowR, baseR, nowA, baseA)
 		}
 		time.Sleep(500 * time.Millisecond)

@@ -1,0 +1,128 @@
+package agent
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/trafficpolice/trafficpolice/agent/client"
+)
+
+// udpEcho is a UDP server on loopback that sends each datagram back.
+func udpEcho(t *testing.T) netip.AddrPort {
+	t.Helper()
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			n, from, err := pc.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}()
+	return pc.LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
+// waitUDPFlows waits until the agent has n UDP flows open.
+func waitUDPFlows(t *testing.T, s *Server, n int64) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); s.udpFlows.Load() != n; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent has %d UDP flows open, want %d", s.udpFlows.Load(), n)
+		}
+	}
+}
+
+func echoOnce(t *testing.T, c net.Conn) {
+	t.Helper()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write([]byte("uwu")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 16)
+	if n, err := c.Read(buf); err != nil || string(buf[:n]) != "uwu" {
+		t.Fatalf("UDP echo through the agent: %q, %v", buf[:n], err)
+	}
+}
+
+func TestUDPFlowsPerTunnelAreCapped(t *testing.T) {
+	const max = 8
+	s := newTestServer(t, Options{MaxUDPFlows: max})
+	addr := serve(t, s)
+	echo := udpEcho(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cl, err := client.Dial(ctx, client.Options{Address: addr, Token: "s3cret", CommunicationTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+
+	var flows []net.Conn
+	for range max {
+		c, err := cl.DialUDP(ctx, echo)
+		if err != nil {
+			t.Fatalf("UDP flow %d of %d: %v", len(flows)+1, max, err)
+		}
+		defer c.Close()
+		echoOnce(t, c)
+		flows = append(flows, c)
+	}
+	waitUDPFlows(t, s, max)
+	c, err := cl.DialUDP(ctx, echo)
+	if err == nil {
+		c.Close()
+		t.Fatalf("UDP flow %d opened on a tunnel capped at %d", max+1, max)
+	}
+	if !strings.Contains(err.Error(), "UDP flows") {
+		t.Errorf("the refusal does not say why: %v", err)
+	}
+	// One ending makes room for another.
+	flows[0].Close()
+	waitUDPFlows(t, s, max-1)
+	c, err = cl.DialUDP(ctx, echo)
+	if err != nil {
+		t.Fatalf("a UDP flow after one ended: %v", err)
+	}
+	defer c.Close()
+	echoOnce(t, c)
+}
+
+func TestIdleUDPFlowsExpire(t *testing.T) {
+	s := newTestServer(t, Options{UDPIdleTimeout: 200 * time.Millisecond})
+	addr := serve(t, s)
+	echo := udpEcho(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cl, err := client.Dial(ctx, client.Options{Address: addr, Token: "s3cret", CommunicationTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	for range 4 {
+		c, err := cl.DialUDP(ctx, echo)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close() // the client keeps them open: only the agent ends them
+		echoOnce(t, c)
+	}
+	t0 := time.Now()
+	waitUDPFlows(t, s, 0)
+	t.Logf("expired after %s", time.Since(t0))
+}
+
+func TestNewRejectsANegativeUDPFlowCap(t *testing.T) {
+	if _, err := New(Options{Token: "x", MaxUDPFlows: -1}); err == nil || !strings.Contains(err.Error(), "MaxUDPFlows -1") {
+		t.Errorf("negative MaxUDPFlows: %v, want an error naming it", err)
+	}
+}
