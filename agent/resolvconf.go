@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -30,10 +31,25 @@ const (
 	defaultDNSTimeout  = 5 * time.Second
 	defaultDNSAttempts = 2
 	maxNdots           = 15
+	// glibc's limits (resolv.h): MAXNS, RES_MAXRETRANS, RES_MAXRETRY. The
+	// pod's file is the pod's to write: what it says is bounded here.
+	maxNameservers = 3
+	maxDNSTimeout  = 30
+	maxDNSAttempts = 5
+	// maxSearch bounds the search list (glibc has none since 2.26; a list
+	// longer than this is nobody's configuration).
+	maxSearch = 32
+	// maxResolvConf bounds the file read.
+	maxResolvConf = 64 << 10
 )
 
 func readResolvConf(path string) (resolvConf, error) {
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
+	if err != nil {
+		return resolvConf{}, fmt.Errorf("read resolv.conf: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxResolvConf))
 	if err != nil {
 		return resolvConf{}, fmt.Errorf("read resolv.conf: %w", err)
 	}
@@ -111,11 +127,11 @@ func parseResolvConf(b []byte) resolvConf {
 				continue
 			}
 			// A scoped IPv6 nameserver (fe80::1%eth0) keeps its zone.
-			if a, err := netip.ParseAddr(f[1]); err == nil {
+			if a, err := netip.ParseAddr(f[1]); err == nil && len(rc.Nameservers) < maxNameservers {
 				rc.Nameservers = append(rc.Nameservers, netip.AddrPortFrom(a, 53))
 			}
 		case "search":
-			rc.Search = trimDots(f[1:])
+			rc.Search = trimDots(f[1:min(len(f), 1+maxSearch)])
 		case "domain":
 			if len(f) > 1 {
 				rc.Search = trimDots(f[1:2])
@@ -131,9 +147,12 @@ func parseResolvConf(b []byte) resolvConf {
 					}
 					continue
 				case name == "timeout" && hasVal && nerr == nil && n > 0:
-					rc.Timeout = time.Duration(n) * time.Second
+					rc.Timeout = time.Duration(min(n, maxDNSTimeout)) * time.Second
 				case name == "attempts" && hasVal && nerr == nil && n > 0:
-					rc.Attempts = n
+					rc.Attempts = min(n, maxDNSAttempts)
+				}
+				if len(rc.Options) >= maxSearch {
+					continue
 				}
 				rc.Options = append(rc.Options, o)
 			}

@@ -120,3 +120,29 @@ func TestResolverFilesOutliveTheTargetProcess(t *testing.T) {
 		t.Errorf("after the process ended: %v, %v; want what was read", tab.byName, err)
 	}
 }
+
+// FuzzParseResolvConf: whatever the pod's resolv.conf says, the agent's
+// resolver settings stay within glibc's bounds.
+func FuzzParseResolvConf(f *testing.F) {
+	f.Add([]byte("nameserver 10.96.0.10\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"))
+	f.Add([]byte("nameserver fe80::1%eth0\ndomain example.com\noptions timeout:99999999999999 attempts:100 rotate\n"))
+	f.Add([]byte("options ndots:-1 timeout:0 attempts:x\n# comment\n;x\nnameserver\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		rc := parseResolvConf(b)
+		if len(rc.Nameservers) > maxNameservers {
+			t.Errorf("%d nameservers", len(rc.Nameservers))
+		}
+		if rc.Ndots < 0 || rc.Ndots > maxNdots {
+			t.Errorf("ndots %d", rc.Ndots)
+		}
+		if rc.Timeout <= 0 || rc.Timeout > maxDNSTimeout*time.Second {
+			t.Errorf("timeout %s", rc.Timeout)
+		}
+		if rc.Attempts < 1 || rc.Attempts > maxDNSAttempts {
+			t.Errorf("attempts %d", rc.Attempts)
+		}
+		if len(rc.Search) > maxSearch || len(rc.Options) > maxSearch {
+			t.Errorf("%d search domains, %d options", len(rc.Search), len(rc.Options))
+		}
+	})
+}

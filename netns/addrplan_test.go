@@ -1,6 +1,7 @@
 package netns
 
 import (
+	"bytes"
 	"net/netip"
 	"strings"
 	"testing"
@@ -61,4 +62,19 @@ func TestParseProcNet(t *testing.T) {
 	if err := parseProcNet(strings.NewReader("h\n 0: 0100007F:ZZ 0:0 0A\n"), false, map[uint16]bool{}); err == nil {
 		t.Error("bad port accepted")
 	}
+}
+
+// FuzzParseProcNet: any /proc/net table (the app's sockets, as the kernel
+// prints them) parses without panicking into ports that are not 0.
+func FuzzParseProcNet(f *testing.F) {
+	f.Add([]byte("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 12345 1 0000000000000000 100 0 0 10 0\n"), false)
+	f.Add([]byte("  sl  local_address rem_address   st\n   1: 00000000000000000000000000000000:0035 00000000000000000000000000000000:0000 07 0\n"), true)
+	f.Add([]byte("header\n0: :: 0A\n1: 0:FFFFF 0:0 07\n"), true)
+	f.Fuzz(func(t *testing.T, b []byte, udp bool) {
+		ports := map[uint16]bool{}
+		_ = parseProcNet(bytes.NewReader(b), udp, ports)
+		if ports[0] {
+			t.Errorf("port 0 listed from %q", b)
+		}
+	})
 }

@@ -61,7 +61,7 @@ func parseProcNet(r io.Reader, udp bool, ports map[uint16]bool) error {
 			if state != stateClose || rport != 0 || lport == 0 {
 				continue
 			}
-		} else if state != stateListen {
+		} else if state != stateListen || lport == 0 {
 			continue
 		}
 		ports[lport] = true
