@@ -195,3 +195,31 @@ func TestKilledRunIsCollectedByTheNextRun(t *testing.T) {
 	}
 	wantCollected(t, k)
 }
+
+// A run killed between creating its namespace's file and mounting the
+// namespace on it leaves a plain file (found by the soak's kills): gc
+// removes it and the record, instead of failing on it for ever.
+func TestGCRemovesANamespaceFileThatWasNeverMounted(t *testing.T) {
+	netnstest.RequireRoot(t)
+	cleanCheck(t)
+	id := "dead" + netnstest.Suffix(t)[:4]
+	rec := &record{ID: id, Namespace: NamespacePrefix + id, PID: 1 << 22, Created: time.Now(), Base: StateDir}
+	must(t, writeRecord(rec))
+	must(t, os.MkdirAll(netns.Dir, 0o755))
+	stale := filepath.Join(netns.Dir, rec.Namespace)
+	must(t, os.WriteFile(stale, nil, 0o444))
+	must(t, os.MkdirAll(netns.LinkDir, 0o755))
+	link := filepath.Join(netns.LinkDir, rec.Namespace)
+	must(t, os.Symlink(stale, link))
+	t.Cleanup(func() { os.Remove(stale); os.Remove(link); os.RemoveAll(rec.dir()) })
+
+	code, stdout, stderr := runCLI(t, "sandbox", "gc")
+	if code != 0 || !strings.Contains(stdout, id) {
+		t.Fatalf("gc: exit %d, stdout %q, stderr %q; want run %s removed", code, stdout, stderr, id)
+	}
+	for _, p := range []string{stale, link, rec.dir()} {
+		if _, err := os.Lstat(p); err == nil {
+			t.Errorf("%s is still there", p)
+		}
+	}
+}

@@ -171,7 +171,12 @@ func (r *record) teardown() error {
 			errs = append(errs, fmt.Errorf("delete namespace %s: %w", r.Namespace, err))
 		}
 	} else if !errors.Is(err, fs.ErrNotExist) {
-		errs = append(errs, fmt.Errorf("open namespace %s: %w", r.Namespace, err))
+		// A run killed between creating the namespace's file and mounting
+		// it leaves a plain file (and maybe its link): nothing lives in
+		// it, and it only needs removing.
+		if derr := netns.DeleteNamed(r.Namespace); derr != nil {
+			errs = append(errs, fmt.Errorf("open namespace %s: %w; remove what is left: %w", r.Namespace, err, derr))
+		}
 	}
 	if len(errs) == 0 {
 		if err := os.RemoveAll(r.dir()); err != nil {
