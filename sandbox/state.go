@@ -8,12 +8,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/trafficpolice/trafficpolice/netns"
+	"github.com/trafficpolice/trafficpolice/procinfo"
 	"github.com/trafficpolice/trafficpolice/sandbox/container"
 )
 
@@ -21,6 +20,10 @@ import (
 // so a later run can remove what a killed one left. Rootless runs keep
 // theirs in the user's runtime folder (UserStateDir).
 const StateDir = "/run/trafficpolice"
+
+// RunStateDir is where this process's runs keep their records: StateDir
+// for root, UserStateDir for anyone else.
+func RunStateDir() string { return stateDir() }
 
 // stateDir is where this process's runs keep their records.
 func stateDir() string {
@@ -112,36 +115,10 @@ func readRecord(dir string) (*record, error) {
 	return &r, nil
 }
 
-// processStart is the start time of pid in clock ticks since boot
-// (field 22 of /proc/PID/stat), or 0 if it is gone.
-func processStart(pid int) uint64 {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0
-	}
-	// The command name may hold spaces and parentheses: split after the last ')'.
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0
-	}
-	fields := strings.Fields(s[i+1:])
-	if len(fields) < 20 {
-		return 0
-	}
-	v, _ := strconv.ParseUint(fields[19], 10, 64)
-	return v
-}
+// processStart is procinfo.StartTime.
+func processStart(pid int) uint64 { return procinfo.StartTime(pid) }
 
-func (r *record) alive() bool {
-	if r.PID <= 0 {
-		return false
-	}
-	if err := syscall.Kill(r.PID, 0); err != nil && !errors.Is(err, syscall.EPERM) {
-		return false
-	}
-	return processStart(r.PID) == r.PIDStart
-}
+func (r *record) alive() bool { return procinfo.Alive(r.PID, r.PIDStart) }
 
 // teardown removes what the record says the run created: its processes,
 // its namespace (with the TUN and rules inside), its state folder.

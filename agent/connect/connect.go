@@ -39,6 +39,9 @@ type Options struct {
 	Version  string
 	Progress Progress
 	Logger   *slog.Logger
+	// StateDir is where the run records what it creates in the cluster
+	// before creating it (CollectStale reads it); "" records nothing.
+	StateDir string
 }
 
 // Run is a run's connection to its agent.
@@ -49,7 +52,8 @@ type Run struct {
 	// name order; empty without target or with feature.env off.
 	Env []string
 
-	agent *kube.Agent // the agent this run started, removed by Close
+	agent  *kube.Agent    // the agent this run started, removed by Close
+	record *clusterRecord // what it created, removed once Close removed it
 }
 
 // Address is the agent address a run uses: the flag's, else the file's.

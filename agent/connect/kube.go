@@ -21,7 +21,9 @@ func (r *Run) Close() {
 	if r.agent != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()
-		r.agent.Close(ctx)
+		if r.agent.Close(ctx) == nil {
+			r.record.remove()
+		}
 	}
 }
 
@@ -52,11 +54,15 @@ func startThroughKubernetes(ctx context.Context, o Options) (run *Run, err error
 	if err != nil {
 		return nil, err
 	}
-	ag, err := startAgent(ctx, access, target, token, o)
+	rec, err := newClusterRecord(o.StateDir, AccessOptions(o), access.Context)
 	if err != nil {
 		return nil, err
 	}
-	run = &Run{agent: ag}
+	ag, err := startAgent(ctx, access, target, token, rec, o)
+	if err != nil {
+		return nil, err
+	}
+	run = &Run{agent: ag, record: rec}
 	defer func() {
 		if err != nil {
 			run.Close()
@@ -92,7 +98,7 @@ func findTarget(ctx context.Context, access *kube.Access, o Options) (*kube.Targ
 
 // startAgent starts the agent next to target, as a Job or an ephemeral
 // container, as agent.* in the configuration says.
-func startAgent(ctx context.Context, access *kube.Access, target *kube.Target, token string, o Options) (*kube.Agent, error) {
+func startAgent(ctx context.Context, access *kube.Access, target *kube.Target, token string, rec *clusterRecord, o Options) (*kube.Agent, error) {
 	cfg := o.Config.Agent
 	image := cfg.Image
 	if image == "" {
@@ -113,8 +119,11 @@ func startAgent(ctx context.Context, access *kube.Access, target *kube.Target, t
 		CommunicationTimeout: time.Duration(cfg.CommunicationTimeout) * time.Second,
 		Token:                token,
 		OnStep:               func(s string) { o.Logger.Info(s) },
+		OnCreate:             rec.add,
 	})
 	done(err)
+	// On error StartAgent removed what it made, if it could: the record
+	// stays for CollectStale in case it could not.
 	return ag, err
 }
 

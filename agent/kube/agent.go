@@ -45,6 +45,11 @@ type AgentOptions struct {
 	Labels map[string]string
 	// OnStep, when set, is told of progress ("agent job created").
 	OnStep func(string)
+	// OnCreate, when set, is told of each object before it is created
+	// (kind "secret" or "job"), so that a record of it exists before it
+	// does: a run killed at any moment can have it removed. An error stops
+	// the start.
+	OnCreate func(kind, namespace, name string) error
 }
 
 // AgentLabel marks every object trafficpolice creates for an agent.
@@ -201,6 +206,11 @@ func (a *Access) startJob(ctx context.Context, t *Target, ag *Agent, args []stri
 			return err
 		}
 	}
+	if o.OnCreate != nil {
+		if err := o.OnCreate("job", ns, ag.Name); err != nil {
+			return err
+		}
+	}
 	created, err := a.Client.BatchV1().Jobs(ns).Create(ctx, job, metav1.CreateOptions{})
 	if err != nil {
 		return apiError(err, "create", "jobs", ns)
@@ -240,6 +250,11 @@ func (a *Access) createTokenSecret(ctx context.Context, ag *Agent, o AgentOption
 	labels := map[string]string{AgentLabel: agentLabelValue, "trafficpolice.dev/agent": ag.Name}
 	for k, v := range o.Labels {
 		labels[k] = v
+	}
+	if o.OnCreate != nil {
+		if err := o.OnCreate("secret", ag.SecretNamespace, ag.Name); err != nil {
+			return err
+		}
 	}
 	secret := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: ag.Name, Namespace: ag.SecretNamespace, Labels: labels},
@@ -392,6 +407,34 @@ func badWait(reason string) bool {
 		return true
 	}
 	return false
+}
+
+// DeleteAgentObjects removes an agent's object of kind ("secret" or
+// "job", with its pods) by name: what a killed run left (see
+// AgentOptions.OnCreate). A missing object is not an error.
+func (a *Access) DeleteAgentObjects(ctx context.Context, kind, namespace, name string) error {
+	zero := int64(0)
+	switch kind {
+	case "secret":
+		err := a.Client.CoreV1().Secrets(namespace).Delete(ctx, name, metav1.DeleteOptions{})
+		if err != nil && !isNotFound(err) {
+			return apiError(err, "delete", "secrets", namespace)
+		}
+	case "job":
+		bg := metav1.DeletePropagationBackground
+		err := a.Client.BatchV1().Jobs(namespace).Delete(ctx, name, metav1.DeleteOptions{PropagationPolicy: &bg, GracePeriodSeconds: &zero})
+		if err != nil && !isNotFound(err) {
+			return apiError(err, "delete", "jobs", namespace)
+		}
+		err = a.Client.CoreV1().Pods(namespace).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: &zero},
+			metav1.ListOptions{LabelSelector: "trafficpolice.dev/agent=" + name})
+		if err != nil && !isNotFound(err) {
+			return apiError(err, "delete", "pods", namespace)
+		}
+	default:
+		return fmt.Errorf("agent object kind %q is unknown: want secret or job", kind)
+	}
+	return nil
 }
 
 // Close removes what StartAgent created that Kubernetes would not remove

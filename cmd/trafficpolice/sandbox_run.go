@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -132,6 +133,15 @@ func runSandbox(ctx context.Context, f runFlags, argv []string) error {
 	appEnv := os.Environ()
 	hostEnv := len(appEnv)
 	var agent sandbox.Agent
+	// Bounded: a cluster that no longer answers must not hold up a run.
+	cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
+	objs, err := connect.CollectStale(cctx, sandbox.RunStateDir())
+	ccancel()
+	if len(objs) > 0 {
+		progress.Note("removed what earlier killed runs left in the cluster: %s", strings.Join(objs, ", "))
+	} else if err != nil {
+		logger.Warn("cleaning up after earlier runs in the cluster", "err", err)
+	}
 	run, err := connect.Connect(ctx, connect.Options{
 		Config:     cfg,
 		Address:    f.agentAddress,
@@ -141,6 +151,7 @@ func runSandbox(ctx context.Context, f runFlags, argv []string) error {
 		Version:    version,
 		Progress:   progress,
 		Logger:     logger,
+		StateDir:   sandbox.RunStateDir(),
 	})
 	if err != nil {
 		return err

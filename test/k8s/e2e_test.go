@@ -604,3 +604,94 @@ func TestPortForwardLatencyAndReconnect(t *testing.T) {
 		t.Fatalf("after a dropped port-forward the client opened %d, want a new one", len(conns))
 	}
 }
+
+// TestKilledRunsClusterObjectsAreCollected: a run killed while its agent's
+// Job is still Pending (its image cannot be pulled) leaves the Job and
+// the token's Secret; `sandbox gc` removes them through the run's record.
+func TestKilledRunsClusterObjectsAreCollected(t *testing.T) {
+	c := need(t)
+	ns := uwuNamespace(t, c, "tp-killed")
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "config.json")
+	b, _ := json.Marshal(map[string]any{
+		"target": map[string]any{"path": "deployment/uwu-app", "namespace": ns},
+		"agent":  map[string]any{"image": "localhost/trafficpolice/never-imported:1", "startup_timeout": 120},
+	})
+	if err := os.WriteFile(cfgPath, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(binary(t, c), "sandbox", "run", "-f", cfgPath, "--", "true")
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+c.Kubeconfig)
+	var errOut syncBuf
+	cmd.Stderr = &errOut
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	err := c.waitFor("the agent's Job", 60*time.Second, func() error {
+		jobs, err := c.Client.BatchV1().Jobs(ns).List(ctx, metav1.ListOptions{LabelSelector: kube.AgentLabel})
+		if err != nil {
+			return err
+		}
+		if len(jobs.Items) == 0 {
+			return fmt.Errorf("no Job yet")
+		}
+		return nil
+	})
+	if err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("%v\n%s", err, errOut.String())
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	jobs, _ := c.Client.BatchV1().Jobs(ns).List(ctx, metav1.ListOptions{LabelSelector: kube.AgentLabel})
+	secrets, _ := c.Client.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{LabelSelector: kube.AgentLabel})
+	if len(jobs.Items) != 1 || len(secrets.Items) != 1 {
+		t.Fatalf("after the kill: %d Jobs, %d Secrets; want the run's one of each, left behind", len(jobs.Items), len(secrets.Items))
+	}
+	gc := exec.Command(binary(t, c), "sandbox", "gc")
+	gc.Env = append(os.Environ(), "KUBECONFIG="+c.Kubeconfig)
+	out, err := gc.CombinedOutput()
+	if err != nil {
+		t.Fatalf("sandbox gc: %v\n%s", err, out)
+	}
+	if want := "removed job " + ns + "/" + jobs.Items[0].Name; !strings.Contains(string(out), want) {
+		t.Errorf("gc says %q, want %q", out, want)
+	}
+	err = c.waitFor("the killed run's Job and Secret to go", 60*time.Second, func() error {
+		jobs, err := c.Client.BatchV1().Jobs(ns).List(ctx, metav1.ListOptions{LabelSelector: kube.AgentLabel})
+		if err != nil {
+			return err
+		}
+		secrets, err := c.Client.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{LabelSelector: kube.AgentLabel})
+		if err != nil {
+			return err
+		}
+		if len(jobs.Items)+len(secrets.Items) > 0 {
+			return fmt.Errorf("%d Jobs, %d Secrets left", len(jobs.Items), len(secrets.Items))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// syncBuf is a bytes.Buffer safe for a writer and readers at once.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

@@ -1,0 +1,149 @@
+package connect
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/trafficpolice/trafficpolice/agent/kube"
+	"github.com/trafficpolice/trafficpolice/procinfo"
+)
+
+// A run records what it creates in the cluster before creating it, in a
+// file of the state folder (Options.StateDir), and removes the file once
+// its agent's objects are gone. A run killed at any moment — a Job still
+// Pending after the CLI died included — leaves the file, and the next run
+// or `sandbox gc` deletes what it names (CollectStale).
+
+// clusterRecordPrefix starts the name of a run's cluster record.
+const clusterRecordPrefix = "cluster-"
+
+// clusterRecord is what a run created in a cluster.
+type clusterRecord struct {
+	PID      int    `json:"pid"`
+	PIDStart uint64 `json:"pid_start"`
+	// Kubeconfig and Context reach the cluster again (Kubeconfig "" means
+	// the default loading rules of whoever collects).
+	Kubeconfig string          `json:"kubeconfig,omitempty"`
+	Context    string          `json:"context,omitempty"`
+	Objects    []clusterObject `json:"objects"`
+	Created    time.Time       `json:"created"`
+
+	path string
+	mu   sync.Mutex
+}
+
+type clusterObject struct {
+	Kind      string `json:"kind"` // secret, job
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+}
+
+// newClusterRecord names a record for this process in dir; nothing is
+// written before the first object.
+func newClusterRecord(dir string, access kube.AccessOptions, context string) (*clusterRecord, error) {
+	if dir == "" {
+		return nil, nil
+	}
+	b := make([]byte, 4)
+	if _, err := rand.Read(b); err != nil {
+		return nil, fmt.Errorf("random record name: %w", err)
+	}
+	pid := os.Getpid()
+	return &clusterRecord{
+		PID: pid, PIDStart: procinfo.StartTime(pid), Kubeconfig: access.Kubeconfig, Context: context, Created: time.Now(),
+		path: filepath.Join(dir, clusterRecordPrefix+hex.EncodeToString(b)+".json"),
+	}, nil
+}
+
+// add records an object, before it is created.
+func (r *clusterRecord) add(kind, namespace, name string) error {
+	if r == nil {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.Objects = append(r.Objects, clusterObject{Kind: kind, Namespace: namespace, Name: name})
+	if err := os.MkdirAll(filepath.Dir(r.path), 0o700); err != nil {
+		return fmt.Errorf("record the cluster objects: %w", err)
+	}
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := r.path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("record the cluster objects: %w", err)
+	}
+	if err := os.Rename(tmp, r.path); err != nil {
+		return fmt.Errorf("record the cluster objects: %w", err)
+	}
+	return nil
+}
+
+// remove deletes the record once its objects are gone.
+func (r *clusterRecord) remove() {
+	if r != nil {
+		os.Remove(r.path)
+	}
+}
+
+// CollectStale deletes what runs that are no longer alive created in
+// their clusters, as their records in stateDir say, and returns what it
+// removed ("job ns/name"). A cluster that cannot be reached keeps its
+// record for a later try; the error says which.
+func CollectStale(ctx context.Context, stateDir string) ([]string, error) {
+	paths, err := filepath.Glob(filepath.Join(stateDir, clusterRecordPrefix+"*.json"))
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	var errs []error
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		var r clusterRecord
+		if err == nil {
+			err = json.Unmarshal(b, &r)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", p, err))
+			continue
+		}
+		if procinfo.Alive(r.PID, r.PIDStart) {
+			continue
+		}
+		access, err := kube.Connect(kube.AccessOptions{Kubeconfig: r.Kubeconfig, Context: r.Context})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("objects of a killed run (%s): %w", p, err))
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		var failed error
+		for i := len(r.Objects) - 1; i >= 0; i-- {
+			o := r.Objects[i]
+			if err := access.DeleteAgentObjects(cctx, o.Kind, o.Namespace, o.Name); err != nil {
+				failed = errors.Join(failed, err)
+				continue
+			}
+			removed = append(removed, fmt.Sprintf("%s %s/%s", o.Kind, o.Namespace, o.Name))
+		}
+		cancel()
+		if failed != nil {
+			errs = append(errs, fmt.Errorf("objects of a killed run (context %q): %w", r.Context, failed))
+			continue
+		}
+		os.Remove(p)
+	}
+	return removed, errors.Join(errs...)
+}
