@@ -285,8 +285,11 @@ func (r *runner) startAgent(ctx context.Context) (stop func(), err error) {
 	}
 	r.agentAddr = net.JoinHostPort(r.topo.podIP.String(), "7777")
 	actx, cancel := context.WithCancel(ctx)
+	// Its debug server, on the pod's loopback, gives the memory rows the
+	// agent's side.
+	r.agentDebug = "127.0.0.1:7778"
 	cmd := exec.CommandContext(actx, r.tp, "agent", "--listen", r.agentAddr, "--token-file", tokenFile,
-		"--resolv-conf", resolv, "--hosts", hosts)
+		"--resolv-conf", resolv, "--hosts", hosts, "--debug-listen", r.agentDebug)
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 5 * time.Second
 	logBuf := new(lockedBuffer)
@@ -296,6 +299,7 @@ func (r *runner) startAgent(ctx context.Context) (stop func(), err error) {
 		return nil, fmt.Errorf("start the agent: %w", err)
 	}
 	stop = func() { cancel(); cmd.Wait() }
+	r.agentPID = cmd.Process.Pid
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		c, err := net.DialTimeout("tcp", r.agentAddr, time.Second)
@@ -538,12 +542,25 @@ func (b *benchRun) memory(ctx context.Context, p path, addr string) error {
 	b.say("%s: %d idle flows (trafficpolice)", p, n)
 	var rss0, rss1, heap0, heap1 int64
 	var g0, g1 int
+	// On the remote path the agent holds the other end of each flow.
+	agent := p == remotePath && b.r.agentPID != 0
+	var arss [2]int64
+	var aheap [2]int64
 	measure := func(pr *proc, r, h *int64, g *int) error {
 		var err error
 		if *g, *h, err = debugVars(ctx, pr.debugAddr); err != nil {
 			return err
 		}
 		*r, err = rss(pr.cmd.Process.Pid)
+		if err == nil && agent {
+			i := 0
+			if r == &rss1 {
+				i = 1
+			}
+			if _, aheap[i], err = b.r.agentVars(ctx); err == nil {
+				arss[i], err = rss(b.r.agentPID)
+			}
+		}
 		return err
 	}
 	tOpen, err := b.holdFlows(ctx, p, args,
@@ -569,6 +586,13 @@ func (b *benchRun) memory(ctx context.Context, p path, addr string) error {
 		TP: perFlow(heap0, heap1, tOpen), Note: "live heap after GC (buffers count whole, touched or not)" + short})
 	b.rep.add(Row{Path: p.String(), Name: fmt.Sprintf("goroutines per idle flow (%d flows)", n), Unit: "",
 		TP: float64(g1-g0) / float64(tOpen), Kernel: 0})
+	if agent {
+		b.rep.add(Row{Path: p.String(), Name: fmt.Sprintf("agent memory per idle flow (%d flows)", n), Unit: "KiB",
+			TP: perFlow(arss[0], arss[1], tOpen), Kernel: perFlow(slab0, slab1, kOpen),
+			Note: "agent: RSS growth after GC; kernel: slab growth (both sockets + conntrack)" + short})
+		b.rep.add(Row{Path: p.String(), Name: fmt.Sprintf("agent Go heap per idle flow (%d flows)", n), Unit: "KiB",
+			TP: perFlow(aheap[0], aheap[1], tOpen), Note: "agent: live heap after GC" + short})
+	}
 	return nil
 }
 

@@ -64,10 +64,14 @@ type runner struct {
 	self      string // this program, readable by the sandboxed app
 	topo      *topology
 	agentAddr string // "" without agent
-	token     string
-	profile   string // directory for CPU profiles; "" for none
-	verbose   bool
-	mtu       int // the sandbox TUN's MTU; 0 for trafficpolice's default
+	// agentPID and agentDebug are the agent's process and its debug
+	// server on the pod's loopback.
+	agentPID   int
+	agentDebug string
+	token      string
+	profile    string // directory for CPU profiles; "" for none
+	verbose    bool
+	mtu        int // the sandbox TUN's MTU; 0 for trafficpolice's default
 	// restored counts the times another program had turned forwarding
 	// off on the bench's links (see ensureForwarding).
 	restored int
@@ -308,6 +312,40 @@ func debugVars(ctx context.Context, addr string) (goroutines int, heap int64, er
 	}
 	if err := json.Unmarshal(body, &v); err != nil {
 		return 0, 0, fmt.Errorf("debug vars: %w", err)
+	}
+	return v.Goroutines, v.MemStats.HeapAlloc, nil
+}
+
+// agentVars is debugVars for the agent, whose debug server listens on
+// the pod namespace's loopback.
+func (r *runner) agentVars(ctx context.Context) (goroutines int, heap int64, err error) {
+	c := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var conn net.Conn
+			err := r.topo.pod.Do(func() error {
+				var d net.Dialer
+				var err error
+				conn, err = d.DialContext(ctx, network, addr)
+				return err
+			})
+			return conn, err
+		},
+	}}
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+r.agentDebug+"/debug/vars?gc=1", nil)
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, 0, fmt.Errorf("the agent's debug vars: %w", err)
+	}
+	defer resp.Body.Close()
+	var v struct {
+		Goroutines int `json:"goroutines"`
+		MemStats   struct {
+			HeapAlloc int64
+		} `json:"memstats"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+		return 0, 0, fmt.Errorf("the agent's debug vars: %w", err)
 	}
 	return v.Goroutines, v.MemStats.HeapAlloc, nil
 }
