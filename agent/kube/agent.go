@@ -372,6 +372,12 @@ func (a *Access) waitRunning(ctx context.Context, ns, pod, container string, eph
 			case st.State.Terminated != nil:
 				term := st.State.Terminated
 				return fmt.Errorf("agent in pod %s/%s exited at once (%s, exit code %d): %s", ns, pod, term.Reason, term.ExitCode, strings.TrimSpace(term.Message))
+			case st.State.Waiting != nil && isPullReason(st.State.Waiting.Reason):
+				var events []corev1.Event
+				if st.State.Waiting.Reason == "ImagePullBackOff" {
+					events = a.podEvents(ctx, ns, pod)
+				}
+				return pullError(p, st, ephemeral, events)
 			case st.State.Waiting != nil && badWait(st.State.Waiting.Reason):
 				return fmt.Errorf("agent in pod %s/%s cannot start: %s: %s", ns, pod, st.State.Waiting.Reason, st.State.Waiting.Message)
 			}
