@@ -60,11 +60,12 @@ func (e *ImagePullError) cause() pullCause {
 		return false
 	}
 	switch {
-	case has("401", "unauthorized", "403", "forbidden", "denied", "authentication required", "authorization failed", "no basic auth credentials"):
+	// Words, not bare status codes, which a registry's port could hold.
+	case has("unauthorized", "forbidden", "denied", "authentication required", "authorization failed", "no basic auth credentials"):
 		return causeRefused
 	case has("no match for platform", "no matching manifest"):
 		return causePlatform
-	case has("not found", "manifest unknown", "name unknown", "404"):
+	case has("not found", "manifest unknown", "name unknown"):
 		return causeNotFound
 	}
 	return causeOther

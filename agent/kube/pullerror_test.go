@@ -92,6 +92,13 @@ func TestPullErrorsSayTheImageTheNodeAndWhatToDo(t *testing.T) {
 		wantAll(t, err, "no build for node node-a's platform", "linux/amd64 and linux/arm64")
 		wantNone(t, err, "has no image")
 	})
+	t.Run("a port that looks like a status", func(t *testing.T) {
+		p := agentPod("10.0.0.9:4031/tp/agent:v1", "ErrImagePull",
+			`failed to pull and unpack image "10.0.0.9:4031/tp/agent:v1": failed to do request: Head "https://10.0.0.9:4031/v2/tp/agent/manifests/v1": dial tcp 10.0.0.9:4031: connect: connection refused`)
+		err := pullError(p, p.Status.ContainerStatuses[0], false, nil)
+		wantAll(t, err, "could not fetch it from registry 10.0.0.9:4031", "connection refused")
+		wantNone(t, err, "refused the node's pull")
+	})
 	t.Run("unreachable", func(t *testing.T) {
 		p := agentPod("ghcr.io/trafficpolice/agent:v1", "ErrImagePull",
 			`failed to pull and unpack image "ghcr.io/trafficpolice/agent:v1": failed to resolve reference "ghcr.io/trafficpolice/agent:v1": `+
