@@ -19,6 +19,7 @@ import (
 	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/trafficpolice/trafficpolice/images"
 	"github.com/trafficpolice/trafficpolice/images/registry"
@@ -292,5 +293,49 @@ func TestCredentialHelpersAreUsed(t *testing.T) {
 	u, p, err := registry.Credentials("registry.example.com")
 	if err != nil || u != "helped" || p != "from-helper" {
 		t.Fatalf("Credentials through a helper = %q, %q, %v", u, p, err)
+	}
+}
+
+// TestPushDockerSaveArchive pushes an archive in `docker save`'s old
+// format (manifest.json, no index.json), as a user with Docker has one.
+func TestPushDockerSaveArchive(t *testing.T) {
+	reg := startRegistry(t, "", "")
+	dockerConfig(t, nil)
+	img, _, cleanup, err := images.Build(images.Recipe{
+		Ref:   "localhost/trafficpolice/docker:1",
+		Arch:  "arm64",
+		Files: []images.File{{Path: "hello", Mode: 0o644, Data: []byte("hello")}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cleanup()
+	tag, err := name.NewTag("localhost/trafficpolice/docker:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "docker.tar")
+	if err := tarball.WriteToFile(file, tag, img); err != nil {
+		t.Fatal(err)
+	}
+	// A docker archive's manifest is Docker's own format (another digest);
+	// the config, which says what the image is, is the same.
+	want, _ := img.ConfigName()
+	p, err := registry.Push(context.Background(), file, reg.host+"/from/docker:1", registry.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Platforms) != 1 || p.Platforms[0] != "linux/arm64" {
+		t.Fatalf("pushed %+v, want linux/arm64", p)
+	}
+	ref, _ := name.ParseReference(reg.host + "/from/docker:1")
+	got, err := remote.Image(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, _ := got.Digest()
+	config, _ := got.ConfigName()
+	if d.String() != p.Digest || config != want {
+		t.Fatalf("the registry has %s (config %s), want %s (config %s)", d, config, p.Digest, want)
 	}
 }
