@@ -32,6 +32,9 @@ type ImagePullError struct {
 	// ServiceAccount is the pod's service account, whose image pull
 	// secrets a Job's pod pulls with.
 	ServiceAccount string
+	// PullSecrets are the pod's own image pull secrets
+	// (agent.image_pull_secrets for a Job's pod).
+	PullSecrets []string
 }
 
 // pullCause is what a failed pull comes down to, as the kubelet's message
@@ -114,13 +117,21 @@ func (e *ImagePullError) Error() string {
 // pullSecretAdvice says how to give the agent's pod a pull secret for reg.
 func (e *ImagePullError) pullSecretAdvice(reg string) string {
 	create := fmt.Sprintf("kubectl create secret docker-registry trafficpolice-pull -n %s --docker-server=%s --docker-username=USER --docker-password=PASSWORD", e.Namespace, reg)
+	var given string
+	if len(e.PullSecrets) > 0 {
+		given = fmt.Sprintf("  - the pod's pull secrets (%s) did not do: check that they hold credentials for %s that may pull %s\n"+
+			"    (`kubectl get secret %s -n %s -o jsonpath='{.data.\\.dockerconfigjson}' | base64 -d`), or\n",
+			strings.Join(e.PullSecrets, ", "), reg, e.Image, e.PullSecrets[0], e.Namespace)
+	}
 	if e.Ephemeral {
-		return fmt.Sprintf("  - the agent is an ephemeral container of pod %s, which pulls with that pod's own secrets:\n"+
+		return given + fmt.Sprintf("  - the agent is an ephemeral container of pod %s, which pulls with that pod's own secrets:\n"+
 			"    `%s`, then add it to the imagePullSecrets of the pod's workload (or its service account %s),", e.Pod, create, e.serviceAccount())
 	}
-	return fmt.Sprintf("  - create a pull secret and add it to service account %s of namespace %s, which the agent's pod runs as:\n"+
-		"    `%s`\n    `kubectl patch serviceaccount %s -n %s -p '{\"imagePullSecrets\":[{\"name\":\"trafficpolice-pull\"}]}'`,",
-		e.serviceAccount(), e.Namespace, create, e.serviceAccount(), e.Namespace)
+	return given + fmt.Sprintf("  - create a pull secret for the agent's pod: `%s`,\n"+
+		"    then give it in the config file, agent.image_pull_secrets: [{\"name\": \"trafficpolice-pull\"}], or add it to\n"+
+		"    service account %s of namespace %s, which the agent's pod runs as:\n"+
+		"    `kubectl patch serviceaccount %s -n %s -p '{\"imagePullSecrets\":[{\"name\":\"trafficpolice-pull\"}]}'`,",
+		create, e.serviceAccount(), e.Namespace, e.serviceAccount(), e.Namespace)
 }
 
 func (e *ImagePullError) serviceAccount() string {
@@ -166,6 +177,9 @@ func pullError(p *corev1.Pod, st corev1.ContainerStatus, ephemeral bool, events 
 		Message:        st.State.Waiting.Message,
 		Ephemeral:      ephemeral,
 		ServiceAccount: p.Spec.ServiceAccountName,
+	}
+	for _, s := range p.Spec.ImagePullSecrets {
+		e.PullSecrets = append(e.PullSecrets, s.Name)
 	}
 	if e.Node == "" {
 		e.Node = "(not scheduled)"

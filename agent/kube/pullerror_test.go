@@ -164,3 +164,17 @@ func TestWaitRunningReportsPullFailures(t *testing.T) {
 		t.Fatalf("a crash: %T %v", err, err)
 	}
 }
+
+// TestPullSecretsReachTheJobAndTheAdvice: agent.image_pull_secrets go
+// into the Job's pod spec, and a refused pull with them says to check them.
+func TestPullSecretsReachTheJobAndTheAdvice(t *testing.T) {
+	job := agentJob("shop", "trafficpolice-agent-abc123", nil, nil, AgentOptions{Image: "registry.corp.example/tp/agent:v1", ImagePullSecrets: []string{"regcred"}})
+	ps := job.Spec.Template.Spec.ImagePullSecrets
+	if len(ps) != 1 || ps[0].Name != "regcred" {
+		t.Fatalf("job pull secrets %v, want regcred", ps)
+	}
+	p := agentPod("registry.corp.example/tp/agent:v1", "ErrImagePull", `failed to resolve reference: 401 Unauthorized`)
+	p.Spec.ImagePullSecrets = ps
+	err := pullError(p, p.Status.ContainerStatuses[0], false, nil)
+	wantAll(t, err, "the pod's pull secrets (regcred) did not do", "kubectl get secret regcred -n shop", `agent.image_pull_secrets: [{"name": "trafficpolice-pull"}]`)
+}
