@@ -33,6 +33,8 @@ type Target struct {
 type Agent struct {
 	Namespace string // where a Job-based agent runs; "" means the current namespace
 	Image     string // agent image; "" means trafficpolice's own image
+	// ImagePullSecrets name the Secrets the agent's Job pulls its image with.
+	ImagePullSecrets []string
 	// TTL is how long (seconds) the agent's pod stays after the agent exits.
 	TTL        int
 	Ephemeral  bool // run as an ephemeral container in the target pod

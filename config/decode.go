@@ -318,6 +318,9 @@ func (d *decoder) agent(path string, n *node, a *Agent) {
 	if v, ok := m["image"]; ok {
 		a.Image = d.agentImage(joinPath(path, "image"), v)
 	}
+	if v, ok := m["image_pull_secrets"]; ok {
+		a.ImagePullSecrets = d.pullSecrets(joinPath(path, "image_pull_secrets"), v)
+	}
 	if v, ok := m["ttl"]; ok {
 		if u, ok := d.whole(joinPath(path, "ttl"), v, math.MaxUint16, "a number of seconds from 0 to 65535"); ok {
 			a.TTL = int(u)
@@ -342,6 +345,33 @@ func (d *decoder) agent(path string, n *node, a *Agent) {
 	if v, ok := m["address"]; ok {
 		a.Address, _ = d.str(joinPath(path, "address"), v)
 	}
+}
+
+// pullSecrets reads mirrord's [{"name": SECRET}, ...].
+func (d *decoder) pullSecrets(path string, n *node) []string {
+	const valid = `a list of {"name": SECRET}`
+	if n.kind != kList {
+		d.invalid(path, n, valid)
+		return nil
+	}
+	var names []string
+	for i, e := range n.list {
+		ep := fmt.Sprintf("%s[%d]", path, i)
+		if e.kind != kObject {
+			d.invalid(ep, e, `an object {"name": SECRET}`)
+			continue
+		}
+		m := d.members(ep, e, pullSecretFields)
+		v, ok := m["name"]
+		if !ok {
+			d.add(ep, `needs "name": the Secret's name`)
+			continue
+		}
+		if s, ok := d.str(joinPath(ep, "name"), v); ok {
+			names = append(names, s)
+		}
+	}
+	return names
 }
 
 // agentImage reads "registry/image:tag" or mirrord's {"registry": ..., "tag": ...}.

@@ -204,6 +204,7 @@ var (
 	agentFields = []field{
 		key("namespace", sString, "Where a Job-based agent runs (default: the target's namespace)."),
 		key("image", shape{aString, anObjectOf(agentImageFields)}, "The agent's image (default: trafficpolice's own), or {\"registry\": ..., \"tag\": ...}."),
+		key("image_pull_secrets", shape{alt{t: "array", items: shape{anObjectOf(pullSecretFields)}}}, "Secrets the agent's Job pulls its image with, as [{\"name\": SECRET}] (an ephemeral agent pulls with the target pod's)."),
 		key("ttl", shape{aWhole(0, maxSeconds16)}, "Seconds the agent's Job stays after it ends (default 1)."),
 		key("ephemeral", sBool, "Run the agent as an ephemeral container in the target pod instead of a Job on its node."),
 		key("privileged", sBool, "Run the agent's container privileged."),
@@ -230,7 +231,6 @@ var (
 		ignored("service_account", sString, isEmpty, meansPodSpec),
 		ignored("tolerations", sList, isEmpty, meansPodSpec),
 		ignored("image_pull_policy", sString, isEmpty, meansPodSpec),
-		ignored("image_pull_secrets", sList, isEmpty, meansPodSpec),
 		ignored("disabled_capabilities", shape{aStrings}, isEmpty, "the agent's container gets trafficpolice's capabilities (NET_ADMIN for steal and mirror)"),
 		ignored("dns", sObject, isEmpty, "the agent resolves with the pod's own /etc/resolv.conf settings"),
 		ignored("metrics", sString, isEmpty, "the agent exports no metrics"),
@@ -239,6 +239,9 @@ var (
 		ignored("max_body_buffer_size", sWhole, never, meansBodyOnly),
 		ignored("max_body_buffer_timeout", sWhole, never, meansBodyOnly),
 		ignored("jaq_time_limit", sWhole, never, meansBodyOnly),
+	}
+	pullSecretFields = []field{
+		key("name", sString, "A docker-registry Secret in the agent's namespace."),
 	}
 	agentImageFields = []field{
 		key("registry", sString, "The image's repository."),

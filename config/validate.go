@@ -94,6 +94,14 @@ func (v *validator) agent(a Agent) {
 	if strings.ContainsAny(a.Image, " \t\r\n") {
 		v.add("agent.image", "%q is not a valid image name; it holds blanks", a.Image)
 	}
+	for i, s := range a.ImagePullSecrets {
+		if !objectName.MatchString(s) {
+			v.add(fmt.Sprintf("agent.image_pull_secrets[%d].name", i), "%q is not a valid Secret name; valid: lowercase letters, digits, '-' and '.', up to 253", s)
+		}
+	}
+	if len(a.ImagePullSecrets) > 0 && a.Ephemeral {
+		v.add("agent.image_pull_secrets", "cannot apply to an ephemeral agent, which pulls its image with the target pod's own secrets: add the Secret to the target's workload (imagePullSecrets), or leave agent.ephemeral false")
+	}
 	v.between("agent.ttl", a.TTL, 0, 65535)
 	v.between("agent.communication_timeout", a.CommunicationTimeout, 0, 65535)
 	v.between("agent.startup_timeout", a.StartupTimeout, 0, 1<<31-1)

@@ -1,8 +1,11 @@
 package images_test
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
+	"debug/elf"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+
+	"github.com/trafficpolice/trafficpolice/images"
 	"github.com/trafficpolice/trafficpolice/netns"
 	"github.com/trafficpolice/trafficpolice/netns/netnstest"
 	"github.com/trafficpolice/trafficpolice/sandbox/container"
@@ -31,45 +38,57 @@ func buildCLI(t *testing.T) string {
 	return bin
 }
 
-// TestAgentImageIsReproducibleAndStartsInContainerd is the whole path: the
-// CLI packs itself twice (same digest), the archive imports into
-// containerd, and `trafficpolice agent` from the image listens inside a
-// network namespace and stops on SIGTERM.
+// TestAgentImageIsReproducibleAndStartsInContainerd is the whole path:
+// the CLI cross-compiles itself for linux/amd64 and linux/arm64 and packs
+// both as one image index, twice (same digests, same bytes), each
+// platform's image holds a static binary for its machine, the archive
+// imports into containerd, and `trafficpolice agent` from the image
+// listens inside a network namespace and stops on SIGTERM.
 func TestAgentImageIsReproducibleAndStartsInContainerd(t *testing.T) {
 	client := containertest.NeedDaemon(t)
 	bin := buildCLI(t)
+	source, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
 	dir := t.TempDir()
-	var digests []string
+	var outputs []string
 	for i, name := range []string{"a.tar", "b.tar"} {
 		if i == 1 {
 			// A later build, at another time and from another folder.
 			time.Sleep(1100 * time.Millisecond)
 		}
-		cmd := exec.Command(bin, "images", "build", "agent", "-o", name, "--ref", "localhost/trafficpolice/agent:test")
+		cmd := exec.Command(bin, "images", "build", "agent", "-o", name, "--ref", "localhost/trafficpolice/agent:test", "--source", source)
 		cmd.Dir = dir
-		out, err := cmd.CombinedOutput()
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
 		if err != nil {
-			t.Fatalf("images build agent: %v\n%s", err, out)
+			t.Fatalf("images build agent: %v\n%s%s", err, out, stderr.Bytes())
 		}
-		fields := strings.Fields(string(out))
-		if len(fields) != 3 || !strings.HasPrefix(fields[2], "sha256:") {
-			t.Fatalf("images build agent printed %q, want FILE REF DIGEST", out)
-		}
-		digests = append(digests, fields[2])
+		outputs = append(outputs, string(out))
 	}
-	if digests[0] != digests[1] {
-		t.Fatalf("two builds gave %s and %s", digests[0], digests[1])
+	lines := strings.Split(strings.TrimSpace(outputs[0]), "\n")
+	fields := strings.Fields(lines[0])
+	if len(lines) != 3 || len(fields) != 3 || !strings.HasPrefix(fields[2], "sha256:") ||
+		!strings.HasPrefix(strings.TrimSpace(lines[1]), "linux/amd64\tsha256:") || !strings.HasPrefix(strings.TrimSpace(lines[2]), "linux/arm64\tsha256:") {
+		t.Fatalf("images build agent printed %q, want FILE REF DIGEST and a PLATFORM DIGEST line for linux/amd64 and linux/arm64", outputs[0])
+	}
+	digest := fields[2]
+	if strings.Replace(outputs[1], "b.tar", "a.tar", 1) != outputs[0] {
+		t.Fatalf("two builds gave\n%s\nthen\n%s", outputs[0], outputs[1])
 	}
 	a, _ := os.ReadFile(filepath.Join(dir, "a.tar"))
 	b, _ := os.ReadFile(filepath.Join(dir, "b.tar"))
 	if !bytes.Equal(a, b) {
 		t.Fatal("the two archives differ")
 	}
+	checkAgentPlatforms(t, filepath.Join(dir, "a.tar"), digest)
 
 	// Import through the CLI, as a user would.
 	ns := containertest.Namespace(t, client)
 	out, err := exec.Command(bin, "images", "import", "-n", ns, filepath.Join(dir, "a.tar")).CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "localhost/trafficpolice/agent:test\t"+digests[0]) {
+	if err != nil || !strings.Contains(string(out), "localhost/trafficpolice/agent:test\t"+digest) {
 		t.Fatalf("images import: %v\n%s", err, out)
 	}
 
@@ -146,4 +165,86 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// checkAgentPlatforms reads the archive as a registry client would (an
+// OCI layout) and wants, under the index digest, an image per platform
+// whose binary is a static program for that platform's machine.
+func checkAgentPlatforms(t *testing.T, archive, digest string) {
+	t.Helper()
+	dir := t.TempDir()
+	if out, err := exec.Command("tar", "-xf", archive, "-C", dir).CombinedOutput(); err != nil {
+		t.Fatalf("untar: %v\n%s", err, out)
+	}
+	top, err := layout.ImageIndexFromPath(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tm, err := top.IndexManifest()
+	if err != nil || len(tm.Manifests) != 1 || tm.Manifests[0].Digest.String() != digest {
+		t.Fatalf("index.json: %+v, %v; want the index %s alone", tm, err, digest)
+	}
+	idx, err := top.ImageIndex(tm.Manifests[0].Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	machines := map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64}
+	if len(im.Manifests) != len(machines) {
+		t.Fatalf("the index lists %d images, want linux/amd64 and linux/arm64", len(im.Manifests))
+	}
+	for _, d := range im.Manifests {
+		want, ok := machines[d.Platform.Architecture]
+		if !ok || d.Platform.OS != "linux" {
+			t.Fatalf("unexpected platform %s", d.Platform)
+		}
+		img, err := idx.Image(d.Digest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cf, err := img.ConfigFile()
+		if err != nil || cf.Architecture != d.Platform.Architecture {
+			t.Fatalf("%s: config architecture %q, %v", d.Platform, cf.Architecture, err)
+		}
+		bin := filepath.Join(t.TempDir(), "trafficpolice")
+		f, err := os.Create(bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc := mutate.Extract(img)
+		tr := tar.NewReader(rc)
+		found := false
+		for {
+			h, err := tr.Next()
+			if err != nil {
+				break
+			}
+			if h.Name == strings.TrimPrefix(images.AgentBinary, "/") {
+				io.Copy(f, tr)
+				found = true
+				break
+			}
+		}
+		rc.Close()
+		f.Close()
+		if !found {
+			t.Fatalf("%s: the image has no %s", d.Platform, images.AgentBinary)
+		}
+		ef, err := elf.Open(bin)
+		if err != nil {
+			t.Fatalf("%s: %v", d.Platform, err)
+		}
+		for _, p := range ef.Progs {
+			if p.Type == elf.PT_INTERP {
+				t.Fatalf("%s: the binary is dynamically linked", d.Platform)
+			}
+		}
+		if ef.Machine != want {
+			t.Fatalf("%s: the binary is for %v, want %v", d.Platform, ef.Machine, want)
+		}
+		ef.Close()
+	}
 }

@@ -35,25 +35,36 @@ func bytesBlob(name string, b []byte) blob {
 	}}
 }
 
-// writeArchive writes img as an OCI image layout in a tar stream (what
-// `ctr images import` and `docker load` read), entries sorted, every
-// timestamp epoch. It returns the manifest's digest.
-func writeArchive(w io.Writer, img v1.Image, ref string, epoch time.Time) (string, error) {
-	digest, err := img.Digest()
+// writeArchive writes top (an image, or an index of one image per
+// platform) as an OCI image layout in a tar stream (what `ctr images
+// import` and `docker load` read), entries sorted, every timestamp epoch.
+// platform is the image's, nil for an index. It returns top's digest.
+func writeArchive(w io.Writer, top mutate.Appendable, platform *v1.Platform, ref string, epoch time.Time) (string, error) {
+	digest, err := top.Digest()
 	if err != nil {
 		return "", fmt.Errorf("image digest: %w", err)
 	}
-	blobs, err := layoutBlobs(img, digest, ref)
+	tag := ref[strings.LastIndexByte(ref, ':')+1:]
+	layout := mutate.AppendManifests(mutate.IndexMediaType(empty.Index, types.OCIImageIndex), mutate.IndexAddendum{
+		Add: top,
+		Descriptor: v1.Descriptor{
+			Platform:    platform,
+			Annotations: map[string]string{annotationContainerdName: ref, annotationRefName: tag},
+		},
+	})
+	rawLayout, err := layout.RawManifest()
+	if err != nil {
+		return "", fmt.Errorf("image index: %w", err)
+	}
+	blobs, err := indexBlobs(layout)
 	if err != nil {
 		return "", err
 	}
-	layers, err := layerBlobs(img)
-	if err != nil {
-		return "", err
-	}
-	blobs = append(blobs, layers...)
-	// Sorted for a stable archive; a blob the image names twice (a repeated
-	// layer) is stored once.
+	blobs = append(blobs,
+		bytesBlob("oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`)),
+		bytesBlob("index.json", rawLayout))
+	// Sorted for a stable archive; a blob named twice (a layer two
+	// platforms share, a repeated layer) is stored once.
 	slices.SortFunc(blobs, func(a, b blob) int { return strings.Compare(a.name, b.name) })
 	blobs = slices.CompactFunc(blobs, func(a, b blob) bool { return a.name == b.name })
 	if err := writeBlobs(w, blobs, epoch); err != nil {
@@ -62,25 +73,50 @@ func writeArchive(w io.Writer, img v1.Image, ref string, epoch time.Time) (strin
 	return digest.String(), nil
 }
 
-// layoutBlobs are the archive's metadata: the layout marker, the index
-// naming the image ref, the manifest (stored under digest) and the config.
-func layoutBlobs(img v1.Image, digest v1.Hash, ref string) ([]blob, error) {
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return nil, fmt.Errorf("image config: %w", err)
-	}
-	tag := ref[strings.LastIndexByte(ref, ':')+1:]
-	idx := mutate.AppendManifests(mutate.IndexMediaType(empty.Index, types.OCIImageIndex), mutate.IndexAddendum{
-		Add: img,
-		Descriptor: v1.Descriptor{
-			Platform:    &v1.Platform{OS: cf.OS, Architecture: cf.Architecture},
-			Annotations: map[string]string{annotationContainerdName: ref, annotationRefName: tag},
-		},
-	})
-	rawIndex, err := idx.RawManifest()
+// indexBlobs are the blobs below idx (not idx itself): each child index
+// or image manifest, and what those hold in turn.
+func indexBlobs(idx v1.ImageIndex) ([]blob, error) {
+	im, err := idx.IndexManifest()
 	if err != nil {
 		return nil, fmt.Errorf("image index: %w", err)
 	}
+	var blobs []blob
+	for _, d := range im.Manifests {
+		switch {
+		case d.MediaType.IsIndex():
+			child, err := idx.ImageIndex(d.Digest)
+			if err != nil {
+				return nil, fmt.Errorf("image index %s: %w", d.Digest, err)
+			}
+			raw, err := child.RawManifest()
+			if err != nil {
+				return nil, fmt.Errorf("image index %s: %w", d.Digest, err)
+			}
+			below, err := indexBlobs(child)
+			if err != nil {
+				return nil, err
+			}
+			blobs = append(append(blobs, bytesBlob(blobPath(d.Digest), raw)), below...)
+		case d.MediaType.IsImage():
+			img, err := idx.Image(d.Digest)
+			if err != nil {
+				return nil, fmt.Errorf("image %s: %w", d.Digest, err)
+			}
+			own, err := imageBlobs(img, d.Digest)
+			if err != nil {
+				return nil, err
+			}
+			blobs = append(blobs, own...)
+		default:
+			return nil, fmt.Errorf("image index entry %s has media type %q: want an image or an index", d.Digest, d.MediaType)
+		}
+	}
+	return blobs, nil
+}
+
+// imageBlobs are an image's manifest (stored under digest), its config and
+// its compressed layers, the layers read only when written.
+func imageBlobs(img v1.Image, digest v1.Hash) ([]blob, error) {
 	rawManifest, err := img.RawManifest()
 	if err != nil {
 		return nil, fmt.Errorf("image manifest: %w", err)
@@ -93,21 +129,11 @@ func layoutBlobs(img v1.Image, digest v1.Hash, ref string) ([]blob, error) {
 	if err != nil {
 		return nil, fmt.Errorf("image config: %w", err)
 	}
-	return []blob{
-		bytesBlob("oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`)),
-		bytesBlob("index.json", rawIndex),
-		bytesBlob(blobPath(digest), rawManifest),
-		bytesBlob(blobPath(configName), rawConfig),
-	}, nil
-}
-
-// layerBlobs are the image's compressed layers, read only when written.
-func layerBlobs(img v1.Image) ([]blob, error) {
+	blobs := []blob{bytesBlob(blobPath(digest), rawManifest), bytesBlob(blobPath(configName), rawConfig)}
 	layers, err := img.Layers()
 	if err != nil {
 		return nil, fmt.Errorf("image layers: %w", err)
 	}
-	var blobs []blob
 	for _, l := range layers {
 		d, err := l.Digest()
 		if err != nil {

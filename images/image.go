@@ -50,6 +50,17 @@ type Result struct {
 	Digest string
 	// Size is the archive's size in bytes.
 	Size int64
+	// Platforms are the images the archive holds, one per platform; for
+	// an image of one platform, its Digest is Digest.
+	Platforms []PlatformImage
+}
+
+// PlatformImage is one platform's image in an archive.
+type PlatformImage struct {
+	// Platform is "linux/amd64", "linux/arm64"…
+	Platform string
+	// Digest is the platform's image manifest's digest.
+	Digest string
 }
 
 // EpochFromEnv returns SOURCE_DATE_EPOCH (seconds since 1970), the
@@ -80,12 +91,17 @@ func NormalizeRef(ref string) (string, error) {
 // WriteFile writes the recipe's image as an OCI archive at path. The file
 // appears whole or not at all.
 func WriteFile(path string, r Recipe) (Result, error) {
+	return writeArchiveFile(path, func(w io.Writer) (Result, error) { return Write(w, r) })
+}
+
+// writeArchiveFile writes an archive at path through write, whole or not at all.
+func writeArchiveFile(path string, write func(io.Writer) (Result, error)) (Result, error) {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
 		return Result{}, fmt.Errorf("write image archive: %w", err)
 	}
 	defer os.Remove(tmp.Name())
-	res, err := Write(tmp, r)
+	res, err := write(tmp)
 	if cerr := tmp.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("write image archive %s: %w", path, cerr)
 	}
@@ -108,12 +124,17 @@ func Write(w io.Writer, r Recipe) (Result, error) {
 		return Result{}, err
 	}
 	defer cleanup()
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return Result{}, fmt.Errorf("image config: %w", err)
+	}
+	platform := &v1.Platform{OS: cf.OS, Architecture: cf.Architecture}
 	cw := &countingWriter{w: w}
-	digest, err := writeArchive(cw, img, ref, epochOf(r))
+	digest, err := writeArchive(cw, img, platform, ref, epochOf(r))
 	if err != nil {
 		return Result{}, err
 	}
-	return Result{Ref: ref, Digest: digest, Size: cw.n}, nil
+	return Result{Ref: ref, Digest: digest, Size: cw.n, Platforms: []PlatformImage{{Platform: platform.String(), Digest: digest}}}, nil
 }
 
 // Build returns the recipe's image, for go-containerregistry's other

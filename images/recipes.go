@@ -12,9 +12,12 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
-// Default names of the images this package builds.
+// Default names of the images this package builds. The agent's is the
+// repository the project publishes it to, so that a cluster's nodes pull
+// it (tagged with the version) as they pull any image; a copy built here
+// is pushed there or to a mirror with `trafficpolice images push`.
 const (
-	AgentRepo   = "localhost/trafficpolice/agent"
+	AgentRepo   = "ghcr.io/trafficpolice/agent"
 	BusyboxRef  = "localhost/trafficpolice/busybox:1"
 	AgentBinary = "/usr/local/bin/trafficpolice"
 )
@@ -91,6 +94,33 @@ func Agent(binary, ref string) (Recipe, error) {
 		},
 		CreatedBy: "trafficpolice images build agent",
 	}, nil
+}
+
+// AgentArchs are the architectures the agent image is built for: the
+// nodes of most clusters are one of these.
+var AgentArchs = []string{"amd64", "arm64"}
+
+// AgentIndex is the agent's image for several platforms under one name:
+// one static trafficpolice binary per architecture (each binary's own, read
+// from its ELF header), listed in the order of binaries.
+func AgentIndex(binaries []string, ref string) (IndexRecipe, error) {
+	if len(binaries) == 0 {
+		return IndexRecipe{}, fmt.Errorf("no agent binaries: want a static trafficpolice binary per platform (%s)", strings.Join(AgentArchs, ", "))
+	}
+	ir := IndexRecipe{Ref: ref}
+	byArch := map[string]string{}
+	for _, bin := range binaries {
+		r, err := Agent(bin, ref)
+		if err != nil {
+			return IndexRecipe{}, err
+		}
+		if other, dup := byArch[r.Arch]; dup {
+			return IndexRecipe{}, fmt.Errorf("binaries %s and %s are both for linux/%s: want one per platform", other, bin, r.Arch)
+		}
+		byArch[r.Arch] = bin
+		ir.Images = append(ir.Images, r)
+	}
+	return ir, nil
 }
 
 // Busybox is a small shell image from a static busybox (Debian's

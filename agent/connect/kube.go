@@ -111,6 +111,7 @@ func startAgent(ctx context.Context, access *kube.Access, target *kube.Target, t
 	done := o.Progress.Step("agent started (" + mode + ")")
 	ag, err := access.StartAgent(ctx, target, kube.AgentOptions{
 		Image:                image,
+		ImagePullSecrets:     cfg.ImagePullSecrets,
 		Namespace:            cfg.Namespace,
 		Ephemeral:            cfg.Ephemeral,
 		Privileged:           cfg.Privileged,

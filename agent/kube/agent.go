@@ -24,6 +24,10 @@ import (
 type AgentOptions struct {
 	// Image is the agent's image (its entrypoint is `trafficpolice agent`).
 	Image string
+	// ImagePullSecrets name the Secrets (in the Job's namespace) the
+	// Job's pod pulls Image with; an ephemeral agent pulls with the
+	// target pod's own.
+	ImagePullSecrets []string
 	// Namespace is where the Job runs; "" is the target's namespace.
 	Namespace string
 	// Ephemeral starts the agent as an ephemeral container in the target
@@ -293,6 +297,10 @@ func agentJob(ns, name string, args []string, env []corev1.EnvVar, o AgentOption
 	}
 	ttl := int32(max(o.TTL, 0) / time.Second)
 	backoff := int32(0)
+	var pullSecrets []corev1.LocalObjectReference
+	for _, s := range o.ImagePullSecrets {
+		pullSecrets = append(pullSecrets, corev1.LocalObjectReference{Name: s})
+	}
 	return &batchv1.Job{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels},
 		Spec: batchv1.JobSpec{
@@ -305,6 +313,7 @@ func agentJob(ns, name string, args []string, env []corev1.EnvVar, o AgentOption
 					AutomountServiceAccountToken:  new(bool),
 					TerminationGracePeriodSeconds: new(int64),
 					Tolerations:                   []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
+					ImagePullSecrets:              pullSecrets,
 					Containers: []corev1.Container{{
 						Name:                     "agent",
 						Image:                    o.Image,
@@ -387,6 +396,12 @@ func (a *Access) waitRunning(ctx context.Context, ns, pod, container string, eph
 			case st.State.Terminated != nil:
 				term := st.State.Terminated
 				return fmt.Errorf("agent in pod %s/%s exited at once (%s, exit code %d): %s", ns, pod, term.Reason, term.ExitCode, strings.TrimSpace(term.Message))
+			case st.State.Waiting != nil && isPullReason(st.State.Waiting.Reason):
+				var events []corev1.Event
+				if st.State.Waiting.Reason == "ImagePullBackOff" {
+					events = a.podEvents(ctx, ns, pod)
+				}
+				return pullError(p, st, ephemeral, events)
 			case st.State.Waiting != nil && badWait(st.State.Waiting.Reason):
 				return fmt.Errorf("agent in pod %s/%s cannot start: %s: %s", ns, pod, st.State.Waiting.Reason, st.State.Waiting.Message)
 			}

@@ -11,8 +11,11 @@ import (
 
 	containerd "github.com/containerd/containerd"
 	"github.com/containerd/containerd/errdefs"
+	"github.com/containerd/containerd/remotes/docker"
 	"github.com/distribution/reference"
 	"golang.org/x/sys/unix"
+
+	"github.com/trafficpolice/trafficpolice/images/registry"
 )
 
 // normalizeRef names ref as containerd stores it (busybox → docker.io/library/busybox:latest).
@@ -79,10 +82,22 @@ func pull(ctx context.Context, client *containerd.Client, name, namespace string
 			bar.update(done, total)
 		}
 	}()
-	img, err := client.Pull(ctx, name, containerd.WithPullUnpack, containerd.WithPullSnapshotter(containerd.DefaultSnapshotter))
+	// The user's registry credentials, as `docker login` stored them, the
+	// same that `trafficpolice images push` uses.
+	resolver := docker.NewResolver(docker.ResolverOptions{Credentials: registry.Credentials})
+	img, err := client.Pull(ctx, name, containerd.WithResolver(resolver), containerd.WithPullUnpack, containerd.WithPullSnapshotter(containerd.DefaultSnapshotter))
 	stop()
 	wg.Wait()
 	bar.finish(err)
+	if err != nil && refused(err) {
+		host := name
+		if named, perr := reference.ParseNormalizedNamed(name); perr == nil {
+			host = reference.Domain(named)
+		}
+		return nil, fmt.Errorf("image %s is not in containerd (namespace %s) and registry %s refused to let us pull it: %w\n"+
+			"Log in with `docker login %s` (trafficpolice reads the credentials from %s and its credential helpers), "+
+			"or import the image from an OCI archive: `trafficpolice images import FILE`", name, namespace, host, err, host, registry.ConfigSource())
+	}
 	if err != nil {
 		return nil, fmt.Errorf("image %s is not in containerd (namespace %s) and pulling it failed: %w\n"+
 			"With no registry in reach, import the image from an OCI archive instead: "+
@@ -90,6 +105,13 @@ func pull(ctx context.Context, client *containerd.Client, name, namespace string
 			"or `ctr -n %s images import FILE`", name, namespace, err, namespace)
 	}
 	return img, nil
+}
+
+// refused says whether a pull failed on the registry's refusal of our
+// credentials (containerd gives the status only in its message).
+func refused(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "401 Unauthorized") || strings.Contains(msg, "403 Forbidden")
 }
 
 type pullBar struct {

@@ -23,8 +23,10 @@ const (
 	// AppImage holds testapp (see testapp/): `testapp serve ...`, and the
 	// seed story's apps as /uwu-app, /uwu-service and /messages-db.
 	AppImage = "localhost/tp-k8s/testapp:v1"
-	// AgentImage is the agent image built from this tree's trafficpolice.
-	AgentImage = images.AgentRepo + ":k8s-test"
+	// AgentImage is the agent image built from this tree's trafficpolice,
+	// under a localhost name (never pulled, as the harness imports it),
+	// given to every run as agent.image.
+	AgentImage = "localhost/trafficpolice/agent:k8s-test"
 	// ImageEnv is a variable AppImage's OCI config sets (KEY=VALUE).
 	ImageEnv = "IMAGE_GREETING=hello from the image"
 )

@@ -67,7 +67,7 @@ func demo(ctx context.Context, args []string) error {
 			return err
 		}
 		if *agentImage == "" {
-			return fmt.Errorf("--agent-image is needed on your cluster: an image built by `trafficpolice images build agent` that its nodes can pull")
+			return fmt.Errorf("--agent-image is needed on your cluster: an agent image of this tree that its nodes can pull (`trafficpolice images build agent -o agent.tar && trafficpolice images push agent.tar REGISTRY/trafficpolice/agent:TAG`)")
 		}
 	} else {
 		if c, err = k8s.Start(os.Stderr); err != nil {
