@@ -78,6 +78,11 @@ type Router struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// tcpMu guards adding TCP flows to wg: gVisor's forwarder runs each
+	// handler on a goroutine of its own, which may start after Close began
+	// waiting; closing turns those away.
+	tcpMu   sync.Mutex
+	closing bool
 
 	warnOnce sync.Map // destinations already warned about
 	pending  pendingDials
@@ -202,11 +207,15 @@ func (r *Router) Start() error {
 // Close stops every flow and the netstack. It is safe to call twice.
 func (r *Router) Close() error {
 	r.closed.Do(func() {
+		r.tcpMu.Lock()
+		r.closing = true
+		r.tcpMu.Unlock()
 		r.cancel()
 		for _, c := range r.closers {
 			c.Close()
 		}
 		r.stack.Close()
+		// Every flow has ended, and written its record, before the log closes.
 		r.wg.Wait()
 		r.stack.Wait()
 		r.flows.close()
