@@ -29,6 +29,9 @@ type world struct {
 	agentAddr string
 	token     string
 	tokenFile string
+	// keyFile is the agent's TLS key; fingerprint, its fingerprint, is
+	// the token file's second line: every run pins the agent.
+	keyFile, fingerprint string
 	tp        string // the trafficpolice binary
 	probe     string
 	sidecar   int // port of the target pod's sidecar on 127.0.0.1
@@ -77,7 +80,15 @@ func newWorld(t *testing.T) *world {
 	os.Chmod(dir, 0o755)
 	os.Chmod(filepath.Dir(dir), 0o755)
 	w.tokenFile = filepath.Join(dir, "token")
-	if err := os.WriteFile(w.tokenFile, []byte(w.token+"\n"), 0o600); err != nil {
+	w.keyFile = filepath.Join(dir, "agent.key")
+	// As an operator would: make the key, print its fingerprint, hand
+	// it to clients with the token.
+	out, err := exec.Command(w.tp, "agent", "fingerprint", "--tls-key", w.keyFile).Output()
+	if err != nil {
+		t.Fatalf("trafficpolice agent fingerprint: %v", err)
+	}
+	w.fingerprint = strings.TrimSpace(string(out))
+	if err := os.WriteFile(w.tokenFile, []byte(w.token+"\n"+w.fingerprint+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	w.target = w.c.AddPod(t, "uwu-app")
@@ -101,8 +112,14 @@ func newWorld(t *testing.T) *world {
 
 func (w *world) startAgent(t *testing.T) {
 	t.Helper()
-	w.agent = w.target.Start(t, []string{w.tp, "agent", "--listen", fmt.Sprintf("0.0.0.0:%d", agentPort), "--token-file", w.tokenFile})
+	w.agent = w.target.Start(t, w.agentArgs(fmt.Sprintf("0.0.0.0:%d", agentPort)))
 	w.target.WaitPort(t, agentPort, 5*time.Second)
+}
+
+// agentArgs is the command line of the world's agent on listen: its
+// token, its TLS key, then extra.
+func (w *world) agentArgs(listen string, extra ...string) []string {
+	return append([]string{w.tp, "agent", "--listen", listen, "--token-file", w.tokenFile, "--tls-key", w.keyFile}, extra...)
 }
 
 // sidecarOn starts a sidecar on the target pod's 127.0.0.1:port.
