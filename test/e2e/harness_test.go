@@ -29,14 +29,15 @@ type world struct {
 	agentAddr string
 	token     string
 	tokenFile string
-	// keyFile is the agent's TLS key; fingerprint, its fingerprint, is
-	// the token file's second line: every run pins the agent.
-	keyFile, fingerprint string
 	tp        string // the trafficpolice binary
 	probe     string
 	sidecar   int // port of the target pod's sidecar on 127.0.0.1
 	// user, when set, runs `sandbox run` as this ordinary user: rootless.
 	user *netnstest.User
+
+	// keyFile is the agent's TLS key; fingerprint, its fingerprint, is
+	// the token file's second line: every run pins the agent.
+	keyFile, fingerprint string
 }
 
 // rootless makes the world's runs rootless: they run as an ordinary user
