@@ -145,7 +145,13 @@ func connectDirect(ctx context.Context, address string, o Options) (*client.Clie
 // an error that says where the fingerprint comes from: the token must not
 // go to an agent that has not proved who it is.
 func pinFor(address string, o Options, fileFingerprint string) (string, error) {
-	fp := first(o.Fingerprint, o.Config.Agent.Fingerprint, fileFingerprint)
+	fp, source := o.Fingerprint, "--agent-fingerprint"
+	switch {
+	case fp == "" && o.Config.Agent.Fingerprint != "":
+		fp, source = o.Config.Agent.Fingerprint, "agent.fingerprint"
+	case fp == "" && fileFingerprint != "":
+		fp, source = fileFingerprint, "the token file's second line ("+o.TokenFile+")"
+	}
 	switch {
 	case fp != "" && o.Insecure:
 		return "", fmt.Errorf("--agent-insecure with a pinned fingerprint (%s): drop one of them; pinned, the tunnel is TLS with that key", fp)
@@ -159,7 +165,7 @@ func pinFor(address string, o Options, fileFingerprint string) (string, error) {
 	}
 	if fp != "" {
 		if _, err := tunneltls.ParseFingerprint(fp); err != nil {
-			return "", fmt.Errorf("agent fingerprint: %w", err)
+			return "", fmt.Errorf("%s: %w", source, err)
 		}
 	}
 	return fp, nil

@@ -199,3 +199,12 @@ func TestInsecureConnectsInClearWithAWarning(t *testing.T) {
 		t.Errorf("--agent-insecure with a fingerprint: %v; want an error", err)
 	}
 }
+
+// A fingerprint that is not one is an error naming where it came from.
+func TestBadFingerprintNamesItsSource(t *testing.T) {
+	_, err := Connect(context.Background(), Options{Config: &config.Config{}, Address: "127.0.0.1:1",
+		TokenFile: tokenFile(t, "s3cret", "sha256:short"), Progress: &steps{}})
+	if err == nil || !strings.Contains(err.Error(), "the token file's second line") || !strings.Contains(err.Error(), `"sha256:short"`) {
+		t.Errorf("bad fingerprint in the token file: %v; want an error naming the file's second line and the value", err)
+	}
+}
