@@ -22,10 +22,10 @@ import (
 type path int
 
 const (
-	kernelPath path = iota // a client in the pod netns, plain kernel routing
-	localPath              // a client in the sandbox, flows local (dialed from the host)
-	remotePath             // a client in the sandbox, flows through the agent in the pod netns
-	rootlessPath           // localPath with the sandbox in a user namespace (sandbox run --rootless)
+	kernelPath   path = iota // a client in the pod netns, plain kernel routing
+	localPath                // a client in the sandbox, flows local (dialed from the host)
+	remotePath               // a client in the sandbox, flows through the agent in the pod netns
+	rootlessPath             // localPath with the sandbox in a user namespace (sandbox run --rootless)
 )
 
 func (p path) String() string {
