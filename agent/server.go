@@ -2,8 +2,10 @@ package agent
 
 import (
 	"context"
+	"crypto"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +21,7 @@ import (
 	"github.com/trafficpolice/trafficpolice/agent/incoming"
 	"github.com/trafficpolice/trafficpolice/agent/nat"
 	"github.com/trafficpolice/trafficpolice/agent/proto"
+	"github.com/trafficpolice/trafficpolice/agent/tunneltls"
 )
 
 // Defaults for the zero values of Options.
@@ -58,6 +61,12 @@ type Options struct {
 	ListenAddress string
 	// Token is the shared secret every client must present. Required.
 	Token string
+	// TLSKey, when set, makes the agent serve TLS 1.3 only, with a
+	// self-signed certificate for this key (see package tunneltls):
+	// clients pin its fingerprint, and their Hello travels inside TLS.
+	// Without it the agent speaks in clear, for a channel that is secure
+	// already (the API server's port-forward, a tunnel of one's own).
+	TLSKey crypto.Signer
 	// ResolvConfPath and HostsPath are the pod's resolver files; tests
 	// point them at their own.
 	ResolvConfPath string
@@ -111,6 +120,11 @@ type Server struct {
 	pending chan struct{}
 	// udpFlows counts the UDP flows open on all tunnels.
 	udpFlows atomic.Int64
+
+	// tls is the TLS configuration when opts.TLSKey is set, with the
+	// key's fingerprint; nil for an agent that speaks in clear.
+	tls         *tls.Config
+	fingerprint tunneltls.Fingerprint
 }
 
 // New checks opts and fills in the defaults.
@@ -162,12 +176,39 @@ func New(opts Options) (*Server, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Server{
+	s := &Server{
 		opts:    opts,
 		log:     log,
 		dns:     &dnsResolver{resolvConf: &resolvConfFile{path: opts.ResolvConfPath}, hosts: &hostsFile{path: opts.HostsPath}},
 		pending: make(chan struct{}, MaxPendingHandshakes),
-	}, nil
+	}
+	if opts.TLSKey != nil {
+		if s.tls, s.fingerprint, err = tunneltls.ServerConfig(opts.TLSKey); err != nil {
+			return nil, fmt.Errorf("agent options: TLSKey: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// Fingerprint is the fingerprint of the agent's TLS key, for clients to
+// pin; ok is false for an agent without TLS.
+func (s *Server) Fingerprint() (fp tunneltls.Fingerprint, ok bool) {
+	return s.fingerprint, s.tls != nil
+}
+
+// LogListening logs that the agent listens on addr and, with TLS, the
+// fingerprint clients pin; without, a warning on any address but
+// loopback that the tunnel is in clear. attrs are logged too.
+func (s *Server) LogListening(addr net.Addr, attrs ...any) {
+	if fp, ok := s.Fingerprint(); ok {
+		s.log.Info("agent listening", append([]any{"address", addr.String(), "tls", "1.3", "fingerprint", fp.String()}, attrs...)...)
+		return
+	}
+	s.log.Info("agent listening", append([]any{"address", addr.String(), "tls", "off"}, attrs...)...)
+	if ta, ok := addr.(*net.TCPAddr); ok && !ta.IP.IsLoopback() {
+		s.log.Warn("serving without TLS: the tunnel is in clear and the agent cannot prove who it is; " +
+			"fine behind a port-forward or a tunnel of your own, else give --tls-key FILE")
+	}
 }
 
 // Serve listens on opts.ListenAddress and serves tunnels until ctx ends.
@@ -185,7 +226,7 @@ func Serve(ctx context.Context, opts Options) error {
 	if err != nil {
 		return fmt.Errorf("agent listen on %s: %w", opts.ListenAddress, err)
 	}
-	s.log.Info("agent listening", "address", ln.Addr().String())
+	s.LogListening(ln.Addr())
 	return s.Serve(ctx, ln)
 }
 
@@ -280,7 +321,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stopClose := context.AfterFunc(ctx, func() { _ = c.Close() })
-	err := s.handshake(c, log)
+	conn, err := s.handshake(ctx, c, log)
 	<-s.pending
 	if err != nil {
 		log.Warn("tunnel handshake failed", "err", err)
@@ -290,7 +331,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	stopClose()
 	// Only now, for a client that presented the token, does yamux get
 	// its windows and backlog.
-	sess, err := yamux.Server(proto.CoalesceFrames(c), proto.MuxConfig(log))
+	sess, err := yamux.Server(proto.CoalesceFrames(conn), proto.MuxConfig(log))
 	if err != nil {
 		log.Error("start tunnel session", "err", err)
 		_ = c.Close()
@@ -334,24 +375,30 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	log.Info("client disconnected, its flows are closed")
 }
 
-// handshake reads Hello from the bare connection within HandshakeTimeout
-// and answers Welcome or Refused. Until the token checks out, the agent
-// holds no more for the peer than the Hello's bytes (MaxHelloSize).
-func (s *Server) handshake(c net.Conn, log *slog.Logger) error {
+// handshake shakes hands within HandshakeTimeout: TLS first when the
+// agent has a key, then it reads Hello and answers Welcome or Refused. It
+// returns the connection the tunnel runs on (the TLS one, or c). Until the
+// token checks out, the agent holds no more for the peer than the TLS
+// handshake's messages and the Hello's bytes (MaxHelloSize).
+func (s *Server) handshake(ctx context.Context, c net.Conn, log *slog.Logger) (net.Conn, error) {
 	_ = c.SetDeadline(time.Now().Add(s.opts.HandshakeTimeout))
-	hello, err := proto.ReadHello(c)
+	conn, err := s.secure(ctx, c)
 	if err != nil {
-		return err
+		return nil, err
+	}
+	hello, err := proto.ReadHello(conn)
+	if err != nil {
+		return nil, err
 	}
 	if hello.Version != proto.Version {
 		reason := fmt.Sprintf("protocol version %d is not supported: this agent speaks version %d", hello.Version, proto.Version)
-		s.refuse(c, proto.Refused{Code: proto.RefuseVersion, Reason: reason})
-		return errors.New(reason)
+		s.refuse(conn, proto.Refused{Code: proto.RefuseVersion, Reason: reason})
+		return nil, errors.New(reason)
 	}
 	if !s.tokenOK(hello.Token) {
 		log.Warn("refused a client: wrong or missing token", "remote", c.RemoteAddr().String(), "token_given", hello.Token != "")
-		s.refuse(c, proto.Refused{Code: proto.RefuseToken, Reason: "wrong or missing token"})
-		return errors.New("client presented a wrong or missing token")
+		s.refuse(conn, proto.Refused{Code: proto.RefuseToken, Reason: "wrong or missing token"})
+		return nil, errors.New("client presented a wrong or missing token")
 	}
 	facts, err := podFacts(s.opts.ResolvConfPath)
 	if err != nil {
@@ -359,11 +406,11 @@ func (s *Server) handshake(c net.Conn, log *slog.Logger) error {
 		log.Warn("could not read all pod facts", "err", err)
 	}
 	facts.IncomingError = s.incomingErr
-	if err := proto.WriteMessage(c, proto.Welcome{Version: proto.Version, Facts: facts}); err != nil {
-		return err
+	if err := proto.WriteMessage(conn, proto.Welcome{Version: proto.Version, Facts: facts}); err != nil {
+		return nil, err
 	}
 	_ = c.SetDeadline(time.Time{})
-	return nil
+	return conn, nil
 }
 
 // tokenOK compares in constant time; hashing first keeps the token's
@@ -377,7 +424,7 @@ func (s *Server) tokenOK(given string) bool {
 // refuse sends the refusal; the caller closes the connection. The client
 // has nothing unread on it (it waits for the answer to its Hello), so the
 // close is a FIN that lets it read the refusal, not a reset.
-func (s *Server) refuse(c net.Conn, r proto.Refused) {
+func (s *Server) refuse(c io.Writer, r proto.Refused) {
 	_ = proto.WriteMessage(c, r)
 }
 

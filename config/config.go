@@ -46,6 +46,9 @@ type Agent struct {
 	// Address is ours: host:port of an agent that is already running (a CI sidecar, a VM, the
 	// test harness); when set, no agent is started through Kubernetes.
 	Address string
+	// Fingerprint is ours: the running agent's key fingerprint ("sha256:..."), pinned by the
+	// client so that the tunnel to Address is TLS and the token goes only to that agent.
+	Fingerprint string
 }
 
 // Feature holds the features trafficpolice shares with mirrord.

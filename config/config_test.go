@@ -176,6 +176,8 @@ func TestShorthandForms(t *testing.T) {
 		{"agent address", `{"agent":{"address":"[::1]:7777"}}`, func(c *Config) { c.Agent.Address = "[::1]:7777" }},
 		{"agent image pull secrets", `{"agent":{"image_pull_secrets":[{"name":"regcred"},{"name":"corp.pull"}]}}`,
 			func(c *Config) { c.Agent.ImagePullSecrets = []string{"regcred", "corp.pull"} }},
+		{"agent fingerprint", `{"agent":{"fingerprint":"sha256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU"}}`,
+			func(c *Config) { c.Agent.Fingerprint = "sha256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU" }},
 		{"whole number written as float", `{"agent":{"ttl":30.0}}`, func(c *Config) { c.Agent.TTL = 30 }},
 		{"http filter single port", `{"feature":{"network":{"incoming":{"mode":"steal","http_filter":{"header_filter":"^x-user: alice$","ports":8080}}}}}`,
 			func(c *Config) {

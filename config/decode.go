@@ -345,6 +345,9 @@ func (d *decoder) agent(path string, n *node, a *Agent) {
 	if v, ok := m["address"]; ok {
 		a.Address, _ = d.str(joinPath(path, "address"), v)
 	}
+	if v, ok := m["fingerprint"]; ok {
+		a.Fingerprint, _ = d.str(joinPath(path, "fingerprint"), v)
+	}
 }
 
 // pullSecrets reads mirrord's [{"name": SECRET}, ...].

@@ -30,6 +30,7 @@ type (
 		StartupTimeout       int     `json:"startup_timeout"`
 		CommunicationTimeout int     `json:"communication_timeout"`
 		Address              *string `json:"address"`
+		Fingerprint          *string `json:"fingerprint"`
 	}
 	effFeature struct {
 		Network effNetwork `json:"network"`
@@ -98,7 +99,7 @@ func (c *Config) Effective() ([]byte, error) {
 			Namespace: orNull(c.Agent.Namespace), Image: orNull(c.Agent.Image),
 			TTL: c.Agent.TTL, Ephemeral: c.Agent.Ephemeral, Privileged: c.Agent.Privileged,
 			StartupTimeout: c.Agent.StartupTimeout, CommunicationTimeout: c.Agent.CommunicationTimeout,
-			Address: orNull(c.Agent.Address),
+			Address: orNull(c.Agent.Address), Fingerprint: orNull(c.Agent.Fingerprint),
 		},
 		Feature: effFeature{
 			Network: effNetwork{

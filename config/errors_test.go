@@ -118,6 +118,8 @@ func TestErrorsNameThePathAndWhatIsValid(t *testing.T) {
 			`agent.address: "localhost" is not valid; valid: HOST:PORT such as "127.0.0.1:7777", "agent.example:7777" or "[::1]:7777"`},
 		{"agent address without host", `{"agent":{"address":":7777"}}`,
 			`agent.address: ":7777" is not valid; valid: HOST:PORT such as "127.0.0.1:7777", "agent.example:7777" or "[::1]:7777"`},
+		{"agent fingerprint truncated", `{"agent":{"fingerprint":"sha256:47DEQpj8HBSa"}}`,
+			`agent.fingerprint: "sha256:47DEQpj8HBSa" is not valid; valid: "sha256:" and 43 base64 characters, as "trafficpolice agent fingerprint --tls-key FILE" prints on the agent's host`},
 		{"bad regex", `{"feature":{"network":{"incoming":{"http_filter":{"header_filter":"x-user: (alice"}}}}}`,
 			"feature.network.incoming.http_filter.header_filter: \"x-user: (alice\" is not a valid regular expression: missing closing ): `x-user: (alice`"},
 		{"look-around", `{"feature":{"network":{"incoming":{"http_filter":{"header_filter":"^User-Agent: (?!kube-probe)"}}}}}`,

@@ -211,6 +211,7 @@ var (
 		key("startup_timeout", shape{aWhole(0, maxSeconds32)}, "Seconds to wait for the agent to be ready (default 60)."),
 		key("communication_timeout", shape{aWhole(0, maxSeconds16)}, "Seconds the agent waits for a lost client, and bound on its requests (default 30)."),
 		key("address", sString, "Ours: HOST:PORT of an agent that is already running (a CI sidecar, the test harness); no agent is started then."),
+		key("fingerprint", sString, "Ours: the running agent's key fingerprint (sha256:..., as `trafficpolice agent fingerprint` prints it), pinned: the tunnel to agent.address is TLS, and the token goes only to that agent."),
 		noop("log_level", sString, "The agent logs at its own level; not used."),
 		noop("json_log", sBool, "The agent logs text; not used."),
 		ignored("clean_iptables_on_start", sBool, isTrue, "the agent always removes the stale rules of agents that died"),
@@ -335,5 +336,6 @@ var homes = map[string]string{
 	"port_mapping": "feature.network.incoming.port_mapping", "ignore_ports": "feature.network.incoming.ignore_ports",
 	"include": "feature.env.include", "exclude": "feature.env.exclude", "override": "feature.env.override",
 	"ttl": "agent.ttl", "image": "agent.image", "ephemeral": "agent.ephemeral", "address": "agent.address",
+	"fingerprint":     "agent.fingerprint",
 	"startup_timeout": "agent.startup_timeout", "communication_timeout": "agent.communication_timeout",
 }

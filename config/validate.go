@@ -1,6 +1,8 @@
 package config
 
 import (
+	"crypto/sha256"
+	"encoding/base64"
 	"fmt"
 	"net"
 	"regexp"
@@ -111,6 +113,9 @@ func (v *validator) agent(a Agent) {
 		if err != nil || host == "" || perr != nil || n < 1 || n > 65535 {
 			v.add("agent.address", `%q is not valid; valid: HOST:PORT such as "127.0.0.1:7777", "agent.example:7777" or "[::1]:7777"`, a.Address)
 		}
+	}
+	if a.Fingerprint != "" && !validFingerprint(a.Fingerprint) {
+		v.add("agent.fingerprint", `%q is not valid; valid: "sha256:" and 43 base64 characters, as "trafficpolice agent fingerprint --tls-key FILE" prints on the agent's host`, a.Fingerprint)
 	}
 }
 
@@ -271,4 +276,16 @@ func (v *validator) env(path string, e Env) {
 			v.add(joinPath(joinPath(path, "override"), k), "%q is not a valid environment variable name", k)
 		}
 	}
+}
+
+// validFingerprint is the shape of a key fingerprint: "sha256:" and the
+// SHA-256 in base64 (package agent/tunneltls reads it; config depends on
+// nothing of ours, hence this check of its own).
+func validFingerprint(s string) bool {
+	rest, ok := strings.CutPrefix(s, "sha256:")
+	if !ok {
+		return false
+	}
+	b, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(rest, "="))
+	return err == nil && len(b) == sha256.Size
 }

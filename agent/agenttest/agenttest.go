@@ -7,6 +7,9 @@ package agenttest
 
 import (
 	"context"
+	"crypto"
+	"crypto/ed25519"
+	"crypto/rand"
 	"log/slog"
 	"net"
 	"os"
@@ -16,6 +19,7 @@ import (
 
 	"github.com/trafficpolice/trafficpolice/agent"
 	"github.com/trafficpolice/trafficpolice/agent/client"
+	"github.com/trafficpolice/trafficpolice/agent/tunneltls"
 )
 
 // Token is the token Start gives an agent whose Options have none.
@@ -56,6 +60,30 @@ func Start(t testing.TB, opts agent.Options) *Agent {
 
 // Addr is the agent's HOST:PORT.
 func (a *Agent) Addr() string { return a.addr }
+
+// Fingerprint is the fingerprint of the agent's TLS key, for a client's
+// Options.Fingerprint; "" for an agent without TLS.
+func (a *Agent) Fingerprint() string {
+	a.t.Helper()
+	if a.opts.TLSKey == nil {
+		return ""
+	}
+	fp, err := tunneltls.FingerprintOf(a.opts.TLSKey.Public())
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	return fp.String()
+}
+
+// Key is a new Ed25519 key, for an agent's Options.TLSKey.
+func Key(t testing.TB) crypto.Signer {
+	t.Helper()
+	_, k, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
 
 // Restart starts a stopped agent again on the same address (a fresh
 // server: no tunnel survives a stop).

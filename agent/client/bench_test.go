@@ -14,6 +14,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/trafficpolice/trafficpolice/agent"
+	"github.com/trafficpolice/trafficpolice/agent/agenttest"
 	"github.com/trafficpolice/trafficpolice/agent/client"
 )
 
@@ -40,17 +41,22 @@ func sinkServer(b *testing.B) netip.AddrPort {
 	return netip.MustParseAddrPort(ln.Addr().String())
 }
 
-// BenchmarkStreamThroughput sends one bulk TCP flow through the tunnel
-// and, for scale, the same over the kernel's loopback directly.
+// BenchmarkStreamThroughput sends one bulk TCP flow through the tunnel,
+// in clear (a port-forward's) and in TLS with a pinned key
+// (--agent-address's), and, for scale, the same over the kernel's
+// loopback directly.
 func BenchmarkStreamThroughput(b *testing.B) {
 	dst := sinkServer(b)
 	a := startAgent(b, agent.Options{})
 	c := dial(b, a.Addr(), client.Options{})
+	at := startAgent(b, agent.Options{TLSKey: agenttest.Key(b)})
+	ct := dial(b, at.Addr(), client.Options{Fingerprint: at.Fingerprint()})
 	dialers := map[string]func() (net.Conn, error){
-		"tunnel": func() (net.Conn, error) { return c.DialTCP(context.Background(), dst) },
-		"kernel": func() (net.Conn, error) { return net.Dial("tcp", dst.String()) },
+		"tunnel":     func() (net.Conn, error) { return c.DialTCP(context.Background(), dst) },
+		"tunnel-tls": func() (net.Conn, error) { return ct.DialTCP(context.Background(), dst) },
+		"kernel":     func() (net.Conn, error) { return net.Dial("tcp", dst.String()) },
 	}
-	for _, name := range []string{"tunnel", "kernel"} {
+	for _, name := range []string{"tunnel", "tunnel-tls", "kernel"} {
 		b.Run(name, func(b *testing.B) {
 			conn, err := dialers[name]()
 			if err != nil {

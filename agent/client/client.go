@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	crand "crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -20,6 +21,7 @@ import (
 	"github.com/hashicorp/yamux"
 
 	"github.com/trafficpolice/trafficpolice/agent/proto"
+	"github.com/trafficpolice/trafficpolice/agent/tunneltls"
 )
 
 // DefaultCommunicationTimeout is used when Options.CommunicationTimeout is zero.
@@ -64,6 +66,12 @@ type Options struct {
 	Address string
 	// Token is the shared secret the agent expects. Required.
 	Token string
+	// Fingerprint, when set, is the agent's key the client pins
+	// ("sha256:...", see package tunneltls): the tunnel runs inside TLS
+	// 1.3, and the Hello with the token is sent only once the agent has
+	// proved it holds that key. Empty: the tunnel is in clear, for a
+	// channel that is secure already (a port-forward).
+	Fingerprint string
 	// Logger receives the client's log; nil discards it.
 	Logger *slog.Logger
 	// CommunicationTimeout bounds connecting and the handshake, and how
@@ -95,6 +103,8 @@ type Client struct {
 
 	// owner tells the agent that a renewed subscription is this client's.
 	owner string
+	// tls is the pinning TLS configuration, nil without Fingerprint.
+	tls *tls.Config
 
 	mu      sync.Mutex
 	cur     *tunnel // nil while reconnecting
@@ -115,6 +125,14 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 	if opts.Token == "" {
 		return nil, errors.New("agent client options: Token is empty: the agent refuses clients without the shared token")
 	}
+	var tlsConfig *tls.Config
+	if opts.Fingerprint != "" {
+		pin, err := tunneltls.ParseFingerprint(opts.Fingerprint)
+		if err != nil {
+			return nil, fmt.Errorf("agent client options: Fingerprint: %w", err)
+		}
+		tlsConfig = tunneltls.ClientConfig(pin)
+	}
 	if opts.CommunicationTimeout < 0 {
 		return nil, fmt.Errorf("agent client options: CommunicationTimeout %s is negative: use a positive duration, or zero for %s",
 			opts.CommunicationTimeout, DefaultCommunicationTimeout)
@@ -133,7 +151,7 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 	if _, err := crand.Read(owner[:]); err != nil {
 		return nil, fmt.Errorf("agent client: random owner id: %w", err)
 	}
-	c := &Client{opts: opts, log: log, changed: make(chan struct{}), owner: hex.EncodeToString(owner[:]), subs: map[uint16]*Subscription{}}
+	c := &Client{opts: opts, log: log, changed: make(chan struct{}), owner: hex.EncodeToString(owner[:]), subs: map[uint16]*Subscription{}, tls: tlsConfig}
 	c.ctx, c.cancel = context.WithCancel(ctx)
 	t, err := c.connect(c.ctx)
 	if err != nil {
@@ -247,8 +265,9 @@ func (c *Client) reconnect() *tunnel {
 		if c.ctx.Err() != nil {
 			return nil
 		}
-		if errors.Is(err, ErrTokenRefused) && !warned {
-			// A new agent with another token: say so once, keep trying.
+		if (errors.Is(err, ErrTokenRefused) || errors.Is(err, ErrFingerprintMismatch)) && !warned {
+			// A new agent with another token or key: say so once, keep
+			// trying (nothing is sent to an agent with another key).
 			c.log.Warn("reconnect to agent", "attempt", attempt, "err", err)
 			warned = true
 		} else {
@@ -271,21 +290,25 @@ func (c *Client) reconnect() *tunnel {
 func (c *Client) connect(ctx context.Context) (*tunnel, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.opts.CommunicationTimeout)
 	defer cancel()
-	conn, err := c.dialAgent(ctx)
+	raw, err := c.dialAgent(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("connect to agent at %s: %w", c.where(), err)
 	}
-	if tc, ok := conn.(*net.TCPConn); ok {
+	if tc, ok := raw.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
-	facts, err := c.handshake(conn)
+	stop := context.AfterFunc(ctx, func() { _ = raw.Close() })
+	conn, err := c.secure(ctx, raw)
+	var facts proto.Facts
+	if err == nil {
+		facts, err = c.handshake(conn)
+	}
 	if !stop() {
-		_ = conn.Close()
+		_ = raw.Close()
 		return nil, fmt.Errorf("handshake with agent at %s: %w", c.where(), ctx.Err())
 	}
 	if err != nil {
-		_ = conn.Close()
+		_ = raw.Close()
 		return nil, err
 	}
 	sess, err := yamux.Client(proto.CoalesceFrames(conn), proto.MuxConfig(c.log))

@@ -8,6 +8,7 @@ package connect
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/trafficpolice/trafficpolice/agent/client"
 	"github.com/trafficpolice/trafficpolice/agent/kube"
 	"github.com/trafficpolice/trafficpolice/agent/proto"
+	"github.com/trafficpolice/trafficpolice/agent/tunneltls"
 	"github.com/trafficpolice/trafficpolice/config"
 )
 
@@ -30,8 +32,15 @@ type Progress interface {
 type Options struct {
 	Config *config.Config
 	// Address is a running agent's HOST:PORT (over the file's
-	// agent.address); TokenFile holds its token (else $TRAFFICPOLICE_AGENT_TOKEN).
+	// agent.address); TokenFile holds its token (else $TRAFFICPOLICE_AGENT_TOKEN)
+	// and, on an optional second line, its key's fingerprint.
 	Address, TokenFile string
+	// Fingerprint pins the running agent's key (over the file's
+	// agent.fingerprint and the token file's second line).
+	Fingerprint string
+	// Insecure connects to a running agent without TLS, in clear, when
+	// no fingerprint is pinned.
+	Insecure bool
 	// Kubeconfig and Context override the file's kubeconfig and
 	// kube_context.
 	Kubeconfig, Context string
@@ -89,18 +98,31 @@ func Connect(ctx context.Context, o Options) (*Run, error) {
 	return run, nil
 }
 
+// ErrNoFingerprint is returned (wrapped) for a running agent without a
+// pinned key or Insecure.
+var ErrNoFingerprint = errors.New("no fingerprint pinned for the agent")
+
 // connectDirect connects to a running agent and reports on the tunnel as
 // it comes and goes.
 func connectDirect(ctx context.Context, address string, o Options) (*client.Client, error) {
-	token, err := proto.LoadToken(o.TokenFile)
+	token, fileFingerprint, err := proto.LoadTokenFile(o.TokenFile)
 	if err != nil {
 		return nil, err
+	}
+	fingerprint, err := pinFor(address, o, fileFingerprint)
+	if err != nil {
+		return nil, err
+	}
+	if fingerprint == "" {
+		o.Progress.Note("WARNING: --agent-insecure: the tunnel to %s is in clear and the agent is not authenticated; "+
+			"whoever can see or redirect this connection can read the flows and take the token", address)
 	}
 	timeout := time.Duration(o.Config.Agent.CommunicationTimeout) * time.Second
 	done := o.Progress.Step("connected to agent at " + address)
 	c, err := client.Dial(ctx, client.Options{
 		Address:              address,
 		Token:                token,
+		Fingerprint:          fingerprint,
 		Logger:               o.Logger,
 		CommunicationTimeout: timeout,
 		OnState: func(st client.State, err error) {
@@ -119,4 +141,36 @@ func connectDirect(ctx context.Context, address string, o Options) (*client.Clie
 	facts := c.Facts()
 	o.Progress.Note("pod %s %v, search %v", facts.Hostname, facts.Addresses, facts.SearchDomains)
 	return c, nil
+}
+
+// pinFor is the fingerprint a run pins for the agent at address: the
+// flag's, else the file's agent.fingerprint, else the token file's second
+// line; "" with Insecure and none of them. Neither a pin nor Insecure is
+// an error that says where the fingerprint comes from: the token must not
+// go to an agent that has not proved who it is.
+func pinFor(address string, o Options, fileFingerprint string) (string, error) {
+	fp, source := o.Fingerprint, "--agent-fingerprint"
+	switch {
+	case fp == "" && o.Config.Agent.Fingerprint != "":
+		fp, source = o.Config.Agent.Fingerprint, "agent.fingerprint"
+	case fp == "" && fileFingerprint != "":
+		fp, source = fileFingerprint, "the token file's second line ("+o.TokenFile+")"
+	}
+	switch {
+	case fp != "" && o.Insecure:
+		return "", fmt.Errorf("--agent-insecure with a pinned fingerprint (%s): drop one of them; pinned, the tunnel is TLS with that key", fp)
+	case fp == "" && !o.Insecure:
+		return "", fmt.Errorf("agent at %s: %w: the token is sent only to an agent that proved its key. "+
+			"Start the agent with --tls-key FILE; it logs its fingerprint at start, and "+
+			"`trafficpolice agent fingerprint --tls-key FILE` prints it on the agent's host. Then pass "+
+			"--agent-fingerprint sha256:..., set agent.fingerprint, or put it on the token file's second line. "+
+			"(For an agent without TLS behind a secure channel of your own, --agent-insecure connects in clear.)",
+			address, ErrNoFingerprint)
+	}
+	if fp != "" {
+		if _, err := tunneltls.ParseFingerprint(fp); err != nil {
+			return "", fmt.Errorf("%s: %w", source, err)
+		}
+	}
+	return fp, nil
 }

@@ -8,7 +8,17 @@
 //
 // A client opens one TCP connection to the agent, shakes hands on it (see
 // Handshake), and then runs a github.com/hashicorp/yamux session over it
-// (the client is the yamux client). Every flow the router sends to the pod
+// (the client is the yamux client). When the agent has a TLS key (a
+// direct --agent-address), everything below runs inside TLS 1.3 on that
+// connection: the client checks the agent's key against the fingerprint
+// it pins (package agent/tunneltls) before it sends its Hello. Through a
+// Kubernetes port-forward, which rides the API server's TLS, the agent has
+// none and the connection carries the frames in clear. The frames are
+// the same either way, so TLS needs no new Version; an agent tells the
+// two apart by the connection's first byte (22, a TLS handshake record;
+// 1, a Hello). An agent with a key answers a Hello in clear with Refused
+// (code 2, saying to pin its key); one without answers a ClientHello with
+// a Refused in clear, which a TLS client reports as an agent without TLS. Every flow the router sends to the pod
 // is one yamux stream. The tunnel carries payload only: TCP bytes and UDP
 // datagrams, never IP packets or TCP segments.
 //

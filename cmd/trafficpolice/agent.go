@@ -17,6 +17,7 @@ import (
 	"github.com/trafficpolice/trafficpolice/agent/enter"
 	"github.com/trafficpolice/trafficpolice/agent/nat"
 	"github.com/trafficpolice/trafficpolice/agent/proto"
+	"github.com/trafficpolice/trafficpolice/agent/tunneltls"
 	"github.com/trafficpolice/trafficpolice/debugsrv"
 )
 
@@ -24,20 +25,26 @@ func newAgentCommand() *cobra.Command {
 	var (
 		opts      agent.Options
 		tokenFile string
+		tlsKey    string
 		commTO    time.Duration
 		natFlag   string
 		runFlags  agentRunFlags
 		debug     string
 	)
 	cmd := &cobra.Command{
-		Use:   "agent --listen HOST:PORT [--token-file FILE]",
+		Use:   "agent --listen HOST:PORT [--token-file FILE] [--tls-key FILE]",
 		Short: "Serve tunnels from inside the target pod's network namespace",
 		Long: "Serve trafficpolice tunnels: dial TCP and UDP and resolve names from this network namespace\n" +
 			"for clients that present the shared token (--token-file, or $" + proto.EnvToken + "), and steal\n" +
 			"or mirror the namespace's incoming TCP connections for them (nat rules named " + nat.ChainPrefix + "<id>, removed\n" +
 			"on exit; needs NET_ADMIN). The rules are written with the iptables binary where it works, else with\n" +
-			"nftables over netlink (--nat-backend). Meant to run inside the target pod's network namespace.",
-		Example: "  head -c 32 /dev/urandom | base64 > token && trafficpolice agent --listen 0.0.0.0:7777 --token-file token\n" +
+			"nftables over netlink (--nat-backend). Meant to run inside the target pod's network namespace.\n\n" +
+			"With --tls-key FILE (created if missing) the agent serves TLS 1.3 only, with a certificate for that key, and\n" +
+			"logs the key's fingerprint: clients pin it (sandbox run --agent-fingerprint) and send their token only to\n" +
+			"this agent. Without it the tunnel is in clear: fit for a channel that is secure already (the port-forward\n" +
+			"that sandbox run opens to an agent it starts), not for a network.",
+		Example: "  head -c 32 /dev/urandom | base64 > token && trafficpolice agent --listen 0.0.0.0:7777 --token-file token --tls-key agent.key\n" +
+			"  trafficpolice agent fingerprint --tls-key agent.key   # the line to give clients: sha256:...\n" +
 			"  TRAFFICPOLICE_AGENT_TOKEN=$(cat token) trafficpolice agent --listen 127.0.0.1:7777 --nat-backend nftables",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -46,6 +53,16 @@ func newAgentCommand() *cobra.Command {
 				return err
 			}
 			opts.Token = tok
+			if tlsKey != "" {
+				key, created, err := tunneltls.LoadOrCreateKey(tlsKey)
+				if err != nil {
+					return fmt.Errorf("--tls-key: %w", err)
+				}
+				if created {
+					fmt.Fprintf(os.Stderr, "agent: created a new TLS key in %s\n", tlsKey)
+				}
+				opts.TLSKey = key
+			}
 			opts.CommunicationTimeout = commTO
 			if opts.NATBackend, err = nat.ParseBackend(natFlag); err != nil {
 				return fmt.Errorf("--nat-backend: %w", err)
@@ -65,7 +82,8 @@ func newAgentCommand() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&opts.ListenAddress, "listen", "", "HOST:PORT to listen on (required)")
-	f.StringVar(&tokenFile, "token-file", "", "file holding the shared token (default: $"+proto.EnvToken+")")
+	f.StringVar(&tokenFile, "token-file", "", "file holding the shared token on its first line (default: $"+proto.EnvToken+")")
+	f.StringVar(&tlsKey, "tls-key", "", "serve TLS with this private key (PEM, Ed25519 or ECDSA P-256; an Ed25519 key is created with mode 0600 if the file is missing)")
 	f.StringVar(&opts.ResolvConfPath, "resolv-conf", "/etc/resolv.conf", "the pod's resolver configuration")
 	f.StringVar(&opts.HostsPath, "hosts", "/etc/hosts", "the pod's hosts file")
 	f.DurationVar(&commTO, "communication-timeout", 30*time.Second,
@@ -83,6 +101,38 @@ func newAgentCommand() *cobra.Command {
 	f.StringVar(&debug, "debug-listen", "", "serve pprof and the agent's counters on this loopback HOST:PORT (in the agent's network namespace)")
 	f.MarkHidden("debug-listen")
 	cmd.MarkFlagRequired("listen")
+	cmd.AddCommand(newAgentFingerprintCommand())
+	return cmd
+}
+
+func newAgentFingerprintCommand() *cobra.Command {
+	var tlsKey string
+	cmd := &cobra.Command{
+		Use:   "fingerprint --tls-key FILE",
+		Short: "Print the fingerprint of the agent's TLS key, for clients to pin",
+		Long: "Print the fingerprint of the key an agent started with --tls-key FILE serves (sha256: and the SHA-256 of\n" +
+			"its public key in base64), the value of sandbox run's --agent-fingerprint, agent.fingerprint, or the\n" +
+			"token file's second line. A missing FILE is created as the agent would create it.",
+		Example: "  echo \"$(trafficpolice agent fingerprint --tls-key agent.key)\" >> token   # the token file's second line",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			key, created, err := tunneltls.LoadOrCreateKey(tlsKey)
+			if err != nil {
+				return fmt.Errorf("--tls-key: %w", err)
+			}
+			if created {
+				fmt.Fprintf(cmd.ErrOrStderr(), "created a new TLS key in %s\n", tlsKey)
+			}
+			fp, err := tunneltls.FingerprintOf(key.Public())
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), fp)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&tlsKey, "tls-key", "", "the agent's private key (PEM; required)")
+	cmd.MarkFlagRequired("tls-key")
 	return cmd
 }
 
@@ -124,7 +174,7 @@ func serveAgent(ctx context.Context, opts agent.Options, f agentRunFlags) error 
 		opts.Logger.Info("no client for a while: exiting", "idle_exit", f.idleExit)
 		cancel()
 	})
-	opts.Logger.Info("agent listening", "address", ln.Addr().String(), "idle_exit", f.idleExit)
+	s.LogListening(ln.Addr(), "idle_exit", f.idleExit)
 	return s.Serve(ctx, ln)
 }
 

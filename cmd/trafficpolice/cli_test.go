@@ -395,11 +395,14 @@ func TestSandboxRunSteal(t *testing.T) {
 	}
 }
 
-// startAgent starts `trafficpolice agent` on a free loopback port and
-// returns its address; it is stopped when the test ends.
+// startAgent starts `trafficpolice agent` with a new TLS key on a free
+// loopback port and returns its address; it is stopped when the test
+// ends. The fingerprint the agent logs goes to the token file's second
+// line, for runs to pin, as an operator would pass it on.
 func startAgent(t *testing.T, tokenFile string, args ...string) string {
 	t.Helper()
-	cmd := exec.Command(binary, append([]string{"agent", "--listen", "127.0.0.1:0", "--token-file", tokenFile, "--idle-exit", "10m"}, args...)...)
+	key := filepath.Join(t.TempDir(), "agent.key")
+	cmd := exec.Command(binary, append([]string{"agent", "--listen", "127.0.0.1:0", "--token-file", tokenFile, "--tls-key", key, "--idle-exit", "10m"}, args...)...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -411,27 +414,39 @@ func startAgent(t *testing.T, tokenFile string, args ...string) string {
 		cmd.Process.Kill()
 		cmd.Wait()
 	})
-	found := make(chan string, 1)
+	found := make(chan [2]string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
-			line := sc.Text() // msg="agent listening" address=127.0.0.1:43807 idle_exit=10m0s
+			// msg="agent listening" address=127.0.0.1:43807 tls=1.3 fingerprint=sha256:... idle_exit=10m0s
+			line := sc.Text()
 			if !strings.Contains(line, `msg="agent listening"`) {
 				continue
 			}
-			if _, rest, ok := strings.Cut(line, " address="); ok {
-				addr, _, _ := strings.Cut(rest, " ")
-				found <- addr
+			var got [2]string
+			for i, key := range []string{" address=", " fingerprint="} {
+				if _, rest, ok := strings.Cut(line, key); ok {
+					got[i], _, _ = strings.Cut(rest, " ")
+				}
 			}
+			found <- got
 		}
 		close(found)
 	}()
 	select {
-	case addr, ok := <-found:
+	case got, ok := <-found:
 		if !ok {
 			t.Fatal("the agent ended without listening")
 		}
-		return addr
+		if !strings.HasPrefix(got[1], "sha256:") {
+			t.Fatalf("the agent with --tls-key logged no fingerprint at start (got %q)", got[1])
+		}
+		tok, err := os.ReadFile(tokenFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, tokenFile, strings.TrimSpace(string(tok))+"\n"+got[1]+"\n")
+		return got[0]
 	case <-time.After(30 * time.Second):
 		t.Fatal("the agent did not say where it listens within 30 s")
 	}
@@ -527,4 +542,26 @@ func TestLsWithoutAClusterSaysWhichKubeconfig(t *testing.T) {
 	if strings.Contains(r.stdout, "deployment/") {
 		t.Errorf("completion without a cluster offered targets:\n%s", r.stdout)
 	}
+}
+
+// `agent fingerprint` creates a missing key (mode 0600) and prints the
+// same fingerprint for it every time, for scripts.
+func TestAgentFingerprint(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "agent.key")
+	first := tp(t, dir, "agent", "fingerprint", "--tls-key", key)
+	first.want(t, 0, "agent fingerprint of a new key")
+	fp := strings.TrimSpace(first.stdout)
+	if !strings.HasPrefix(fp, "sha256:") || len(fp) != len("sha256:")+43 || !strings.Contains(first.stderr, "created a new TLS key") {
+		t.Errorf("stdout %q, stderr %q; want one sha256: fingerprint and a note that the key was created", first.stdout, first.stderr)
+	}
+	if fi, err := os.Stat(key); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("key file: %v, %v; want mode 0600", fi, err)
+	}
+	again := tp(t, dir, "agent", "fingerprint", "--tls-key", key)
+	again.want(t, 0, "agent fingerprint of the same key")
+	if strings.TrimSpace(again.stdout) != fp || again.stderr != "" {
+		t.Errorf("second run: stdout %q stderr %q; want %s alone", again.stdout, again.stderr, fp)
+	}
+	tp(t, dir, "agent", "fingerprint").want(t, exitFailure, "agent fingerprint without --tls-key")
 }

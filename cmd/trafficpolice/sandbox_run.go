@@ -29,6 +29,8 @@ type runFlags struct {
 	verbose        bool
 	agentAddress   string
 	agentTokenFile string
+	agentPin       string
+	agentInsecure  bool
 	debugListen    string
 	capAdd         []string
 	rootless       bool
@@ -80,7 +82,9 @@ func newSandboxRunCommand() *cobra.Command {
 	fl.StringArrayVar(&f.extra.Block, "block", nil, "refuse flows matching this rule (repeatable)")
 	fl.StringVar(&f.flowLog, "flow-log", "", "write one JSON line per finished flow to this file")
 	fl.StringVar(&f.agentAddress, "agent-address", "", "HOST:PORT of a running agent (overrides agent.address)")
-	fl.StringVar(&f.agentTokenFile, "agent-token-file", "", "file holding the agent's token (default: $"+proto.EnvToken+")")
+	fl.StringVar(&f.agentTokenFile, "agent-token-file", "", "file holding the agent's token, and optionally its fingerprint on a second line (default: $"+proto.EnvToken+")")
+	fl.StringVar(&f.agentPin, "agent-fingerprint", "", "the running agent's key fingerprint, sha256:... (overrides agent.fingerprint): the tunnel is TLS, the token goes only to that agent")
+	fl.BoolVar(&f.agentInsecure, "agent-insecure", false, "connect to a running agent without TLS, in clear (an agent without --tls-key behind a secure channel of your own)")
 	fl.IntVar(&f.mtu, "mtu", 0, "MTU of the sandbox's TUN device (default 65520)")
 	fl.BoolVarP(&f.quiet, "quiet", "q", false, "no progress lines")
 	fl.BoolVarP(&f.verbose, "verbose", "v", false, "log the router's decisions to stderr")
@@ -143,15 +147,17 @@ func runSandbox(ctx context.Context, f runFlags, argv []string) error {
 		logger.Warn("cleaning up after earlier runs in the cluster", "err", err)
 	}
 	run, err := connect.Connect(ctx, connect.Options{
-		Config:     cfg,
-		Address:    f.agentAddress,
-		TokenFile:  f.agentTokenFile,
-		Kubeconfig: f.kube.kubeconfig,
-		Context:    f.kube.context,
-		Version:    version,
-		Progress:   progress,
-		Logger:     logger,
-		StateDir:   sandbox.RunStateDir(),
+		Config:      cfg,
+		Address:     f.agentAddress,
+		TokenFile:   f.agentTokenFile,
+		Fingerprint: f.agentPin,
+		Insecure:    f.agentInsecure,
+		Kubeconfig:  f.kube.kubeconfig,
+		Context:     f.kube.context,
+		Version:     version,
+		Progress:    progress,
+		Logger:      logger,
+		StateDir:    sandbox.RunStateDir(),
 	})
 	if err != nil {
 		return err

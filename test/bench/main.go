@@ -262,9 +262,12 @@ func moduleRoot() (string, error) {
 	}
 }
 
-func hasAgentFlag(ctx context.Context, tp string) bool {
+func hasAgentFlag(ctx context.Context, tp string) bool { return hasFlag(ctx, tp, "--agent-address") }
+
+// hasFlag reports whether tp's sandbox run takes flag.
+func hasFlag(ctx context.Context, tp, flag string) bool {
 	out, err := exec.CommandContext(ctx, tp, "sandbox", "run", "--help").CombinedOutput()
-	return err == nil && strings.Contains(string(out), "--agent-address")
+	return err == nil && strings.Contains(string(out), flag)
 }
 
 // startAgent runs `trafficpolice agent` in the pod netns, resolving with a
@@ -284,12 +287,23 @@ func (r *runner) startAgent(ctx context.Context) (stop func(), err error) {
 		return nil, err
 	}
 	r.agentAddr = net.JoinHostPort(r.topo.podIP.String(), "7777")
+	args := []string{"agent", "--listen", r.agentAddr, "--token-file", tokenFile, "--resolv-conf", resolv, "--hosts", hosts}
+	// The remote rows go through TLS, as a run on --agent-address does,
+	// where this trafficpolice has it.
+	if key := filepath.Join(r.tmp, "agent.key"); hasFlag(ctx, r.tp, "--agent-fingerprint") {
+		out, err := exec.CommandContext(ctx, r.tp, "agent", "fingerprint", "--tls-key", key).Output()
+		if err != nil {
+			return nil, fmt.Errorf("the agent's fingerprint: %w", err)
+		}
+		r.pin = strings.TrimSpace(string(out))
+		args = append(args, "--tls-key", key)
+	}
 	actx, cancel := context.WithCancel(ctx)
 	// Its debug server, on the pod's loopback, gives the memory rows the
 	// agent's side.
 	r.agentDebug = "127.0.0.1:7778"
-	cmd := exec.CommandContext(actx, r.tp, "agent", "--listen", r.agentAddr, "--token-file", tokenFile,
-		"--resolv-conf", resolv, "--hosts", hosts, "--debug-listen", r.agentDebug)
+	args = append(args, "--debug-listen", r.agentDebug)
+	cmd := exec.CommandContext(actx, r.tp, args...)
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 5 * time.Second
 	logBuf := new(lockedBuffer)

@@ -69,6 +69,7 @@ type runner struct {
 	agentPID   int
 	agentDebug string
 	token      string
+	pin        string // the agent's key fingerprint, pinned by runs; "" for a trafficpolice without TLS
 	profile    string // directory for CPU profiles; "" for none
 	verbose    bool
 	mtu        int // the sandbox TUN's MTU; 0 for trafficpolice's default
@@ -123,6 +124,9 @@ func (r *runner) start(ctx context.Context, p path, args []string, debug bool) (
 				return nil, fmt.Errorf("the remote path needs the agent, which is not running")
 			}
 			argv = append(argv, "--agent-address", r.agentAddr)
+			if r.pin != "" {
+				argv = append(argv, "--agent-fingerprint", r.pin)
+			}
 		}
 		argv = append(argv, "--")
 		cmd = exec.CommandContext(ctx, r.tp, append(argv, client...)...)

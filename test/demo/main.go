@@ -88,9 +88,15 @@ func story(t *director) {
 	svc.Start(t, []string{uwuService, "--listen", ":8080"})
 	clusterDB := db.Start(t, []string{messagesDB, "--listen", ":8888", "--data", clusterData})
 	target.Start(t, []string{uwuApp, "--listen", ":9999"}, "MESSAGES_DB=messages-db:8888", "UWU_SERVICE=uwu-service:8080")
-	tokenFile := filepath.Join(dir, "agent-token")
-	os.WriteFile(tokenFile, []byte(fmt.Sprintf("demo-%d\n", time.Now().UnixNano())), 0o600)
-	target.Start(t, []string{tp, "agent", "--listen", "0.0.0.0:7777", "--token-file", tokenFile})
+	// The agent's key pins it: its fingerprint goes on the token file's
+	// second line.
+	keyFile, tokenFile := filepath.Join(dir, "agent.key"), filepath.Join(dir, "agent-token")
+	fp, err := exec.Command(tp, "agent", "fingerprint", "--tls-key", keyFile).Output()
+	if err != nil {
+		t.Fatalf("agent fingerprint: %v", err)
+	}
+	os.WriteFile(tokenFile, []byte(fmt.Sprintf("demo-%d\n%s", time.Now().UnixNano(), fp)), 0o600)
+	target.Start(t, []string{tp, "agent", "--listen", "0.0.0.0:7777", "--token-file", tokenFile, "--tls-key", keyFile})
 	for _, p := range []struct {
 		pod  *cluster.Pod
 		port int

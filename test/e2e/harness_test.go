@@ -37,6 +37,10 @@ type world struct {
 	// agentDebug, when set, is the agent's debug server on the pod's
 	// loopback (startAgent adds --debug-listen).
 	agentDebug string
+
+	// keyFile is the agent's TLS key; fingerprint, its fingerprint, is
+	// the token file's second line: every run pins the agent.
+	keyFile, fingerprint string
 }
 
 // rootless makes the world's runs rootless: they run as an ordinary user
@@ -80,7 +84,15 @@ func newWorld(t *testing.T) *world {
 	os.Chmod(dir, 0o755)
 	os.Chmod(filepath.Dir(dir), 0o755)
 	w.tokenFile = filepath.Join(dir, "token")
-	if err := os.WriteFile(w.tokenFile, []byte(w.token+"\n"), 0o600); err != nil {
+	w.keyFile = filepath.Join(dir, "agent.key")
+	// As an operator would: make the key, print its fingerprint, hand
+	// it to clients with the token.
+	out, err := exec.Command(w.tp, "agent", "fingerprint", "--tls-key", w.keyFile).Output()
+	if err != nil {
+		t.Fatalf("trafficpolice agent fingerprint: %v", err)
+	}
+	w.fingerprint = strings.TrimSpace(string(out))
+	if err := os.WriteFile(w.tokenFile, []byte(w.token+"\n"+w.fingerprint+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	w.target = w.c.AddPod(t, "uwu-app")
@@ -104,12 +116,18 @@ func newWorld(t *testing.T) *world {
 
 func (w *world) startAgent(t *testing.T) {
 	t.Helper()
-	argv := []string{w.tp, "agent", "--listen", fmt.Sprintf("0.0.0.0:%d", agentPort), "--token-file", w.tokenFile}
+	var extra []string
 	if w.agentDebug != "" {
-		argv = append(argv, "--debug-listen", w.agentDebug)
+		extra = append(extra, "--debug-listen", w.agentDebug)
 	}
-	w.agent = w.target.Start(t, argv)
+	w.agent = w.target.Start(t, w.agentArgs(fmt.Sprintf("0.0.0.0:%d", agentPort), extra...))
 	w.target.WaitPort(t, agentPort, 5*time.Second)
+}
+
+// agentArgs is the command line of the world's agent on listen: its
+// token, its TLS key, then extra.
+func (w *world) agentArgs(listen string, extra ...string) []string {
+	return append([]string{w.tp, "agent", "--listen", listen, "--token-file", w.tokenFile, "--tls-key", w.keyFile}, extra...)
 }
 
 // sidecarOn starts a sidecar on the target pod's 127.0.0.1:port.

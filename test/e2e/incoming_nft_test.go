@@ -37,8 +37,7 @@ func TestIncomingTrafficWithNFTables(t *testing.T) {
 	if err := w.agent.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	w.agent = w.target.Start(t, []string{w.tp, "agent", "--listen", fmt.Sprintf("0.0.0.0:%d", agentPort),
-		"--token-file", w.tokenFile, "--nat-backend", "nftables"})
+	w.agent = w.target.Start(t, w.agentArgs(fmt.Sprintf("0.0.0.0:%d", agentPort), "--nat-backend", "nftables"))
 	w.agent.WaitOutput(t, "incoming traffic ready", 10*time.Second)
 	contains(t, w.agent.Output(), "nat_backend=nftables")
 	tagApp := func(addr, tag string) []string { return []string{w.tags, addr, tag} }
@@ -146,8 +145,7 @@ func TestIncomingTrafficWithNFTables(t *testing.T) {
 
 	t.Run("auto without an iptables binary picks nftables", func(t *testing.T) {
 		// The pod's shell needs its PATH; the agent gets an empty one.
-		a := w.target.Start(t, []string{"env", "PATH=" + t.TempDir(), w.tp, "agent", "--listen", fmt.Sprintf("127.0.0.1:%d", agentPort+2),
-			"--token-file", w.tokenFile})
+		a := w.target.Start(t, append([]string{"env", "PATH=" + t.TempDir()}, w.agentArgs(fmt.Sprintf("127.0.0.1:%d", agentPort+2))...))
 		a.WaitOutput(t, "incoming traffic ready", 10*time.Second)
 		contains(t, a.Output(), "nat_backend=nftables")
 		if err := a.Stop(); err != nil {

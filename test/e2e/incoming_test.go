@@ -441,7 +441,7 @@ func TestIncomingTraffic(t *testing.T) {
 		}
 		// A second agent in the pod steals the other port, then dies hard.
 		const port2 = agentPort + 1
-		second := w.target.Start(t, []string{w.tp, "agent", "--listen", fmt.Sprintf("0.0.0.0:%d", port2), "--token-file", w.tokenFile})
+		second := w.target.Start(t, w.agentArgs(fmt.Sprintf("0.0.0.0:%d", port2)))
 		w.target.WaitPort(t, port2, 5*time.Second)
 		addr2 := w.target.Forward(t, port2)
 		doomed := w.start(t, "doomed", nil, append(steal(t, `"steal"`), "--agent-address", addr2),
@@ -462,7 +462,7 @@ func TestIncomingTraffic(t *testing.T) {
 		if !strings.Contains(w.natRules(t), dead) {
 			t.Fatalf("the killed agent's chain %s is gone already; the test proves nothing", dead)
 		}
-		third := w.target.Start(t, []string{w.tp, "agent", "--listen", fmt.Sprintf("0.0.0.0:%d", port2), "--token-file", w.tokenFile})
+		third := w.target.Start(t, w.agentArgs(fmt.Sprintf("0.0.0.0:%d", port2)))
 		third.WaitOutput(t, "incoming traffic ready", 10*time.Second)
 		rules := w.natRules(t)
 		if strings.Contains(rules, dead) {

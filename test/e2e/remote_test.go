@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -122,11 +123,38 @@ func TestRemoteRoutesThroughTheAgent(t *testing.T) {
 
 	t.Run("a wrong token is refused", func(t *testing.T) {
 		bad := writeConfig(t, "not-the-token")
-		r := w.run(t, []string{"--agent-token-file", bad}, "true")
+		r := w.run(t, []string{"--agent-token-file", bad, "--agent-fingerprint", w.fingerprint}, "true")
 		if r.code != 125 {
 			t.Errorf("exit %d, want 125 (trafficpolice's own failure)", r.code)
 		}
 		contains(t, r.stderr, "agent refused the token")
+	})
+
+	t.Run("an agent with another key gets no token", func(t *testing.T) {
+		other := filepath.Join(t.TempDir(), "other.key")
+		out, err := exec.Command(w.tp, "agent", "fingerprint", "--tls-key", other).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		otherFP := strings.TrimSpace(string(out))
+		r := w.run(t, []string{"--agent-fingerprint", otherFP}, "true")
+		if r.code != 125 {
+			t.Errorf("exit %d, want 125 (trafficpolice's own failure)", r.code)
+		}
+		contains(t, r.stderr, "does not match the pinned fingerprint")
+		contains(t, r.stderr, w.fingerprint)
+		contains(t, r.stderr, otherFP)
+		// The client hung up in the TLS handshake, before any Hello.
+		w.agent.WaitOutput(t, "tls: bad certificate", 10*time.Second)
+	})
+
+	t.Run("a run without a pin does not connect", func(t *testing.T) {
+		r := w.run(t, []string{"--agent-token-file", writeConfig(t, w.token)}, "true")
+		if r.code != 125 {
+			t.Errorf("exit %d, want 125 (trafficpolice's own failure)", r.code)
+		}
+		contains(t, r.stderr, "no fingerprint pinned")
+		contains(t, r.stderr, "trafficpolice agent fingerprint --tls-key FILE")
 	})
 
 	t.Run("the agent restarts mid-run and new flows succeed again", func(t *testing.T) {
