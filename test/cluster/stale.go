@@ -80,6 +80,27 @@ func sweepStale() (removed []string, err error) {
 			removed = append(removed, dir)
 		}
 	}
+	// Namespaces whose cluster dir is gone (removed by hand, or by a
+	// cleanup that died half-way): a live cluster makes its dir before
+	// its namespaces and removes it after them, so these are stale too.
+	if names, err := netns.List("tpc-"); err == nil {
+		seen := map[string]bool{}
+		for _, name := range names {
+			id, _, _ := strings.Cut(strings.TrimPrefix(name, "tpc-"), "-")
+			if len(id) != 6 || seen[id] {
+				continue
+			}
+			seen[id] = true
+			if dirs, _ := filepath.Glob(filepath.Join(tmp, "tpc-"+id+"-p*")); len(dirs) > 0 {
+				continue
+			}
+			gone, err := removeNamespaces("tpc-" + id)
+			removed = append(removed, gone...)
+			if err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
 	return removed, errors.Join(errs...)
 }
 

@@ -88,3 +88,28 @@ func TestStaleClustersOfDeadRunsAreRemoved(t *testing.T) {
 		t.Errorf("sweepStale removed %s, whose owner (this test) is alive", live)
 	}
 }
+
+// Namespaces of a cluster whose dir is gone (a cleanup that died between
+// the two, or a dir removed by hand) are swept too.
+func TestSweepRemovesNamespacesWithoutTheirDir(t *testing.T) {
+	netnstest.RequireRoot(t)
+	id := "zz" + netnstest.Suffix(t)[:4]
+	for _, name := range []string{"tpc-" + id, "tpc-" + id + "-dns"} {
+		if _, err := netns.Create(name); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { netns.DeleteNamed(name) })
+	}
+	removed, err := sweepStale()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"tpc-" + id, "tpc-" + id + "-dns"} {
+		if !slices.Contains(removed, "netns "+name) {
+			t.Errorf("%s not swept (removed: %v)", name, removed)
+		}
+		if _, err := netns.Open(name); err == nil {
+			t.Errorf("%s is still there", name)
+		}
+	}
+}
