@@ -41,6 +41,10 @@ type Env struct {
 	Image, ContainerdAddress string
 	// Kube, when set, is the cluster the run works on.
 	Kube *kube.AccessOptions
+	// AgentImage, with Kube, is the agent image the run will start.
+	AgentImage string
+	// InsecureRegistry allows plain HTTP to AgentImage's registry (tests).
+	InsecureRegistry bool
 	// Cluster says what the run will ask of the cluster.
 	Cluster ClusterNeeds
 }

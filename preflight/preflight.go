@@ -90,6 +90,9 @@ func Run(ctx context.Context, env Env) []Result {
 	}
 	if env.Kube != nil {
 		rs = append(rs, checkCluster(ctx, env)...)
+		if env.AgentImage != "" {
+			rs = append(rs, checkAgentImage(ctx, env))
+		}
 	}
 	return rs
 }

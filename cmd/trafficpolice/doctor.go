@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/trafficpolice/trafficpolice/agent/connect"
+	"github.com/trafficpolice/trafficpolice/agent/kube"
 	"github.com/trafficpolice/trafficpolice/config"
 	"github.com/trafficpolice/trafficpolice/preflight"
 	"github.com/trafficpolice/trafficpolice/sandbox"
@@ -104,6 +105,10 @@ func preflightEnv(cfg *config.Config, kf kubeFlags, agentAddress, image, contain
 		kind := ""
 		if cfg.Target.Path != "targetless" {
 			kind, _, _ = strings.Cut(cfg.Target.Path, "/")
+		}
+		env.AgentImage = cfg.Agent.Image
+		if env.AgentImage == "" {
+			env.AgentImage = kube.DefaultAgentImage(connect.AgentImageTag(version))
 		}
 		env.Cluster = preflight.ClusterNeeds{Namespace: cfg.Target.Namespace, TargetKind: kind,
 			AgentNamespace: cfg.Agent.Namespace, Ephemeral: cfg.Agent.Ephemeral, Env: cfg.Feature.Env.Enabled}

@@ -164,3 +164,17 @@ func parseRef(what, ref string, o Options) (name.Reference, error) {
 	}
 	return r, nil
 }
+
+// Exists asks ref's registry, with the keychain's credentials, whether it
+// has ref (a HEAD of its manifest); the error says why not, as Explain
+// does.
+func Exists(ctx context.Context, ref string, o Options) error {
+	r, err := parseRef("image", ref, o)
+	if err != nil {
+		return err
+	}
+	if _, err := remote.Head(r, remoteOptions(ctx)...); err != nil {
+		return Explain(err, "look up", r)
+	}
+	return nil
+}
