@@ -6,10 +6,12 @@
 # containerd and runc (containers, and the Kubernetes harness's runtime);
 # busybox-static (the small image `sandbox run --image` tests use);
 # passt (pasta) and slirp4netns (the peers `make bench` measures beside
-# trafficpolice: what a user without root would otherwise run).
+# trafficpolice: what a user without root would otherwise run); passwd
+# (useradd) and procps (pkill): the rootless tests create an ordinary user
+# and end its processes.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-packages=(iproute2 iptables nftables dnsmasq-base dnsutils iputils-ping curl iperf3 ca-certificates containerd runc busybox-static passt slirp4netns "$@")
+packages=(iproute2 iptables nftables dnsmasq-base dnsutils iputils-ping curl iperf3 ca-certificates containerd runc busybox-static passt slirp4netns passwd procps "$@")
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
