@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -562,7 +563,7 @@ func (b *benchRun) memory(ctx context.Context, p path, addr string) error {
 	var aheap [2]int64
 	measure := func(pr *proc, r, h *int64, g *int) error {
 		var err error
-		if *g, *h, err = debugVars(ctx, pr.debugAddr); err != nil {
+		if *g, *h, err = debugVars(ctx, http.DefaultClient, pr.debugAddr); err != nil {
 			return err
 		}
 		*r, err = rss(pr.cmd.Process.Pid)

@@ -231,11 +231,15 @@ func saveProfile(ctx context.Context, addr, file string, d time.Duration) error 
 }
 
 func httpGet(ctx context.Context, url string) ([]byte, error) {
+	return httpGetWith(ctx, http.DefaultClient, url)
+}
+
+func httpGetWith(ctx context.Context, c *http.Client, url string) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := c.Do(req)
 	if err != nil {
 		return nil, err
 	}
@@ -299,12 +303,13 @@ func procStatusKB(file, key string) (int64, error) {
 	return 0, fmt.Errorf("%s: no %s line", file, key)
 }
 
-// debugVars reads trafficpolice's /debug/vars after a garbage collection.
-func debugVars(ctx context.Context, addr string) (goroutines int, heap int64, err error) {
-	if _, err := httpGet(ctx, "http://"+addr+"/debug/pprof/heap?gc=1"); err != nil {
+// debugVars reads trafficpolice's /debug/vars at addr after a garbage
+// collection, through c.
+func debugVars(ctx context.Context, c *http.Client, addr string) (goroutines int, heap int64, err error) {
+	if _, err := httpGetWith(ctx, c, "http://"+addr+"/debug/pprof/heap?gc=1"); err != nil {
 		return 0, 0, err
 	}
-	body, err := httpGet(ctx, "http://"+addr+"/debug/vars")
+	body, err := httpGetWith(ctx, c, "http://"+addr+"/debug/vars")
 	if err != nil {
 		return 0, 0, err
 	}
@@ -336,22 +341,11 @@ func (r *runner) agentVars(ctx context.Context) (goroutines int, heap int64, err
 			return conn, err
 		},
 	}}
-	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+r.agentDebug+"/debug/vars?gc=1", nil)
-	resp, err := c.Do(req)
+	g, h, err := debugVars(ctx, c, r.agentDebug)
 	if err != nil {
 		return 0, 0, fmt.Errorf("the agent's debug vars: %w", err)
 	}
-	defer resp.Body.Close()
-	var v struct {
-		Goroutines int `json:"goroutines"`
-		MemStats   struct {
-			HeapAlloc int64
-		} `json:"memstats"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
-		return 0, 0, fmt.Errorf("the agent's debug vars: %w", err)
-	}
-	return v.Goroutines, v.MemStats.HeapAlloc, nil
+	return g, h, nil
 }
 
 // waitDebug waits until trafficpolice's debug listener answers.
