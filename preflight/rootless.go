@@ -9,10 +9,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
-	"github.com/moby/sys/capability"
+	"github.com/trafficpolice/trafficpolice/sandbox/launch"
 )
 
 // Rootless runs put the app's network namespace in a user namespace of
@@ -95,33 +94,22 @@ func checkUserns(env Env) Result {
 }
 
 // probeUserns runs `iptables -t nat -S` in new user and network
-// namespaces, the way the holder runs it.
+// namespaces, started as the holder is (launch.UserNamespaceAttr).
 func probeUserns(env Env) (string, error) {
 	path, err := exec.LookPath(env.IPTables)
 	if err != nil {
 		return "", fmt.Errorf("%s is not installed (apt-get install iptables)", env.IPTables)
 	}
-	supported, err := capability.ListSupported()
+	attr, err := launch.UserNamespaceAttr()
 	if err != nil {
 		return "", err
-	}
-	ambient := make([]uintptr, len(supported))
-	for i, c := range supported {
-		ambient[i] = uintptr(c)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, path, "-w", "-t", "nat", "-S")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	uid, gid := os.Geteuid(), os.Getegid()
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Cloneflags:                 syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET,
-		UidMappings:                []syscall.SysProcIDMap{{ContainerID: uid, HostID: uid, Size: 1}},
-		GidMappings:                []syscall.SysProcIDMap{{ContainerID: gid, HostID: gid, Size: 1}},
-		GidMappingsEnableSetgroups: false,
-		AmbientCaps:                ambient,
-	}
+	cmd.SysProcAttr = attr
 	err = cmd.Run()
 	return strings.TrimSpace(out.String()), err
 }

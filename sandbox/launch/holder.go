@@ -108,36 +108,21 @@ func StartHolder(hs HolderSpec) (h *Holder, tun *os.File, err error) {
 	}
 	h = &Holder{ctl: fc.(*net.UnixConn)}
 
-	supported, err := capability.ListSupported()
+	attr, err := UserNamespaceAttr()
 	if err != nil {
 		h.ctl.Close()
-		return nil, nil, fmt.Errorf("list the kernel's capabilities: %w", err)
+		return nil, nil, err
 	}
-	ambient := make([]uintptr, len(supported))
-	for i, c := range supported {
-		ambient[i] = uintptr(c)
-	}
-	uid, gid := os.Geteuid(), os.Getegid()
+	attr.Pdeathsig = syscall.SIGKILL
+	attr.Setpgid = true
 	h.cmd = &exec.Cmd{
-		Path:       "/proc/self/exe",
-		Args:       []string{holderArg0},
-		Stdin:      hs.Stdin,
-		Stdout:     hs.Stdout,
-		Stderr:     hs.Stderr,
-		ExtraFiles: []*os.File{theirs},
-		SysProcAttr: &syscall.SysProcAttr{
-			Cloneflags: syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET,
-			// The user stays who they are inside: the app sees its own uid
-			// and gid (postgres and friends refuse to run as root).
-			UidMappings:                []syscall.SysProcIDMap{{ContainerID: uid, HostID: uid, Size: 1}},
-			GidMappings:                []syscall.SysProcIDMap{{ContainerID: gid, HostID: gid, Size: 1}},
-			GidMappingsEnableSetgroups: false,
-			// Capabilities in the new user namespace only: the holder
-			// configures the namespaces it owns and nothing of the host's.
-			AmbientCaps: ambient,
-			Pdeathsig:   syscall.SIGKILL,
-			Setpgid:     true,
-		},
+		Path:        "/proc/self/exe",
+		Args:        []string{holderArg0},
+		Stdin:       hs.Stdin,
+		Stdout:      hs.Stdout,
+		Stderr:      hs.Stderr,
+		ExtraFiles:  []*os.File{theirs},
+		SysProcAttr: attr,
 	}
 	if err := h.cmd.Start(); err != nil {
 		h.ctl.Close()
@@ -172,6 +157,31 @@ func StartHolder(hs HolderSpec) (h *Holder, tun *os.File, err error) {
 		return nil, nil, fmt.Errorf("TUN descriptor: %w", err)
 	}
 	return h, os.NewFile(uintptr(fd), "tun"), nil
+}
+
+// UserNamespaceAttr is how a rootless run's holder is started (and what
+// preflight tries): new user and network namespaces, the user's own uid
+// and gid mapped to themselves (the app sees who it is: postgres and
+// friends refuse to run as root), and every capability of the new user
+// namespace as an ambient one — capabilities there only: the process
+// configures the namespaces it owns and nothing of the host's.
+func UserNamespaceAttr() (*syscall.SysProcAttr, error) {
+	supported, err := capability.ListSupported()
+	if err != nil {
+		return nil, fmt.Errorf("list the kernel's capabilities: %w", err)
+	}
+	ambient := make([]uintptr, len(supported))
+	for i, c := range supported {
+		ambient[i] = uintptr(c)
+	}
+	uid, gid := os.Geteuid(), os.Getegid()
+	return &syscall.SysProcAttr{
+		Cloneflags:                 syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET,
+		UidMappings:                []syscall.SysProcIDMap{{ContainerID: uid, HostID: uid, Size: 1}},
+		GidMappings:                []syscall.SysProcIDMap{{ContainerID: gid, HostID: gid, Size: 1}},
+		GidMappingsEnableSetgroups: false,
+		AmbientCaps:                ambient,
+	}, nil
 }
 
 // userNamespaceHint adds to err what to do when the kernel refused to
