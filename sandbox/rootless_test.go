@@ -51,6 +51,17 @@ func processesOf(uid uint32) []int {
 	return pids
 }
 
+// wantUserLeftNothing waits, bounded, until no process of u is left, and
+// checks that u's state folder holds no run; when says after what.
+func wantUserLeftNothing(t *testing.T, u netnstest.User, when string) {
+	t.Helper()
+	waitUntil(t, 10*time.Second, "the user's processes to end "+when, func() bool { return len(processesOf(u.UID)) == 0 })
+	entries, _ := os.ReadDir(filepath.Join(os.TempDir(), fmt.Sprintf("trafficpolice-%d", u.UID)))
+	if len(entries) != 0 {
+		t.Errorf("the user's state folder keeps %d entries %s", len(entries), when)
+	}
+}
+
 func TestRootlessRunAsAnOrdinaryUser(t *testing.T) {
 	netnstest.RequireRoot(t)
 	cleanCheck(t)
@@ -99,11 +110,7 @@ func TestRootlessRunAsAnOrdinaryUser(t *testing.T) {
 	contains(t, stderr, "✓ namespace ready")
 
 	// Nothing of the run is left: no process of the user, no state.
-	waitUntil(t, 10*time.Second, "the user's processes to end", func() bool { return len(processesOf(u.UID)) == 0 })
-	entries, _ := os.ReadDir(filepath.Join(os.TempDir(), fmt.Sprintf("trafficpolice-%d", u.UID)))
-	if len(entries) != 0 {
-		t.Errorf("the user's state folder keeps %d entries", len(entries))
-	}
+	wantUserLeftNothing(t, u, "")
 }
 
 func TestRootlessKilledRunIsCollectedByTheUsersGC(t *testing.T) {
@@ -133,16 +140,10 @@ func TestRootlessKilledRunIsCollectedByTheUsersGC(t *testing.T) {
 	// The holder and the app die with trafficpolice (parent-death signals);
 	// a grandchild that left its parent would stay: gc finds it by the
 	// namespace the record names.
-	code, stdout, _ := runAs(t, u, "sandbox", "gc")
-	if code != 0 {
+	if code, _, _ := runAs(t, u, "sandbox", "gc"); code != 0 {
 		t.Fatalf("gc: exit %d", code)
 	}
-	_ = stdout
-	waitUntil(t, 10*time.Second, "the user's processes to end", func() bool { return len(processesOf(u.UID)) == 0 })
-	entries, _ := os.ReadDir(filepath.Join(os.TempDir(), fmt.Sprintf("trafficpolice-%d", u.UID)))
-	if len(entries) != 0 {
-		t.Errorf("the user's state folder keeps %d entries after gc", len(entries))
-	}
+	wantUserLeftNothing(t, u, "after gc")
 }
 
 func TestRootlessWithoutTUNAccessSaysWhatToDo(t *testing.T) {
@@ -217,11 +218,7 @@ func TestRootlessSignalToCLIReachesAppAndLeavesNothing(t *testing.T) {
 	if cmd.ProcessState.ExitCode() != 42 {
 		t.Fatalf("exit status %d (%v), want the app's 42", cmd.ProcessState.ExitCode(), err)
 	}
-	waitUntil(t, 10*time.Second, "the user's processes to end", func() bool { return len(processesOf(u.UID)) == 0 })
-	entries, _ := os.ReadDir(filepath.Join(os.TempDir(), fmt.Sprintf("trafficpolice-%d", u.UID)))
-	if len(entries) != 0 {
-		t.Errorf("the user's state folder keeps %d entries", len(entries))
-	}
+	wantUserLeftNothing(t, u, "")
 }
 
 func TestRootlessKilledRunIsCollectedByRootsGC(t *testing.T) {
@@ -249,14 +246,8 @@ func TestRootlessKilledRunIsCollectedByRootsGC(t *testing.T) {
 	if left := processesOf(u.UID); len(left) == 0 {
 		t.Fatalf("the grandchild did not outlive the run; the test needs it")
 	}
-	code, stdout, _ := runCLI(t, "sandbox", "gc")
-	if code != 0 {
+	if code, _, _ := runCLI(t, "sandbox", "gc"); code != 0 {
 		t.Fatalf("root's gc: exit %d", code)
 	}
-	_ = stdout
-	waitUntil(t, 10*time.Second, "the grandchild to be killed", func() bool { return len(processesOf(u.UID)) == 0 })
-	entries, _ := os.ReadDir(filepath.Join(os.TempDir(), fmt.Sprintf("trafficpolice-%d", u.UID)))
-	if len(entries) != 0 {
-		t.Errorf("the user's state folder keeps %d entries after root's gc", len(entries))
-	}
+	wantUserLeftNothing(t, u, "after root's gc (the grandchild killed)")
 }

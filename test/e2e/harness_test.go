@@ -182,9 +182,13 @@ func notContains(t *testing.T, s, unwanted string) {
 
 // hostLoopback listens on the host's 127.0.0.1 and answers like a
 // whoami server tagged "host".
-func hostLoopback(t *testing.T) int {
+func hostLoopback(t *testing.T) int { return hostWhoami(t, "tcp", "127.0.0.1:0", "host") }
+
+// hostWhoami listens on the host at address and answers each connection
+// with "TAG peer=ADDR:PORT"; it returns the port.
+func hostWhoami(t *testing.T, network, address, tag string) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen(network, address)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,7 +202,7 @@ func hostLoopback(t *testing.T) int {
 			if err != nil {
 				return
 			}
-			fmt.Fprintf(c, "host peer=%s\n", c.RemoteAddr())
+			fmt.Fprintf(c, "%s peer=%s\n", tag, c.RemoteAddr())
 			c.Close()
 		}
 	}()

@@ -2,10 +2,8 @@ package e2e
 
 import (
 	"fmt"
-	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -37,7 +35,7 @@ func TestIPv6EndToEnd(t *testing.T) {
 	})
 
 	t.Run("a [v6] local entry sends the flow to the host", func(t *testing.T) {
-		port := hostLoopback6(t)
+		port := hostWhoami(t, "tcp6", "[::1]:0", "host6")
 		cfg := writeConfig(t, fmt.Sprintf(`{"feature":{"network":{"ipv6":true,"outgoing":{"filter":{"local":["[::1]:%d"]}}}}}`, port))
 		r := w.sh(t, []string{"-f", cfg}, fmt.Sprintf("%[1]s read [::1]:%[2]d; %[1]s read whoami:7000", w.probe, port))
 		contains(t, r.stdout, "host6 peer=[::1]:")
@@ -70,29 +68,4 @@ func TestIPv6EndToEnd(t *testing.T) {
 		r.stop(t)
 		contains(t, r.stdout.String(), "copy6 got GET /m6")
 	})
-}
-
-// hostLoopback6 listens on the host's [::1] and answers like a whoami
-// server tagged "host6".
-func hostLoopback6(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp6", "[::1]:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			fmt.Fprintf(c, "host6 peer=%s\n", c.RemoteAddr())
-			c.Close()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).Port
 }
