@@ -58,7 +58,8 @@ type Holder struct {
 	ctl *net.UnixConn
 	id  netns.ID
 
-	mu       sync.Mutex // one request at a time on ctl
+	mu       sync.Mutex // one request at a time on ctl, and buf
+	buf      []byte     // the reply's buffer, reused: a call per dial
 	handed   bool       // StartApp gave cmd to the caller, who waits for it
 	closeOne sync.Once
 }
@@ -222,7 +223,10 @@ func (h *Holder) call(req holderRequest, file *os.File) (*os.File, error) {
 		return nil, fmt.Errorf("holder %s: %w", req.Op, err)
 	}
 	var rep holderReply
-	got, err := readHolderMessage(h.ctl, &rep)
+	if h.buf == nil {
+		h.buf = make([]byte, maxHolderMessage)
+	}
+	got, err := readHolderMessage(h.ctl, h.buf, &rep)
 	if err != nil {
 		return nil, fmt.Errorf("holder %s: %w", req.Op, err)
 	}
@@ -241,10 +245,9 @@ func (h *Holder) call(req holderRequest, file *os.File) (*os.File, error) {
 	return got, nil
 }
 
-// readHolderMessage reads one message into v, and the descriptor that
-// came with it, if any.
-func readHolderMessage(c *net.UnixConn, v any) (*os.File, error) {
-	buf := make([]byte, maxHolderMessage)
+// readHolderMessage reads one message into v, through buf (of
+// maxHolderMessage bytes), and the descriptor that came with it, if any.
+func readHolderMessage(c *net.UnixConn, buf []byte, v any) (*os.File, error) {
 	oob := make([]byte, unix.CmsgSpace(4))
 	n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)
 	if err != nil {

@@ -56,9 +56,10 @@ type holderState struct {
 // app with it (its parent-death signal).
 func (hs *holderState) serve() {
 	var tun *os.File
+	buf := make([]byte, maxHolderMessage)
 	for {
 		var req holderRequest
-		file, err := readHolderMessage(hs.ctl, &req)
+		file, err := readHolderMessage(hs.ctl, buf, &req)
 		if err != nil {
 			if app := hs.app.Load(); app != nil {
 				app.Kill()
