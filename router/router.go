@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -205,6 +206,9 @@ func (r *Router) Start() error {
 }
 
 // Close stops every flow and the netstack. It is safe to call twice.
+// closeFlowsTimeout bounds how long Close waits for flows to end.
+const closeFlowsTimeout = 5 * time.Second
+
 func (r *Router) Close() error {
 	r.closed.Do(func() {
 		r.tcpMu.Lock()
@@ -215,8 +219,15 @@ func (r *Router) Close() error {
 			c.Close()
 		}
 		r.stack.Close()
-		// Every flow has ended, and written its record, before the log closes.
-		r.wg.Wait()
+		// Every flow has ended, and written its record, before the log
+		// closes; bounded, so that no flow can hold the teardown for ever.
+		waited := make(chan struct{})
+		go func() { r.wg.Wait(); close(waited) }()
+		select {
+		case <-waited:
+		case <-time.After(closeFlowsTimeout):
+			r.log.Warn("flows still open after the router closed; their records are lost", "waited", closeFlowsTimeout)
+		}
 		r.stack.Wait()
 		r.flows.close()
 		for _, fn := range r.onClose {
