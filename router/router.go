@@ -228,6 +228,12 @@ func (r *Router) Close() error {
 		case <-time.After(closeFlowsTimeout):
 			r.log.Warn("flows still open after the router closed; their records are lost", "waited", closeFlowsTimeout)
 		}
+		// Stop the link's reader before the stack's Wait: Wait removes the
+		// NIC under the stack's lock and then waits for the reader, which
+		// may be delivering a packet that needs that lock (a deadlock seen
+		// in CI: a run that never ended after its app had).
+		r.cfg.Link.Close()
+		r.cfg.Link.Wait()
 		r.stack.Wait()
 		r.flows.close()
 		for _, fn := range r.onClose {

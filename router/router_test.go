@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -206,6 +207,11 @@ func TestUDPEchoAndBlockedUDP(t *testing.T) {
 	}
 	defer bc.Close()
 	bc.Write([]byte("x"))
+	// The test's app is a netstack, whose reader an ICMP error does not
+	// wake (a kernel's is): read once the router has refused the flow.
+	routertest.Eventually(func() bool {
+		return slices.ContainsFunc(app.Flows(), func(r router.FlowRecord) bool { return r.Route == "block" })
+	})
 	bc.SetReadDeadline(time.Now().Add(5 * time.Second))
 	_, err = bc.Read(make([]byte, 10))
 	if err == nil || !strings.Contains(err.Error(), "refused") {

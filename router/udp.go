@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
 
@@ -32,13 +33,16 @@ func (r *Router) handleUDP(req *udp.ForwarderRequest) bool {
 	id := req.ID()
 	src := netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort)
 	dst := r.appDst(id.LocalAddress, id.LocalPort)
+	if _, loop := policy.Loopback(dst.Addr()); loop && r.cfg.AppListens != nil {
+		// Deciding a loopback flow may re-read the app's listeners from
+		// /proc, and this runs on the netstack's packet loop: take the
+		// datagrams into an endpoint now and decide off the loop.
+		return r.handleUDPOffLoop(req, src, dst)
+	}
 	f := r.newFlow(policy.UDP, src, dst)
 	r.stats.udpFlows.Add(1)
 	if f.decision.Route == policy.Block {
-		r.stats.blocked.Add(1)
-		r.sendUnreachable(src, netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort))
-		f.rec.Error = errBlocked.Error()
-		r.endFlow(f)
+		r.refuseUDP(f, src, id)
 		return true
 	}
 	var wq waiter.Queue
@@ -55,6 +59,43 @@ func (r *Router) handleUDP(req *udp.ForwarderRequest) bool {
 		r.relayUDP(f, in)
 	}()
 	return true
+}
+
+// handleUDPOffLoop creates the flow's endpoint at once, so that the app's
+// next datagrams queue in it rather than start flows of their own, and
+// decides the flow on its own goroutine.
+func (r *Router) handleUDPOffLoop(req *udp.ForwarderRequest, src, dst netip.AddrPort) bool {
+	id := req.ID()
+	var wq waiter.Queue
+	ep, terr := req.CreateEndpoint(&wq)
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		f := r.newFlow(policy.UDP, src, dst)
+		r.stats.udpFlows.Add(1)
+		if terr != nil {
+			f.rec.Error = "app side: " + terr.String()
+			r.endFlow(f)
+			return
+		}
+		in := gonet.NewUDPConn(&wq, ep)
+		if f.decision.Route == policy.Block {
+			r.refuseUDP(f, src, id)
+			in.Close()
+			return
+		}
+		r.relayUDP(f, in)
+	}()
+	return true
+}
+
+// refuseUDP answers a blocked datagram with ICMP port unreachable, so the
+// app learns at once, and ends its flow.
+func (r *Router) refuseUDP(f *flow, src netip.AddrPort, id stack.TransportEndpointID) {
+	r.stats.blocked.Add(1)
+	r.sendUnreachable(src, netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort))
+	f.rec.Error = errBlocked.Error()
+	r.endFlow(f)
 }
 
 func (r *Router) relayUDP(f *flow, in *gonet.UDPConn) {

@@ -105,7 +105,8 @@ func Start(t testing.TB, cfg router.Config) *App {
 		cfg.FlowLog = log
 	}
 	appEnd, routerEnd := pipe.New("", "", MTU)
-	cfg.Link = routerEnd
+	loop := newOneLoop(routerEnd)
+	cfg.Link = loop
 
 	s, err := appStack(appEnd)
 	if err != nil {
@@ -123,6 +124,7 @@ func Start(t testing.TB, cfg router.Config) *App {
 	}
 	t.Cleanup(func() {
 		r.Close()
+		loop.Close()
 		s.Close()
 		s.Wait()
 	})

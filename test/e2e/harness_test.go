@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -69,6 +70,9 @@ func (w *world) command(name string, args ...string) *exec.Cmd {
 }
 
 const agentPort = 7777
+
+// runDeadline bounds one sandbox run of a test; none takes near it.
+const runDeadline = 3 * time.Minute
 
 func newWorld(t *testing.T) *world {
 	t.Helper()
@@ -150,7 +154,18 @@ func (w *world) run(t *testing.T, args []string, argv ...string) result {
 	cmd := w.command(w.tp, full...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
+	if cmd.Env == nil {
+		cmd.Env = os.Environ()
+	}
+	cmd.Env = append(cmd.Env, "GOTRACEBACK=all")
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	// A run that outlives its app is a bug worth its goroutines: SIGQUIT
+	// makes Go print them to stderr, which the log below shows.
+	hung := time.AfterFunc(runDeadline, func() { cmd.Process.Signal(syscall.SIGQUIT) })
+	err := cmd.Wait()
+	stuck := !hung.Stop()
 	r := result{stdout: stdout.String(), stderr: stderr.String()}
 	if cmd.ProcessState != nil {
 		r.code = cmd.ProcessState.ExitCode()
@@ -158,6 +173,9 @@ func (w *world) run(t *testing.T, args []string, argv ...string) result {
 		t.Fatalf("run: %v", err)
 	}
 	t.Logf("sandbox run %v -- %v: exit %d\nstdout:\n%s\nstderr:\n%s", args, argv, r.code, r.stdout, r.stderr)
+	if stuck {
+		t.Fatalf("sandbox run %v -- %v was still running after %v; sent SIGQUIT (its goroutines are in the stderr above)", args, argv, runDeadline)
+	}
 	return r
 }
 

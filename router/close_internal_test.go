@@ -1,0 +1,76 @@
+package router
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/trafficpolice/trafficpolice/router/policy"
+)
+
+// Close must end while the app is still sending: the stack's Wait removes
+// the NIC under the stack's lock and waits for the link's reader, which may
+// be delivering a packet that needs that lock. Seen in CI as a sandbox run
+// that never ended after its app had.
+func TestCloseEndsWhilePacketsArrive(t *testing.T) {
+	pol, err := policy.New(policy.Rules{TCP: true, UDP: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	packet := append(make([]byte, vnetHdrSize), badChecksumUDP()...)
+	for round := range 20 {
+		link, peer := vnetPair(t)
+		r, err := New(Config{Link: link, Policy: pol})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Start(); err != nil {
+			t.Fatal(err)
+		}
+		stop := make(chan struct{})
+		sent := make(chan struct{})
+		go func() {
+			defer close(sent)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := unix.Write(peer, packet); err != nil {
+					return
+				}
+			}
+		}()
+		time.Sleep(time.Duration(round) * time.Millisecond)
+		closed := make(chan struct{})
+		go func() { r.Close(); close(closed) }()
+		select {
+		case <-closed:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("round %d: Router.Close did not return while packets kept arriving", round)
+		}
+		close(stop)
+		unix.Shutdown(peer, unix.SHUT_RDWR) // wakes a writer the closed link no longer reads for
+		<-sent
+	}
+}
+
+// badChecksumUDP is an IPv4 UDP datagram from the app to 10.1.2.3:9 that
+// the netstack takes through its IP layer and then drops: nothing is
+// written back.
+func badChecksumUDP() []byte {
+	b := make([]byte, header.IPv4MinimumSize+header.UDPMinimumSize+4)
+	ip := header.IPv4(b)
+	src, dst := netip.MustParseAddr("198.18.0.2"), netip.MustParseAddr("10.1.2.3")
+	ip.Encode(&header.IPv4Fields{TotalLength: uint16(len(b)), TTL: 64, Protocol: uint8(header.UDPProtocolNumber),
+		SrcAddr: tcpip.AddrFrom4(src.As4()), DstAddr: tcpip.AddrFrom4(dst.As4())})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	u := header.UDP(b[header.IPv4MinimumSize:])
+	u.Encode(&header.UDPFields{SrcPort: 40000, DstPort: 9, Length: uint16(len(u)), Checksum: 0xbad})
+	return b
+}
