@@ -58,6 +58,14 @@ type Service struct {
 	// Set by Start: what Close removes.
 	natRules       nat.Rules
 	closeListeners func()
+
+	// published is who holds which port, as other agents in the pod ask
+	// it (nat.HoldLiveness); kept apart from mu so that answering never
+	// waits for a subscription change.
+	published atomic.Pointer[nat.Holders]
+	// otherHolders asks the pod's other agents who holds a port before
+	// this one redirects it (Start sets it; nil: no other agents).
+	otherHolders func(port uint16) ([]string, error)
 }
 
 // subscription is one client's steal or mirror of one pod port.
@@ -159,6 +167,9 @@ func (in *Service) subscribe(p *Peer, req proto.Subscribe) (*subscription, error
 		}
 	}
 	if len(in.ports[req.Port]) == 0 {
+		if err := in.refuseIfOtherAgentHolds(req.Port); err != nil {
+			return nil, err
+		}
 		if err := in.rules.Add(req.Port); err != nil {
 			return nil, fmt.Errorf("redirect port %d to the agent: %w", req.Port, err)
 		}
@@ -170,8 +181,46 @@ func (in *Service) subscribe(p *Peer, req proto.Subscribe) (*subscription, error
 		}
 	}
 	in.ports[req.Port] = append(kept, s)
+	in.publishLocked()
 	in.log.Info("subscribed", "sub", s.String(), "replaced", len(replaced))
 	return s, nil
+}
+
+// refuseIfOtherAgentHolds: another agent in the pod that redirects port
+// would lose it to our newer redirect without a word, so a subscription
+// there is refused with its holders' names. (Two agents that start
+// redirecting one port at the same instant can still both do so.)
+func (in *Service) refuseIfOtherAgentHolds(port uint16) error {
+	if in.otherHolders == nil {
+		return nil
+	}
+	held, err := in.otherHolders(port)
+	if err != nil {
+		in.log.Warn("asking the pod's other agents who holds a port", "port", port, "err", err)
+	}
+	if len(held) == 0 {
+		return nil
+	}
+	return fmt.Errorf("port %d is already redirected by another trafficpolice agent in this pod, for %s: two agents cannot both redirect a port (the newer would silently take it); ask them to stop, or join their agent", port, strings.Join(held, " and "))
+}
+
+// publishLocked updates what other agents are told about our ports.
+func (in *Service) publishLocked() {
+	h := nat.Holders{}
+	for port, subs := range in.ports {
+		for _, s := range subs {
+			h[port] = append(h[port], fmt.Sprintf("%s (%s)", s.label, s.mode))
+		}
+	}
+	in.published.Store(&h)
+}
+
+// holders answers other agents (nat.HoldLiveness).
+func (in *Service) holders() nat.Holders {
+	if h := in.published.Load(); h != nil {
+		return *h
+	}
+	return nil
 }
 
 // release ends s at once; the port's redirect goes with its last
@@ -197,6 +246,7 @@ func (in *Service) releaseLocked(s *subscription) {
 			break
 		}
 	}
+	defer in.publishLocked()
 	if len(subs) > 0 {
 		in.ports[s.port] = subs
 		in.log.Info("unsubscribed", "sub", s.String())

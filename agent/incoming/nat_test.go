@@ -34,7 +34,7 @@ func TestSweepRemovesDeadAgentsRulesOfEitherBackend(t *testing.T) {
 			err := inNS(pod, func() (err error) {
 				id := randomTestID(t)
 				if alive {
-					if a.live, err = nat.HoldLiveness(id); err != nil {
+					if a.live, err = nat.HoldLiveness(id, nil); err != nil {
 						return err
 					}
 				}

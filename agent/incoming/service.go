@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -85,7 +86,15 @@ func Start(ctx context.Context, opts Options, wg *sync.WaitGroup) (*Service, err
 		return nil, fmt.Errorf("random agent id: %w", err)
 	}
 	id := hex.EncodeToString(b[:])
-	live, err := nat.HoldLiveness(id)
+	// The liveness socket answers the pod's other agents from the
+	// service, which exists only further down.
+	var answer atomic.Pointer[Service]
+	live, err := nat.HoldLiveness(id, func() nat.Holders {
+		if in := answer.Load(); in != nil {
+			return in.holders()
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -124,6 +133,8 @@ func Start(ctx context.Context, opts Options, wg *sync.WaitGroup) (*Service, err
 	}
 	in.natRules = rules
 	in.closeListeners = closeAll
+	in.otherHolders = func(port uint16) ([]string, error) { return nat.OtherHolders(id, port) }
+	answer.Store(in)
 	opts.Log.Info("incoming traffic ready", "nat_backend", string(rules.Kind()), "rules", rules.Where())
 	for _, ln := range lns {
 		wg.Add(1)

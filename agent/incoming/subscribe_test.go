@@ -392,3 +392,42 @@ func waitState(t *testing.T, states <-chan client.State, want client.State) {
 		}
 	}
 }
+
+// Two agents in one pod (two developers' runs that each started one) must
+// not both redirect a port: the newer redirect would silently take the
+// older one's connections. The second agent refuses, naming the holder,
+// and the port's connections stay with the holder.
+func TestAPortHeldByAnotherAgentInThePodIsRefusedWithItsHolder(t *testing.T) {
+	forBothBackends(t, func(t *testing.T, w *world) {
+		second := *w
+		second.startAgent(t)
+		port := w.podLineApp(t, "pod").addr.Port()
+		alice, bob := localLineApp(t, "alice"), localLineApp(t, "bob")
+		ca := w.dialClient(t, "alice", client.Options{})
+		cb := second.dialClient(t, "bob", client.Options{})
+		held := subscribe(t, ca, client.Steal, port, config.HTTPFilter{HeaderFilter: "^x-user: alice$"}, alice)
+
+		for _, mode := range []client.Mode{client.Steal, client.Mirror} {
+			_, err := cb.Subscribe(context.Background(), client.SubscribeOptions{Mode: mode, Port: port, Filter: config.HTTPFilter{HeaderFilter: "^x-user: bob$"}, Dial: bob.dial})
+			want := "already redirected by another trafficpolice agent in this pod, for " + w.label("alice") + " (steal)"
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("%s through a second agent of a port the first one steals: %v, want %q", mode, err, want)
+			}
+		}
+		w.wantRedirects(t, port)
+		if got := connect(t, w.peer, netip.AddrPortFrom(podAddr4, port)).say(t, "who"); got != "pod: who" {
+			// Not HTTP: alice's filter does not match, so the pod's app answers
+			// through the first agent, whose redirect is still the only one.
+			t.Errorf("after the refusals: %q, want the pod's app", got)
+		}
+
+		if err := held.Close(); err != nil {
+			t.Fatal(err)
+		}
+		w.wantRedirects(t)
+		subscribe(t, cb, client.Steal, port, wholeConnections, bob)
+		if got := connect(t, w.peer, netip.AddrPortFrom(podAddr4, port)).say(t, "who"); got != "bob: who" {
+			t.Errorf("once the first agent let the port go: %q, want bob's app through the second agent", got)
+		}
+	})
+}

@@ -117,25 +117,6 @@ func SweepStale(self string, log *slog.Logger) ([]string, error) {
 	return append(chains, tables...), errors.Join(iptErr, nftErr)
 }
 
-// holdLiveness binds the agent's abstract socket and answers connections
-// to it until it is closed.
-func HoldLiveness(id string) (net.Listener, error) {
-	ln, err := net.Listen("unix", livenessPrefix+id)
-	if err != nil {
-		return nil, fmt.Errorf("bind the agent's liveness socket %s: %w", livenessPrefix+id, err)
-	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_ = c.Close()
-		}
-	}()
-	return ln, nil
-}
-
 // agentAlive reports whether the agent with that id still holds its
 // liveness socket in this network namespace.
 func agentAlive(id string) bool {
