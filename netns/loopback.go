@@ -2,7 +2,9 @@ package netns
 
 import (
 	"fmt"
+	"os/exec"
 	"strconv"
+	"strings"
 
 	"github.com/coreos/go-iptables/iptables"
 )
@@ -13,8 +15,8 @@ import (
 // goes. The router's own sockets (RouterMark) and the app's own listening
 // ports (listener bypass rules, inserted at the top) stay on lo.
 //
-// go-iptables shells out to iptables; every call here runs inside Do so the
-// child process inherits the namespace.
+// Both iptables-restore and go-iptables shell out; every call here runs
+// inside Do so the child process inherits the namespace.
 
 var markMatch = []string{"-m", "mark", "--mark", fmt.Sprintf("%#x", RouterMark), "-j", "RETURN"}
 
@@ -33,13 +35,29 @@ func cmdName(proto iptables.Protocol) string {
 	return "iptables"
 }
 
-// installLoopbackRules adds the redirect for one IP family. Call inside Do.
+// installLoopbackRules sets the sandbox's nat table to the redirect for one
+// IP family, in one iptables-restore: one process instead of a dozen
+// iptables calls (each an exec that costs milliseconds of the run's
+// start-up), and applied whole or not at all. The table is replaced, not
+// added to: the namespace is the sandbox's own and new, and a second call
+// leaves the same rules rather than duplicates. Call inside Do.
 func installLoopbackRules(proto iptables.Protocol, link string) error {
-	ipt, err := newIPTables(proto)
+	name := cmdName(proto) + "-restore"
+	path, err := exec.LookPath(name)
 	if err != nil {
-		return err
+		return fmt.Errorf("find %s (install the iptables package): %w", name, err)
 	}
-	name := cmdName(proto)
+	cmd := exec.Command(path, "--wait")
+	cmd.Stdin = strings.NewReader(loopbackRuleset(proto, link))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%s: set the nat table's %s redirect: %w: %s", name, LoopbackChain, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// loopbackRuleset is installLoopbackRules' nat table, in iptables-save's
+// format.
+func loopbackRuleset(proto iptables.Protocol, link string) string {
 	var redirect [][]string
 	var lo string
 	if proto == iptables.ProtocolIPv6 {
@@ -53,25 +71,17 @@ func installLoopbackRules(proto iptables.Protocol, link string) error {
 			redirect = append(redirect, []string{"-d", LoopbackNet4.String(), "-p", p, "-j", "NETMAP", "--to", LoopbackAlias4.String()})
 		}
 	}
-	// ClearChain creates the chain or empties a leftover one.
-	if err := ipt.ClearChain("nat", LoopbackChain); err != nil {
-		return fmt.Errorf("%s: create nat chain %s: %w", name, LoopbackChain, err)
+	var b strings.Builder
+	fmt.Fprintf(&b, "*nat\n:%s - [0:0]\n", LoopbackChain)
+	for _, r := range append([][]string{markMatch}, redirect...) {
+		fmt.Fprintf(&b, "-A %s %s\n", LoopbackChain, strings.Join(r, " "))
 	}
-	rules := append([][]string{markMatch}, redirect...)
-	for _, r := range rules {
-		if err := ipt.Append("nat", LoopbackChain, r...); err != nil {
-			return fmt.Errorf("%s: add nat %s rule %v: %w", name, LoopbackChain, r, err)
-		}
-	}
-	if err := ipt.AppendUnique("nat", "OUTPUT", "-j", LoopbackChain); err != nil {
-		return fmt.Errorf("%s: jump from nat OUTPUT to %s: %w", name, LoopbackChain, err)
-	}
+	fmt.Fprintf(&b, "-A OUTPUT -j %s\n", LoopbackChain)
 	// The redirected packets still carry a loopback source, which the router
 	// could not answer; give them the sandbox's own address.
-	if err := ipt.AppendUnique("nat", "POSTROUTING", "-o", link, "-s", lo, "-j", "MASQUERADE"); err != nil {
-		return fmt.Errorf("%s: masquerade loopback sources on %s: %w", name, link, err)
-	}
-	return nil
+	fmt.Fprintf(&b, "-A POSTROUTING -o %s -s %s -j MASQUERADE\n", link, lo)
+	b.WriteString("COMMIT\n")
+	return b.String()
 }
 
 func bypassRule(proto string, port uint16) ([]string, error) {

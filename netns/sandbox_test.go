@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coreos/go-iptables/iptables"
 	"github.com/vishvananda/netlink"
 	vns "github.com/vishvananda/netns"
 
@@ -356,4 +357,63 @@ func TestListeningPorts(t *testing.T) {
 	if tcp[uint16(hostLn.Addr().(*net.TCPAddr).Port)] {
 		t.Error("a host listener shows up in the sandbox")
 	}
+}
+
+// TestLoopbackRulesAreTheNatTable checks the redirect's nat table as
+// SetupSandbox leaves it, for both families, and that applying it again
+// leaves the same table, not duplicates.
+func TestLoopbackRulesAreTheNatTable(t *testing.T) {
+	n, _ := newSandbox(t, netns.SandboxLink{})
+	want := map[string][]string{
+		"iptables": {
+			"-N " + netns.LoopbackChain,
+			"-A OUTPUT -j " + netns.LoopbackChain,
+			"-A POSTROUTING -s 127.0.0.0/8 -o " + netns.LinkName + " -j MASQUERADE",
+			"-A " + netns.LoopbackChain + " -m mark --mark 0x7470 -j RETURN",
+			"-A " + netns.LoopbackChain + " -d " + netns.LoopbackNet4.String() + " -p tcp -j NETMAP --to " + netns.LoopbackAlias4.String(),
+			"-A " + netns.LoopbackChain + " -d " + netns.LoopbackNet4.String() + " -p udp -j NETMAP --to " + netns.LoopbackAlias4.String(),
+		},
+		"ip6tables": {
+			"-N " + netns.LoopbackChain,
+			"-A OUTPUT -j " + netns.LoopbackChain,
+			"-A POSTROUTING -s ::1/128 -o " + netns.LinkName + " -j MASQUERADE",
+			"-A " + netns.LoopbackChain + " -m mark --mark 0x7470 -j RETURN",
+			"-A " + netns.LoopbackChain + " -d ::1/128 -p tcp -j DNAT --to-destination " + netns.LoopbackAlias6.String(),
+			"-A " + netns.LoopbackChain + " -d ::1/128 -p udp -j DNAT --to-destination " + netns.LoopbackAlias6.String(),
+		},
+	}
+	check := func(when string) {
+		t.Helper()
+		for cmd, rules := range want {
+			var out []byte
+			if err := n.Do(func() error {
+				var err error
+				out, err = exec.Command(cmd, "-w", "-t", "nat", "-S").CombinedOutput()
+				return err
+			}); err != nil {
+				t.Fatalf("%s -t nat -S: %v: %s", cmd, err, out)
+			}
+			var got []string
+			for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+				if !strings.HasPrefix(l, "-P ") {
+					got = append(got, l)
+				}
+			}
+			if strings.Join(got, "\n") != strings.Join(rules, "\n") {
+				t.Errorf("%s: %s nat table:\n%s\nwant:\n%s", when, cmd, strings.Join(got, "\n"), strings.Join(rules, "\n"))
+			}
+		}
+	}
+	check("after SetupSandbox")
+	if err := n.Do(func() error {
+		for _, proto := range []iptables.Protocol{iptables.ProtocolIPv4, iptables.ProtocolIPv6} {
+			if err := netns.InstallLoopbackRules(proto, netns.LinkName); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	check("applied twice")
 }

@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 )
 
 // Status is a check's outcome.
@@ -70,29 +71,48 @@ func (e *Error) Error() string {
 	return msg
 }
 
-// Run runs the checks env asks for, in order: the host's first, then the
-// cluster's (only when the host can run a sandbox at all and env names a
-// cluster).
+// Run runs the checks env asks for, the host's then the cluster's (when
+// env names one), and returns their results in that fixed order. The checks
+// are independent of each other, so they run at the same time: a run waits
+// for the slowest (a cluster's round trips, an iptables exec), not for
+// their sum.
 func Run(ctx context.Context, env Env) []Result {
 	env = env.withDefaults()
-	rs := []Result{checkPrivileges(env), checkTUN(env)}
+	checks := []func() []Result{one(checkPrivileges, env), one(checkTUN, env)}
 	if env.Rootless {
-		rs = append(rs, checkUserns(env))
+		checks = append(checks, one(checkUserns, env))
 	} else {
-		rs = append(rs, checkNetns(env), checkNAT(env))
+		checks = append(checks, one(checkNetns, env), one(checkNAT, env))
 	}
-	rs = append(rs, checkStateDir(env))
+	checks = append(checks, one(checkStateDir, env))
 	if env.Image != "" && env.Rootless {
-		rs = append(rs, Result{Check: "containerd", Status: Fail, Detail: "--image needs root: containers run through the system's containerd",
-			Fix: "run with sudo (rootless containerd is not supported yet)"})
+		checks = append(checks, func() []Result {
+			return []Result{{Check: "containerd", Status: Fail, Detail: "--image needs root: containers run through the system's containerd",
+				Fix: "run with sudo (rootless containerd is not supported yet)"}}
+		})
 	} else if env.Image != "" {
-		rs = append(rs, checkContainerd(ctx, env))
+		checks = append(checks, func() []Result { return []Result{checkContainerd(ctx, env)} })
 	}
 	if env.Kube != nil {
-		rs = append(rs, checkCluster(ctx, env)...)
+		checks = append(checks, func() []Result { return checkCluster(ctx, env) })
 		if env.AgentImage != "" {
-			rs = append(rs, checkAgentImage(ctx, env))
+			checks = append(checks, func() []Result { return []Result{checkAgentImage(ctx, env)} })
 		}
 	}
+	results := make([][]Result, len(checks))
+	var wg sync.WaitGroup
+	for i, check := range checks {
+		wg.Go(func() { results[i] = check() })
+	}
+	wg.Wait()
+	var rs []Result
+	for _, r := range results {
+		rs = append(rs, r...)
+	}
 	return rs
+}
+
+// one makes a check of env that has one result a check for Run.
+func one(check func(Env) Result, env Env) func() []Result {
+	return func() []Result { return []Result{check(env)} }
 }

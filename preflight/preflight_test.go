@@ -3,6 +3,7 @@ package preflight
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -265,5 +266,32 @@ func TestRootlessImageIsRefusedBeforeTheCluster(t *testing.T) {
 	}
 	if !found {
 		t.Errorf("no containerd check in %v", rs)
+	}
+}
+
+// TestRunKeepsItsOrder: the checks run at the same time, but their results
+// come in the fixed order, whatever each found, and the first failure is
+// the first in that order.
+func TestRunKeepsItsOrder(t *testing.T) {
+	needRoot(t)
+	env := Env{Euid: -1, StateDir: t.TempDir(), TUNPath: filepath.Join(t.TempDir(), "no-tun"),
+		Image: "x", ContainerdAddress: filepath.Join(t.TempDir(), "containerd.sock"),
+		Kube: &kube.AccessOptions{Kubeconfig: filepath.Join(t.TempDir(), "missing")}, AgentImage: "localhost/agent:1"}
+	for range 5 {
+		rs := Run(context.Background(), env)
+		var got []string
+		for _, r := range rs {
+			got = append(got, r.Check)
+		}
+		if order := "privileges tun netns nat state containerd kubeconfig agent image"; strings.Join(got, " ") != order {
+			t.Fatalf("checks in order %q; want %q", strings.Join(got, " "), order)
+		}
+		want(t, rs[1], Fail, "does not exist", "modprobe tun")
+		want(t, rs[5], Fail, "does not answer", "start containerd")
+		want(t, rs[6], Fail, "missing", "--kubeconfig")
+		var pe *Error
+		if err := FirstFailure(rs); !errors.As(err, &pe) || pe.Result.Check != "tun" {
+			t.Fatalf("first failure = %v; want the tun check's", err)
+		}
 	}
 }

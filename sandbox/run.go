@@ -122,11 +122,13 @@ func Run(ctx context.Context, o Options) (int, error) {
 	}()
 
 	done := o.Progress.Step("namespace ready")
-	ns, tun, err := buildSpace(rec, o)
+	ns, tun, pre, err := buildSpace(rec, o)
 	done(err)
 	if err != nil {
 		return 0, err
 	}
+	// Before the teardown: an app that was never started leaves no helper.
+	defer pre.Abandon()
 	defer tun.Close()
 	if h, ok := ns.(heldSpace); ok {
 		defer h.Close()
@@ -148,7 +150,7 @@ func Run(ctx context.Context, o Options) (int, error) {
 	if o.Agent == nil {
 		o.Progress.Note("no agent or target: flows go out from this host unless a rule blocks them; the host's loopback only through a --local rule or ignore_localhost")
 	}
-	code, err := runApp(ctx, ns, files, o)
+	code, err := runApp(ctx, ns, files, pre, o)
 	stopped = true
 	if ferr := stop(); ferr != nil && err == nil {
 		// An audit log that silently loses lines is worse than none.
@@ -279,32 +281,51 @@ func newID() (string, error) {
 
 // buildSpace creates the app's namespace and its TUN: a named namespace,
 // or for a rootless run a holder process, recorded before anything else
-// happens so that a killed run's holder is found.
-func buildSpace(rec *record, o Options) (space, *os.File, error) {
+// happens so that a killed run's holder is found. For a named namespace it
+// also starts the app's init helper as soon as the namespace exists, so
+// that the helper's start-up overlaps the namespace's set-up (nil when the
+// app will be started otherwise: see prestartable).
+func buildSpace(rec *record, o Options) (space, *os.File, *launch.Prestarted, error) {
 	link := netns.SandboxLink{MTU: o.MTU, NoIPv6: o.NoIPv6, Offload: true}
 	if o.Rootless {
 		h, tun, err := launch.StartHolder(launch.HolderSpec{Link: link, Stdin: o.Stdin, Stdout: o.Stdout, Stderr: o.Stderr})
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		rec.Holder = &heldRecord{PID: h.Pid(), PIDStart: processStart(h.Pid()), Netns: h.NetnsID()}
 		if err := writeRecord(rec); err != nil {
 			tun.Close()
 			h.Close()
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
-		return heldSpace{h}, tun, nil
+		return heldSpace{h}, tun, nil, nil
 	}
 	name := rec.Namespace
 	ns, err := netns.Create(name)
 	if err != nil {
-		return nil, nil, fmt.Errorf("create network namespace %s: %w", name, err)
+		return nil, nil, nil, fmt.Errorf("create network namespace %s: %w", name, err)
+	}
+	var pre *launch.Prestarted
+	if prestartable(o) {
+		// Not fatal: runApp starts a helper of its own without one.
+		if pre, err = launch.Prestart(o.Stdin, o.Stdout, o.Stderr); err != nil {
+			o.Logger.Debug("prestart the app's init helper", "err", err)
+		}
 	}
 	tun, err := netns.SetupSandbox(ns, link)
 	if err != nil {
-		return nil, nil, fmt.Errorf("set up the sandbox's TUN in %s: %w", name, err)
+		pre.Abandon()
+		return nil, nil, nil, fmt.Errorf("set up the sandbox's TUN in %s: %w", name, err)
 	}
-	return namedSpace{ns}, tun, nil
+	return namedSpace{ns}, tun, pre, nil
+}
+
+// prestartable says whether the app's init helper may be started before
+// the app's spec is known: a plain process in a named namespace, not on a
+// terminal (the helper would take the terminal from trafficpolice while
+// the sandbox is still being set up).
+func prestartable(o Options) bool {
+	return !o.Rootless && o.Image == "" && terminalOf(o.Stdin) == nil
 }
 
 type resolverFiles struct{ resolvConf, hosts string }
@@ -433,7 +454,8 @@ func startRouter(ctx context.Context, ns space, tun *os.File, o Options) (*route
 }
 
 // runApp starts the app in the namespace, forwards signals to it and waits.
-func runApp(ctx context.Context, ns space, files resolverFiles, o Options) (int, error) {
+// pre, if not nil, is the init helper buildSpace started for it.
+func runApp(ctx context.Context, ns space, files resolverFiles, pre *launch.Prestarted, o Options) (int, error) {
 	uid, gid, err := launch.CredentialsFromSudo()
 	if err != nil {
 		return 0, err
@@ -466,9 +488,13 @@ func runApp(ctx context.Context, ns space, files resolverFiles, o Options) (int,
 
 	done := o.Progress.Step("starting " + strings.Join(o.Argv, " "))
 	var cmd *exec.Cmd
-	if h, ok := ns.(heldSpace); ok {
+	switch h, held := ns.(heldSpace); {
+	case held:
 		cmd, err = h.StartApp(spec)
-	} else {
+	case pre != nil && spec.Terminal == nil:
+		cmd, err = pre.Start(spec)
+	default:
+		pre.Abandon() // the app went to a terminal since: it needs a helper of its own
 		cmd, err = launch.Start(spec)
 	}
 	var startErr *launch.StartError

@@ -1,12 +1,19 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/trafficpolice/trafficpolice/netns"
 	"github.com/trafficpolice/trafficpolice/preflight"
+	"github.com/trafficpolice/trafficpolice/sandbox"
 )
 
 func TestDoctorPassesOnThisHostAndSaysSoInJSON(t *testing.T) {
@@ -50,5 +57,62 @@ func TestDoctorRefusesABadOutputFormat(t *testing.T) {
 	r.want(t, 125, "doctor -o yaml")
 	if !strings.Contains(r.stderr, `--output "yaml" is not valid; valid: text or json`) {
 		t.Errorf("stderr: %s", r.stderr)
+	}
+}
+
+// TestFailingPreflightStartsNothing: a check that fails while the others
+// pass (they run at the same time) stops sandbox run with its error before
+// the app starts, and the run leaves no namespace and no record behind.
+func TestFailingPreflightStartsNothing(t *testing.T) {
+	needRoot(t)
+	dir := t.TempDir()
+	marker := filepath.Join(dir, "app-ran")
+	sock := filepath.Join(dir, "containerd.sock")
+	before, err := netns.List(sandbox.NamespacePrefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(binary, "sandbox", "run", "--image", "localhost/dev:1", "--containerd-address", sock, "--", "touch", marker)
+	cmd.Dir = dir
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err = cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != exitFailure {
+		t.Fatalf("sandbox run with containerd missing: %v, want exit status %d\nstderr:\n%s", err, exitFailure, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "preflight containerd: --image localhost/dev:1 needs containerd") {
+		t.Errorf("stderr:\n%s\nwant the containerd check's error", stderr.String())
+	}
+	if strings.Contains(stderr.String(), "namespace ready") || strings.Contains(stderr.String(), "starting ") {
+		t.Errorf("stderr:\n%s\nwant nothing started", stderr.String())
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Errorf("the app ran (%s exists)", marker)
+	}
+	// Other runs on this host may come and go meanwhile: a namespace left by
+	// this one is a new one whose record names its process, or has none.
+	after, err := netns.List(sandbox.NamespacePrefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	for _, name := range after {
+		if slices.Contains(before, name) {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(sandbox.StateDir, strings.TrimPrefix(name, sandbox.NamespacePrefix), "state.json"))
+		var rec struct{ PID int }
+		if err != nil || json.Unmarshal(b, &rec) != nil || rec.PID == pid {
+			t.Errorf("namespace %s is left behind (record: %s, %v)", name, b, err)
+		}
+	}
+	records, _ := filepath.Glob(filepath.Join(sandbox.StateDir, "*", "state.json"))
+	for _, path := range records {
+		b, err := os.ReadFile(path)
+		var rec struct{ PID int }
+		if err == nil && json.Unmarshal(b, &rec) == nil && rec.PID == pid {
+			t.Errorf("the failed run left its record %s:\n%s", path, b)
+		}
 	}
 }

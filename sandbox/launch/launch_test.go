@@ -450,3 +450,75 @@ func TestAsAnotherUserTheAppGetsItsHomeAndName(t *testing.T) {
 		t.Fatalf("as root: %q, %v", out, err)
 	}
 }
+
+// A prestarted helper runs the app as Start's does: in the namespace, with
+// the sandbox's files, the streams Prestart was given and the app's exit
+// status.
+func TestPrestartedHelperRunsTheApp(t *testing.T) {
+	s := newSandbox(t)
+	var out bytes.Buffer
+	ps, err := Prestart(nil, &out, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ps.Abandon()
+	cmd, err := ps.Start(s.spec("sh", "-c", "head -1 /etc/resolv.conf; readlink /proc/self/ns/net; exit 3"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 3 {
+		t.Errorf("exit 3 gave %v", err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(s.ns.Path(), &st); err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("nameserver 198.18.0.53\nnet:[%d]\n", st.Ino); out.String() != want {
+		t.Errorf("output %q, want %q", out.String(), want)
+	}
+	ps.Abandon() // after Start: a no-op
+	if _, err := ps.Start(s.spec("true")); err == nil {
+		t.Error("a prestarted helper started a second app")
+	}
+}
+
+// An abandoned helper is killed and reaped; one whose spec is bad reports
+// it, as Start does, and is reaped too.
+func TestPrestartedHelperLeavesNothing(t *testing.T) {
+	s := newSandbox(t)
+	ps, err := Prestart(nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := ps.h.cmd.Process.Pid
+	ps.Abandon()
+	ps.Abandon()
+	if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("the abandoned helper (pid %d) is still there: kill 0 = %v", pid, err)
+	}
+	ps, err = Prestart(nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid = ps.h.cmd.Process.Pid
+	var se *StartError
+	if _, err := ps.Start(s.spec()); !errors.As(err, &se) || se.Step != "spec" {
+		t.Errorf("Start with no argv = %v, want a spec error", err)
+	}
+	if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("the helper of a bad spec (pid %d) is still there: kill 0 = %v", pid, err)
+	}
+	ps, err = Prestart(nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ps.Abandon()
+	if _, err := ps.Start(s.spec("no-such-command-" + s.ns.Name())); !errors.As(err, &se) || se.ExitCode != 127 {
+		t.Errorf("a command that is not found: %v, want exit code 127", err)
+	}
+	if pids, _ := netns.Processes(s.ns); len(pids) != 0 {
+		t.Errorf("processes left in the netns: %v", pids)
+	}
+}
