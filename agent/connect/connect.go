@@ -51,6 +51,9 @@ type Options struct {
 	// StateDir is where the run records what it creates in the cluster
 	// before creating it (CollectStale reads it); "" records nothing.
 	StateDir string
+	// Announced says the caller already printed Where's line, first in
+	// the run's progress: it is not printed again.
+	Announced bool
 }
 
 // Run is a run's connection to its agent.

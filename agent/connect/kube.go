@@ -45,7 +45,9 @@ func startThroughKubernetes(ctx context.Context, o Options) (run *Run, err error
 	if err != nil {
 		return nil, err
 	}
-	o.Progress.Note("cluster: context %q at %s, namespace %s (kubeconfig %s)", access.Context, access.REST.Host, access.Namespace, access.Source)
+	if !o.Announced {
+		o.Progress.Note("%s", Where(access, o.Config.Target.Path))
+	}
 	target, err := findTarget(ctx, access, o)
 	if err != nil {
 		return nil, err
@@ -77,6 +79,15 @@ func startThroughKubernetes(ctx context.Context, o Options) (run *Run, err error
 		}
 	}
 	return run, nil
+}
+
+// Where is the line that says where a run works: the context, the API
+// server, the namespace, the target and the kubeconfig they come from
+// (under sudo it is the invoking user's, which root's environment does
+// not show).
+func Where(access *kube.Access, target string) string {
+	return fmt.Sprintf("cluster: context %q at %s, namespace %s, target %s (kubeconfig %s)",
+		access.Context, access.REST.Host, access.Namespace, target, access.Source)
 }
 
 // findTarget resolves the configuration's target to its pod and container;

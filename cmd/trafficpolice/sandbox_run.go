@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"github.com/trafficpolice/trafficpolice/agent/connect"
+	"github.com/trafficpolice/trafficpolice/agent/kube"
 	"github.com/trafficpolice/trafficpolice/agent/proto"
 	"github.com/trafficpolice/trafficpolice/config"
 	"github.com/trafficpolice/trafficpolice/sandbox"
@@ -129,7 +130,18 @@ func runSandbox(ctx context.Context, f runFlags, argv []string) error {
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
-	if err := runPreflight(ctx, preflightEnv(cfg, f.kube, f.agentAddress, f.image.image, f.image.address, rootlessRun(f.rootless)), progress); err != nil {
+	pre := preflightEnv(cfg, f.kube, f.agentAddress, f.image.image, f.image.address, rootlessRun(f.rootless))
+	// Where the run works comes first, before the checks' notes: under
+	// sudo the kubeconfig is not the one root's environment names. A
+	// kubeconfig that does not load is the preflight's to report.
+	announced := false
+	if pre.Kube != nil {
+		if access, err := kube.Connect(*pre.Kube); err == nil {
+			progress.Note("%s", connect.Where(access, cfg.Target.Path))
+			announced = true
+		}
+	}
+	if err := runPreflight(ctx, pre, progress); err != nil {
 		return err
 	}
 	// The target's environment (feature.env) comes after ours: the pod's
@@ -158,6 +170,7 @@ func runSandbox(ctx context.Context, f runFlags, argv []string) error {
 		Progress:    progress,
 		Logger:      logger,
 		StateDir:    sandbox.RunStateDir(),
+		Announced:   announced,
 	})
 	if err != nil {
 		return err

@@ -10,6 +10,7 @@ import (
 
 	"github.com/coreos/go-iptables/iptables"
 	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -339,4 +340,94 @@ func (c *Cluster) PodLogs(ctx context.Context, ns, pod, container string) (strin
 		return "", fmt.Errorf("logs of %s/%s container %s: %w", ns, pod, container, err)
 	}
 	return string(b), nil
+}
+
+// DeployOtherKinds starts, in ns, the targets of kinds other than a
+// deployment: statefulset NAME-sts (behind a headless service of that
+// name, as a StatefulSet's pods are named) and job NAME-job, whose one pod
+// serves until it is deleted. Both pods run testapp on UwuAppPort with
+// POD_NAME from the downward API and carry the label app=<their name>.
+// It does not wait: see WaitOtherKinds.
+func (c *Cluster) DeployOtherKinds(ctx context.Context, ns, name string) error {
+	zero := int64(0)
+	one := int32(1)
+	pod := func(app string, restart corev1.RestartPolicy) corev1.PodTemplateSpec {
+		ctr := c.appContainer("app", []string{"serve", "--listen", fmt.Sprintf(":%d", UwuAppPort), "--name", app}, []corev1.EnvVar{
+			{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+		})
+		ctr.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt(UwuAppPort)}}, PeriodSeconds: 1}
+		return corev1.PodTemplateSpec{
+			ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": app}},
+			Spec: corev1.PodSpec{
+				Containers:                    []corev1.Container{ctr},
+				RestartPolicy:                 restart,
+				TerminationGracePeriodSeconds: &zero,
+				AutomountServiceAccountToken:  new(bool),
+			},
+		}
+	}
+	sts := name + "-sts"
+	if _, err := c.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: sts},
+		Spec: corev1.ServiceSpec{
+			ClusterIP: corev1.ClusterIPNone,
+			Selector:  map[string]string{"app": sts},
+			Ports:     []corev1.ServicePort{{Port: UwuAppPort, TargetPort: intstr.FromInt(UwuAppPort)}},
+		},
+	}, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("create headless service %s: %w", sts, err)
+	}
+	if _, err := c.Client.AppsV1().StatefulSets(ns).Create(ctx, &appsv1.StatefulSet{
+		ObjectMeta: metav1.ObjectMeta{Name: sts},
+		Spec: appsv1.StatefulSetSpec{
+			Replicas:    &one,
+			ServiceName: sts,
+			Selector:    &metav1.LabelSelector{MatchLabels: map[string]string{"app": sts}},
+			Template:    pod(sts, corev1.RestartPolicyAlways),
+		},
+	}, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("create statefulset %s: %w", sts, err)
+	}
+	job := name + "-job"
+	if _, err := c.Client.BatchV1().Jobs(ns).Create(ctx, &batchv1.Job{
+		ObjectMeta: metav1.ObjectMeta{Name: job},
+		Spec:       batchv1.JobSpec{BackoffLimit: new(int32), Template: pod(job, corev1.RestartPolicyNever)},
+	}, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("create job %s: %w", job, err)
+	}
+	return nil
+}
+
+// WaitOtherKinds waits until the pods DeployOtherKinds started run and are
+// ready, and returns them: the statefulset's, then the job's.
+func (c *Cluster) WaitOtherKinds(ctx context.Context, ns, name string) (sts, job *corev1.Pod, err error) {
+	pods := make([]*corev1.Pod, 2)
+	for i, app := range []string{name + "-sts", name + "-job"} {
+		err := c.waitFor("the pod of "+ns+"/"+app+" to be ready", 120*time.Second, func() error {
+			l, err := c.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=" + app})
+			if err != nil {
+				return err
+			}
+			if len(l.Items) != 1 {
+				return fmt.Errorf("%d pods", len(l.Items))
+			}
+			p := &l.Items[0]
+			for _, st := range p.Status.ContainerStatuses {
+				if w := st.State.Waiting; w != nil {
+					return fmt.Errorf("pod %s container %s waiting: %s %s", p.Name, st.Name, w.Reason, w.Message)
+				}
+			}
+			for _, cond := range p.Status.Conditions {
+				if cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue && p.Status.PodIP != "" {
+					pods[i] = p
+					return nil
+				}
+			}
+			return fmt.Errorf("pod %s is %s, not ready", p.Name, p.Status.Phase)
+		})
+		if err != nil {
+			return nil, nil, err
+		}
+	}
+	return pods[0], pods[1], nil
 }
