@@ -123,9 +123,9 @@ func copyFile(t *testing.T, src, dst string, mode os.FileMode) {
 	}
 }
 
-// userKubeconfig writes the cluster's kubeconfig, its certificates and key
-// embedded, into u's home: what a user's ~/.kube/config is.
-func userKubeconfig(t *testing.T, c *Cluster, u netnstest.User) string {
+// flatKubeconfig is the cluster's kubeconfig with its certificates and
+// key embedded, as a user's file holds them.
+func flatKubeconfig(t *testing.T, c *Cluster) *clientcmdapi.Config {
 	t.Helper()
 	cfg, err := clientcmd.LoadFromFile(c.Kubeconfig)
 	if err != nil {
@@ -134,6 +134,14 @@ func userKubeconfig(t *testing.T, c *Cluster, u netnstest.User) string {
 	if err := clientcmdapi.FlattenConfig(cfg); err != nil {
 		t.Fatal(err)
 	}
+	return cfg
+}
+
+// userKubeconfig writes the cluster's kubeconfig, its certificates and key
+// embedded, into u's home: what a user's ~/.kube/config is.
+func userKubeconfig(t *testing.T, c *Cluster, u netnstest.User) string {
+	t.Helper()
+	cfg := flatKubeconfig(t, c)
 	path := filepath.Join(u.Home, "kubeconfig")
 	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
 		t.Fatal(err)

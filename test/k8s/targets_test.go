@@ -240,13 +240,7 @@ func timedRun(t *testing.T, c *Cluster, cfg map[string]any) (string, string, err
 // 0600 as kubectl writes it): a run that uses it says that context.
 func homeKubeconfig(t *testing.T, c *Cluster, u netnstest.User, context string) string {
 	t.Helper()
-	cfg, err := clientcmd.LoadFromFile(c.Kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := clientcmdapi.FlattenConfig(cfg); err != nil {
-		t.Fatal(err)
-	}
+	cfg := flatKubeconfig(t, c)
 	kc := cfg.Contexts[cfg.CurrentContext]
 	if kc == nil {
 		t.Fatalf("the cluster's kubeconfig has no current context %q", cfg.CurrentContext)
