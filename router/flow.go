@@ -37,7 +37,7 @@ func (r *Router) newFlow(proto policy.Proto, src, dst netip.AddrPort) *flow {
 	names := r.names.lookup(dst.Addr())
 	f.host, f.hostSide = names.host, names.side
 	appListens := false
-	if _, loop := policy.Loopback(dst.Addr()); loop && r.cfg.AppListens != nil {
+	if r.asksAppListens(dst) {
 		appListens = r.cfg.AppListens(proto, dst.Port())
 	}
 	f.decision = r.cfg.Policy.Decide(policy.Flow{Proto: proto, Dst: dst, Host: f.host, Names: names.names, AppListens: appListens})
@@ -52,6 +52,13 @@ func (r *Router) newFlow(proto policy.Proto, src, dst netip.AddrPort) *flow {
 		Host: host, Route: f.decision.Route.String(), Rule: f.decision.Rule,
 	}
 	return f
+}
+
+// asksAppListens says whether deciding a flow to dst asks whether the app
+// listens on its port, which may re-read /proc: only loopback flows do.
+func (r *Router) asksAppListens(dst netip.AddrPort) bool {
+	_, loop := policy.Loopback(dst.Addr())
+	return loop && r.cfg.AppListens != nil
 }
 
 // dial opens the flow's other end where the decision says.

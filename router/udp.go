@@ -33,10 +33,10 @@ func (r *Router) handleUDP(req *udp.ForwarderRequest) bool {
 	id := req.ID()
 	src := netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort)
 	dst := r.appDst(id.LocalAddress, id.LocalPort)
-	if _, loop := policy.Loopback(dst.Addr()); loop && r.cfg.AppListens != nil {
-		// Deciding a loopback flow may re-read the app's listeners from
-		// /proc, and this runs on the netstack's packet loop: take the
-		// datagrams into an endpoint now and decide off the loop.
+	if r.asksAppListens(dst) {
+		// Deciding this flow may re-read the app's listeners from /proc,
+		// and this runs on the netstack's packet loop: take the datagrams
+		// into an endpoint now and decide off the loop.
 		return r.handleUDPOffLoop(req, src, dst)
 	}
 	f := r.newFlow(policy.UDP, src, dst)

@@ -10,7 +10,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -134,7 +133,7 @@ func OtherHolders(self string, port uint16) ([]string, error) {
 func askHolders(id string) (Holders, error) {
 	c, err := net.DialTimeout("unix", livenessPrefix+id, holdersAskTimeout)
 	if err != nil {
-		if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) {
+		if nobodyThere(err) {
 			return nil, nil // gone since it was listed
 		}
 		return nil, err

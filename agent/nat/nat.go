@@ -123,10 +123,16 @@ func agentAlive(id string) bool {
 	c, err := net.DialTimeout("unix", livenessPrefix+id, time.Second)
 	if err != nil {
 		// Only "nobody there" means dead; anything else, keep its rules.
-		return !errors.Is(err, syscall.ECONNREFUSED) && !errors.Is(err, syscall.ENOENT)
+		return !nobodyThere(err)
 	}
 	_ = c.Close()
 	return true
+}
+
+// nobodyThere says a dial to an agent's liveness socket failed because
+// no agent holds it (any more).
+func nobodyThere(err error) bool {
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT)
 }
 
 // MarkControl marks a socket with Mark (needs NET_ADMIN, which the agent
