@@ -69,14 +69,14 @@ endif
 demo-k8s: deps k8s-binaries
 	.ci/containerd.sh with $(GO) run ./test/k8s/cmd/k8s-cluster demo
 
-# # soak: faults and load at full size (as root): 10 000 flows through one
+# soak: faults and load at full size (as root): 10 000 flows through one
 # sandbox and one agent then back to idle, 20 runs killed at moments spread
 # over start-up and run then gc, 20 sandboxes at once. `make test` runs the
 # same tests in a short form.
 soak:
 	TP_SOAK=full $(GO) test -count=1 -timeout 40m -v -run 'TestSoak' ./test/e2e/
 
-bench: the router beside the kernel path, in namespaces of its own (as
+# bench: the router beside the kernel path, in namespaces of its own (as
 # root, 5-7 minutes). BENCHFLAGS=--json for JSON; see README "Benchmarks".
 # The peers' rows (pasta, slirp4netns) need `make deps`; without them they
 # are reported as skipped.
