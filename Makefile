@@ -77,7 +77,7 @@ soak:
 	TP_SOAK=full $(GO) test -count=1 -timeout 40m -v -run 'TestSoak' ./test/e2e/
 
 # bench: the router beside the kernel path, in namespaces of its own (as
-# root, 5-7 minutes). BENCHFLAGS=--json for JSON; see README "Benchmarks".
+# root, 5-7 minutes). BENCHFLAGS=--json for JSON; see docs/benchmarks.md.
 # The peers' rows (pasta, slirp4netns) need `make deps`; without them they
 # are reported as skipped.
 bench:
