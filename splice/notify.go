@@ -1,0 +1,153 @@
+package splice
+
+import (
+	"errors"
+	"io"
+	"sync/atomic"
+	"time"
+)
+
+// A Notifier tells when a connection may have become readable, without
+// a goroutine waiting on it.
+type Notifier interface {
+	// Readable reports whether a read would not block now: data, the end
+	// of the stream or an error (which the read then reports).
+	Readable() bool
+	// Notify arranges for fn to be called whenever the connection may
+	// have become readable, until stop is called. fn is called from the
+	// notifier's own goroutine and must not block. An error means no
+	// notifications will come.
+	Notify(fn func()) (stop func(), err error)
+}
+
+// States of a notified direction.
+const (
+	unarmed   int32 = iota // not registered yet: kicks are ignored
+	idle                   // parked in the Notifier: no goroutine
+	running                // a goroutine copies
+	lingering              // the goroutine waits a moment for more (wake)
+	finished               // ended; finish was called
+)
+
+// linger is how long a copying goroutine waits for more before it parks
+// the direction: starting a goroutine per burst of a busy flow costs
+// throughput, keeping one per idle flow costs memory.
+const linger = 50 * time.Millisecond
+
+// notified is one direction copied by a goroutine started only when its
+// source has something to read; it ends when the source would block.
+type notified struct {
+	n        Notifier
+	src      io.Reader
+	dst      Conn
+	total    *int64
+	done     <-chan struct{}
+	finish   func(dst Conn, err error)
+	blocking func() // the fallback when the Notifier cannot register
+	state    atomic.Int32
+	stop     func()
+	wake     chan struct{} // kicks while lingering
+}
+
+// arm registers with the Notifier and looks at the source once (it may
+// have data already); false means it could not register.
+func (d *notified) arm() bool {
+	stop, err := d.n.Notify(d.kick)
+	if err != nil {
+		return false
+	}
+	d.stop = stop
+	d.state.Store(idle)
+	d.kick()
+	return true
+}
+
+// kick starts the copying goroutine unless one runs (it looks at the
+// source again before it parks, so no readiness is lost).
+func (d *notified) kick() {
+	if d.state.CompareAndSwap(idle, running) {
+		go d.run()
+		return
+	}
+	if d.state.Load() == lingering {
+		select {
+		case d.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// wait waits, lingering, for the source to be readable; false means the
+// direction parked and this goroutine must end.
+func (d *notified) wait(t **time.Timer) bool {
+	d.state.Store(lingering)
+	// Readiness that came before the store had its kick ignored.
+	if isClosed(d.done) || d.n.Readable() {
+		d.state.Store(running)
+		return true
+	}
+	if *t == nil {
+		*t = time.NewTimer(linger)
+	} else {
+		(*t).Reset(linger)
+	}
+	select {
+	case <-d.wake:
+		d.state.Store(running)
+		return true
+	case <-d.done:
+		d.state.Store(running)
+		return true
+	case <-(*t).C:
+	}
+	d.state.Store(idle)
+	// Again: a kick between the timer and the store went nowhere.
+	if isClosed(d.done) || d.n.Readable() {
+		return d.state.CompareAndSwap(idle, running)
+	}
+	return false
+}
+
+func (d *notified) run() {
+	var t *time.Timer
+	defer func() {
+		if t != nil {
+			t.Stop()
+		}
+	}()
+	for {
+		// Read only what is there (even after a full buffer: a read that
+		// blocks would hold this goroutine through an idle spell). Once
+		// done, read anyway: the closed side's read ends the direction.
+		if !isClosed(d.done) && !d.n.Readable() {
+			if !d.wait(&t) {
+				return
+			}
+			continue // a kick may be stale: look again
+		}
+		_, nw, rerr, werr := copyOnce(d.dst, d.src, &buffers)
+		*d.total += int64(nw)
+		var err error
+		switch {
+		case werr != nil:
+			err = &Error{Write: true, Err: werr}
+		case rerr != nil && !errors.Is(rerr, io.EOF):
+			err = &Error{Err: rerr}
+		case rerr == nil:
+			continue
+		}
+		d.state.Store(finished)
+		d.stop()
+		d.finish(d.dst, err)
+		return
+	}
+}
+
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
