@@ -372,6 +372,9 @@ func (c *Client) handshake(conn net.Conn) (proto.Facts, error) {
 			return proto.Facts{}, fmt.Errorf("connect to agent at %s: %w (%s): check --agent-token-file or %s",
 				c.where(), ErrTokenRefused, m.Reason, "TRAFFICPOLICE_AGENT_TOKEN")
 		}
+		if m.Code == proto.RefuseRetiring {
+			return proto.Facts{}, fmt.Errorf("agent at %s: %w (%s)", c.where(), ErrAgentRetiring, m.Reason)
+		}
 		return proto.Facts{}, fmt.Errorf("agent at %s refused the tunnel: %s", c.where(), m.Reason)
 	}
 	return proto.Facts{}, fmt.Errorf("agent at %s answered Hello with %s", c.where(), m.Type())
