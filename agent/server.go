@@ -366,6 +366,8 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 		return
 	}
 	t := newTunnel(log, sess, ctrl)
+	s.clients.attach(t)
+	defer s.clients.detach(t)
 	log.Info("client connected")
 
 	var wg sync.WaitGroup

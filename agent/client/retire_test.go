@@ -3,7 +3,9 @@ package client_test
 import (
 	"context"
 	"errors"
+	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -64,4 +66,95 @@ func TestStandingAgentRefusesToRetire(t *testing.T) {
 	}
 	c.Close()
 	dial(t, a.Addr(), client.Options{})
+}
+
+// A client whose going away never reaches the agent (killed, behind a
+// port-forward that keeps the pod's side open) does not keep a shared
+// agent alive: Retire pings the others and counts only those that answer.
+func TestRetireCountsOnlyClientsThatAnswer(t *testing.T) {
+	t.Parallel()
+	a := startAgent(t, agent.Options{Retirable: true})
+	frozen := freezableProxy(t, a.Addr())
+	alice := dial(t, frozen.addr, client.Options{})
+	bob := dial(t, a.Addr(), client.Options{})
+	ctx := ctxTimeout(t, 20*time.Second)
+	if left, why, err := bob.Retire(ctx); err != nil || left {
+		t.Fatalf("bob's Retire with alice alive = %v, %q, %v; want refused", left, why, err)
+	}
+	frozen.freeze() // alice's connection stays open on the agent's side, and silent
+	_ = alice
+	left, why, err := bob.Retire(ctx)
+	if err != nil || !left {
+		t.Fatalf("bob's Retire once alice went silent = %v, %q, %v; want agreed", left, why, err)
+	}
+	bob.Close()
+	a.WaitExit(10 * time.Second)
+}
+
+// proxy relays one address's connections until freeze, after which it
+// relays nothing and closes nothing, as a vanished client behind a
+// port-forward looks to the agent.
+type proxy struct {
+	addr   string
+	frozen chan struct{}
+	once   sync.Once
+}
+
+func freezableProxy(t *testing.T, target string) *proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{addr: ln.Addr().String(), frozen: make(chan struct{})}
+	var conns []net.Conn
+	var mu sync.Mutex
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, c, up)
+			mu.Unlock()
+			go p.relay(up, c)
+			go p.relay(c, up)
+		}
+	}()
+	return p
+}
+
+func (p *proxy) freeze() { p.once.Do(func() { close(p.frozen) }) }
+
+// relay copies src to dst until frozen: after, what arrives is dropped.
+func (p *proxy) relay(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if err != nil {
+			return
+		}
+		select {
+		case <-p.frozen:
+			continue
+		default:
+		}
+		if _, err := dst.Write(buf[:n]); err != nil {
+			return
+		}
+	}
 }
