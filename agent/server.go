@@ -100,6 +100,11 @@ type Options struct {
 	TargetPID int
 	// ProcRoot is where the processes are listed; "" means /proc.
 	ProcRoot string
+	// Retirable lets a client that is the only one connected ask the
+	// agent to leave with it (Retire): an agent started for runs, which
+	// several runs on one target pod share. A standing agent (started
+	// by hand, --agent-address) never retires.
+	Retirable bool
 }
 
 // Server serves tunnels. It is safe to serve several listeners with one
@@ -125,6 +130,8 @@ type Server struct {
 	// key's fingerprint; nil for an agent that speaks in clear.
 	tls         *tls.Config
 	fingerprint tunneltls.Fingerprint
+	// clients counts connected tunnels, for Retire.
+	clients *clients
 }
 
 // New checks opts and fills in the defaults.
@@ -181,6 +188,7 @@ func New(opts Options) (*Server, error) {
 		log:     log,
 		dns:     &dnsResolver{resolvConf: &resolvConfFile{path: opts.ResolvConfPath}, hosts: &hostsFile{path: opts.HostsPath}},
 		pending: make(chan struct{}, MaxPendingHandshakes),
+		clients: newClients(),
 	}
 	if opts.TLSKey != nil {
 		if s.tls, s.fingerprint, err = tunneltls.ServerConfig(opts.TLSKey); err != nil {
@@ -253,6 +261,15 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer stopIncoming()
 	stop := context.AfterFunc(ctx, func() { _ = ln.Close() })
 	defer stop()
+	// A retired agent ends once its last client has left.
+	go func() {
+		select {
+		case <-s.clients.gone:
+			s.log.Info("retired and the last client left: exiting")
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	backoff := time.Duration(0)
 	for {
 		c, err := ln.Accept()
@@ -328,6 +345,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 		_ = c.Close()
 		return
 	}
+	defer s.clients.leave() // handshake counted the client
 	stopClose()
 	// Only now, for a client that presented the token, does yamux get
 	// its windows and backlog.
@@ -348,6 +366,8 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 		return
 	}
 	t := newTunnel(log, sess, ctrl)
+	s.clients.attach(t)
+	defer s.clients.detach(t)
 	log.Info("client connected")
 
 	var wg sync.WaitGroup
@@ -406,7 +426,12 @@ func (s *Server) handshake(ctx context.Context, c net.Conn, log *slog.Logger) (n
 		log.Warn("could not read all pod facts", "err", err)
 	}
 	facts.IncomingError = s.incomingErr
+	if !s.clients.join() {
+		s.refuse(conn, proto.Refused{Code: proto.RefuseRetiring, Reason: "this agent is leaving with its last client and takes no new one"})
+		return nil, errors.New("refused a client: the agent is retiring")
+	}
 	if err := proto.WriteMessage(conn, proto.Welcome{Version: proto.Version, Facts: facts}); err != nil {
+		s.clients.leave()
 		return nil, err
 	}
 	_ = c.SetDeadline(time.Time{})
@@ -460,9 +485,11 @@ func (s *Server) serveStream(ctx context.Context, t *tunnel, st *yamux.Stream) {
 		s.incoming.Serve(t.peer, st, req)
 	case proto.Env:
 		s.serveEnv(t, st)
+	case proto.Retire:
+		s.serveRetire(t, st)
 	default:
 		_ = proto.WriteMessage(st, proto.Result{Class: proto.ClassOther,
-			Message: fmt.Sprintf("%s cannot start a flow: send DialTCP, DialUDP, DNS, DNSStream, Ping, Subscribe or Env", m.Type())})
+			Message: fmt.Sprintf("%s cannot start a flow: send DialTCP, DialUDP, DNS, DNSStream, Ping, Subscribe, Env or Retire", m.Type())})
 		_ = st.Close()
 	}
 }

@@ -124,6 +124,22 @@ func (a *Agent) Stop() {
 	a.cancel = nil
 }
 
+// WaitExit waits up to within for the agent to end by itself (one that
+// retired with its last client does), failing the test if it does not.
+func (a *Agent) WaitExit(within time.Duration) {
+	a.t.Helper()
+	select {
+	case err := <-a.done:
+		if err != nil {
+			a.t.Errorf("agent Serve: %v", err)
+		}
+		a.cancel()
+		a.cancel = nil
+	case <-time.After(within):
+		a.t.Fatalf("the agent still serves %s later", within)
+	}
+}
+
 // Dial connects a client to the agent at addr with opts (Token defaults
 // to Token), closed when the test ends.
 func Dial(t testing.TB, addr string, opts client.Options) *client.Client {

@@ -15,6 +15,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -99,7 +100,10 @@ type Client struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	// closing is set once Close said goodbye: the tunnel ending then is
+	// not a loss to reconnect from.
+	closing atomic.Bool
+	wg      sync.WaitGroup
 
 	// owner tells the agent that a renewed subscription is this client's.
 	owner string
@@ -172,10 +176,37 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 func (c *Client) Close() error {
 	if c.ctx.Err() == nil {
 		c.closeSubscriptions()
+		c.sayGoodbye()
 	}
 	c.cancel()
 	c.wg.Wait()
 	return nil
+}
+
+// goodbyeWait bounds waiting for the agent to end the tunnel after this
+// client's goodbye: a round trip; an agent that does not answer (an old
+// one, or a lost tunnel) only costs this much at the end of a run.
+const goodbyeWait = 2 * time.Second
+
+// sayGoodbye ends the tunnel the way the agent hears at once: a FIN on the
+// control stream, whose end ends the tunnel on the agent, which closes the
+// session. Closing the connection alone may reach the agent only much
+// later through a port-forward (the API server does not always close the
+// pod's side at once), and until then the agent counts this client as
+// connected: a shared agent would not retire for the next run.
+func (c *Client) sayGoodbye() {
+	c.mu.Lock()
+	t := c.cur
+	c.mu.Unlock()
+	if t == nil {
+		return
+	}
+	c.closing.Store(true)
+	_ = t.ctrlStream.Close()
+	select {
+	case <-t.sess.CloseChan():
+	case <-time.After(goodbyeWait):
+	}
 }
 
 // Facts describes the pod, as its agent last reported it, without what
@@ -238,6 +269,12 @@ func (c *Client) run(t *tunnel) {
 		case <-t.sess.CloseChan():
 		}
 		c.setTunnel(nil)
+		if c.closing.Load() {
+			// The agent ended the tunnel after this client's goodbye.
+			<-c.ctx.Done()
+			c.emit(StateClosed, nil)
+			return
+		}
 		lost := fmt.Errorf("tunnel to agent at %s closed", c.where())
 		c.log.Warn("agent connection lost, reconnecting", "agent", c.where())
 		c.emit(StateReconnecting, lost)
@@ -322,7 +359,7 @@ func (c *Client) connect(ctx context.Context) (*tunnel, error) {
 		_ = sess.Close()
 		return nil, fmt.Errorf("open control stream to agent at %s: %w", c.where(), err)
 	}
-	t := &tunnel{sess: sess, ctrl: proto.NewControl(ctrl), facts: facts, dnsReady: make(chan struct{})}
+	t := &tunnel{sess: sess, ctrl: proto.NewControl(ctrl), ctrlStream: ctrl, facts: facts, dnsReady: make(chan struct{})}
 	c.wg.Add(3)
 	go func() {
 		defer c.wg.Done()
@@ -371,6 +408,9 @@ func (c *Client) handshake(conn net.Conn) (proto.Facts, error) {
 		if m.Code == proto.RefuseToken {
 			return proto.Facts{}, fmt.Errorf("connect to agent at %s: %w (%s): check --agent-token-file or %s",
 				c.where(), ErrTokenRefused, m.Reason, "TRAFFICPOLICE_AGENT_TOKEN")
+		}
+		if m.Code == proto.RefuseRetiring {
+			return proto.Facts{}, fmt.Errorf("agent at %s: %w (%s)", c.where(), ErrAgentRetiring, m.Reason)
 		}
 		return proto.Facts{}, fmt.Errorf("agent at %s refused the tunnel: %s", c.where(), m.Reason)
 	}

@@ -22,6 +22,9 @@ var (
 	ErrAgentUnavailable = errors.New("agent unavailable")
 	// ErrNameNotFound is wrapped by a RemoteError of class name-not-found.
 	ErrNameNotFound = errors.New("name not found")
+	// ErrAgentRetiring is returned by Dial when the agent agreed to leave
+	// with its last client and takes no new one: start or join another.
+	ErrAgentRetiring = errors.New("the agent is leaving with its last client")
 	// ErrClosed is returned by a Client that was closed.
 	ErrClosed = errors.New("agent client closed")
 )

@@ -13,6 +13,8 @@ type tunnel struct {
 	sess  *yamux.Session
 	facts proto.Facts
 	ctrl  *proto.Control
+	// ctrlStream is the control stream itself, closed to say goodbye.
+	ctrlStream *yamux.Stream
 
 	// dns is the stream all DNS queries share, set before dnsReady
 	// closes; nil when the agent does not speak DNSStream.

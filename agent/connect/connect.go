@@ -64,8 +64,9 @@ type Run struct {
 	// name order; empty without target or with feature.env off.
 	Env []string
 
-	agent  *kube.Agent    // the agent this run started, removed by Close
+	agent  *kube.Agent    // the agent this run started or joined, removed by Close (a shared one by its last run)
 	record *clusterRecord // what it created, removed once Close removed it
+	notes  Progress       // where Close says what became of a shared agent
 }
 
 // Address is the agent address a run uses: the flag's, else the file's.

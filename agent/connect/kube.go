@@ -14,7 +14,13 @@ import (
 )
 
 // Close ends the tunnel and removes the agent's Job, if it started one.
+// An agent that runs share is removed by the last of them only: the run
+// asks it to retire, which it agrees to when no other run is connected.
 func (r *Run) Close() {
+	if r.agent != nil && r.agent.Shared {
+		r.closeShared()
+		return
+	}
 	if r.Client != nil {
 		r.Client.Close()
 	}
@@ -25,6 +31,33 @@ func (r *Run) Close() {
 			r.record.remove()
 		}
 	}
+}
+
+// closeShared leaves a shared agent: removed when this run was its last
+// client; else it stays for the others (and exits by itself once the
+// last of them is gone, agent.communication_timeout later, its Job then
+// removed after agent.ttl).
+func (r *Run) closeShared() {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	left, why := false, "this run never connected to it"
+	if r.Client != nil {
+		var err error
+		if left, why, err = r.Client.Retire(ctx); err != nil {
+			why = err.Error()
+		}
+		r.Client.Close()
+	}
+	if !left {
+		r.notes.Note("the agent stays for the other runs on pod %s/%s: %s", r.agent.Namespace, r.agent.Pod, why)
+		r.record.remove()
+		return
+	}
+	if err := r.agent.Close(ctx); err != nil {
+		r.notes.Note("remove the agent: %v", err)
+		return
+	}
+	r.record.remove()
 }
 
 // AccessOptions is how a run reaches its cluster: the flags' kubeconfig
@@ -60,17 +93,32 @@ func startThroughKubernetes(ctx context.Context, o Options) (run *Run, err error
 	if err != nil {
 		return nil, err
 	}
-	ag, err := startAgent(ctx, access, target, token, rec, o)
-	if err != nil {
-		return nil, err
-	}
-	run = &Run{agent: ag, record: rec}
+	run = &Run{record: rec, notes: o.Progress}
 	defer func() {
 		if err != nil {
 			run.Close()
 		}
 	}()
-	if run.Client, err = dialAgent(ctx, access, ag, token, o); err != nil {
+	// A shared agent that agreed to leave with its last run refuses new
+	// ones: remove it and start (or join) another; more than a few in a
+	// row is a loop, not bad luck.
+	for attempt := 1; ; attempt++ {
+		if run.agent, err = startAgent(ctx, access, target, token, rec, o); err != nil {
+			return run, err
+		}
+		run.Client, err = dialAgent(ctx, access, run.agent, o)
+		if !errors.Is(err, client.ErrAgentRetiring) || attempt == 3 {
+			break
+		}
+		o.Progress.Note("the agent on pod %s/%s is leaving with its last run: starting another", run.agent.Namespace, run.agent.Pod)
+		cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		err = run.agent.Abandon(cctx)
+		cancel()
+		if err != nil {
+			return run, err
+		}
+	}
+	if err != nil {
 		return run, err
 	}
 	if target != nil && o.Config.Feature.Env.Enabled {
@@ -119,8 +167,8 @@ func startAgent(ctx context.Context, access *kube.Access, target *kube.Target, t
 	if cfg.Ephemeral {
 		mode = "ephemeral container"
 	}
-	done := o.Progress.Step("agent started (" + mode + ")")
-	ag, err := access.StartAgent(ctx, target, kube.AgentOptions{
+	done := o.Progress.Step("agent (" + mode + ")")
+	ag, err := access.StartOrJoinAgent(ctx, target, kube.AgentOptions{
 		Image:                image,
 		ImagePullSecrets:     cfg.ImagePullSecrets,
 		Namespace:            cfg.Namespace,
@@ -136,17 +184,20 @@ func startAgent(ctx context.Context, access *kube.Access, target *kube.Target, t
 	done(err)
 	// On error StartAgent removed what it made, if it could: the record
 	// stays for CollectStale in case it could not.
+	if err == nil && ag.Joined {
+		o.Progress.Note("joined the agent another run started on pod %s/%s (%s): runs on one pod share it", ag.Namespace, ag.Pod, ag.Name)
+	}
 	return ag, err
 }
 
 // dialAgent connects to the agent through a port-forward to its pod,
 // retrying while it starts.
-func dialAgent(ctx context.Context, access *kube.Access, ag *kube.Agent, token string, o Options) (*client.Client, error) {
+func dialAgent(ctx context.Context, access *kube.Access, ag *kube.Agent, o Options) (*client.Client, error) {
 	cfg := o.Config.Agent
 	pf := access.PortForward(ag.Namespace, ag.Pod, ag.Port)
 	done := o.Progress.Step(fmt.Sprintf("connected to the agent through a port-forward to pod %s/%s", ag.Namespace, ag.Pod))
 	c, err := dialUntil(ctx, time.Duration(cfg.StartupTimeout)*time.Second, client.Options{
-		Token:                token,
+		Token:                ag.Token,
 		Logger:               o.Logger,
 		CommunicationTimeout: time.Duration(cfg.CommunicationTimeout) * time.Second,
 		Dialer:               pf.Dial,
@@ -190,7 +241,7 @@ func dialUntil(ctx context.Context, startup time.Duration, opts client.Options) 
 		if err == nil {
 			return c, nil
 		}
-		if errors.Is(err, client.ErrTokenRefused) || ctx.Err() != nil || time.Now().After(deadline) {
+		if errors.Is(err, client.ErrTokenRefused) || errors.Is(err, client.ErrAgentRetiring) || ctx.Err() != nil || time.Now().After(deadline) {
 			return nil, err
 		}
 		var rbac *kube.RBACError

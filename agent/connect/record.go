@@ -132,11 +132,14 @@ func CollectStale(ctx context.Context, stateDir string) ([]string, error) {
 		var failed error
 		for i := len(r.Objects) - 1; i >= 0; i-- {
 			o := r.Objects[i]
-			if err := access.DeleteAgentObjects(cctx, o.Kind, o.Namespace, o.Name); err != nil {
+			deleted, err := access.DeleteAgentObjects(cctx, o.Kind, o.Namespace, o.Name)
+			if err != nil {
 				failed = errors.Join(failed, err)
 				continue
 			}
-			removed = append(removed, fmt.Sprintf("%s %s/%s", o.Kind, o.Namespace, o.Name))
+			if deleted {
+				removed = append(removed, fmt.Sprintf("%s %s/%s", o.Kind, o.Namespace, o.Name))
+			}
 		}
 		cancel()
 		if failed != nil {

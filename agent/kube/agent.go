@@ -1,6 +1,7 @@
 package kube
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -13,7 +14,9 @@ import (
 
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/trafficpolice/trafficpolice/agent/enter"
 	"github.com/trafficpolice/trafficpolice/agent/proto"
@@ -81,11 +84,21 @@ type Agent struct {
 	Port int
 	// JobNamespace is where the Job is.
 	JobNamespace string
-	// SecretNamespace is where the Secret holding the token is (named
-	// Name, like the Job), removed with the Job or the target pod.
-	SecretNamespace string
+	// SecretNamespace and SecretName are where the Secret holding the
+	// token is (named as the Job, or for a shared agent as the target pod
+	// and agent options), removed with the Job or the target pod.
+	SecretNamespace, SecretName string
+	// Token is what clients present to the agent (from the Secret, for an
+	// agent this run joined).
+	Token string
+	// Shared says other runs on the same target pod may join the agent;
+	// Joined, that this run joined one another run started.
+	Shared, Joined bool
 
-	access *Access
+	access    *Access
+	secretUID types.UID // the shared Secret's, so that a stale one is deleted only as it was seen
+	targetUID types.UID // a shared agent's target pod
+	mode      string    // a shared agent's mode (sharedMode)
 }
 
 // StartAgent starts the agent for target and waits until its process
@@ -93,12 +106,32 @@ type Agent struct {
 // port-forward (or the pod itself) reaches it. A nil target is
 // "targetless": the agent runs in a pod of its own (a Job, in
 // o.Namespace or the access's namespace), for outgoing traffic only.
+// The agent is this run's alone; StartOrJoinAgent shares one.
 func (a *Access) StartAgent(ctx context.Context, t *Target, o AgentOptions) (*Agent, error) {
+	o, err := o.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	id, err := randomID()
+	if err != nil {
+		return nil, err
+	}
+	ag, err := a.newAgent(t, o, "trafficpolice-agent-"+id, "")
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.StartupTimeout)
+	defer cancel()
+	return a.launch(ctx, t, ag, o)
+}
+
+// withDefaults checks o and fills in its zero timeouts.
+func (o AgentOptions) withDefaults() (AgentOptions, error) {
 	if o.Image == "" {
-		return nil, errors.New("agent options: Image is empty: give agent.image")
+		return o, errors.New("agent options: Image is empty: give agent.image")
 	}
 	if o.Token == "" {
-		return nil, errors.New("agent options: Token is empty")
+		return o, errors.New("agent options: Token is empty")
 	}
 	if o.StartupTimeout <= 0 {
 		o.StartupTimeout = 60 * time.Second
@@ -106,30 +139,28 @@ func (a *Access) StartAgent(ctx context.Context, t *Target, o AgentOptions) (*Ag
 	if o.CommunicationTimeout <= 0 {
 		o.CommunicationTimeout = 30 * time.Second
 	}
-	id, err := randomID()
-	if err != nil {
-		return nil, err
-	}
+	return o, nil
+}
+
+// newAgent describes an agent named name (its Job or ephemeral
+// container) on a port of its own, whose token is in the Secret
+// secretName ("" means name), without creating anything.
+func (a *Access) newAgent(t *Target, o AgentOptions, name, secretName string) (*Agent, error) {
 	n, err := rand.Int(rand.Reader, big.NewInt(20000))
 	if err != nil {
 		return nil, fmt.Errorf("pick the agent's port: %w", err)
 	}
 	ag := &Agent{
-		Name:      "trafficpolice-agent-" + id,
-		Ephemeral: o.Ephemeral && t != nil,
-		Port:      40000 + int(n.Int64()),
-		access:    a,
+		Name:       name,
+		Ephemeral:  o.Ephemeral && t != nil,
+		Port:       40000 + int(n.Int64()),
+		SecretName: cmp.Or(secretName, name),
+		Token:      o.Token,
+		access:     a,
 	}
 	if t != nil {
 		ag.Namespace, ag.Pod = t.Pod.Namespace, t.Pod.Name
 	}
-	args := []string{
-		"--listen", "127.0.0.1:" + strconv.Itoa(ag.Port),
-		"--idle-exit", max(o.CommunicationTimeout, time.Second).String(),
-		"--communication-timeout", o.CommunicationTimeout.String(),
-	}
-	ctx, cancel := context.WithTimeout(ctx, o.StartupTimeout)
-	defer cancel()
 	// The token reaches the agent through a Secret, not as a value in the
 	// pod spec, which whoever may read pods can read (an ephemeral
 	// container's spec can never be removed).
@@ -137,12 +168,25 @@ func (a *Access) StartAgent(ctx context.Context, t *Target, o AgentOptions) (*Ag
 	if ag.Ephemeral {
 		ag.SecretNamespace = t.Pod.Namespace
 	}
+	return ag, nil
+}
+
+// launch creates ag's Secret, then its Job or ephemeral container, and
+// waits until the agent's process runs. On error it removes what it
+// created.
+func (a *Access) launch(ctx context.Context, t *Target, ag *Agent, o AgentOptions) (*Agent, error) {
+	args := []string{
+		"--listen", "127.0.0.1:" + strconv.Itoa(ag.Port),
+		"--idle-exit", max(o.CommunicationTimeout, time.Second).String(),
+		"--communication-timeout", o.CommunicationTimeout.String(),
+	}
 	if err := a.createTokenSecret(ctx, ag, o); err != nil {
 		return nil, err
 	}
 	env := []corev1.EnvVar{{Name: proto.EnvToken, ValueFrom: &corev1.EnvVarSource{
-		SecretKeyRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: ag.Name}, Key: tokenKey},
+		SecretKeyRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: ag.SecretName}, Key: tokenKey},
 	}}}
+	var err error
 	switch {
 	case t == nil:
 		err = a.startJob(ctx, nil, ag, args, env, o)
@@ -204,7 +248,7 @@ func (a *Access) startEphemeral(ctx context.Context, t *Target, ag *Agent, args 
 func (a *Access) startJob(ctx context.Context, t *Target, ag *Agent, args []string, env []corev1.EnvVar, o AgentOptions) error {
 	ns := a.jobNamespace(t, o)
 	ag.JobNamespace = ns
-	job := agentJob(ns, ag.Name, args, env, o)
+	job := agentJob(ns, ag.Name, ag.labels(o), args, env, o)
 	if t != nil {
 		if err := enterTarget(job, t); err != nil {
 			return err
@@ -251,23 +295,25 @@ const tokenKey = "token"
 // createTokenSecret creates the Secret that holds the run's token for the
 // agent, named and labelled as the agent.
 func (a *Access) createTokenSecret(ctx context.Context, ag *Agent, o AgentOptions) error {
-	labels := map[string]string{AgentLabel: agentLabelValue, "trafficpolice.dev/agent": ag.Name}
-	for k, v := range o.Labels {
-		labels[k] = v
-	}
+	labels := ag.labels(o)
 	if o.OnCreate != nil {
-		if err := o.OnCreate("secret", ag.SecretNamespace, ag.Name); err != nil {
+		if err := o.OnCreate("secret", ag.SecretNamespace, ag.SecretName); err != nil {
 			return err
 		}
 	}
 	secret := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: ag.Name, Namespace: ag.SecretNamespace, Labels: labels},
+		ObjectMeta: metav1.ObjectMeta{Name: ag.SecretName, Namespace: ag.SecretNamespace, Labels: labels, Annotations: ag.annotations()},
 		Type:       corev1.SecretTypeOpaque,
-		Data:       map[string][]byte{tokenKey: []byte(o.Token)},
+		Data:       map[string][]byte{tokenKey: []byte(ag.Token)},
 	}
-	if _, err := a.Client.CoreV1().Secrets(ag.SecretNamespace).Create(ctx, secret, metav1.CreateOptions{}); err != nil {
+	created, err := a.Client.CoreV1().Secrets(ag.SecretNamespace).Create(ctx, secret, metav1.CreateOptions{})
+	if err != nil {
+		if ag.Shared && apierrors.IsAlreadyExists(err) {
+			return errLostRace
+		}
 		return apiError(err, "create", "secrets", ag.SecretNamespace)
 	}
+	ag.secretUID = created.UID
 	return nil
 }
 
@@ -276,7 +322,7 @@ func (a *Access) createTokenSecret(ctx context.Context, ag *Agent, o AgentOption
 // run that made it was killed.
 func (a *Access) ownSecret(ctx context.Context, ag *Agent, owner metav1.OwnerReference) error {
 	secrets := a.Client.CoreV1().Secrets(ag.SecretNamespace)
-	s, err := secrets.Get(ctx, ag.Name, metav1.GetOptions{})
+	s, err := secrets.Get(ctx, ag.SecretName, metav1.GetOptions{})
 	if err != nil {
 		return apiError(err, "get", "secrets", ag.SecretNamespace)
 	}
@@ -290,11 +336,7 @@ func (a *Access) ownSecret(ctx context.Context, ag *Agent, owner metav1.OwnerRef
 // agentJob is the Job named name that runs the agent with args and env, in
 // a pod of its own: never restarted, never retried, tolerating every taint,
 // without a service account token.
-func agentJob(ns, name string, args []string, env []corev1.EnvVar, o AgentOptions) *batchv1.Job {
-	labels := map[string]string{AgentLabel: agentLabelValue, "trafficpolice.dev/agent": name}
-	for k, v := range o.Labels {
-		labels[k] = v
-	}
+func agentJob(ns, name string, labels map[string]string, args []string, env []corev1.EnvVar, o AgentOptions) *batchv1.Job {
 	ttl := int32(max(o.TTL, 0) / time.Second)
 	backoff := int32(0)
 	var pullSecrets []corev1.LocalObjectReference
@@ -426,8 +468,16 @@ func badWait(reason string) bool {
 
 // DeleteAgentObjects removes an agent's object of kind ("secret" or
 // "job", with its pods) by name: what a killed run left (see
-// AgentOptions.OnCreate). A missing object is not an error.
-func (a *Access) DeleteAgentObjects(ctx context.Context, kind, namespace, name string) error {
+// AgentOptions.OnCreate). A missing object is not an error. A shared
+// agent's object that other runs still use is kept: deleted is false.
+func (a *Access) DeleteAgentObjects(ctx context.Context, kind, namespace, name string) (deleted bool, err error) {
+	if used, err := a.inUse(ctx, kind, namespace, name); err != nil || used {
+		return false, err
+	}
+	return true, a.deleteAgentObject(ctx, kind, namespace, name)
+}
+
+func (a *Access) deleteAgentObject(ctx context.Context, kind, namespace, name string) error {
 	zero := int64(0)
 	switch kind {
 	case "secret":
@@ -460,7 +510,16 @@ func (ag *Agent) Close(ctx context.Context) error {
 	if ag.SecretNamespace != "" {
 		// Owned by the Job or the pod too: deleted now all the same, so
 		// that the token outlives the run nowhere.
-		err := ag.access.Client.CoreV1().Secrets(ag.SecretNamespace).Delete(ctx, ag.Name, metav1.DeleteOptions{})
+		var pre *metav1.Preconditions
+		if ag.secretUID != "" {
+			// A shared Secret may have been replaced by another run's
+			// since: delete only the one this agent's is.
+			pre = &metav1.Preconditions{UID: &ag.secretUID}
+		}
+		err := ag.access.Client.CoreV1().Secrets(ag.SecretNamespace).Delete(ctx, ag.SecretName, metav1.DeleteOptions{Preconditions: pre})
+		if apierrors.IsConflict(err) {
+			err = nil
+		}
 		if err != nil && !isNotFound(err) {
 			return apiError(err, "delete", "secrets", ag.SecretNamespace)
 		}

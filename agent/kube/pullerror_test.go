@@ -168,7 +168,7 @@ func TestWaitRunningReportsPullFailures(t *testing.T) {
 // TestPullSecretsReachTheJobAndTheAdvice: agent.image_pull_secrets go
 // into the Job's pod spec, and a refused pull with them says to check them.
 func TestPullSecretsReachTheJobAndTheAdvice(t *testing.T) {
-	job := agentJob("shop", "trafficpolice-agent-abc123", nil, nil, AgentOptions{Image: "registry.corp.example/tp/agent:v1", ImagePullSecrets: []string{"regcred"}})
+	job := agentJob("shop", "trafficpolice-agent-abc123", nil, nil, nil, AgentOptions{Image: "registry.corp.example/tp/agent:v1", ImagePullSecrets: []string{"regcred"}})
 	ps := job.Spec.Template.Spec.ImagePullSecrets
 	if len(ps) != 1 || ps[0].Name != "regcred" {
 		t.Fatalf("job pull secrets %v, want regcred", ps)

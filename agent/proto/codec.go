@@ -109,8 +109,8 @@ func decodeBody(t Type, body []byte) (Message, error) {
 		m = Welcome{Version: d.u16("version"), Facts: d.facts()}
 	case TypeRefused:
 		r := Refused{Code: RefuseCode(d.u8("code")), Reason: d.str("reason")}
-		if d.err == nil && r.Code != RefuseToken && r.Code != RefuseVersion {
-			d.fail("refusal code %d is unknown: valid codes are %d and %d", r.Code, RefuseToken, RefuseVersion)
+		if d.err == nil && (r.Code < RefuseToken || r.Code > RefuseRetiring) {
+			d.fail("refusal code %d is unknown: valid codes are %d to %d", r.Code, RefuseToken, RefuseRetiring)
 		}
 		m = r
 	case TypeDialTCP:
@@ -123,6 +123,8 @@ func decodeBody(t Type, body []byte) (Message, error) {
 		m = Ping{}
 	case TypeEnv:
 		m = Env{}
+	case TypeRetire:
+		m = Retire{}
 	case TypeResult:
 		m = Result{Class: d.class(), Message: d.str("message"), Data: d.rest()}
 	case TypeAbort:
@@ -389,6 +391,8 @@ func (m DNS) appendBody(b []byte) ([]byte, error) {
 func (Ping) appendBody(b []byte) ([]byte, error) { return b, nil }
 
 func (Env) appendBody(b []byte) ([]byte, error) { return b, nil }
+
+func (Retire) appendBody(b []byte) ([]byte, error) { return b, nil }
 
 func (m Result) appendBody(b []byte) ([]byte, error) {
 	if m.Class > maxClass {

@@ -71,6 +71,8 @@ func goldenMessages() []goldenMessage {
 		{"Incoming", Incoming{Mode: ModeSteal, Port: 80, Src: netip.MustParseAddrPort("10.244.0.11:41234"), Dst: netip.MustParseAddrPort("10.244.0.10:80")}},
 		{"Incoming-ipv6", Incoming{Mode: ModeMirror, Port: 443, Src: netip.MustParseAddrPort("[fd00:10:244::b]:50000"), Dst: netip.MustParseAddrPort("[fd00:10:244::a]:443")}},
 		{"Env", Env{}},
+		{"Retire", Retire{}},
+		{"Refused-retiring", Refused{Code: RefuseRetiring, Reason: "this agent is leaving with its last client"}},
 		{"DNSStream", DNSStream{}},
 		{"DNSQuery", DNSQuery{ID: 0x0a0b0c0d, Timeout: 5 * time.Second, Query: goldenQuery}},
 		{"DNSAnswer", DNSAnswer{ID: 0x0a0b0c0d, Answer: goldenAnswer}},

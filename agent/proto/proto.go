@@ -46,7 +46,12 @@ const (
 	TypeDNSStream Type = 13
 	TypeDNSQuery  Type = 14
 	TypeDNSAnswer Type = 15
-	maxType            = TypeDNSAnswer
+	// Retire asks a shared agent to leave once this client is gone, if
+	// no other client is connected. An agent that does not know it
+	// closes the stream, which the client takes as "it stays" (it still
+	// exits by itself once idle), so no version bump.
+	TypeRetire Type = 16
+	maxType         = TypeRetire
 )
 
 func (t Type) String() string {
@@ -81,6 +86,8 @@ func (t Type) String() string {
 		return "DNSQuery"
 	case TypeDNSAnswer:
 		return "DNSAnswer"
+	case TypeRetire:
+		return "Retire"
 	}
 	return fmt.Sprintf("Type(%d)", uint8(t))
 }
@@ -111,6 +118,9 @@ type RefuseCode uint8
 const (
 	RefuseToken   RefuseCode = 1
 	RefuseVersion RefuseCode = 2
+	// RefuseRetiring: the agent agreed to leave with its last client and
+	// takes no new one; start (or join) another agent.
+	RefuseRetiring RefuseCode = 3
 )
 
 func (c RefuseCode) String() string {
@@ -119,6 +129,8 @@ func (c RefuseCode) String() string {
 		return "token"
 	case RefuseVersion:
 		return "version"
+	case RefuseRetiring:
+		return "retiring"
 	}
 	return fmt.Sprintf("RefuseCode(%d)", uint8(c))
 }
@@ -170,6 +182,13 @@ type Ping struct{}
 // the pod's app sees it; the answer is a Result whose Data holds it (see
 // EncodeEnv).
 type Env struct{}
+
+// Retire asks the agent to leave once the asking client is gone, if it is
+// the only client connected: the answer is a Result of class ok (the agent
+// now refuses new clients with RefuseRetiring and exits when the asker
+// disconnects) or refused (Message says why it stays: other clients, or an
+// agent not started for runs).
+type Retire struct{}
 
 // Class is the outcome class of a request.
 type Class uint8
@@ -248,3 +267,6 @@ func (Abort) Type() Type { return TypeAbort }
 
 // Type implements Message.
 func (Env) Type() Type { return TypeEnv }
+
+// Type implements Message.
+func (Retire) Type() Type { return TypeRetire }

@@ -46,6 +46,8 @@ func sampleMessages() []Message {
 		Incoming{Mode: ModeSteal, Port: 80, Src: netip.MustParseAddrPort("10.244.0.11:41234"), Dst: netip.MustParseAddrPort("10.244.0.10:80")},
 		Incoming{Mode: ModeMirror, Port: 443, Src: netip.MustParseAddrPort("[::1]:5"), Dst: netip.MustParseAddrPort("[::1]:443")},
 		Env{},
+		Retire{},
+		Refused{Code: RefuseRetiring, Reason: "leaving"},
 		Result{Class: ClassOK, Data: []byte("PATH=/usr/bin:/bin\x00GREETING=hello=there\x00EMPTY=\x00")},
 		DNSStream{},
 		DNSQuery{ID: 1, Timeout: 2 * time.Second, Query: []byte{0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0}},
@@ -125,7 +127,7 @@ func TestDecodeRejectsBadFrames(t *testing.T) {
 		"address length": {badAddrLen, "dst length 5 is invalid"},
 		"short field":    {[]byte{byte(TypeAbort), 0, 0, 0, 2, 1, 2}, "stream id needs 4 bytes, 2 left"},
 		"unknown class":  {[]byte{byte(TypeResult), 0, 0, 0, 3, 9, 0, 0}, "result class 9 is unknown"},
-		"unknown code":   {[]byte{byte(TypeRefused), 0, 0, 0, 3, 3, 0, 0}, "refusal code 3 is unknown"},
+		"unknown code":   {[]byte{byte(TypeRefused), 0, 0, 0, 3, 4, 0, 0}, "refusal code 4 is unknown"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {

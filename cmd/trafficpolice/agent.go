@@ -159,6 +159,9 @@ func serveAgent(ctx context.Context, opts agent.Options, f agentRunFlags) error 
 	if f.idleExit <= 0 {
 		return agent.Serve(ctx, opts)
 	}
+	// Started for runs: the runs that share it may ask it to leave with
+	// the last of them.
+	opts.Retirable = true
 	s, err := agent.New(opts)
 	if err != nil {
 		return err

@@ -136,16 +136,22 @@ func startStealingRun(t *testing.T, c *Cluster, cfg map[string]any) *stealingRun
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The developer points their app at the local database, as in the seed.
+	return startBackgroundRun(t, c, cfg, app, "--listen", fmt.Sprintf(":%d", SeedAppPort), "--messages-db", localDBAddr,
+		"--uwu-service", fmt.Sprintf("uwu-service:%d", ServicePort))
+}
+
+// startBackgroundRun starts `sandbox run -f CONFIG -- ARGV...`, stopped
+// (as Ctrl-C would) at the latest when the test ends.
+func startBackgroundRun(t *testing.T, c *Cluster, cfg map[string]any, argv ...string) *stealingRun {
+	t.Helper()
 	cfgPath := filepath.Join(t.TempDir(), "config.json")
 	b, _ := json.Marshal(cfg)
 	if err := os.WriteFile(cfgPath, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	// The developer points their app at the local database, as in the seed.
 	r := &stealingRun{done: make(chan struct{})}
-	r.cmd = exec.Command(binary(t, c), "sandbox", "run", "-f", cfgPath, "--",
-		app, "--listen", fmt.Sprintf(":%d", SeedAppPort), "--messages-db", localDBAddr,
-		"--uwu-service", fmt.Sprintf("uwu-service:%d", ServicePort))
+	r.cmd = exec.Command(binary(t, c), append([]string{"sandbox", "run", "-f", cfgPath, "--"}, argv...)...)
 	r.cmd.Env = append(os.Environ(), "KUBECONFIG="+c.Kubeconfig)
 	r.cmd.Stdout, r.cmd.Stderr = &r.stdout, &r.stderr
 	if err := r.cmd.Start(); err != nil {
