@@ -39,10 +39,10 @@ const linger = 50 * time.Millisecond
 type notified struct {
 	n        Notifier
 	src      io.Reader
-	dst      Conn
+	dst      io.Writer
 	total    *int64
-	done     <-chan struct{}
-	finish   func(dst Conn, err error)
+	done     <-chan struct{} // nil: only a kick ends a parked direction
+	finish   func(err error)
 	blocking func() // the fallback when the Notifier cannot register
 	state    atomic.Int32
 	stop     func()
@@ -50,16 +50,16 @@ type notified struct {
 }
 
 // arm registers with the Notifier and looks at the source once (it may
-// have data already); false means it could not register.
-func (d *notified) arm() bool {
+// have data already); an error means it could not register.
+func (d *notified) arm() error {
 	stop, err := d.n.Notify(d.kick)
 	if err != nil {
-		return false
+		return err
 	}
 	d.stop = stop
 	d.state.Store(idle)
 	d.kick()
-	return true
+	return nil
 }
 
 // kick starts the copying goroutine unless one runs (it looks at the
@@ -138,9 +138,26 @@ func (d *notified) run() {
 		}
 		d.state.Store(finished)
 		d.stop()
-		d.finish(d.dst, err)
+		d.finish(err)
 		return
 	}
+}
+
+// CopyNotified copies src to dst as Copy does, in a goroutine that runs
+// only while src has something to read (n tells when), so that an idle
+// direction holds none. finish is called once, from that goroutine, with
+// the bytes written and Copy's result. Closing src does not always tell n
+// (a socket leaves an epoll set silently): whoever closes it calls kick,
+// which makes the direction look at src again. An error means n could not
+// register; nothing was started.
+func CopyNotified(dst io.Writer, src io.Reader, n Notifier, finish func(written int64, err error)) (kick func(), err error) {
+	var total int64
+	d := &notified{n: n, src: src, dst: dst, total: &total, wake: make(chan struct{}, 1)}
+	d.finish = func(err error) { finish(total, err) }
+	if err := d.arm(); err != nil {
+		return nil, err
+	}
+	return d.kick, nil
 }
 
 func isClosed(ch <-chan struct{}) bool {

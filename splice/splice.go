@@ -145,7 +145,7 @@ func start(ctx context.Context, a, b Side, done func(Result)) (inline func()) {
 	// Armed only now: a notified direction may finish at once, and
 	// finish needs f.stop.
 	for _, d := range f.notified {
-		if !d.arm() {
+		if d.arm() != nil {
 			runs = append(runs, d.blocking)
 		}
 	}
@@ -182,7 +182,7 @@ func (f *both) direction(ctx context.Context, src Side, dst Conn, n *int64) func
 	}
 	if src.Notifier != nil && src.Reader == nil {
 		f.notified = append(f.notified, &notified{n: src.Notifier, src: src.Conn, dst: dst, total: n,
-			done: ctx.Done(), finish: f.finish, blocking: blocking, wake: make(chan struct{}, 1)})
+			done: ctx.Done(), finish: func(err error) { f.finish(dst, err) }, blocking: blocking, wake: make(chan struct{}, 1)})
 		return nil
 	}
 	return blocking
