@@ -100,7 +100,7 @@ func (f *tcpFlow) relay() {
 const abortLinger = 5 * time.Second
 
 func (f *tcpFlow) clientToPod() {
-	_, err := splice.Copy(f.conn, f.st, nil, nil)
+	_, err := splice.Copy(f.conn, f.st, streamWait(f.st), nil)
 	switch {
 	case splice.IsWrite(err):
 		f.reset(true) // the pod's peer is gone
@@ -117,6 +117,18 @@ func (f *tcpFlow) clientToPod() {
 		f.reset(false)
 	} else {
 		_ = f.conn.CloseWrite()
+	}
+}
+
+// streamWait waits for a yamux stream to have something to read without
+// holding a copy buffer: a read into an empty buffer blocks until there is
+// data, the end or a reset, and takes nothing (an idle flow's goroutine
+// would otherwise hold a buffer in its read). Shrink first drops the
+// stream's own receive buffer while it is empty.
+func streamWait(st *yamux.Stream) splice.WaitFunc {
+	return func(<-chan struct{}) {
+		st.Shrink()
+		_, _ = st.Read(nil)
 	}
 }
 
