@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -19,10 +20,20 @@ import (
 // The versions the harness builds. Kubernetes' staging modules
 // (k8s.io/api, client-go, …) are published as v0.MINOR.PATCH.
 const (
-	KubeVersion = "v1.37.2"
-	EtcdVersion = "v3.6.16"
-	CNIVersion  = "v1.10.0"
+	KubeVersion     = "v1.37.2"
+	EtcdVersion     = "v3.6.16"
+	CNIVersion      = "v1.10.0"
+	RegistryVersion = "v3.1.2"  // github.com/distribution/distribution/v3
+	CoreDNSVersion  = "v1.15.0" // github.com/coredns/coredns
 )
+
+// registryCommand is the distribution project's registry.
+const registryCommand = "github.com/distribution/distribution/v3/cmd/registry"
+
+// coreDNSPlugins are the only CoreDNS plugins the cluster's DNS is built
+// with, in the order they handle a query (CoreDNS's own plugin.cfg
+// order): no forward plugin, so no name is sent off the machine.
+var coreDNSPlugins = []string{"bind", "ready", "errors", "kubernetes"}
 
 // kubeCommands are the main packages built from k8s.io/kubernetes.
 var kubeCommands = []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl"}
@@ -55,6 +66,10 @@ type Binaries struct {
 	Etcd string
 	// CNI is the folder of the CNI plugins (bridge, loopback, host-local, portmap).
 	CNI string
+	// Registry is the distribution project's OCI registry.
+	Registry string
+	// CoreDNS is CoreDNS with the kubernetes plugin (and coreDNSPlugins only).
+	CoreDNS string
 }
 
 // Kubectl is the path of kubectl.
@@ -68,15 +83,25 @@ func Build(log io.Writer) (Binaries, error) {
 	root := CacheDir()
 	kube := filepath.Join(root, "kubernetes-"+KubeVersion)
 	rt := filepath.Join(root, "runtime-etcd-"+EtcdVersion+"-cni-"+CNIVersion)
+	reg := filepath.Join(root, "registry-"+RegistryVersion)
+	dns := filepath.Join(root, "coredns-"+CoreDNSVersion)
 	b := Binaries{
-		Kube: filepath.Join(kube, "bin"),
-		Etcd: filepath.Join(rt, "bin", "etcd"),
-		CNI:  filepath.Join(rt, "bin", "cni"),
+		Kube:     filepath.Join(kube, "bin"),
+		Etcd:     filepath.Join(rt, "bin", "etcd"),
+		CNI:      filepath.Join(rt, "bin", "cni"),
+		Registry: filepath.Join(reg, "bin", "registry"),
+		CoreDNS:  filepath.Join(dns, "bin", "coredns"),
 	}
 	if err := buildOnce(log, kube, "Kubernetes "+KubeVersion, buildKube); err != nil {
 		return b, err
 	}
 	if err := buildOnce(log, rt, "etcd "+EtcdVersion+" and CNI plugins "+CNIVersion, buildRuntime); err != nil {
+		return b, err
+	}
+	if err := buildOnce(log, reg, "the distribution registry "+RegistryVersion, buildRegistry); err != nil {
+		return b, err
+	}
+	if err := buildOnce(log, dns, "CoreDNS "+CoreDNSVersion, buildCoreDNS); err != nil {
 		return b, err
 	}
 	return b, nil
@@ -192,6 +217,52 @@ func buildRuntime(log io.Writer, dir string) error {
 	return nil
 }
 
+// buildRegistry builds the distribution project's registry command from
+// a wrapper module.
+func buildRegistry(log io.Writer, dir string) error {
+	tools := fmt.Sprintf("//go:build tools\n\npackage tools\n\nimport _ %q\n", registryCommand)
+	if err := writeModule(filepath.Join(dir, "src"), "module tpregbuild\n\ngo 1.26.0\n", tools); err != nil {
+		return err
+	}
+	return buildWrapped(log, dir, "github.com/distribution/distribution/v3@"+RegistryVersion, registryCommand, "registry")
+}
+
+// buildCoreDNS builds a CoreDNS with only coreDNSPlugins: a main of its
+// own calls coremain as CoreDNS's does, with the plugin list set before
+// the server reads it, so that the other plugins' dependencies are
+// neither downloaded nor built.
+func buildCoreDNS(log io.Writer, dir string) error {
+	var b strings.Builder
+	b.WriteString("package main\n\nimport (\n\t\"github.com/coredns/coredns/core/dnsserver\"\n\t\"github.com/coredns/coredns/coremain\"\n")
+	quoted := make([]string, len(coreDNSPlugins))
+	for i, p := range coreDNSPlugins {
+		fmt.Fprintf(&b, "\t_ %q\n", "github.com/coredns/coredns/plugin/"+p)
+		quoted[i] = strconv.Quote(p)
+	}
+	fmt.Fprintf(&b, ")\n\nfunc init() { dnsserver.Directives = []string{%s} }\n\nfunc main() { coremain.Run() }\n", strings.Join(quoted, ", "))
+	src := filepath.Join(dir, "src")
+	if err := writeModule(src, "module tpdnsbuild\n\ngo 1.26.0\n", ""); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(src, "main.go"), []byte(b.String()), 0o644); err != nil {
+		return fmt.Errorf("write CoreDNS's main: %w", err)
+	}
+	return buildWrapped(log, dir, "github.com/coredns/coredns@"+CoreDNSVersion, ".", "coredns")
+}
+
+// buildWrapped pins module@version in dir/src's wrapper module and
+// builds pkg statically into dir/bin/out.
+func buildWrapped(log io.Writer, dir, moduleAtVersion, pkg, out string) error {
+	src := filepath.Join(dir, "src")
+	if err := run(log, goCmd(src, nil, "get", moduleAtVersion)); err != nil {
+		return err
+	}
+	if err := run(log, goCmd(src, nil, "mod", "tidy")); err != nil {
+		return err
+	}
+	return run(log, goCmd(src, []string{"CGO_ENABLED=0"}, "build", "-trimpath", "-ldflags", "-s -w", "-o", filepath.Join(dir, "bin", out), pkg))
+}
+
 // stagingModules returns the module paths k8s.io/kubernetes's go.mod
 // replaces with ./staging folders.
 func stagingModules(gomod []byte) []string {
@@ -214,6 +285,9 @@ func writeModule(src, gomod, tools string) error {
 		return fmt.Errorf("write wrapper go.mod: %w", err)
 	}
 	os.Remove(filepath.Join(src, "go.sum"))
+	if tools == "" {
+		return nil
+	}
 	if err := os.WriteFile(filepath.Join(src, "tools.go"), []byte(tools), 0o644); err != nil {
 		return fmt.Errorf("write wrapper tools.go: %w", err)
 	}
