@@ -27,8 +27,24 @@ const (
 	CoreDNSVersion  = "v1.15.0" // github.com/coredns/coredns
 )
 
-// registryCommand is the distribution project's registry.
-const registryCommand = "github.com/distribution/distribution/v3/cmd/registry"
+// registryMain is the registry's main as the harness builds it: the
+// registry's command with the filesystem storage driver only, not the
+// cloud ones, whose SDKs would make most of its build time.
+const registryMain = `package main
+
+import (
+	"os"
+
+	"github.com/distribution/distribution/v3/registry"
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
+)
+
+func main() {
+	if err := registry.RootCmd.Execute(); err != nil {
+		os.Exit(1)
+	}
+}
+`
 
 // coreDNSPlugins are the only CoreDNS plugins the cluster's DNS is built
 // with, in the order they handle a query (CoreDNS's own plugin.cfg
@@ -217,14 +233,10 @@ func buildRuntime(log io.Writer, dir string) error {
 	return nil
 }
 
-// buildRegistry builds the distribution project's registry command from
-// a wrapper module.
+// buildRegistry builds the distribution project's registry from
+// registryMain.
 func buildRegistry(log io.Writer, dir string) error {
-	tools := fmt.Sprintf("//go:build tools\n\npackage tools\n\nimport _ %q\n", registryCommand)
-	if err := writeModule(filepath.Join(dir, "src"), "module tpregbuild\n\ngo 1.26.0\n", tools); err != nil {
-		return err
-	}
-	return buildWrapped(log, dir, "github.com/distribution/distribution/v3@"+RegistryVersion, registryCommand, "registry")
+	return buildMain(log, dir, "tpregbuild", "github.com/distribution/distribution/v3@"+RegistryVersion, registryMain, "registry")
 }
 
 // buildCoreDNS builds a CoreDNS with only coreDNSPlugins: a main of its
@@ -240,27 +252,26 @@ func buildCoreDNS(log io.Writer, dir string) error {
 		quoted[i] = strconv.Quote(p)
 	}
 	fmt.Fprintf(&b, ")\n\nfunc init() { dnsserver.Directives = []string{%s} }\n\nfunc main() { coremain.Run() }\n", strings.Join(quoted, ", "))
-	src := filepath.Join(dir, "src")
-	if err := writeModule(src, "module tpdnsbuild\n\ngo 1.26.0\n", ""); err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(src, "main.go"), []byte(b.String()), 0o644); err != nil {
-		return fmt.Errorf("write CoreDNS's main: %w", err)
-	}
-	return buildWrapped(log, dir, "github.com/coredns/coredns@"+CoreDNSVersion, ".", "coredns")
+	return buildMain(log, dir, "tpdnsbuild", "github.com/coredns/coredns@"+CoreDNSVersion, b.String(), "coredns")
 }
 
-// buildWrapped pins module@version in dir/src's wrapper module and
-// builds pkg statically into dir/bin/out.
-func buildWrapped(log io.Writer, dir, moduleAtVersion, pkg, out string) error {
+// buildMain builds main (a main package's source) in a throwaway module
+// that requires moduleAtVersion, statically into dir/bin/out.
+func buildMain(log io.Writer, dir, module, moduleAtVersion, main, out string) error {
 	src := filepath.Join(dir, "src")
+	if err := writeModule(src, "module "+module+"\n\ngo 1.26.0\n", ""); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(src, "main.go"), []byte(main), 0o644); err != nil {
+		return fmt.Errorf("write %s's main: %w", out, err)
+	}
 	if err := run(log, goCmd(src, nil, "get", moduleAtVersion)); err != nil {
 		return err
 	}
 	if err := run(log, goCmd(src, nil, "mod", "tidy")); err != nil {
 		return err
 	}
-	return run(log, goCmd(src, []string{"CGO_ENABLED=0"}, "build", "-trimpath", "-ldflags", "-s -w", "-o", filepath.Join(dir, "bin", out), pkg))
+	return run(log, goCmd(src, []string{"CGO_ENABLED=0"}, "build", "-trimpath", "-ldflags", "-s -w", "-o", filepath.Join(dir, "bin", out), "."))
 }
 
 // stagingModules returns the module paths k8s.io/kubernetes's go.mod
