@@ -99,7 +99,7 @@ func TestOtherTargetKinds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	agentCfg := map[string]any{"image": AgentImage, "communication_timeout": 2, "startup_timeout": 60, "ttl": 0}
+	agentCfg := map[string]any{"image": c.AgentImage, "communication_timeout": 2, "startup_timeout": 60, "ttl": 0}
 	cfgFor := func(target string) map[string]any {
 		return map[string]any{"target": map[string]any{"path": target, "namespace": ns}, "agent": agentCfg}
 	}

@@ -76,7 +76,7 @@ func demo(ctx context.Context, args []string) error {
 		defer c.Stop()
 	}
 	if *agentImage == "" {
-		*agentImage = k8s.AgentImage
+		*agentImage = c.AgentImage
 	}
 	if *tp == "" {
 		if *tp, err = c.BuildBinary("./cmd/trafficpolice"); err != nil {
