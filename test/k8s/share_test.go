@@ -41,7 +41,7 @@ func TestRunsOnOnePodShareOneAgent(t *testing.T) {
 			for _, who := range people {
 				cfg := map[string]any{
 					"target": map[string]any{"path": "deployment/uwu-app", "namespace": ns},
-					"agent": map[string]any{"ephemeral": mode.ephemeral, "image": AgentImage,
+					"agent": map[string]any{"ephemeral": mode.ephemeral, "image": c.AgentImage,
 						"communication_timeout": 2, "startup_timeout": 60, "ttl": 0},
 					"feature": map[string]any{"network": map[string]any{"incoming": map[string]any{
 						"mode": "steal", "http_filter": map[string]any{"header_filter": "^x-user: " + who + "$"}}}},
