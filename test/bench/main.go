@@ -61,7 +61,7 @@ func benchMain(args []string) int {
 	fs.IntVar(&o.repeat, "repeat", 3, "runs of each throughput, latency and rate pair, alternating kernel and trafficpolice (medians reported)")
 	fs.StringVar(&rows, "rows", "", "only run row groups matching this regexp: tcp1, tcp8, rr, crr, udp, dns, mem, start, with a path prefix: local, rootless, remote, pasta, slirp4netns (e.g. 'local/tcp')")
 	fs.IntVar(&o.flows, "flows", 10000, "idle flows for the memory row")
-	fs.StringVar(&o.profile, "profile", "", "save trafficpolice's CPU profile of each throughput row into this directory")
+	fs.StringVar(&o.profile, "profile", "", "save trafficpolice's CPU profile of each throughput row, and the memory rows' heap profiles, goroutine stacks and memstats, into this directory")
 	fs.StringVar(&o.tp, "trafficpolice", "", "use this trafficpolice binary instead of building one")
 	fs.BoolVar(&o.noRemote, "no-remote", false, "skip the remote path (no agent)")
 	fs.BoolVar(&o.verbose, "v", false, "say what runs, on stderr")
@@ -567,13 +567,22 @@ func (b *benchRun) memory(ctx context.Context, p path, addr string) error {
 			return err
 		}
 		*r, err = rss(pr.cmd.Process.Pid)
+		i := 0
+		if r == &rss1 {
+			i = 1
+		}
 		if err == nil && agent {
-			i := 0
-			if r == &rss1 {
-				i = 1
-			}
 			if _, aheap[i], err = b.r.agentVars(ctx); err == nil {
 				arss[i], err = rss(b.r.agentPID)
+			}
+		}
+		if err == nil && b.o.profile != "" {
+			// What the flows hold: the router's (and agent's) heap,
+			// stacks and memstats, before and after they open.
+			prefix := filepath.Join(b.o.profile, fmt.Sprintf("%s-mem%d", p, i))
+			err = saveMemProfiles(ctx, http.DefaultClient, pr.debugAddr, prefix)
+			if err == nil && agent {
+				err = saveMemProfiles(ctx, b.r.agentClient(), b.r.agentDebug, prefix+"-agent")
 			}
 		}
 		return err
@@ -650,6 +659,9 @@ func (b *benchRun) holdFlows(ctx context.Context, p path, args []string, before,
 	pr.stdin.Close()
 	if err := pr.cmd.Wait(); err != nil {
 		return 0, fmt.Errorf("%v: %s", err, strings.TrimSpace(pr.stderr.String()))
+	}
+	if msg := strings.TrimSpace(pr.stderr.String()); msg != "" {
+		b.say("%s: %s", p, msg)
 	}
 	return opened, nil
 }

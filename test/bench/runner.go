@@ -328,7 +328,17 @@ func debugVars(ctx context.Context, c *http.Client, addr string) (goroutines int
 // agentVars is debugVars for the agent, whose debug server listens on
 // the pod namespace's loopback.
 func (r *runner) agentVars(ctx context.Context) (goroutines int, heap int64, err error) {
-	c := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+	g, h, err := debugVars(ctx, r.agentClient(), r.agentDebug)
+	if err != nil {
+		return 0, 0, fmt.Errorf("the agent's debug vars: %w", err)
+	}
+	return g, h, nil
+}
+
+// agentClient reaches the agent's debug server on the pod namespace's
+// loopback.
+func (r *runner) agentClient() *http.Client {
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 		DisableKeepAlives: true,
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			var conn net.Conn
@@ -341,11 +351,27 @@ func (r *runner) agentVars(ctx context.Context) (goroutines int, heap int64, err
 			return conn, err
 		},
 	}}
-	g, h, err := debugVars(ctx, c, r.agentDebug)
-	if err != nil {
-		return 0, 0, fmt.Errorf("the agent's debug vars: %w", err)
+}
+
+// saveMemProfiles saves, for the memory rows, what a process holds: its
+// live heap profile, its goroutines' stacks and its /debug/vars (memstats:
+// stack, heap and runtime overhead) as prefix.heap.pprof, prefix.goroutines.txt
+// and prefix.vars.json.
+func saveMemProfiles(ctx context.Context, c *http.Client, addr, prefix string) error {
+	for _, f := range []struct{ url, file string }{
+		{"/debug/pprof/heap?gc=1", ".heap.pprof"},
+		{"/debug/pprof/goroutine?debug=1", ".goroutines.txt"},
+		{"/debug/vars", ".vars.json"},
+	} {
+		body, err := httpGetWith(ctx, c, "http://"+addr+f.url)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(prefix+f.file, body, 0o644); err != nil {
+			return err
+		}
 	}
-	return g, h, nil
+	return nil
 }
 
 // waitDebug waits until trafficpolice's debug listener answers.
