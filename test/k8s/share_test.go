@@ -150,7 +150,7 @@ func TestAKilledRunsSharedAgentServesTheNext(t *testing.T) {
 	cfgFor := func(who string) map[string]any {
 		return map[string]any{
 			"target": map[string]any{"path": "deployment/uwu-app", "namespace": ns},
-			"agent": map[string]any{"image": c.AgentImage, "communication_timeout": 2, "startup_timeout": 60, "ttl": 0},
+			"agent":  map[string]any{"image": c.AgentImage, "communication_timeout": 2, "startup_timeout": 60, "ttl": 0},
 			"feature": map[string]any{"network": map[string]any{"incoming": map[string]any{
 				"mode": "steal", "http_filter": map[string]any{"header_filter": "^x-user: " + who + "$"}}}},
 		}
