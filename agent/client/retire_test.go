@@ -3,6 +3,7 @@ package client_test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"strings"
 	"sync"
@@ -161,4 +162,38 @@ func (p *proxy) relay(dst, src net.Conn) {
 			return
 		}
 	}
+}
+
+// A client's Close is quiet: the agent ends the tunnel after the goodbye,
+// and what ends with it (the DNS stream) is not news worth a warning.
+func TestCloseLogsNoWarning(t *testing.T) {
+	t.Parallel()
+	a := startAgent(t, agent.Options{})
+	var logs syncBuffer
+	c := dial(t, a.Addr(), client.Options{Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if _, err := c.Ping(ctxTimeout(t, 5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if s := logs.String(); s != "" {
+		t.Errorf("Close logged:\n%s", s)
+	}
+}
+
+// syncBuffer is a strings.Builder safe for a logger's writes and a read.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
