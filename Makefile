@@ -37,7 +37,8 @@ test: deps lint k8s-binaries
 test-k8s: deps k8s-binaries
 	.ci/containerd.sh with $(GO) test -count=1 -timeout 20m -v ./test/k8s/
 
-# k8s-binaries: build Kubernetes, etcd and the CNI plugins into the cache.
+# k8s-binaries: build Kubernetes, etcd, the CNI plugins, CoreDNS and the
+# registry into the cache.
 k8s-binaries:
 	$(GO) run ./test/k8s/cmd/k8s-cluster build
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	authv1 "k8s.io/api/authorization/v1"
@@ -75,19 +76,29 @@ func needed(n ClusterNeeds, ns string) []permission {
 	} else {
 		ps = append(ps, permission{verb: "create", group: "batch", resource: "jobs", namespace: agentNS, why: "start the agent's Job"},
 			permission{verb: "delete", group: "batch", resource: "jobs", namespace: agentNS, why: "remove the agent's Job when the run ends"},
+			permission{verb: "get", group: "batch", resource: "jobs", namespace: agentNS, why: "see whether the agent runs on the pod share is still there"},
 			permission{verb: "list", resource: "pods", namespace: agentNS, why: "find the agent's pod"})
 	}
 	secretNS := agentNS
 	if n.Ephemeral {
 		secretNS = ns
 	}
+	// The tunnel is a port-forward to the target pod, in whose network
+	// namespace the agent listens; a targetless agent's is its own pod.
+	forwardNS := ns
+	if n.TargetKind == "" {
+		forwardNS = agentNS
+	}
 	ps = append(ps, permission{verb: "create", resource: "secrets", namespace: secretNS, why: "hand the agent its token"},
+		permission{verb: "get", resource: "secrets", namespace: secretNS, why: "join the agent another run started on the pod (its token)"},
 		permission{verb: "update", resource: "secrets", namespace: secretNS, why: "tie the token's Secret to the agent"},
 		permission{verb: "delete", resource: "secrets", namespace: secretNS, why: "remove the token when the run ends"},
-		permission{verb: "create", resource: "pods", subresource: "portforward", namespace: agentNS, why: "tunnel to the agent"})
+		permission{verb: "create", resource: "pods", subresource: "portforward", namespace: forwardNS, why: "tunnel to the agent"})
 	if n.Env && n.TargetKind != "" {
-		ps = append(ps, permission{verb: "get", resource: "secrets", namespace: ns, why: "feature.env: the spec's secretKeyRef values", optional: true},
-			permission{verb: "get", resource: "configmaps", namespace: ns, why: "feature.env: the spec's configMapKeyRef values", optional: true})
+		if secretNS != ns { // else asked for already, not optional
+			ps = append(ps, permission{verb: "get", resource: "secrets", namespace: ns, why: "feature.env: the spec's secretKeyRef values", optional: true})
+		}
+		ps = append(ps, permission{verb: "get", resource: "configmaps", namespace: ns, why: "feature.env: the spec's configMapKeyRef values", optional: true})
 	}
 	return ps
 }
@@ -126,18 +137,33 @@ func checkCluster(ctx context.Context, env Env) []Result {
 
 func checkRBAC(ctx context.Context, access *kube.Access, ps []permission) Result {
 	r := Result{Check: "rbac"}
+	// One review per permission, all at once: each is an API round trip.
+	allowed := make([]bool, len(ps))
+	errs := make([]error, len(ps))
+	var wg sync.WaitGroup
+	for i, p := range ps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			review := &authv1.SelfSubjectAccessReview{Spec: authv1.SelfSubjectAccessReviewSpec{
+				ResourceAttributes: &authv1.ResourceAttributes{Namespace: p.namespace, Verb: p.verb, Group: p.group, Resource: p.resource, Subresource: p.subresource},
+			}}
+			got, err := access.Client.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, review, metav1.CreateOptions{})
+			if err == nil {
+				allowed[i] = got.Status.Allowed
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
 	var denied, warned []string
-	for _, p := range ps {
-		review := &authv1.SelfSubjectAccessReview{Spec: authv1.SelfSubjectAccessReviewSpec{
-			ResourceAttributes: &authv1.ResourceAttributes{Namespace: p.namespace, Verb: p.verb, Group: p.group, Resource: p.resource, Subresource: p.subresource},
-		}}
-		got, err := access.Client.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, review, metav1.CreateOptions{})
-		if err != nil {
-			r.Status, r.Detail = Fail, fmt.Sprintf("cannot ask the API server about permissions: %v", err)
+	for i, p := range ps {
+		if errs[i] != nil {
+			r.Status, r.Detail = Fail, fmt.Sprintf("cannot ask the API server about permissions: %v", errs[i])
 			r.Fix = "the user needs create on selfsubjectaccessreviews.authorization.k8s.io (every authenticated user has it by default)"
 			return r
 		}
-		if got.Status.Allowed {
+		if allowed[i] {
 			continue
 		}
 		line := p.String() + " (to " + p.why + ")"

@@ -226,7 +226,8 @@ func (c *Client) runDNSStream(t *tunnel) {
 	t.dns = s
 	close(t.dnsReady)
 	err = s.readAnswers()
-	if !t.sess.IsClosed() {
+	// After Close's goodbye the agent ends the stream with the tunnel: no news.
+	if !t.sess.IsClosed() && !c.closing.Load() {
 		c.log.Warn("DNS queries take a stream each until the next tunnel", "agent", c.where(), "err", err)
 	}
 }

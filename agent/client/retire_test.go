@@ -3,6 +3,7 @@ package client_test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"strings"
 	"sync"
@@ -81,8 +82,12 @@ func TestRetireCountsOnlyClientsThatAnswer(t *testing.T) {
 	if left, why, err := bob.Retire(ctx); err != nil || left {
 		t.Fatalf("bob's Retire with alice alive = %v, %q, %v; want refused", left, why, err)
 	}
+	// A round trip: the agent has alice's tunnel whole (a client still
+	// setting up its tunnel cannot be pinged, and counts as alive).
+	if _, err := alice.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
 	frozen.freeze() // alice's connection stays open on the agent's side, and silent
-	_ = alice
 	left, why, err := bob.Retire(ctx)
 	if err != nil || !left {
 		t.Fatalf("bob's Retire once alice went silent = %v, %q, %v; want agreed", left, why, err)
@@ -157,4 +162,38 @@ func (p *proxy) relay(dst, src net.Conn) {
 			return
 		}
 	}
+}
+
+// A client's Close is quiet: the agent ends the tunnel after the goodbye,
+// and what ends with it (the DNS stream) is not news worth a warning.
+func TestCloseLogsNoWarning(t *testing.T) {
+	t.Parallel()
+	a := startAgent(t, agent.Options{})
+	var logs syncBuffer
+	c := dial(t, a.Addr(), client.Options{Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if _, err := c.Ping(ctxTimeout(t, 5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if s := logs.String(); s != "" {
+		t.Errorf("Close logged:\n%s", s)
+	}
+}
+
+// syncBuffer is a strings.Builder safe for a logger's writes and a read.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

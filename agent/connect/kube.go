@@ -89,7 +89,7 @@ func startThroughKubernetes(ctx context.Context, o Options) (run *Run, err error
 	if err != nil {
 		return nil, err
 	}
-	rec, err := newClusterRecord(o.StateDir, AccessOptions(o), access.Context)
+	rec, err := newClusterRecord(o.StateDir, access.File, access.Context)
 	if err != nil {
 		return nil, err
 	}

@@ -49,7 +49,9 @@ type clusterObject struct {
 
 // newClusterRecord names a record for this process in dir; nothing is
 // written before the first object.
-func newClusterRecord(dir string, access kube.AccessOptions, context string) (*clusterRecord, error) {
+// kubeconfig is the file the run's configuration came from (a run under
+// $KUBECONFIG is collected by whoever runs gc with another environment).
+func newClusterRecord(dir string, kubeconfig string, context string) (*clusterRecord, error) {
 	if dir == "" {
 		return nil, nil
 	}
@@ -59,7 +61,7 @@ func newClusterRecord(dir string, access kube.AccessOptions, context string) (*c
 	}
 	pid := os.Getpid()
 	return &clusterRecord{
-		PID: pid, PIDStart: procinfo.StartTime(pid), Kubeconfig: access.Kubeconfig, Context: context, Created: time.Now(),
+		PID: pid, PIDStart: procinfo.StartTime(pid), Kubeconfig: kubeconfig, Context: context, Created: time.Now(),
 		path: filepath.Join(dir, clusterRecordPrefix+hex.EncodeToString(b)+".json"),
 	}, nil
 }

@@ -57,28 +57,41 @@ func PID(ctx context.Context, socket, id string) (int, error) {
 	return info.PID, nil
 }
 
-// ExecIn replaces this process with argv running in the network namespace
-// of pid. Namespaces belong to threads: setns on one locked thread, then
-// execve from it, leaves the new program wholly inside. It returns only
-// on failure.
+// ExecIn replaces this process with argv running in the network and UTS
+// namespaces of pid: the pod's network, and its hostname, which the agent
+// reports to its clients as the pod's. Namespaces belong to threads: setns
+// on one locked thread, then execve from it, leaves the new program
+// wholly inside. It returns only on failure.
 func ExecIn(pid int, argv, env []string) error {
-	path := fmt.Sprintf("/proc/%d/ns/net", pid)
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("open the target's network namespace %s: %w (the agent needs hostPID and privileges)", path, err)
-	}
 	runtime.LockOSThread() // never unlocked: this thread leaves with execve
-	if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-		unix.Close(fd)
-		return fmt.Errorf("enter the target's network namespace %s: %w", path, err)
+	for _, ns := range []struct {
+		name string
+		flag int
+	}{{"net", unix.CLONE_NEWNET}, {"uts", unix.CLONE_NEWUTS}} {
+		if err := setns(pid, ns.name, ns.flag); err != nil {
+			return err
+		}
 	}
-	unix.Close(fd)
 	self, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("find the agent's own binary: %w", err)
 	}
 	if err := unix.Exec(self, argv, env); err != nil {
-		return fmt.Errorf("re-execute the agent in the target's network namespace: %w", err)
+		return fmt.Errorf("re-execute the agent in the target's namespaces: %w", err)
+	}
+	return nil
+}
+
+// setns moves the calling thread into pid's namespace called name.
+func setns(pid int, name string, flag int) error {
+	path := fmt.Sprintf("/proc/%d/ns/%s", pid, name)
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open the target's %s namespace %s: %w (the agent needs hostPID and privileges)", name, path, err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Setns(fd, flag); err != nil {
+		return fmt.Errorf("enter the target's %s namespace %s: %w", name, path, err)
 	}
 	return nil
 }

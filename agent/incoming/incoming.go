@@ -66,6 +66,11 @@ type Service struct {
 	// otherHolders asks the pod's other agents who holds a port before
 	// this one redirects it (Start sets it; nil: no other agents).
 	otherHolders func(port uint16) ([]string, error)
+	// lockPort takes a port's redirect lock among the pod's agents (Start
+	// sets it to nat.LockPort; nil: no other agents); unlocks holds what
+	// releasing each redirected port lets go.
+	lockPort func(port uint16) (func(), error)
+	unlocks  map[uint16]func()
 }
 
 // subscription is one client's steal or mirror of one pod port.
@@ -167,10 +172,11 @@ func (in *Service) subscribe(p *Peer, req proto.Subscribe) (*subscription, error
 		}
 	}
 	if len(in.ports[req.Port]) == 0 {
-		if err := in.refuseIfOtherAgentHolds(req.Port); err != nil {
+		if err := in.lockLocked(req.Port); err != nil {
 			return nil, err
 		}
 		if err := in.rules.Add(req.Port); err != nil {
+			in.unlockLocked(req.Port)
 			return nil, fmt.Errorf("redirect port %d to the agent: %w", req.Port, err)
 		}
 	}
@@ -186,22 +192,49 @@ func (in *Service) subscribe(p *Peer, req proto.Subscribe) (*subscription, error
 	return s, nil
 }
 
-// refuseIfOtherAgentHolds: another agent in the pod that redirects port
-// would lose it to our newer redirect without a word, so a subscription
-// there is refused with its holders' names. (Two agents that start
-// redirecting one port at the same instant can still both do so.)
-func (in *Service) refuseIfOtherAgentHolds(port uint16) error {
-	if in.otherHolders == nil {
+// lockLocked takes port's redirect lock among the pod's agents before its
+// first redirect: another agent that redirects it would lose it to ours
+// without a word, so the subscription is refused, with the holders' names
+// when they answer. The lock (nat.LockPort) settles two agents that start
+// at the same instant; asking the others covers agents older than it.
+func (in *Service) lockLocked(port uint16) error {
+	if in.lockPort == nil {
 		return nil
 	}
-	held, err := in.otherHolders(port)
-	if err != nil {
-		in.log.Warn("asking the pod's other agents who holds a port", "port", port, "err", err)
+	unlock, lockErr := in.lockPort(port)
+	var held []string
+	if in.otherHolders != nil {
+		var err error
+		if held, err = in.otherHolders(port); err != nil {
+			in.log.Warn("asking the pod's other agents who holds a port", "port", port, "err", err)
+		}
 	}
-	if len(held) == 0 {
+	if lockErr == nil && len(held) == 0 {
+		if in.unlocks == nil {
+			in.unlocks = map[uint16]func(){}
+		}
+		in.unlocks[port] = unlock
 		return nil
 	}
-	return fmt.Errorf("port %d is already redirected by another trafficpolice agent in this pod, for %s: two agents cannot both redirect a port (the newer would silently take it); ask them to stop, or join their agent", port, strings.Join(held, " and "))
+	if unlock != nil {
+		unlock()
+	}
+	const why = "two agents cannot both redirect a port (the newer would silently take it); ask them to stop, or join their agent"
+	switch {
+	case len(held) > 0:
+		return fmt.Errorf("port %d is already redirected by another trafficpolice agent in this pod, for %s: %s", port, strings.Join(held, " and "), why)
+	case errors.Is(lockErr, nat.ErrPortLocked):
+		return fmt.Errorf("port %d is already being redirected by another trafficpolice agent in this pod (it has not said for whom yet): %s", port, why)
+	}
+	return lockErr
+}
+
+// unlockLocked lets go of port's redirect lock.
+func (in *Service) unlockLocked(port uint16) {
+	if unlock := in.unlocks[port]; unlock != nil {
+		unlock()
+		delete(in.unlocks, port)
+	}
 }
 
 // publishLocked updates what other agents are told about our ports.
@@ -256,6 +289,7 @@ func (in *Service) releaseLocked(s *subscription) {
 	if err := in.rules.Remove(s.port); err != nil {
 		in.log.Error("remove the redirect of a port", "port", s.port, "err", err)
 	}
+	in.unlockLocked(s.port)
 	in.log.Info("unsubscribed; the port is the pod's again", "sub", s.String())
 }
 

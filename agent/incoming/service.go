@@ -134,6 +134,7 @@ func Start(ctx context.Context, opts Options, wg *sync.WaitGroup) (*Service, err
 	in.natRules = rules
 	in.closeListeners = closeAll
 	in.otherHolders = func(port uint16) ([]string, error) { return nat.OtherHolders(id, port) }
+	in.lockPort = nat.LockPort
 	answer.Store(in)
 	opts.Log.Info("incoming traffic ready", "nat_backend", string(rules.Kind()), "rules", rules.Where())
 	for _, ln := range lns {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"strings"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -32,6 +33,10 @@ type Access struct {
 	Namespace string
 	// Source says where the configuration came from, for messages.
 	Source string
+	// File is the one kubeconfig file it came from, to reach the cluster
+	// again later ("" for a $KUBECONFIG list, the default loading rules or
+	// in-cluster).
+	File string
 	// Context is the kubeconfig context in use ("" in a cluster).
 	Context string
 }
@@ -40,17 +45,20 @@ type Access struct {
 // does not talk to the cluster yet.
 func Connect(o AccessOptions) (*Access, error) {
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	source := "$KUBECONFIG or ~/.kube/config"
-	switch {
+	source, file := "$KUBECONFIG or ~/.kube/config", ""
+	switch env := os.Getenv("KUBECONFIG"); {
 	case o.Kubeconfig != "":
 		rules.ExplicitPath = o.Kubeconfig
-		source = o.Kubeconfig
-	case os.Getenv("KUBECONFIG") != "":
-		source = "$KUBECONFIG (" + os.Getenv("KUBECONFIG") + ")"
+		source, file = o.Kubeconfig, o.Kubeconfig
+	case env != "":
+		source = "$KUBECONFIG (" + env + ")"
+		if !strings.Contains(env, string(filepath.ListSeparator)) {
+			file = env
+		}
 	default:
 		if p := sudoUserKubeconfig(); p != "" {
 			rules.Precedence = []string{p}
-			source = p
+			source, file = p, p
 		} else if home, err := os.UserHomeDir(); err == nil {
 			source = filepath.Join(home, ".kube", "config")
 		}
@@ -87,7 +95,7 @@ func Connect(o AccessOptions) (*Access, error) {
 	if raw, err := cc.RawConfig(); err == nil && context == "" {
 		context = raw.CurrentContext
 	}
-	return &Access{Client: client, REST: cfg, Namespace: ns, Source: source, Context: context}, nil
+	return &Access{Client: client, REST: cfg, Namespace: ns, Source: source, File: file, Context: context}, nil
 }
 
 // sudoUserKubeconfig is ~/.kube/config of the user who ran sudo, when

@@ -170,8 +170,14 @@ func TestConnectReadsKubeconfigLikeKubectl(t *testing.T) {
 		t.Fatalf("-n ops: %v %v", a, err)
 	}
 	t.Setenv("KUBECONFIG", p)
-	if a, err = Connect(AccessOptions{}); err != nil || a.Namespace != "shop" {
-		t.Fatalf("$KUBECONFIG: %v %v", a, err)
+	// File is what a killed run's record reaches the cluster again with,
+	// whatever environment `sandbox gc` has.
+	if a, err = Connect(AccessOptions{}); err != nil || a.Namespace != "shop" || a.File != p {
+		t.Fatalf("$KUBECONFIG: %+v %v, want namespace shop from file %s", a, err, p)
+	}
+	t.Setenv("KUBECONFIG", p+string(filepath.ListSeparator)+p)
+	if a, err = Connect(AccessOptions{}); err != nil || a.File != "" {
+		t.Fatalf("$KUBECONFIG list: %+v %v, want no single file", a, err)
 	}
 	if _, err := Connect(AccessOptions{Kubeconfig: p, Context: "nope"}); err == nil || !strings.Contains(err.Error(), `context "nope"`) {
 		t.Fatalf("unknown context: %v", err)

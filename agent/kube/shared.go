@@ -305,9 +305,10 @@ func (ag *Agent) annotations() map[string]string {
 }
 
 // inUse says whether the object (kind "secret" or "job") is a shared
-// agent's that still runs, or is starting, for other runs: a killed run's
-// record names the shared agent it started, which others may have joined
-// since. A running agent ends by itself once its last client is gone.
+// agent's that runs: a killed run's record names the shared agent it
+// started, which others may have joined since, and a running agent ends by
+// itself once its last client is gone. One still starting has no client
+// yet (runs waiting to join it start another when it goes).
 func (a *Access) inUse(ctx context.Context, kind, namespace, name string) (bool, error) {
 	var secretName string
 	switch kind {
@@ -347,5 +348,5 @@ func (a *Access) inUse(ctx context.Context, kind, namespace, name string) (bool,
 	if err != nil {
 		return false, nil // failing to start: nobody uses it
 	}
-	return state == agentRunning || state == agentStarting, nil
+	return state == agentRunning, nil
 }

@@ -99,6 +99,22 @@ func newSandboxRunCommand() *cobra.Command {
 	return cmd
 }
 
+// targetlessIncoming turns incoming traffic off for a targetless run
+// through Kubernetes: its agent runs in a pod of its own, which nobody
+// sends anything to. Mirroring is mirrord's default, so only a steal asked
+// for is worth a note. (A running agent, --agent-address, serves its own
+// namespace's incoming traffic, target or not.)
+func targetlessIncoming(cfg *config.Config, agentAddress string, progress *sandbox.Progress) {
+	in := &cfg.Feature.Network.Incoming
+	if cfg.Target.Path != "targetless" || connect.Address(connect.Options{Config: cfg, Address: agentAddress}) != "" {
+		return
+	}
+	if in.Mode == config.ModeSteal {
+		progress.Note("targetless: there is no pod whose incoming traffic to steal; feature.network.incoming is ignored")
+	}
+	in.Mode = config.ModeOff
+}
+
 func runSandbox(ctx context.Context, f runFlags, argv []string) error {
 	cfg, err := f.config.load(os.Stderr)
 	if err != nil {
@@ -144,6 +160,7 @@ func runSandbox(ctx context.Context, f runFlags, argv []string) error {
 	if err := runPreflight(ctx, pre, progress); err != nil {
 		return err
 	}
+	targetlessIncoming(cfg, f.agentAddress, progress)
 	// The target's environment (feature.env) comes after ours: the pod's
 	// values win, as in mirrord.
 	appEnv := os.Environ()

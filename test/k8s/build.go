@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -19,10 +20,36 @@ import (
 // The versions the harness builds. Kubernetes' staging modules
 // (k8s.io/api, client-go, …) are published as v0.MINOR.PATCH.
 const (
-	KubeVersion = "v1.37.2"
-	EtcdVersion = "v3.6.16"
-	CNIVersion  = "v1.10.0"
+	KubeVersion     = "v1.37.2"
+	EtcdVersion     = "v3.6.16"
+	CNIVersion      = "v1.10.0"
+	RegistryVersion = "v3.1.2"  // github.com/distribution/distribution/v3
+	CoreDNSVersion  = "v1.15.0" // github.com/coredns/coredns
 )
+
+// registryMain is the registry's main as the harness builds it: the
+// registry's command with the filesystem storage driver only, not the
+// cloud ones, whose SDKs would make most of its build time.
+const registryMain = `package main
+
+import (
+	"os"
+
+	"github.com/distribution/distribution/v3/registry"
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
+)
+
+func main() {
+	if err := registry.RootCmd.Execute(); err != nil {
+		os.Exit(1)
+	}
+}
+`
+
+// coreDNSPlugins are the only CoreDNS plugins the cluster's DNS is built
+// with, in the order they handle a query (CoreDNS's own plugin.cfg
+// order): no forward plugin, so no name is sent off the machine.
+var coreDNSPlugins = []string{"bind", "ready", "errors", "kubernetes"}
 
 // kubeCommands are the main packages built from k8s.io/kubernetes.
 var kubeCommands = []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl"}
@@ -55,6 +82,10 @@ type Binaries struct {
 	Etcd string
 	// CNI is the folder of the CNI plugins (bridge, loopback, host-local, portmap).
 	CNI string
+	// Registry is the distribution project's OCI registry.
+	Registry string
+	// CoreDNS is CoreDNS with the kubernetes plugin (and coreDNSPlugins only).
+	CoreDNS string
 }
 
 // Kubectl is the path of kubectl.
@@ -68,15 +99,25 @@ func Build(log io.Writer) (Binaries, error) {
 	root := CacheDir()
 	kube := filepath.Join(root, "kubernetes-"+KubeVersion)
 	rt := filepath.Join(root, "runtime-etcd-"+EtcdVersion+"-cni-"+CNIVersion)
+	reg := filepath.Join(root, "registry-"+RegistryVersion)
+	dns := filepath.Join(root, "coredns-"+CoreDNSVersion)
 	b := Binaries{
-		Kube: filepath.Join(kube, "bin"),
-		Etcd: filepath.Join(rt, "bin", "etcd"),
-		CNI:  filepath.Join(rt, "bin", "cni"),
+		Kube:     filepath.Join(kube, "bin"),
+		Etcd:     filepath.Join(rt, "bin", "etcd"),
+		CNI:      filepath.Join(rt, "bin", "cni"),
+		Registry: filepath.Join(reg, "bin", "registry"),
+		CoreDNS:  filepath.Join(dns, "bin", "coredns"),
 	}
 	if err := buildOnce(log, kube, "Kubernetes "+KubeVersion, buildKube); err != nil {
 		return b, err
 	}
 	if err := buildOnce(log, rt, "etcd "+EtcdVersion+" and CNI plugins "+CNIVersion, buildRuntime); err != nil {
+		return b, err
+	}
+	if err := buildOnce(log, reg, "the distribution registry "+RegistryVersion, buildRegistry); err != nil {
+		return b, err
+	}
+	if err := buildOnce(log, dns, "CoreDNS "+CoreDNSVersion, buildCoreDNS); err != nil {
 		return b, err
 	}
 	return b, nil
@@ -192,6 +233,47 @@ func buildRuntime(log io.Writer, dir string) error {
 	return nil
 }
 
+// buildRegistry builds the distribution project's registry from
+// registryMain.
+func buildRegistry(log io.Writer, dir string) error {
+	return buildMain(log, dir, "tpregbuild", "github.com/distribution/distribution/v3@"+RegistryVersion, registryMain, "registry")
+}
+
+// buildCoreDNS builds a CoreDNS with only coreDNSPlugins: a main of its
+// own calls coremain as CoreDNS's does, with the plugin list set before
+// the server reads it, so that the other plugins' dependencies are
+// neither downloaded nor built.
+func buildCoreDNS(log io.Writer, dir string) error {
+	var b strings.Builder
+	b.WriteString("package main\n\nimport (\n\t\"github.com/coredns/coredns/core/dnsserver\"\n\t\"github.com/coredns/coredns/coremain\"\n")
+	quoted := make([]string, len(coreDNSPlugins))
+	for i, p := range coreDNSPlugins {
+		fmt.Fprintf(&b, "\t_ %q\n", "github.com/coredns/coredns/plugin/"+p)
+		quoted[i] = strconv.Quote(p)
+	}
+	fmt.Fprintf(&b, ")\n\nfunc init() { dnsserver.Directives = []string{%s} }\n\nfunc main() { coremain.Run() }\n", strings.Join(quoted, ", "))
+	return buildMain(log, dir, "tpdnsbuild", "github.com/coredns/coredns@"+CoreDNSVersion, b.String(), "coredns")
+}
+
+// buildMain builds main (a main package's source) in a throwaway module
+// that requires moduleAtVersion, statically into dir/bin/out.
+func buildMain(log io.Writer, dir, module, moduleAtVersion, main, out string) error {
+	src := filepath.Join(dir, "src")
+	if err := writeModule(src, "module "+module+"\n\ngo 1.26.0\n", ""); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(src, "main.go"), []byte(main), 0o644); err != nil {
+		return fmt.Errorf("write %s's main: %w", out, err)
+	}
+	// No `go mod tidy`: it would download the test dependencies of every
+	// module in the graph; go get selects the same versions, and the
+	// build (-mod=mod) records the sums of what it compiles.
+	if err := run(log, goCmd(src, nil, "get", moduleAtVersion)); err != nil {
+		return err
+	}
+	return run(log, goCmd(src, []string{"CGO_ENABLED=0"}, "build", "-trimpath", "-ldflags", "-s -w", "-o", filepath.Join(dir, "bin", out), "."))
+}
+
 // stagingModules returns the module paths k8s.io/kubernetes's go.mod
 // replaces with ./staging folders.
 func stagingModules(gomod []byte) []string {
@@ -214,6 +296,9 @@ func writeModule(src, gomod, tools string) error {
 		return fmt.Errorf("write wrapper go.mod: %w", err)
 	}
 	os.Remove(filepath.Join(src, "go.sum"))
+	if tools == "" {
+		return nil
+	}
 	if err := os.WriteFile(filepath.Join(src, "tools.go"), []byte(tools), 0o644); err != nil {
 		return fmt.Errorf("write wrapper tools.go: %w", err)
 	}

@@ -50,8 +50,8 @@ var (
 	PodSubnet     = netip.MustParsePrefix("10.236.0.0/24")
 	Gateway       = netip.MustParseAddr("10.236.0.1") // the bridge: also the cluster DNS
 	ServiceSubnet = netip.MustParsePrefix("10.237.0.0/16")
-	// DNSAddr is the cluster DNS server's address: the bridge, where the
-	// harness's own DNS server listens.
+	// DNSAddr is the cluster DNS server's address: the bridge, where
+	// CoreDNS listens.
 	DNSAddr = Gateway
 )
 
@@ -66,14 +66,18 @@ type Cluster struct {
 	Bin Binaries
 	// NodeIP is the node's address (this machine's own).
 	NodeIP netip.Addr
+	// AgentImage is the agent image built from this tree, pushed to the
+	// cluster's registry (127.0.0.1:PORT/trafficpolice/agent:k8s-test):
+	// the node pulls it, as a user's nodes pull theirs.
+	AgentImage string
+	// Registry is the cluster's OCI registry, as host:port.
+	Registry string
 
 	dir        string
 	pki        *pki
 	log        io.Writer
 	lock       *os.File
 	components []*component
-	dns        *dnsServer
-	cancel     context.CancelFunc
 	server     string
 	appImage   string // testapp's image when not AppImage (Attach)
 }
@@ -314,8 +318,9 @@ func (c *Cluster) startControlPlane() error {
 	return nil
 }
 
-// startNode prepares the network (bridge, CNI, DNS), then starts
-// kubelet and kube-proxy and waits for a Ready node.
+// startNode prepares the network (bridge, CNI), the registry and the
+// images, and CoreDNS, then starts kubelet and kube-proxy and waits for a
+// Ready node.
 func (c *Cluster) startNode() error {
 	ports, err := c.ports(3)
 	if err != nil {
@@ -325,12 +330,13 @@ func (c *Cluster) startNode() error {
 	if err := setupNetwork(c.dir, c.Bin.CNI); err != nil {
 		return err
 	}
+	if c.Registry, err = c.startRegistry(); err != nil {
+		return err
+	}
 	if err := c.importImages(); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	c.cancel = cancel
-	if c.dns, err = startDNS(ctx, c.Client, netip.AddrPortFrom(DNSAddr, 53), c.log); err != nil {
+	if err := c.startCoreDNS(context.Background()); err != nil {
 		return err
 	}
 	kubeletConf := filepath.Join(c.dir, "kubelet-config.yaml")
@@ -428,11 +434,8 @@ func (c *Cluster) Stop() {
 	if c.Client != nil && len(c.components) > 0 {
 		c.deleteWorkloads()
 	}
-	// The DNS server's watch ends before the API server does.
-	if c.cancel != nil {
-		c.cancel()
-	}
-	stopOrder := []string{"scheduler", "controller-manager", "kube-proxy", "kubelet"}
+	// CoreDNS's watch ends before the API server does.
+	stopOrder := []string{"scheduler", "controller-manager", "kube-proxy", "kubelet", "coredns", "registry"}
 	for _, name := range stopOrder {
 		for _, p := range c.components {
 			if p.name == name {
@@ -443,12 +446,6 @@ func (c *Cluster) Stop() {
 	removeSandboxes(c.log)
 	for _, p := range c.components {
 		p.stop(10 * time.Second)
-	}
-	if c.cancel != nil {
-		c.cancel()
-	}
-	if c.dns != nil {
-		c.dns.stop()
 	}
 	teardown(c.dir, c.log)
 	if c.lock != nil {

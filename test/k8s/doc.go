@@ -2,9 +2,10 @@
 // the end-to-end tests of agent/kube and `sandbox run --target` (issue 8):
 // kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and
 // kube-proxy built from k8s.io/kubernetes through the Go module proxy,
-// etcd and the bridge CNI plugins built the same way, the machine's
-// containerd (with its CRI plugin) and runc, and a cluster DNS server of
-// its own that answers from the cluster's Services.
+// etcd, the bridge CNI plugins, CoreDNS (the cluster's DNS, with its
+// kubernetes plugin) and the distribution project's OCI registry (from
+// which the node pulls the agent image) built the same way, and the
+// machine's containerd (with its CRI plugin) and runc.
 //
 // Binaries are built once per version into a cache (see CacheDir) and
 // reused by later runs. A test binary starts one cluster in TestMain

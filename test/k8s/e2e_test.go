@@ -184,7 +184,7 @@ func TestTargetDeploymentThroughKubernetes(t *testing.T) {
 			pod := targetPod(t, c, ns, "uwu-app")
 			cfg := map[string]any{
 				"target": map[string]any{"path": "deployment/uwu-app", "namespace": ns},
-				"agent": map[string]any{"ephemeral": mode.ephemeral, "image": AgentImage,
+				"agent": map[string]any{"ephemeral": mode.ephemeral, "image": c.AgentImage,
 					"communication_timeout": 2, "startup_timeout": 60, "ttl": 0},
 				"feature": map[string]any{"env": map[string]any{"exclude": "SECRET_*", "override": map[string]string{"LOG_LEVEL": "info"}}},
 			}
@@ -437,7 +437,7 @@ func TestListAndCompleteTargets(t *testing.T) {
 func TestClearErrorsForBadTargets(t *testing.T) {
 	c := need(t)
 	ns := uwuNamespace(t, c, "tp-errors")
-	cfg := map[string]any{"target": map[string]any{"path": "deployment/uwu-ap", "namespace": ns}, "agent": map[string]any{"image": AgentImage}}
+	cfg := map[string]any{"target": map[string]any{"path": "deployment/uwu-ap", "namespace": ns}, "agent": map[string]any{"image": c.AgentImage}}
 	_, errOut, err := sandboxRun(t, c, cfg, "true")
 	if err == nil || !strings.Contains(errOut, `deployment/uwu-ap not found in namespace "`+ns+`"; did you mean deployment/uwu-app?`) {
 		t.Errorf("not found: err %v, stderr:\n%s", err, errOut)
@@ -523,7 +523,7 @@ func TestPortForwardLatencyAndReconnect(t *testing.T) {
 		Spec: corev1.PodSpec{
 			TerminationGracePeriodSeconds: &zero,
 			Containers: []corev1.Container{{
-				Name: "agent", Image: AgentImage, ImagePullPolicy: corev1.PullNever,
+				Name: "agent", Image: c.AgentImage, ImagePullPolicy: corev1.PullIfNotPresent,
 				Args: []string{"--listen", "0.0.0.0:7777"},
 				Env:  []corev1.EnvVar{{Name: "TRAFFICPOLICE_AGENT_TOKEN", Value: token}},
 			}},

@@ -151,6 +151,7 @@ func teardown(dir string, log io.Writer) {
 	killRecorded(dir)
 	removeSandboxes(log)
 	removeImages(dir, log)
+	removeRegistryStorage(dir, warn)
 	// Kubelet's mounts (secrets, tokens, the pods' volumes) and the CRI's
 	// netns mounts, deepest first.
 	for _, m := range mountsUnder(dir, "/run/netns/cni-") {

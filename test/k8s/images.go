@@ -1,12 +1,14 @@
 package k8s
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -14,8 +16,9 @@ import (
 	"github.com/trafficpolice/trafficpolice/images"
 )
 
-// The images the harness imports into containerd's "k8s.io" namespace.
-// Pods use them with imagePullPolicy: Never; no registry is reachable.
+// The images the harness imports into containerd's "k8s.io" namespace
+// (pods use them with imagePullPolicy: Never), and the agent image's tag
+// in the cluster's registry, from which the node pulls it.
 const (
 	// PauseImage is the pod sandbox image containerd's CRI plugin is
 	// pinned to (see .ci/containerd.sh).
@@ -23,10 +26,10 @@ const (
 	// AppImage holds testapp (see testapp/): `testapp serve ...`, and the
 	// seed story's apps as /uwu-app, /uwu-service and /messages-db.
 	AppImage = "localhost/tp-k8s/testapp:v1"
-	// AgentImage is the agent image built from this tree's trafficpolice,
-	// under a localhost name (never pulled, as the harness imports it),
-	// given to every run as agent.image.
-	AgentImage = "localhost/trafficpolice/agent:k8s-test"
+	// AgentTag is the agent image's tag in the cluster's registry; the
+	// image is built from this tree's trafficpolice and given to every
+	// run as agent.image (Cluster.AgentImage).
+	AgentTag = "k8s-test"
 	// ImageEnv is a variable AppImage's OCI config sets (KEY=VALUE).
 	ImageEnv = "IMAGE_GREETING=hello from the image"
 )
@@ -36,7 +39,8 @@ const (
 var SeedApps = []string{"uwu-app", "uwu-service", "messages-db"}
 
 // importImages builds the binaries (trafficpolice, testapp), packs them
-// as images and imports them into containerd.
+// as images, pushes the agent's to the cluster's registry with
+// `trafficpolice images push` and imports the others into containerd.
 func (c *Cluster) importImages() error {
 	dir := filepath.Join(c.dir, "images")
 	tp, err := c.BuildBinary("./cmd/trafficpolice")
@@ -55,8 +59,26 @@ func (c *Cluster) importImages() error {
 		}
 		seedApps = append(seedApps, images.File{Path: name, Mode: 0o755, Source: bin})
 	}
-	agent, err := images.Agent(tp, AgentImage)
+	c.AgentImage = c.Registry + "/" + AgentRepo + ":" + AgentTag
+	agent, err := images.Agent(tp, c.AgentImage)
 	if err != nil {
+		return err
+	}
+	agentArchive := filepath.Join(dir, "agent.tar")
+	if _, err := images.WriteFile(agentArchive, agent); err != nil {
+		return fmt.Errorf("build image %s: %w", agent.Ref, err)
+	}
+	// The node pulls it: the CRI names it by this reference, which the
+	// teardown removes with the imported ones, and with any other image
+	// pulled from this registry.
+	if err := os.WriteFile(filepath.Join(dir, "registry"), []byte(c.Registry), 0o644); err != nil {
+		return fmt.Errorf("record the registry: %w", err)
+	}
+	refs := []string{c.AgentImage}
+	if err := os.WriteFile(filepath.Join(dir, "refs"), []byte(strings.Join(refs, "\n")), 0o644); err != nil {
+		return fmt.Errorf("record image names: %w", err)
+	}
+	if err := pushImage(context.Background(), tp, agentArchive, c.AgentImage); err != nil {
 		return err
 	}
 	base := []images.File{
@@ -66,14 +88,12 @@ func (c *Cluster) importImages() error {
 		{Path: "testapp", Mode: 0o755, Source: app},
 	}
 	recipes := []images.Recipe{
-		agent,
 		{Ref: PauseImage, Files: base, Config: v1.Config{Entrypoint: []string{"/testapp", "pause"}}},
 		// ImageEnv is in the image's config only, not in any pod spec:
 		// feature.env must read it from the running process.
 		{Ref: AppImage, Files: append(append([]images.File{}, base...), seedApps...), Config: v1.Config{
 			Entrypoint: []string{"/testapp"}, Cmd: []string{"serve"}, Env: []string{ImageEnv}}},
 	}
-	var refs []string
 	for i, r := range recipes {
 		archive := filepath.Join(dir, fmt.Sprintf("image-%d.tar", i))
 		res, err := images.WriteFile(archive, r)
@@ -118,7 +138,8 @@ func ctr(args ...string) *exec.Cmd {
 	return exec.Command("ctr", append([]string{"--address", ContainerdSocket, "--namespace", "k8s.io"}, args...)...)
 }
 
-// removeImages removes the images a run imported.
+// removeImages removes the images a run imported and those the node
+// pulled from its registry.
 func removeImages(dir string, log io.Writer) {
 	b, err := os.ReadFile(filepath.Join(dir, "images", "refs"))
 	if err != nil {
@@ -128,11 +149,13 @@ func removeImages(dir string, log io.Writer) {
 	if len(refs) == 0 {
 		return
 	}
+	registry, _ := os.ReadFile(filepath.Join(dir, "images", "registry"))
 	// The CRI plugin names each image it uses by its id too ("sha256:…");
 	// the harness owns containerd's k8s.io namespace, so those go as well.
 	if out, err := ctr("images", "ls", "-q").Output(); err == nil {
 		for _, ref := range strings.Fields(string(out)) {
-			if strings.HasPrefix(ref, "sha256:") {
+			pulled := len(registry) > 0 && strings.HasPrefix(ref, string(registry)+"/")
+			if strings.HasPrefix(ref, "sha256:") || (pulled && !slices.Contains(refs, ref)) {
 				refs = append(refs, ref)
 			}
 		}

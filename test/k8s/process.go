@@ -24,6 +24,11 @@ type component struct {
 
 // startComponent starts argv with its output in logs/NAME.log.
 func (c *Cluster) startComponent(name string, argv ...string) (*component, error) {
+	return c.startComponentEnv(name, nil, argv...)
+}
+
+// startComponentEnv is startComponent with env added to the environment.
+func (c *Cluster) startComponentEnv(name string, env []string, argv ...string) (*component, error) {
 	logPath := filepath.Join(c.dir, "logs", name+".log")
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -33,7 +38,7 @@ func (c *Cluster) startComponent(name string, argv ...string) (*component, error
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Dir = c.dir
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+c.Kubeconfig)
+	cmd.Env = append(append(os.Environ(), "KUBECONFIG="+c.Kubeconfig), env...)
 	// Its own process group: a ^C to the test reaches the test, which
 	// then stops the cluster in order (pods before kubelet).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

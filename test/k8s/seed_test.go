@@ -221,7 +221,7 @@ func TestSeedStoryThroughKubernetes(t *testing.T) {
 			localDB := localMessagesDB(t, c)
 			cfg := map[string]any{
 				"target": map[string]any{"path": "deployment/uwu-app", "namespace": ns},
-				"agent": map[string]any{"ephemeral": mode.ephemeral, "image": AgentImage,
+				"agent": map[string]any{"ephemeral": mode.ephemeral, "image": c.AgentImage,
 					"communication_timeout": 2, "startup_timeout": 60, "ttl": 0},
 				"feature": map[string]any{"network": map[string]any{
 					"incoming": "steal",

@@ -41,7 +41,7 @@ func TestRunsOnOnePodShareOneAgent(t *testing.T) {
 			for _, who := range people {
 				cfg := map[string]any{
 					"target": map[string]any{"path": "deployment/uwu-app", "namespace": ns},
-					"agent": map[string]any{"ephemeral": mode.ephemeral, "image": AgentImage,
+					"agent": map[string]any{"ephemeral": mode.ephemeral, "image": c.AgentImage,
 						"communication_timeout": 2, "startup_timeout": 60, "ttl": 0},
 					"feature": map[string]any{"network": map[string]any{"incoming": map[string]any{
 						"mode": "steal", "http_filter": map[string]any{"header_filter": "^x-user: " + who + "$"}}}},
@@ -131,4 +131,49 @@ func answerFor(t *testing.T, podIP, who string) string {
 		t.Fatalf("request as %s: answer %q: %v", who, body, err)
 	}
 	return a.Name
+}
+
+// TestAKilledRunsSharedAgentServesTheNext: a run killed with SIGKILL leaves
+// its agent (and, through the port-forward, maybe a tunnel the agent still
+// counts). The next run on the pod joins that agent if it still runs, or
+// replaces it if it left, steals its requests either way, and when it
+// leaves, nothing of either is left: the killed run's silent tunnel does
+// not keep the agent alive, and gc does not take an agent a run uses.
+func TestAKilledRunsSharedAgentServesTheNext(t *testing.T) {
+	c := need(t)
+	testapp, err := c.BuildBinary("./test/k8s/testapp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := uwuNamespace(t, c, "tp-share-killed")
+	pod := targetPod(t, c, ns, "uwu-app")
+	cfgFor := func(who string) map[string]any {
+		return map[string]any{
+			"target": map[string]any{"path": "deployment/uwu-app", "namespace": ns},
+			"agent":  map[string]any{"image": c.AgentImage, "communication_timeout": 2, "startup_timeout": 60, "ttl": 0},
+			"feature": map[string]any{"network": map[string]any{"incoming": map[string]any{
+				"mode": "steal", "http_filter": map[string]any{"header_filter": "^x-user: " + who + "$"}}}},
+		}
+	}
+	stealing := fmt.Sprintf("stealing pod port %d", UwuAppPort)
+	alice := startBackgroundRun(t, c, cfgFor("alice"), testapp, "serve", "--listen", fmt.Sprintf(":%d", UwuAppPort), "--name", "alice")
+	alice.waitStderr(t, stealing, 90*time.Second)
+	if got := answerFor(t, pod.Status.PodIP, "alice"); got != "alice" {
+		t.Fatalf("alice's request answered by %q", got)
+	}
+	_ = alice.cmd.Process.Kill()
+	<-alice.done
+
+	bob := startBackgroundRun(t, c, cfgFor("bob"), testapp, "serve", "--listen", fmt.Sprintf(":%d", UwuAppPort), "--name", "bob")
+	bob.waitStderr(t, stealing, 90*time.Second)
+	if got := answerFor(t, pod.Status.PodIP, "bob"); got != "bob" {
+		t.Errorf("bob's request answered by %q, want bob's app", got)
+	}
+	joined := strings.Contains(bob.stderr.String(), "joined the agent another run started")
+	t.Logf("bob joined the killed run's agent: %v", joined)
+	bob.stop(t)
+	if strings.Contains(bob.stderr.String(), "the agent stays") {
+		t.Errorf("the killed run's tunnel kept the agent for nobody:\n%s", bob.stderr.String())
+	}
+	assertNoAgentLeft(t, c, ns, pod, false)
 }

@@ -5,13 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -101,7 +99,7 @@ func TestOtherTargetKinds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	agentCfg := map[string]any{"image": AgentImage, "communication_timeout": 2, "startup_timeout": 60, "ttl": 0}
+	agentCfg := map[string]any{"image": c.AgentImage, "communication_timeout": 2, "startup_timeout": 60, "ttl": 0}
 	cfgFor := func(target string) map[string]any {
 		return map[string]any{"target": map[string]any{"path": target, "namespace": ns}, "agent": agentCfg}
 	}
@@ -134,11 +132,10 @@ func TestOtherTargetKinds(t *testing.T) {
 			if r.env != "POD_NAME="+tc.podName {
 				t.Errorf("environment: got %q, want POD_NAME=%s (the target pod's)", r.env, tc.podName)
 			}
-			// The agent's addresses are the target pod's. (Its hostname is
-			// the agent Job pod's own: the agent does not enter the
-			// target's UTS namespace.)
-			if !slices.Contains(slices.Collect(maps.Values(r.hosts)), tc.podIP) {
-				t.Errorf("the sandbox's hosts file has no entry for the target pod's address %s: %v", tc.podIP, r.hosts)
+			// The agent's hostname and addresses are the target pod's (the
+			// Job's agent enters the target's UTS namespace too).
+			if r.hosts[tc.podName] != tc.podIP {
+				t.Errorf("the sandbox's hosts file maps the target pod's name %s to %q, want its address %s: %v", tc.podName, r.hosts[tc.podName], tc.podIP, r.hosts)
 			}
 			if want := fmt.Sprintf("pod %s/%s, container app", ns, tc.podName); !strings.Contains(errOut, want) {
 				t.Errorf("the progress does not name the target pod (%q):\n%s", want, errOut)
@@ -171,6 +168,11 @@ func TestOtherTargetKinds(t *testing.T) {
 		common(t, r, agentIP)
 		if r.env != "POD_NAME=unset" {
 			t.Errorf("a targetless run imported an environment: %q", r.env)
+		}
+		// Nobody sends anything to the agent's own pod: no incoming
+		// traffic is set up (mirroring is the default) nor warned about.
+		if strings.Contains(errOut, "mirror") || strings.Contains(errOut, "incoming") {
+			t.Errorf("a targetless run speaks of incoming traffic:\n%s", errOut)
 		}
 		assertNoAgentJobLeft(t, c, ns)
 	})

@@ -2,7 +2,8 @@
 // hand:
 //
 //	k8s-cluster build    fill the binary cache (what the first test run would do)
-//	k8s-cluster up       start a cluster and keep it until interrupted, printing its KUBECONFIG
+//	k8s-cluster up       start a cluster and keep it until interrupted, printing its KUBECONFIG,
+//	                     its registry, its kubectl and the app image its node has
 //	k8s-cluster demo     the seed story through Kubernetes: on a cluster of the harness's own,
 //	                     or, with --kubeconfig, on yours (see the README's "Kubernetes")
 package main
@@ -36,7 +37,13 @@ func main() {
 	case "up":
 		var c *k8s.Cluster
 		if c, err = k8s.Start(os.Stderr); err == nil {
+			// Comments after the export, so that eval "$(k8s-cluster up)"
+			// still works: what a first run by hand needs besides the
+			// kubeconfig (where to push the agent, a kubectl, an app image).
 			fmt.Printf("export KUBECONFIG=%s\n", c.Kubeconfig)
+			fmt.Printf("# registry: %s (plain HTTP; the agent of this tree is there as %s)\n", c.Registry, c.AgentImage)
+			fmt.Printf("# kubectl: %s\n", c.Bin.Kubectl())
+			fmt.Printf("# app image on the node (imagePullPolicy: Never): %s\n", k8s.AppImage)
 			fmt.Fprintln(os.Stderr, "k8s-cluster: running; ^C (or SIGTERM) stops and removes it")
 			<-ctx.Done()
 			c.Stop()
@@ -76,7 +83,7 @@ func demo(ctx context.Context, args []string) error {
 		defer c.Stop()
 	}
 	if *agentImage == "" {
-		*agentImage = k8s.AgentImage
+		*agentImage = c.AgentImage
 	}
 	if *tp == "" {
 		if *tp, err = c.BuildBinary("./cmd/trafficpolice"); err != nil {
