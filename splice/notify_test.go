@@ -131,3 +131,62 @@ func TestIdleNotifiedFlowsHoldNoGoroutine(t *testing.T) {
 		<-r
 	}
 }
+
+// noDeadline hides a socket's read deadline: the direction reading it
+// waits in its Notifier while it lingers, not in a read.
+type noDeadline struct{ c *net.TCPConn }
+
+func (n noDeadline) Read(p []byte) (int, error)  { return n.c.Read(p) }
+func (n noDeadline) Write(p []byte) (int, error) { return n.c.Write(p) }
+func (n noDeadline) CloseWrite() error           { return n.c.CloseWrite() }
+func (n noDeadline) Close() error                { return n.c.Close() }
+
+// A direction that parked (no goroutine) starts again for more data,
+// whether it lingered in a read with a deadline or in its Notifier.
+func TestParkedNotifiedFlowWakesForMore(t *testing.T) {
+	if _, err := thePoller(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		side func(*net.TCPConn) Side
+	}{
+		{"read deadline", func(c *net.TCPConn) Side { return notifiedSide(t, c) }},
+		{"notifier only", func(c *net.TCPConn) Side { s := notifiedSide(t, c); s.Conn = noDeadline{c}; return s }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := runtime.NumGoroutine()
+			left, inA := tcpPair(t)
+			inB, right := tcpPair(t)
+			res := started(context.Background(), tc.side(inA), tc.side(inB))
+			pass := func(what string) {
+				t.Helper()
+				for _, c := range [][2]*net.TCPConn{{left, right}, {right, left}} {
+					if _, err := c[0].Write([]byte(what)); err != nil {
+						t.Fatal(err)
+					}
+					got := make([]byte, len(what))
+					_ = c[1].SetReadDeadline(time.Now().Add(10 * time.Second)) // fail, not hang
+					if _, err := io.ReadFull(c[1], got); err != nil || string(got) != what {
+						t.Fatalf("read %q, %v; want %q", got, err, what)
+					}
+				}
+			}
+			pass("first")
+			deadline := time.Now().Add(5 * time.Second)
+			for runtime.NumGoroutine() > before {
+				if time.Now().After(deadline) {
+					t.Fatalf("%d goroutines after the flow idled, want %d (both directions parked)", runtime.NumGoroutine(), before)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			pass("after parking")
+			_ = left.CloseWrite()
+			_ = right.CloseWrite()
+			r := <-res
+			if want := int64(len("first") + len("after parking")); r.Err != nil || r.AToB != want || r.BToA != want {
+				t.Errorf("Result = %+v; want no error and %d bytes each way", r, want)
+			}
+		})
+	}
+}
