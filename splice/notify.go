@@ -178,17 +178,31 @@ type readDeadliner interface {
 // hand-offs per wake, a third of a single flow's throughput. A read
 // deadline, moved on every linger while data comes, parks the direction
 // once nothing came for a linger. A read that would block borrows only a
-// small buffer (the many flows of a burst each linger in one).
+// small buffer, or none for a socket (the many flows of a burst each
+// linger a moment).
 func (d *notified) runBlocking(dl readDeadliner) {
 	_ = dl.SetReadDeadline(time.Now().Add(linger))
 	moved := false // since the deadline was set
 	full := false  // after a full read, read at once into a large buffer
+	// A socket is waited for in Go's poller, holding no buffer.
+	wait := rawWait(d.src)
 	for {
 		pool, size := &buffers, BufferSize
-		if !full && !isClosed(d.done) && !d.n.Readable() {
+		var nr, nw int
+		var rerr, werr error
+		switch {
+		case full || isClosed(d.done):
+		case wait != nil:
+			// An error other than the deadline's: the read reports it.
+			if err := wait(); isDeadline(err) {
+				rerr = err
+			}
+		case !d.n.Readable():
 			pool, size = &smallBuffers, SmallBufferSize
 		}
-		nr, nw, rerr, werr := copyOnce(d.dst, d.src, pool)
+		if rerr == nil {
+			nr, nw, rerr, werr = copyOnce(d.dst, d.src, pool)
+		}
 		*d.total += int64(nw)
 		full = nr == size
 		if nr > 0 {
