@@ -7,6 +7,7 @@ import (
 
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/trafficpolice/trafficpolice/router/policy"
@@ -72,5 +73,74 @@ func badChecksumUDP() []byte {
 	ip.SetChecksum(^ip.CalculateChecksum())
 	u := header.UDP(b[header.IPv4MinimumSize:])
 	u.Encode(&header.UDPFields{SrcPort: 40000, DstPort: 9, Length: uint16(len(u)), Checksum: 0xbad})
+	return b
+}
+
+// Close must not race new flows: datagrams that each start a UDP flow
+// keep arriving while Close waits for the flows, and a flow counted after
+// that wait began panicked ("WaitGroup is reused before previous Wait has
+// returned"; seen once in CI).
+func TestCloseWhileNewUDPFlowsStart(t *testing.T) {
+	pol, err := policy.New(policy.Rules{TCP: true, UDP: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The app listens nowhere: each loopback flow is decided (and
+	// refused) on a goroutine of its own, as in a sandbox.
+	listens := func(policy.Proto, uint16) bool { return false }
+	for round := range 20 {
+		link, peer := vnetPair(t)
+		r, err := New(Config{Link: link, Policy: pol, AppListens: listens})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Start(); err != nil {
+			t.Fatal(err)
+		}
+		stop := make(chan struct{})
+		sent := make(chan struct{})
+		go func() {
+			defer close(sent)
+			for port := uint16(20000); ; port++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				// Each source port is a flow of its own, to the app's
+				// loopback's discard port: nothing leaves the machine.
+				packet := append(make([]byte, vnetHdrSize), loopbackUDP(port)...)
+				if _, err := unix.Write(peer, packet); err != nil {
+					return
+				}
+			}
+		}()
+		time.Sleep(time.Duration(round) * time.Millisecond)
+		closed := make(chan struct{})
+		go func() { r.Close(); close(closed) }()
+		select {
+		case <-closed:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("round %d: Router.Close did not return while UDP flows kept starting", round)
+		}
+		close(stop)
+		unix.Shutdown(peer, unix.SHUT_RDWR)
+		<-sent
+	}
+}
+
+// loopbackUDP is an IPv4 UDP datagram from the app's port srcPort to
+// 127.0.0.1:9, with correct checksums.
+func loopbackUDP(srcPort uint16) []byte {
+	b := make([]byte, header.IPv4MinimumSize+header.UDPMinimumSize+4)
+	ip := header.IPv4(b)
+	src, dst := tcpip.AddrFrom4([4]byte{198, 18, 0, 2}), tcpip.AddrFrom4([4]byte{127, 0, 0, 1})
+	ip.Encode(&header.IPv4Fields{TotalLength: uint16(len(b)), TTL: 64, Protocol: uint8(header.UDPProtocolNumber), SrcAddr: src, DstAddr: dst})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	u := header.UDP(b[header.IPv4MinimumSize:])
+	u.Encode(&header.UDPFields{SrcPort: srcPort, DstPort: 9, Length: uint16(len(u))})
+	sum := header.PseudoHeaderChecksum(header.UDPProtocolNumber, src, dst, uint16(len(u)))
+	sum = checksum.Checksum(u.Payload(), sum)
+	u.SetChecksum(^u.CalculateChecksum(sum))
 	return b
 }

@@ -79,9 +79,11 @@ type Router struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-	// tcpMu guards adding TCP flows to wg: gVisor's forwarder runs each
-	// handler on a goroutine of its own, which may start after Close began
-	// waiting; closing turns those away.
+	// tcpMu guards adding flows to wg (track): packets keep arriving
+	// while Close waits for the flows (gVisor's TCP forwarder runs each
+	// handler on a goroutine of its own, UDP and echo start theirs from
+	// the packet loop), and a WaitGroup may not grow during its Wait;
+	// closing turns those away.
 	tcpMu   sync.Mutex
 	closing bool
 
@@ -203,6 +205,18 @@ func (r *Router) Start() error {
 	}
 	r.startRuleNames()
 	return nil
+}
+
+// track counts a new flow in wg, unless the router is closing (false:
+// the caller drops the flow). The caller calls wg.Done when it ends.
+func (r *Router) track() bool {
+	r.tcpMu.Lock()
+	defer r.tcpMu.Unlock()
+	if r.closing {
+		return false
+	}
+	r.wg.Add(1)
+	return true
 }
 
 // Close stops every flow and the netstack. It is safe to call twice.

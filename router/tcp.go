@@ -41,14 +41,10 @@ const (
 // complete the app's handshake, so the app sees the destination's real
 // answer (refused → RST, silence → its own timeout).
 func (r *Router) handleTCP(req *tcp.ForwarderRequest) {
-	r.tcpMu.Lock()
-	if r.closing {
-		r.tcpMu.Unlock()
+	if !r.track() {
 		req.Complete(true)
 		return
 	}
-	r.wg.Add(1)
-	r.tcpMu.Unlock()
 	defer r.wg.Done()
 	id := req.ID()
 	src := netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort)

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -74,6 +75,49 @@ func (r *clusterRecord) add(kind, namespace, name string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.Objects = append(r.Objects, clusterObject{Kind: kind, Namespace: namespace, Name: name})
+	return r.writeLocked()
+}
+
+// forget unrecords an object the run did not create after all (another
+// run's shared agent won the create): gc must not take it for this run's.
+func (r *clusterRecord) forget(kind, namespace, name string) {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.Objects = slices.DeleteFunc(r.Objects, func(o clusterObject) bool {
+		return o == clusterObject{Kind: kind, Namespace: namespace, Name: name}
+	})
+	if len(r.Objects) == 0 {
+		os.Remove(r.path)
+		return
+	}
+	_ = r.writeLocked() // at worst gc asks about an object that is not ours, and keeps it while it runs
+}
+
+// cleanUp deletes what the record names and, once that is done, the
+// record: after a start that failed (whose own removal may or may not have
+// worked), so that nothing waits for a gc.
+func (r *clusterRecord) cleanUp(ctx context.Context, access *kube.Access) {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	objs := slices.Clone(r.Objects)
+	r.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	for _, o := range objs {
+		if _, err := access.DeleteAgentObjects(ctx, o.Kind, o.Namespace, o.Name); err != nil {
+			return // the record stays for CollectStale
+		}
+	}
+	r.remove()
+}
+
+// writeLocked writes the record, atomically.
+func (r *clusterRecord) writeLocked() error {
 	if err := os.MkdirAll(filepath.Dir(r.path), 0o700); err != nil {
 		return fmt.Errorf("record the cluster objects: %w", err)
 	}

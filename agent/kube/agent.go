@@ -57,6 +57,10 @@ type AgentOptions struct {
 	// does: a run killed at any moment can have it removed. An error stops
 	// the start.
 	OnCreate func(kind, namespace, name string) error
+	// OnForget, when set, is told of an object OnCreate announced that
+	// this run did not create after all: another run created the shared
+	// agent's Secret first.
+	OnForget func(kind, namespace, name string)
 }
 
 // AgentLabel marks every object trafficpolice creates for an agent.
@@ -309,6 +313,9 @@ func (a *Access) createTokenSecret(ctx context.Context, ag *Agent, o AgentOption
 	created, err := a.Client.CoreV1().Secrets(ag.SecretNamespace).Create(ctx, secret, metav1.CreateOptions{})
 	if err != nil {
 		if ag.Shared && apierrors.IsAlreadyExists(err) {
+			if o.OnForget != nil {
+				o.OnForget("secret", ag.SecretNamespace, ag.SecretName)
+			}
 			return errLostRace
 		}
 		return apiError(err, "create", "secrets", ag.SecretNamespace)
