@@ -18,14 +18,24 @@ import (
 // be delivering a packet that needs that lock. Seen in CI as a sandbox run
 // that never ended after its app had.
 func TestCloseEndsWhilePacketsArrive(t *testing.T) {
+	packet := append(make([]byte, vnetHdrSize), badChecksumUDP()...)
+	closeWhileSending(t, Config{}, func(uint16) []byte { return packet })
+}
+
+// closeWhileSending closes a router (cfg with a link and policy of its
+// own) while packets keep arriving, 20 times, each time a millisecond
+// later after Start, and fails if Close does not return. next gives the
+// i-th packet to send, virtio-net header included.
+func closeWhileSending(t *testing.T, cfg Config, next func(i uint16) []byte) {
+	t.Helper()
 	pol, err := policy.New(policy.Rules{TCP: true, UDP: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	packet := append(make([]byte, vnetHdrSize), badChecksumUDP()...)
 	for round := range 20 {
 		link, peer := vnetPair(t)
-		r, err := New(Config{Link: link, Policy: pol})
+		cfg.Link, cfg.Policy = link, pol
+		r, err := New(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -36,13 +46,13 @@ func TestCloseEndsWhilePacketsArrive(t *testing.T) {
 		sent := make(chan struct{})
 		go func() {
 			defer close(sent)
-			for {
+			for i := uint16(0); ; i++ {
 				select {
 				case <-stop:
 					return
 				default:
 				}
-				if _, err := unix.Write(peer, packet); err != nil {
+				if _, err := unix.Write(peer, next(i)); err != nil {
 					return
 				}
 			}
@@ -81,52 +91,14 @@ func badChecksumUDP() []byte {
 // that wait began panicked ("WaitGroup is reused before previous Wait has
 // returned"; seen once in CI).
 func TestCloseWhileNewUDPFlowsStart(t *testing.T) {
-	pol, err := policy.New(policy.Rules{TCP: true, UDP: true})
-	if err != nil {
-		t.Fatal(err)
-	}
 	// The app listens nowhere: each loopback flow is decided (and
-	// refused) on a goroutine of its own, as in a sandbox.
+	// refused) on a goroutine of its own, as in a sandbox. Each source
+	// port is a flow of its own, to the app's loopback's discard port:
+	// nothing leaves the machine.
 	listens := func(policy.Proto, uint16) bool { return false }
-	for round := range 20 {
-		link, peer := vnetPair(t)
-		r, err := New(Config{Link: link, Policy: pol, AppListens: listens})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := r.Start(); err != nil {
-			t.Fatal(err)
-		}
-		stop := make(chan struct{})
-		sent := make(chan struct{})
-		go func() {
-			defer close(sent)
-			for port := uint16(20000); ; port++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				// Each source port is a flow of its own, to the app's
-				// loopback's discard port: nothing leaves the machine.
-				packet := append(make([]byte, vnetHdrSize), loopbackUDP(port)...)
-				if _, err := unix.Write(peer, packet); err != nil {
-					return
-				}
-			}
-		}()
-		time.Sleep(time.Duration(round) * time.Millisecond)
-		closed := make(chan struct{})
-		go func() { r.Close(); close(closed) }()
-		select {
-		case <-closed:
-		case <-time.After(30 * time.Second):
-			t.Fatalf("round %d: Router.Close did not return while UDP flows kept starting", round)
-		}
-		close(stop)
-		unix.Shutdown(peer, unix.SHUT_RDWR)
-		<-sent
-	}
+	closeWhileSending(t, Config{AppListens: listens}, func(i uint16) []byte {
+		return append(make([]byte, vnetHdrSize), loopbackUDP(20000+i%40000)...)
+	})
 }
 
 // loopbackUDP is an IPv4 UDP datagram from the app's port srcPort to

@@ -111,8 +111,10 @@ func startThroughKubernetes(ctx context.Context, o Options) (run *Run, err error
 			break
 		}
 		o.Progress.Note("the agent on pod %s/%s is leaving with its last run: starting another", run.agent.Namespace, run.agent.Pod)
+		// Remove it now (its Secret only if still the one seen, and its
+		// Job): the next start finds no agent and starts one.
 		cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-		err = run.agent.Abandon(cctx)
+		err = run.agent.Close(cctx)
 		cancel()
 		if err != nil {
 			return run, err

@@ -106,14 +106,28 @@ func (r *clusterRecord) cleanUp(ctx context.Context, access *kube.Access) {
 	r.mu.Lock()
 	objs := slices.Clone(r.Objects)
 	r.mu.Unlock()
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	if _, err := deleteObjects(ctx, access, objs); err == nil {
+		r.remove() // else it stays for CollectStale
+	}
+}
+
+// deleteObjects deletes recorded objects, the newest first (a Job before
+// the Secret it was given), within 20 s, and returns those it removed
+// ("job ns/name"); a shared agent's that other runs still use are kept.
+func deleteObjects(ctx context.Context, access *kube.Access, objs []clusterObject) (removed []string, err error) {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	for _, o := range objs {
-		if _, err := access.DeleteAgentObjects(ctx, o.Kind, o.Namespace, o.Name); err != nil {
-			return // the record stays for CollectStale
+	for _, o := range slices.Backward(objs) {
+		deleted, derr := access.DeleteAgentObjects(ctx, o.Kind, o.Namespace, o.Name)
+		if derr != nil {
+			err = errors.Join(err, derr)
+			continue
+		}
+		if deleted {
+			removed = append(removed, fmt.Sprintf("%s %s/%s", o.Kind, o.Namespace, o.Name))
 		}
 	}
-	r.remove()
+	return removed, err
 }
 
 // writeLocked writes the record, atomically.
@@ -174,20 +188,8 @@ func CollectStale(ctx context.Context, stateDir string) ([]string, error) {
 			errs = append(errs, fmt.Errorf("objects of a killed run (%s): %w", p, err))
 			continue
 		}
-		cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-		var failed error
-		for i := len(r.Objects) - 1; i >= 0; i-- {
-			o := r.Objects[i]
-			deleted, err := access.DeleteAgentObjects(cctx, o.Kind, o.Namespace, o.Name)
-			if err != nil {
-				failed = errors.Join(failed, err)
-				continue
-			}
-			if deleted {
-				removed = append(removed, fmt.Sprintf("%s %s/%s", o.Kind, o.Namespace, o.Name))
-			}
-		}
-		cancel()
+		gone, failed := deleteObjects(ctx, access, r.Objects)
+		removed = append(removed, gone...)
 		if failed != nil {
 			errs = append(errs, fmt.Errorf("objects of a killed run (context %q): %w", r.Context, failed))
 			continue

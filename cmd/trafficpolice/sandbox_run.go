@@ -106,7 +106,7 @@ func newSandboxRunCommand() *cobra.Command {
 // namespace's incoming traffic, target or not.)
 func targetlessIncoming(cfg *config.Config, agentAddress string, progress *sandbox.Progress) {
 	in := &cfg.Feature.Network.Incoming
-	if cfg.Target.Path != "targetless" || connect.Address(connect.Options{Config: cfg, Address: agentAddress}) != "" {
+	if cfg.Target.Path != "targetless" || agentAddress != "" {
 		return
 	}
 	if in.Mode == config.ModeSteal {
@@ -126,7 +126,9 @@ func runSandbox(ctx context.Context, f runFlags, argv []string) error {
 	if err := f.kube.apply(cfg); err != nil {
 		return err
 	}
-	pol, err := sandbox.Policy(cfg, f.extra, sandbox.HaveRemote(cfg, connect.Address(connect.Options{Config: cfg, Address: f.agentAddress})))
+	// The running agent's address: the flag's, else the file's.
+	agentAddress := connect.Address(connect.Options{Config: cfg, Address: f.agentAddress})
+	pol, err := sandbox.Policy(cfg, f.extra, sandbox.HaveRemote(cfg, agentAddress))
 	if err != nil {
 		return err
 	}
@@ -160,7 +162,7 @@ func runSandbox(ctx context.Context, f runFlags, argv []string) error {
 	if err := runPreflight(ctx, pre, progress); err != nil {
 		return err
 	}
-	targetlessIncoming(cfg, f.agentAddress, progress)
+	targetlessIncoming(cfg, agentAddress, progress)
 	// The target's environment (feature.env) comes after ours: the pod's
 	// values win, as in mirrord.
 	appEnv := os.Environ()
