@@ -1,0 +1,96 @@
+package kernelpath
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/coreos/go-iptables/iptables"
+	"github.com/vishvananda/netlink"
+)
+
+// commentPrefix tags the host's rules of a run: commentPrefix + run id.
+const commentPrefix = "trafficpolice-kernel-"
+
+// hostRules are the host's rules for a run: the sandbox's flows leave with
+// the host's address, as the router's local dials do, and pass a FORWARD
+// policy of DROP (Docker's) the way the router's would not need to.
+func hostRules(id, link string, sandbox string) [][3]any {
+	c := []string{"-m", "comment", "--comment", commentPrefix + id}
+	with := func(r ...string) []string { return append(r, c...) }
+	return [][3]any{
+		{"nat", "POSTROUTING", with("-s", sandbox+"/32", "!", "-o", link, "-j", "MASQUERADE")},
+		{"filter", "FORWARD", with("-i", link, "-j", "ACCEPT")},
+		{"filter", "FORWARD", with("-o", link, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")},
+	}
+}
+
+func (p *Path) configureHost() error {
+	ipt, err := iptables.NewWithProtocol(iptables.ProtocolIPv4)
+	if err != nil {
+		return fmt.Errorf("iptables: %w", err)
+	}
+	for _, r := range hostRules(p.id, p.hostLink, p.sandboxAddr.Addr().String()) {
+		table, chain, spec := r[0].(string), r[1].(string), r[2].([]string)
+		// First in the chain, so that a host's DROP rules do not stop it.
+		if err := ipt.Insert(table, chain, 1, spec...); err != nil {
+			return fmt.Errorf("iptables -t %s -I %s %s: %w", table, chain, strings.Join(spec, " "), err)
+		}
+	}
+	return nil
+}
+
+// RemoveLeftovers removes what a run with this id made on the host: its
+// rules (whatever their addresses) and its link (whose other end goes
+// with it). What is already gone is not an error.
+func RemoveLeftovers(id string) error {
+	var errs []error
+	ipt, err := iptables.NewWithProtocol(iptables.ProtocolIPv4)
+	if err != nil {
+		return fmt.Errorf("iptables: %w", err)
+	}
+	tag := commentPrefix + id
+	for _, tc := range [][2]string{{"nat", "POSTROUTING"}, {"filter", "FORWARD"}} {
+		rules, err := ipt.List(tc[0], tc[1])
+		if err != nil {
+			errs = append(errs, fmt.Errorf("iptables -t %s -S %s: %w", tc[0], tc[1], err))
+			continue
+		}
+		for _, r := range rules {
+			if !strings.Contains(r, `"`+tag+`"`) && !strings.Contains(r, " "+tag+" ") && !strings.HasSuffix(r, " "+tag) {
+				continue
+			}
+			spec, err := splitRule(r, tc[1])
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if err := ipt.DeleteIfExists(tc[0], tc[1], spec...); err != nil {
+				errs = append(errs, fmt.Errorf("iptables -t %s -D %s %s: %w", tc[0], tc[1], strings.Join(spec, " "), err))
+			}
+		}
+	}
+	if l, err := netlink.LinkByName(HostLinkPrefix + id); err == nil {
+		if err := netlink.LinkDel(l); err != nil {
+			errs = append(errs, fmt.Errorf("delete link %s: %w", HostLinkPrefix+id, err))
+		}
+	} else if !errors.As(err, new(netlink.LinkNotFoundError)) {
+		errs = append(errs, fmt.Errorf("find link %s: %w", HostLinkPrefix+id, err))
+	}
+	return errors.Join(errs...)
+}
+
+// splitRule turns a line of iptables -S ("-A CHAIN a b ...") back into the
+// rule's arguments. The rules are ours: no argument has spaces, and the
+// comment may be quoted.
+func splitRule(line, chain string) ([]string, error) {
+	f := strings.Fields(line)
+	if len(f) < 2 || f[0] != "-A" || f[1] != chain {
+		return nil, fmt.Errorf("unexpected iptables rule %q", line)
+	}
+	out := f[2:]
+	for i, a := range out {
+		out[i] = strings.Trim(a, `"`)
+	}
+	return out, nil
+}
