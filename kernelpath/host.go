@@ -65,14 +65,20 @@ func RemoveLeftovers(id string) error {
 				errs = append(errs, err)
 				continue
 			}
-			if err := ipt.DeleteIfExists(tc[0], tc[1], spec...); err != nil {
-				errs = append(errs, fmt.Errorf("iptables -t %s -D %s %s: %w", tc[0], tc[1], strings.Join(spec, " "), err))
+			if err := ipt.Delete(tc[0], tc[1], spec...); err != nil {
+				// Another remover (the run's own teardown, a gc) may
+				// have been first: gone is what was wanted.
+				if ok, eerr := ipt.Exists(tc[0], tc[1], spec...); eerr != nil || ok {
+					errs = append(errs, fmt.Errorf("iptables -t %s -D %s %s: %w", tc[0], tc[1], strings.Join(spec, " "), err))
+				}
 			}
 		}
 	}
 	if l, err := netlink.LinkByName(HostLinkPrefix + id); err == nil {
 		if err := netlink.LinkDel(l); err != nil {
-			errs = append(errs, fmt.Errorf("delete link %s: %w", HostLinkPrefix+id, err))
+			if _, ferr := netlink.LinkByName(HostLinkPrefix + id); ferr == nil {
+				errs = append(errs, fmt.Errorf("delete link %s: %w", HostLinkPrefix+id, err))
+			}
 		}
 	} else if !errors.As(err, new(netlink.LinkNotFoundError)) {
 		errs = append(errs, fmt.Errorf("find link %s: %w", HostLinkPrefix+id, err))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -131,8 +132,9 @@ func TestLocalRulesTakeTheKernelAndTheRestTheRouter(t *testing.T) {
 	w := newWorld(t, true)
 	w.serveTCP(t, 7001)
 	w.serveTCP(t, 7002)
+	w.serveEcho(t, 7005)
 	p := w.setup(t, policy.Rules{TCP: true, UDP: true, HaveRemote: true,
-		Local: []string{fmt.Sprintf("tcp://%s:7001", w.srvIP), "db.example"}})
+		Local: []string{fmt.Sprintf("tcp://%s:7001", w.srvIP), "db.example", fmt.Sprintf("tcp://%s:7005", w.srvIP)}})
 
 	c, from, err := w.dial(7001, 5*time.Second)
 	if err != nil {
@@ -151,16 +153,55 @@ func TestLocalRulesTakeTheKernelAndTheRestTheRouter(t *testing.T) {
 		t.Errorf("the remote flow to port 7002 never reached the TUN (the router)")
 	}
 
+	var echo net.Conn
+	if err := w.sandbox.Do(func() error {
+		var err error
+		echo, err = net.DialTimeout("tcp4", fmt.Sprintf("%s:7005", w.srvIP), 5*time.Second)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+	exchange(t, echo, "before")
+
 	// Once the sandbox's DNS has answered with the address, the router
 	// decides (it knows the names; db.example may be one).
 	if err := p.Named(w.srvIP); err != nil {
 		t.Fatal(err)
 	}
+	// A connection that started on the kernel path stays on it.
+	exchange(t, echo, "after the address got a name")
 	if _, _, err := w.dial(7001, 300*time.Millisecond); err == nil {
 		t.Errorf("a named address still took the kernel path")
 	}
 	if !w.sawSYN(t, 7001) {
 		t.Errorf("the flow to a named address never reached the TUN")
+	}
+}
+
+// serveEcho echoes every connection's bytes.
+func (w *world) serveEcho(t *testing.T, port int) {
+	ln := netnstest.Listen(t, w.srv, "tcp4", fmt.Sprintf("%s:%d", w.srvIP, port))
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+}
+
+func exchange(t *testing.T, c net.Conn, msg string) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte(msg)); err != nil {
+		t.Fatalf("write %q: %v", msg, err)
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg {
+		t.Fatalf("echo of %q: %q, %v", msg, buf, err)
 	}
 }
 

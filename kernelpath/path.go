@@ -9,10 +9,14 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"time"
 
+	"github.com/coreos/go-iptables/iptables"
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
+	vns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/trafficpolice/trafficpolice/netns"
@@ -20,21 +24,19 @@ import (
 )
 
 const (
-	// Mark is the packet and conntrack mark of the kernel path's flows in
-	// the sandbox.
-	Mark = 0x7471
-	// routeTable is the sandbox's routing table for marked packets.
-	routeTable   = 0x7471
+	// routeTable is the sandbox's routing table of the kernel path.
+	routeTable = 0x7471
+	// namedTable routes the addresses that have names to the TUN.
+	namedTable = 0x7472
+	// rulePriority is the first step's rule; three rules come before.
 	rulePriority = 100
 	// SandboxLink is the veth end inside the sandbox.
 	SandboxLink = "tpk0"
 	// HostLinkPrefix starts the host end's name: HostLinkPrefix + run id.
 	HostLinkPrefix = "tpk"
-	// tableName is the nftables table inside the sandbox.
-	tableName = "trafficpolice_kernel"
-	namedSet  = "named4"
-	// lockFile serialises address picking between runs.
-	lockFile = "/run/trafficpolice/kernelpath.lock"
+	// pickLock is the abstract socket that serialises address picking
+	// between runs: it goes with the process, leaving nothing behind.
+	pickLock = "@trafficpolice-kernelpath"
 )
 
 // linkRange is where the veths' /30s come from: link-local, which neither a
@@ -60,11 +62,10 @@ type Path struct {
 	hostAddr     netip.Prefix
 	routes       []hostRoute
 
-	mu    sync.Mutex
-	nft   *nftables.Conn // inside the sandbox
-	table *nftables.Table
-	set   *nftables.Set
-	named map[netip.Addr]bool
+	mu       sync.Mutex
+	inside   *netlink.Handle // netlink inside the sandbox
+	tunIndex int             // the router's TUN link in the sandbox
+	named    map[netip.Addr]bool
 }
 
 // Setup builds the kernel path for cfg's sandbox. On error it removes what
@@ -79,6 +80,15 @@ func Setup(cfg Config) (p *Path, err error) {
 			err = errors.Join(fmt.Errorf("kernel path: %w", err), p.Close())
 		}
 	}()
+	nft, err := nftables.New()
+	if err != nil {
+		return p, fmt.Errorf("nftables: %w", err)
+	}
+	if chain, err := forwardDropper(nft); err != nil {
+		return p, err
+	} else if chain != "" {
+		return p, fmt.Errorf("the host's firewall drops forwarded packets by default (%s): the kernel path's flows would be dropped there; its rules may accept them from %s%s (iifname) and back (ct state established)", chain, HostLinkPrefix, "*")
+	}
 	host, err := netlink.NewHandle()
 	if err != nil {
 		return p, fmt.Errorf("netlink: %w", err)
@@ -93,10 +103,18 @@ func Setup(cfg Config) (p *Path, err error) {
 	if err := p.configureHost(); err != nil {
 		return p, err
 	}
-	if err := cfg.Namespace.Do(p.configureSandbox); err != nil {
+	nsh, err := vns.GetFromPath(p.ns.Path())
+	if err != nil {
+		return p, fmt.Errorf("open %s: %w", p.ns, err)
+	}
+	defer nsh.Close()
+	if p.inside, err = netlink.NewHandleAt(nsh); err != nil {
+		return p, fmt.Errorf("netlink in %s: %w", p.ns, err)
+	}
+	if err := cfg.Namespace.Do(p.sandboxSysctls); err != nil {
 		return p, err
 	}
-	if err := p.installRules(cfg.Steps); err != nil {
+	if err := p.configureSandbox(cfg.Steps); err != nil {
 		return p, err
 	}
 	return p, nil
@@ -105,18 +123,11 @@ func Setup(cfg Config) (p *Path, err error) {
 // addLink picks a free /30 and creates the veth pair with it, under a lock
 // so that two runs never pick the same.
 func (p *Path) addLink(h *netlink.Handle) error {
-	if err := os.MkdirAll(filepath.Dir(lockFile), 0o755); err != nil {
-		return fmt.Errorf("create %s: %w", filepath.Dir(lockFile), err)
-	}
-	lf, err := os.OpenFile(lockFile, os.O_CREATE|os.O_RDWR, 0o600)
+	unlock, err := lockPicking()
 	if err != nil {
-		return fmt.Errorf("open %s: %w", lockFile, err)
+		return err
 	}
-	defer lf.Close()
-	if err := unix.Flock(int(lf.Fd()), unix.LOCK_EX); err != nil {
-		return fmt.Errorf("lock %s: %w", lockFile, err)
-	}
-	defer unix.Flock(int(lf.Fd()), unix.LOCK_UN)
+	defer unlock()
 
 	net30, err := pickNet(h)
 	if err != nil {
@@ -152,6 +163,21 @@ func (p *Path) addLink(h *netlink.Handle) error {
 		return fmt.Errorf("set %s up: %w", p.hostLink, err)
 	}
 	return nil
+}
+
+// lockPicking takes pickLock, waiting for another run to release it.
+func lockPicking() (func(), error) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: pickLock, Net: "unix"})
+		if err == nil {
+			return func() { ln.Close() }, nil
+		}
+		if !errors.Is(err, unix.EADDRINUSE) || time.Now().After(deadline) {
+			return nil, fmt.Errorf("lock %s: %w", pickLock, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // pickNet returns a random /30 of linkRange that no host address or
@@ -203,21 +229,8 @@ func free(cand netip.Prefix, addrs []netlink.Addr, routes []netlink.Route) bool 
 	return true
 }
 
-// configureSandbox runs inside the sandbox: the veth's address, the
-// routing table of marked packets and its rule.
-func (p *Path) configureSandbox() error {
-	h, err := netlink.NewHandle()
-	if err != nil {
-		return fmt.Errorf("netlink: %w", err)
-	}
-	defer h.Close()
-	l, err := h.LinkByName(SandboxLink)
-	if err != nil {
-		return fmt.Errorf("find %s in the sandbox: %w", SandboxLink, err)
-	}
-	if err := h.AddrAdd(l, &netlink.Addr{IPNet: ipNet(p.sandboxAddr)}); err != nil {
-		return fmt.Errorf("address %s on %s: %w", p.sandboxAddr, SandboxLink, err)
-	}
+// sandboxSysctls runs inside the sandbox.
+func (p *Path) sandboxSysctls() error {
 	// Replies come in on the veth from addresses the main table routes to
 	// the TUN: strict reverse-path filtering would drop them.
 	for _, key := range []string{"net/ipv4/conf/all/rp_filter", filepath.Join("net/ipv4/conf", SandboxLink, "rp_filter")} {
@@ -225,39 +238,48 @@ func (p *Path) configureSandbox() error {
 			return err
 		}
 	}
+	// The sandbox's conntrack (there for the loopback redirect) has nothing
+	// to do for the kernel path's flows: the host tracks and translates
+	// them. Leaving them untracked saves a connection entry per flow.
+	ipt, err := iptables.NewWithProtocol(iptables.ProtocolIPv4)
+	if err != nil {
+		return fmt.Errorf("iptables: %w", err)
+	}
+	src := p.sandboxAddr.Addr().String()
+	for _, r := range [][]string{
+		{"OUTPUT", "-s", src, "-j", "NOTRACK"},
+		{"PREROUTING", "-i", SandboxLink, "-d", src, "-j", "NOTRACK"},
+	} {
+		if err := ipt.Append("raw", r[0], r[1:]...); err != nil {
+			return fmt.Errorf("iptables -t raw -A %s in the sandbox: %w", strings.Join(r, " "), err)
+		}
+	}
+	return nil
+}
+
+// configureSandbox gives the sandbox's end its address and fills in the
+// kernel path's table and rules.
+func (p *Path) configureSandbox(steps []policy.Step) error {
+	h := p.inside
+	tun, err := h.LinkByName(netns.LinkName)
+	if err != nil {
+		return fmt.Errorf("find %s in the sandbox: %w", netns.LinkName, err)
+	}
+	p.tunIndex = tun.Attrs().Index
+	l, err := h.LinkByName(SandboxLink)
+	if err != nil {
+		return fmt.Errorf("find %s in the sandbox: %w", SandboxLink, err)
+	}
+	if err := h.AddrAdd(l, &netlink.Addr{IPNet: ipNet(p.sandboxAddr)}); err != nil {
+		return fmt.Errorf("address %s on %s: %w", p.sandboxAddr, SandboxLink, err)
+	}
 	if err := h.LinkSetUp(l); err != nil {
 		return fmt.Errorf("set %s up: %w", SandboxLink, err)
 	}
-	gw := p.hostAddr.Addr().AsSlice()
-	for _, r := range p.routes {
-		rt := &netlink.Route{Table: routeTable, Dst: ipNet(r.prefix)}
-		if r.forward {
-			rt.LinkIndex, rt.Gw = l.Attrs().Index, net.IP(gw)
-		} else {
-			// Not forwarded by the host: on to the next rule (the
-			// router), as if this table had no route.
-			rt.Type = unix.RTN_THROW
-		}
-		if err := h.RouteAdd(rt); err != nil && !errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("route %s in table %d: %w", r.prefix, routeTable, err)
-		}
+	if err := p.addRoutes(h, l); err != nil {
+		return err
 	}
-	// Other runs' veths are not a destination of this one.
-	throw := &netlink.Route{Table: routeTable, Dst: ipNet(linkRange), Type: unix.RTN_THROW}
-	if err := h.RouteAdd(throw); err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("route %s in table %d: %w", linkRange, routeTable, err)
-	}
-	rule := netlink.NewRule()
-	rule.Family = unix.AF_INET
-	rule.Mark = Mark
-	mask := uint32(0xffffffff)
-	rule.Mask = &mask
-	rule.Table = routeTable
-	rule.Priority = rulePriority
-	if err := h.RuleAdd(rule); err != nil {
-		return fmt.Errorf("rule fwmark %#x lookup %d: %w", Mark, routeTable, err)
-	}
-	return nil
+	return p.addRules(h, steps)
 }
 
 // Forwards says whether the host takes a flow to a on the kernel path: a
@@ -275,9 +297,9 @@ func (p *Path) SandboxAddr() netip.Addr { return p.sandboxAddr.Addr() }
 // with the namespace). It may be called on a half-built Path.
 func (p *Path) Close() error {
 	p.mu.Lock()
-	if p.nft != nil {
-		p.nft.CloseLasting()
-		p.nft = nil
+	if p.inside != nil {
+		p.inside.Close()
+		p.inside = nil
 	}
 	p.mu.Unlock()
 	return RemoveLeftovers(p.id)

@@ -101,3 +101,25 @@ func anyForward(routes []hostRoute) bool {
 	}
 	return false
 }
+
+// DefaultRoute says through which interface the host's IPv4 default route
+// leaves and whether that interface forwards, which the kernel path needs
+// for flows to destinations reached by it. dev is "" when the host has no
+// default route.
+func DefaultRoute() (dev string, forwards bool, err error) {
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return "", false, fmt.Errorf("netlink: %w", err)
+	}
+	defer h.Close()
+	routes, err := hostRoutes(h, "")
+	if err != nil {
+		return "", false, err
+	}
+	for _, r := range routes {
+		if r.prefix.Bits() == 0 {
+			return r.dev, r.forward, nil
+		}
+	}
+	return "", false, nil
+}

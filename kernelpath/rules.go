@@ -1,161 +1,128 @@
 package kernelpath
 
 import (
+	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 
-	"github.com/google/nftables"
-	"github.com/google/nftables/binaryutil"
-	"github.com/google/nftables/expr"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/trafficpolice/trafficpolice/netns"
 	"github.com/trafficpolice/trafficpolice/router/policy"
 )
 
-// neverKernel are destinations the kernel path never takes: loopback and
-// the sandbox's own ranges (the router's DNS, the loopback alias), this
-// network and multicast/broadcast.
+// neverKernel are destinations the kernel path never takes: loopback, the
+// sandbox's own ranges (the router's DNS, the loopback alias), this
+// network, multicast and broadcast, and other runs' veths.
 var neverKernel = []netip.Prefix{
 	netip.MustParsePrefix("0.0.0.0/8"),
 	netip.MustParsePrefix("127.0.0.0/8"),
 	netip.MustParsePrefix("198.18.0.0/15"),
 	netip.MustParsePrefix("224.0.0.0/3"),
+	linkRange,
 }
 
-// installRules writes the sandbox's table:
-//
-//	chain out (route, output, mangle):
-//	  ct mark Mark: meta mark set Mark, accept   (the connection's path)
-//	  ct state != new, meta mark != 0: accept     (the router's own sockets)
-//	  meta l4proto tcp|udp: goto decide
-//	chain decide:
-//	  daddr in neverKernel or @named4: accept     (the router decides)
-//	  each step: [l4proto] [dport] [daddr/prefix]: (ct) mark set Mark | accept
-//	chain post (nat, postrouting): oifname tpk0 masquerade
-func (p *Path) installRules(steps []policy.Step) error {
-	var fd int
-	if err := p.ns.Do(func() error {
-		var err error
-		fd, err = unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		return err
-	}); err != nil {
-		return fmt.Errorf("open the sandbox's namespace: %w", err)
+// addRoutes fills the kernel path's table inside the sandbox: each host
+// route the host forwards, through the veth with the veth's address as the
+// source (no NAT in the sandbox); every other range, and neverKernel, as a
+// "throw", which sends the lookup on to the next rule and in the end to the
+// main table's default route, the router's TUN.
+func (p *Path) addRoutes(h *netlink.Handle, link netlink.Link) error {
+	add := func(rt *netlink.Route, what netip.Prefix) error {
+		if err := h.RouteAdd(rt); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("route %s in table %d: %w", what, routeTable, err)
+		}
+		return nil
 	}
-	defer unix.Close(fd)
-	c, err := nftables.New(nftables.WithNetNSFd(fd), nftables.AsLasting())
-	if err != nil {
-		return fmt.Errorf("nftables in the sandbox: %w", err)
+	gw, src := net.IP(p.hostAddr.Addr().AsSlice()), net.IP(p.sandboxAddr.Addr().AsSlice())
+	for _, r := range p.routes {
+		if linkRange.Overlaps(r.prefix) && r.prefix.Bits() >= linkRange.Bits() {
+			continue // another run's veth (its throw is below)
+		}
+		rt := &netlink.Route{Table: routeTable, Dst: ipNet(r.prefix)}
+		if r.forward {
+			rt.LinkIndex, rt.Gw, rt.Src = link.Attrs().Index, gw, src
+		} else {
+			rt.Type = unix.RTN_THROW
+		}
+		if err := add(rt, r.prefix); err != nil {
+			return err
+		}
 	}
-	p.nft = c
-	t := c.AddTable(&nftables.Table{Name: tableName, Family: nftables.TableFamilyIPv4})
-	p.table = t
-	set := &nftables.Set{Table: t, Name: namedSet, KeyType: nftables.TypeIPAddr}
-	if err := c.AddSet(set, nil); err != nil {
-		return fmt.Errorf("nftables set %s: %w", namedSet, err)
-	}
-	p.set = set
-
-	out := c.AddChain(&nftables.Chain{Name: "out", Table: t, Type: nftables.ChainTypeRoute,
-		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityMangle})
-	decide := c.AddChain(&nftables.Chain{Name: "decide", Table: t})
-	post := c.AddChain(&nftables.Chain{Name: "post", Table: t, Type: nftables.ChainTypeNAT,
-		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
-
-	rule := func(ch *nftables.Chain, e ...expr.Any) { c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: e}) }
-	accept := &expr.Verdict{Kind: expr.VerdictAccept}
-	mark := binaryutil.NativeEndian.PutUint32(Mark)
-
-	rule(out, &expr.Ct{Key: expr.CtKeyMARK, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: mark},
-		&expr.Immediate{Register: 1, Data: mark},
-		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
-		accept)
-	rule(out, &expr.Ct{Key: expr.CtKeySTATE, Register: 1},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitNEW), Xor: binaryutil.NativeEndian.PutUint32(0)},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
-		accept)
-	rule(out, &expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
-		accept)
-	for _, proto := range []byte{unix.IPPROTO_TCP, unix.IPPROTO_UDP} {
-		rule(out, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
-			&expr.Verdict{Kind: expr.VerdictGoto, Chain: decide.Name})
-	}
-
 	for _, n := range neverKernel {
-		rule(decide, append(daddrIn(n), accept)...)
-	}
-	rule(decide, daddr(),
-		&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID},
-		accept)
-	for _, s := range steps {
-		if s.Prefix.IsValid() && !s.Prefix.Addr().Is4() {
-			continue // an IPv6 range: no IPv4 flow matches it
+		if err := add(&netlink.Route{Table: routeTable, Dst: ipNet(n), Type: unix.RTN_THROW}, n); err != nil {
+			return err
 		}
-		var e []expr.Any
-		switch s.Proto {
-		case policy.TCP:
-			e = append(e, l4proto(unix.IPPROTO_TCP)...)
-		case policy.UDP:
-			e = append(e, l4proto(unix.IPPROTO_UDP)...)
-		}
-		if s.Port != 0 {
-			e = append(e,
-				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(s.Port)})
-		}
-		if s.Prefix.IsValid() && s.Prefix.Bits() > 0 {
-			e = append(e, daddrIn(s.Prefix)...)
-		}
-		if s.Local {
-			e = append(e,
-				&expr.Immediate{Register: 1, Data: mark},
-				&expr.Ct{Key: expr.CtKeyMARK, SourceRegister: true, Register: 1},
-				&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1})
-		}
-		rule(decide, append(e, accept)...)
-	}
-
-	rule(post, &expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(SandboxLink)},
-		&expr.Masq{})
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("nftables table %s in the sandbox: %w", tableName, err)
 	}
 	return nil
 }
 
-func daddr() *expr.Payload {
-	return &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4}
-}
-
-func daddrIn(p netip.Prefix) []expr.Any {
-	p = p.Masked()
-	a := p.Addr().As4()
-	mask := make([]byte, 4)
-	for i := 0; i < p.Bits(); i++ {
-		mask[i/8] |= 0x80 >> (i % 8)
+// addRules turns the policy's steps into routing rules: the kernel picks
+// a connection's route, and its source address, when it starts (connect,
+// or each datagram), from its destination address, protocol and port —
+// what a step matches. A local step looks up the kernel path's table, any
+// other the main table (the router). ICMP and other protocols never match
+// a rule, so they keep the main table's route.
+func (p *Path) addRules(h *netlink.Handle, steps []policy.Step) error {
+	// A connection's route is looked up again whenever the sandbox's
+	// routes change (Named adds some), with its source address by then
+	// chosen: the source keeps it on the path it started on.
+	for _, r := range []struct {
+		prio  int
+		src   netip.Addr
+		table int
+	}{
+		{rulePriority - 3, netns.SandboxAddr4.Addr(), unix.RT_TABLE_MAIN},
+		{rulePriority - 2, p.sandboxAddr.Addr(), routeTable},
+	} {
+		rule := netlink.NewRule()
+		rule.Family, rule.Priority, rule.Table = unix.AF_INET, r.prio, r.table
+		rule.Src = ipNet(netip.PrefixFrom(r.src, 32))
+		if err := h.RuleAdd(rule); err != nil {
+			return fmt.Errorf("routing rule %d from %s: %w", r.prio, r.src, err)
+		}
 	}
-	return []expr.Any{
-		daddr(),
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: []byte{0, 0, 0, 0}},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: a[:]},
+	named := netlink.NewRule()
+	named.Family, named.Priority, named.Table = unix.AF_INET, rulePriority-1, namedTable
+	if err := h.RuleAdd(named); err != nil {
+		return fmt.Errorf("routing rule %d lookup %d: %w", rulePriority-1, namedTable, err)
 	}
-}
-
-func l4proto(proto byte) []expr.Any {
-	return []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+	prio := rulePriority
+	for _, s := range steps {
+		if s.Prefix.IsValid() && !s.Prefix.Addr().Is4() {
+			continue // an IPv6 range: no IPv4 flow matches it
+		}
+		protos := []int{unix.IPPROTO_TCP, unix.IPPROTO_UDP}
+		switch s.Proto {
+		case policy.TCP:
+			protos = protos[:1]
+		case policy.UDP:
+			protos = protos[1:]
+		}
+		for _, proto := range protos {
+			r := netlink.NewRule()
+			r.Family = unix.AF_INET
+			r.Priority = prio
+			r.IPProto = proto
+			r.Table = unix.RT_TABLE_MAIN
+			if s.Local {
+				r.Table = routeTable
+			}
+			if s.Prefix.IsValid() && s.Prefix.Bits() > 0 {
+				r.Dst = ipNet(s.Prefix.Masked())
+			}
+			if s.Port != 0 {
+				r.Dport = netlink.NewRulePortRange(s.Port, s.Port)
+			}
+			if err := h.RuleAdd(r); err != nil {
+				return fmt.Errorf("routing rule %d for %q (kernels before 4.17 have no ipproto and dport in rules): %w", prio, s.Rule, err)
+			}
+			prio++
+		}
 	}
-}
-
-func ifname(n string) []byte {
-	b := make([]byte, unix.IFNAMSIZ)
-	copy(b, n)
-	return b
+	return nil
 }
 
 // Named tells the kernel path that the sandbox's DNS has answered with a:
@@ -170,15 +137,15 @@ func (p *Path) Named(a netip.Addr) error {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.named[a] || p.nft == nil {
+	if p.named[a] || p.inside == nil {
 		return nil
 	}
-	k := a.As4()
-	if err := p.nft.SetAddElements(p.set, []nftables.SetElement{{Key: k[:]}}); err != nil {
-		return fmt.Errorf("kernel path: add %s to %s: %w", a, namedSet, err)
-	}
-	if err := p.nft.Flush(); err != nil {
-		return fmt.Errorf("kernel path: add %s to %s: %w", a, namedSet, err)
+	// New connections to a take the TUN; those already on the kernel path
+	// stay there (their source address says so).
+	rt := &netlink.Route{Table: namedTable, Dst: ipNet(netip.PrefixFrom(a, 32)), LinkIndex: p.tunIndex,
+		Src: net.IP(netns.SandboxAddr4.Addr().AsSlice()), Scope: netlink.SCOPE_LINK}
+	if err := p.inside.RouteAdd(rt); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("kernel path: leave %s to the router: %w", a, err)
 	}
 	p.named[a] = true
 	return nil

@@ -60,6 +60,12 @@ type Config struct {
 	HostSearchDomains []string
 	// FlowLog receives one JSON line per finished flow; nil disables it.
 	FlowLog io.Writer
+	// Named, if set, is told of each address that comes to stand for a
+	// name (the sandbox's DNS answered with it, or a rule's name resolved
+	// to it) before the answer reaches the app: the kernel fast path leaves
+	// such addresses to the router, which alone knows names. An error is
+	// logged; the answer still goes out.
+	Named func(netip.Addr) error
 	// Logger receives the router's own messages.
 	Logger *slog.Logger
 }
@@ -125,6 +131,13 @@ func New(cfg Config) (*Router, error) {
 		log:    cfg.Logger,
 		ctx:    ctx,
 		cancel: cancel,
+	}
+	if cfg.Named != nil {
+		r.names.onNew = func(a netip.Addr) {
+			if err := cfg.Named(a); err != nil {
+				r.log.Error("the kernel path may take flows to a named address", "addr", a, "err", err)
+			}
+		}
 	}
 	r.pinger = &pinger{ctx: ctx, wg: &r.wg}
 	s, err := newStack(cfg.Link)

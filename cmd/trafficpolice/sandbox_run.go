@@ -35,6 +35,7 @@ type runFlags struct {
 	debugListen    string
 	capAdd         []string
 	rootless       bool
+	noKernelPath   bool
 	kube           kubeFlags
 	image          imageFlags
 }
@@ -92,6 +93,7 @@ func newSandboxRunCommand() *cobra.Command {
 	fl.StringVar(&f.debugListen, "debug-listen", "", "serve pprof and the router's counters on this loopback HOST:PORT")
 	fl.MarkHidden("debug-listen")
 	fl.StringArrayVar(&f.capAdd, "cap-add", nil, "give the app this capability too (repeatable; e.g. NET_ADMIN, or ALL); the default is Docker's set")
+	fl.BoolVar(&f.noKernelPath, "no-kernel-path", false, "send every flow through trafficpolice's router: by default a root run hands the flows its rules send local by address or port to the kernel")
 	fl.BoolVar(&f.rootless, "rootless", false, "run the sandbox in a user namespace of its own, as when not root (the default when not root)")
 	f.kube.add(fl)
 	f.kube.complete(cmd)
@@ -203,25 +205,26 @@ func runSandbox(ctx context.Context, f runFlags, argv []string) error {
 	// A container gets the image's environment and the target's, not ours.
 	ctrOpts, _ := f.image.options(appEnv[hostEnv:])
 	code, err := sandbox.Run(ctx, sandbox.Options{
-		Image:       f.image.image,
-		Container:   ctrOpts,
-		Policy:      pol,
-		Agent:       agent,
-		Incoming:    cfg.Feature.Network.Incoming,
-		Argv:        argv,
-		Env:         appEnv,
-		Dir:         wd,
-		CapAdd:      f.capAdd,
-		FlowLog:     f.flowLog,
-		MTU:         f.mtu,
-		DebugListen: f.debugListen,
-		NoIPv6:      false,
-		Rootless:    rootlessRun(f.rootless),
-		Stdin:       os.Stdin,
-		Stdout:      os.Stdout,
-		Stderr:      os.Stderr,
-		Progress:    progress,
-		Logger:      logger,
+		Image:        f.image.image,
+		Container:    ctrOpts,
+		Policy:       pol,
+		Agent:        agent,
+		Incoming:     cfg.Feature.Network.Incoming,
+		Argv:         argv,
+		Env:          appEnv,
+		Dir:          wd,
+		CapAdd:       f.capAdd,
+		FlowLog:      f.flowLog,
+		MTU:          f.mtu,
+		DebugListen:  f.debugListen,
+		NoIPv6:       false,
+		NoKernelPath: f.noKernelPath,
+		Rootless:     rootlessRun(f.rootless),
+		Stdin:        os.Stdin,
+		Stdout:       os.Stdout,
+		Stderr:       os.Stderr,
+		Progress:     progress,
+		Logger:       logger,
 	})
 	if err != nil {
 		return err
