@@ -3,6 +3,7 @@ package kernelpath
 import (
 	"errors"
 	"fmt"
+	"os/exec"
 	"strings"
 
 	"github.com/coreos/go-iptables/iptables"
@@ -25,17 +26,47 @@ func hostRules(id, link string, sandbox string) [][3]any {
 	}
 }
 
+// configureHost adds the host's rules in one iptables-restore (an exec
+// costs milliseconds of the run's start).
 func (p *Path) configureHost() error {
-	ipt, err := iptables.NewWithProtocol(iptables.ProtocolIPv4)
-	if err != nil {
-		return fmt.Errorf("iptables: %w", err)
-	}
+	// First in each chain, so that a host's DROP rules do not stop them.
+	return restore(p.hostRuleset("-I", " 1"))
+}
+
+// removeHostRules deletes exactly what configureHost added, in one exec.
+func (p *Path) removeHostRules() error {
+	return restore(p.hostRuleset("-D", ""))
+}
+
+// hostRuleset is hostRules in iptables-save's format, each rule with op.
+func (p *Path) hostRuleset(op, at string) string {
+	var b strings.Builder
+	table := ""
 	for _, r := range hostRules(p.id, p.hostLink, p.sandboxAddr.Addr().String()) {
-		table, chain, spec := r[0].(string), r[1].(string), r[2].([]string)
-		// First in the chain, so that a host's DROP rules do not stop it.
-		if err := ipt.Insert(table, chain, 1, spec...); err != nil {
-			return fmt.Errorf("iptables -t %s -I %s %s: %w", table, chain, strings.Join(spec, " "), err)
+		if t := r[0].(string); t != table {
+			if table != "" {
+				b.WriteString("COMMIT\n")
+			}
+			table = t
+			fmt.Fprintf(&b, "*%s\n", t)
 		}
+		fmt.Fprintf(&b, "%s %s%s %s\n", op, r[1].(string), at, strings.Join(r[2].([]string), " "))
+	}
+	b.WriteString("COMMIT\n")
+	return b.String()
+}
+
+// restore applies ruleset on top of the host's tables (--noflush), whole
+// or not at all.
+func restore(ruleset string) error {
+	path, err := exec.LookPath("iptables-restore")
+	if err != nil {
+		return fmt.Errorf("find iptables-restore (install the iptables package): %w", err)
+	}
+	cmd := exec.Command(path, "--wait", "--noflush")
+	cmd.Stdin = strings.NewReader(ruleset)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("iptables-restore --noflush of\n%s: %w: %s", ruleset, err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }
@@ -74,14 +105,8 @@ func RemoveLeftovers(id string) error {
 			}
 		}
 	}
-	if l, err := netlink.LinkByName(HostLinkPrefix + id); err == nil {
-		if err := netlink.LinkDel(l); err != nil {
-			if _, ferr := netlink.LinkByName(HostLinkPrefix + id); ferr == nil {
-				errs = append(errs, fmt.Errorf("delete link %s: %w", HostLinkPrefix+id, err))
-			}
-		}
-	} else if !errors.As(err, new(netlink.LinkNotFoundError)) {
-		errs = append(errs, fmt.Errorf("find link %s: %w", HostLinkPrefix+id, err))
+	if err := deleteLink(HostLinkPrefix + id); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
@@ -99,4 +124,24 @@ func splitRule(line, chain string) ([]string, error) {
 		out[i] = strings.Trim(a, `"`)
 	}
 	return out, nil
+}
+
+func (p *Path) deleteLink() error { return deleteLink(p.hostLink) }
+
+// deleteLink deletes the host's end of a kernel path's veth (the other end
+// goes with it); one already gone, maybe by a concurrent remover, is fine.
+func deleteLink(name string) error {
+	l, err := netlink.LinkByName(name)
+	if errors.As(err, new(netlink.LinkNotFoundError)) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("find link %s: %w", name, err)
+	}
+	if err := netlink.LinkDel(l); err != nil {
+		if _, ferr := netlink.LinkByName(name); ferr == nil {
+			return fmt.Errorf("delete link %s: %w", name, err)
+		}
+	}
+	return nil
 }

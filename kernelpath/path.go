@@ -9,11 +9,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
-	"github.com/coreos/go-iptables/iptables"
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	vns "github.com/vishvananda/netns"
@@ -65,7 +63,10 @@ type Path struct {
 	mu       sync.Mutex
 	inside   *netlink.Handle // netlink inside the sandbox
 	tunIndex int             // the router's TUN link in the sandbox
-	named    map[netip.Addr]bool
+	// hostRulesAdded: configureHost succeeded, so Close can delete its
+	// rules by what they are.
+	hostRulesAdded bool
+	named          map[netip.Addr]bool
 }
 
 // Setup builds the kernel path for cfg's sandbox. On error it removes what
@@ -103,6 +104,7 @@ func Setup(cfg Config) (p *Path, err error) {
 	if err := p.configureHost(); err != nil {
 		return p, err
 	}
+	p.hostRulesAdded = true
 	nsh, err := vns.GetFromPath(p.ns.Path())
 	if err != nil {
 		return p, fmt.Errorf("open %s: %w", p.ns, err)
@@ -115,6 +117,9 @@ func Setup(cfg Config) (p *Path, err error) {
 		return p, err
 	}
 	if err := p.configureSandbox(cfg.Steps); err != nil {
+		return p, err
+	}
+	if err := p.untrack(); err != nil {
 		return p, err
 	}
 	return p, nil
@@ -238,22 +243,6 @@ func (p *Path) sandboxSysctls() error {
 			return err
 		}
 	}
-	// The sandbox's conntrack (there for the loopback redirect) has nothing
-	// to do for the kernel path's flows: the host tracks and translates
-	// them. Leaving them untracked saves a connection entry per flow.
-	ipt, err := iptables.NewWithProtocol(iptables.ProtocolIPv4)
-	if err != nil {
-		return fmt.Errorf("iptables: %w", err)
-	}
-	src := p.sandboxAddr.Addr().String()
-	for _, r := range [][]string{
-		{"OUTPUT", "-s", src, "-j", "NOTRACK"},
-		{"PREROUTING", "-i", SandboxLink, "-d", src, "-j", "NOTRACK"},
-	} {
-		if err := ipt.Append("raw", r[0], r[1:]...); err != nil {
-			return fmt.Errorf("iptables -t raw -A %s in the sandbox: %w", strings.Join(r, " "), err)
-		}
-	}
 	return nil
 }
 
@@ -302,6 +291,10 @@ func (p *Path) Close() error {
 		p.inside = nil
 	}
 	p.mu.Unlock()
+	if p.hostRulesAdded && p.removeHostRules() == nil {
+		// The link (and its other end) next; one iptables exec spared.
+		return p.deleteLink()
+	}
 	return RemoveLeftovers(p.id)
 }
 
