@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/trafficpolice/trafficpolice/agent/kube"
+	"github.com/trafficpolice/trafficpolice/kernelpath"
 )
 
 // Env says what to check, and where; tests point it at states of their
@@ -37,6 +38,10 @@ type Env struct {
 	StateDir string
 	// IPTables is the iptables command; "" means "iptables" on PATH.
 	IPTables string
+	// KernelPath asks whether the host lets a root run's local flows take
+	// the kernel path (doctor asks; a run sets it up or goes without, and
+	// does not warn each time).
+	KernelPath bool
 	// Image, when set, needs containerd at ContainerdAddress.
 	Image, ContainerdAddress string
 	// Kube, when set, is the cluster the run works on.
@@ -141,6 +146,26 @@ func checkNAT(env Env) Result {
 		return r
 	}
 	r.Status, r.Detail = OK, path+" works with the nat table"
+	return r
+}
+
+// checkKernelPath says whether flows the rules send local can skip the
+// router: the kernel path needs the host to forward replies that come in
+// by the default route's interface.
+func checkKernelPath(env Env) Result {
+	r := Result{Check: "kernel path"}
+	dev, forwards, err := kernelpath.DefaultRoute()
+	switch {
+	case err != nil:
+		r.Status, r.Detail = Warn, fmt.Sprintf("cannot read the host's routes: %v", err)
+	case dev == "":
+		r.Status, r.Detail = OK, "the host has no IPv4 default route; local flows to the networks it forwards to go through the kernel"
+	case !forwards:
+		r.Status, r.Detail = Warn, fmt.Sprintf("the host does not forward on %s (its default route): local flows through it go through trafficpolice's router instead of the kernel (slower: README, Benchmarks)", dev)
+		r.Fix = fmt.Sprintf("sudo sysctl -w net.ipv4.conf.%s.forwarding=1 (or net.ipv4.ip_forward=1, as Docker, Kubernetes and libvirt hosts have it); or nothing: every run still works", dev)
+	default:
+		r.Status, r.Detail = OK, fmt.Sprintf("the host forwards on %s: flows the rules send local by address or port go through the kernel", dev)
+	}
 	return r
 }
 

@@ -83,6 +83,9 @@ func Run(ctx context.Context, env Env) []Result {
 		checks = append(checks, one(checkUserns, env))
 	} else {
 		checks = append(checks, one(checkNetns, env), one(checkNAT, env))
+		if env.KernelPath {
+			checks = append(checks, one(checkKernelPath, env))
+		}
 	}
 	checks = append(checks, one(checkStateDir, env))
 	if env.Image != "" && env.Rootless {

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/trafficpolice/trafficpolice/agent/kube"
+	"github.com/trafficpolice/trafficpolice/kernelpath"
 )
 
 // needRoot stops a test that needs root: it fails in CI, skips elsewhere.
@@ -295,5 +296,34 @@ func TestRunKeepsItsOrder(t *testing.T) {
 		if err := FirstFailure(rs); !errors.As(err, &pe) || pe.Result.Check != "tun" {
 			t.Fatalf("first failure = %v; want the tun check's", err)
 		}
+	}
+}
+
+func TestKernelPathFollowsTheDefaultRoutesForwarding(t *testing.T) {
+	dev, forwards, err := kernelpath.DefaultRoute()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := checkKernelPath(Env{})
+	switch {
+	case dev == "":
+		want(t, r, OK, "no IPv4 default route", "")
+	case forwards:
+		want(t, r, OK, "forwards on "+dev, "")
+	default:
+		want(t, r, Warn, "does not forward on "+dev, "net.ipv4.conf."+dev+".forwarding=1")
+	}
+	order := func(env Env) string {
+		var got []string
+		for _, r := range Run(context.Background(), env) {
+			got = append(got, r.Check)
+		}
+		return strings.Join(got, " ")
+	}
+	if got := order(Env{KernelPath: true}); !strings.Contains(got, "nat kernel path state") {
+		t.Errorf("doctor's checks %q leave out the kernel path", got)
+	}
+	if got := order(Env{}); strings.Contains(got, "kernel path") {
+		t.Errorf("a run's checks %q include the kernel path: it would warn on every run", got)
 	}
 }

@@ -66,7 +66,11 @@ func (r *Router) echo(id stack.TransportEndpointID, req, quoted []byte, v6 bool)
 		r.endFlow(f)
 		return
 	}
-	r.wg.Add(1)
+	if !r.track() {
+		f.rec.Error = "the router is closing"
+		r.endFlow(f)
+		return
+	}
 	go func() {
 		defer r.wg.Done()
 		reply, err := r.pinger.ping(r.ctx, dst.Addr(), req, v6)

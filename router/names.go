@@ -38,6 +38,9 @@ type nameTable struct {
 	mu     sync.RWMutex
 	byAddr map[netip.Addr]*addrNames
 	seq    uint64 // orders records: the higher, the more recent
+	// onNew, if set, is called (outside the lock, before record returns)
+	// for an address that had no names.
+	onNew func(netip.Addr)
 }
 
 type nameKey struct {
@@ -83,12 +86,15 @@ func (t *nameTable) record(addr netip.Addr, name string, side policy.Route, sour
 	addr = addr.Unmap()
 	now := time.Now()
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	an := t.byAddr[addr]
 	if an == nil {
 		an = &addrNames{entries: map[nameKey]nameEntry{}}
 		t.byAddr[addr] = an
+		if t.onNew != nil {
+			defer t.onNew(addr) // runs after the deferred Unlock below
+		}
 	}
+	defer t.mu.Unlock()
 	t.seq++
 	an.entries[nameKey{name, source}] = nameEntry{side: side, seen: t.seq, expires: now.Add(ttl)}
 	an.dropExpired(now)

@@ -60,6 +60,12 @@ type Config struct {
 	HostSearchDomains []string
 	// FlowLog receives one JSON line per finished flow; nil disables it.
 	FlowLog io.Writer
+	// Named, if set, is told of each address that comes to stand for a
+	// name (the sandbox's DNS answered with it, or a rule's name resolved
+	// to it) before the answer reaches the app: the kernel fast path leaves
+	// such addresses to the router, which alone knows names. An error is
+	// logged; the answer still goes out.
+	Named func(netip.Addr) error
 	// Logger receives the router's own messages.
 	Logger *slog.Logger
 }
@@ -79,9 +85,11 @@ type Router struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-	// tcpMu guards adding TCP flows to wg: gVisor's forwarder runs each
-	// handler on a goroutine of its own, which may start after Close began
-	// waiting; closing turns those away.
+	// tcpMu guards adding flows to wg (track): packets keep arriving
+	// while Close waits for the flows (gVisor's TCP forwarder runs each
+	// handler on a goroutine of its own, UDP and echo start theirs from
+	// the packet loop), and a WaitGroup may not grow during its Wait;
+	// closing turns those away.
 	tcpMu   sync.Mutex
 	closing bool
 
@@ -123,6 +131,13 @@ func New(cfg Config) (*Router, error) {
 		log:    cfg.Logger,
 		ctx:    ctx,
 		cancel: cancel,
+	}
+	if cfg.Named != nil {
+		r.names.onNew = func(a netip.Addr) {
+			if err := cfg.Named(a); err != nil {
+				r.log.Error("the kernel path may take flows to a named address", "addr", a, "err", err)
+			}
+		}
 	}
 	r.pinger = &pinger{ctx: ctx, wg: &r.wg}
 	s, err := newStack(cfg.Link)
@@ -203,6 +218,18 @@ func (r *Router) Start() error {
 	}
 	r.startRuleNames()
 	return nil
+}
+
+// track counts a new flow in wg, unless the router is closing (false:
+// the caller drops the flow). The caller calls wg.Done when it ends.
+func (r *Router) track() bool {
+	r.tcpMu.Lock()
+	defer r.tcpMu.Unlock()
+	if r.closing {
+		return false
+	}
+	r.wg.Add(1)
+	return true
 }
 
 // Close stops every flow and the netstack. It is safe to call twice.

@@ -41,14 +41,10 @@ const (
 // complete the app's handshake, so the app sees the destination's real
 // answer (refused → RST, silence → its own timeout).
 func (r *Router) handleTCP(req *tcp.ForwarderRequest) {
-	r.tcpMu.Lock()
-	if r.closing {
-		r.tcpMu.Unlock()
+	if !r.track() {
 		req.Complete(true)
 		return
 	}
-	r.wg.Add(1)
-	r.tcpMu.Unlock()
 	spliced := false
 	defer func() {
 		if !spliced { // else the splice's end is the flow's

@@ -53,7 +53,12 @@ func (r *Router) handleUDP(req *udp.ForwarderRequest) bool {
 		return true
 	}
 	in := gonet.NewUDPConn(&wq, ep)
-	r.wg.Add(1)
+	if !r.track() {
+		f.rec.Error = "the router is closing"
+		in.Close()
+		r.endFlow(f)
+		return true
+	}
 	go func() {
 		defer r.wg.Done()
 		r.relayUDP(f, in)
@@ -68,7 +73,12 @@ func (r *Router) handleUDPOffLoop(req *udp.ForwarderRequest, src, dst netip.Addr
 	id := req.ID()
 	var wq waiter.Queue
 	ep, terr := req.CreateEndpoint(&wq)
-	r.wg.Add(1)
+	if !r.track() {
+		if terr == nil {
+			ep.Close()
+		}
+		return true
+	}
 	go func() {
 		defer r.wg.Done()
 		f := r.newFlow(policy.UDP, src, dst)

@@ -18,6 +18,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/trafficpolice/trafficpolice/config"
+	"github.com/trafficpolice/trafficpolice/kernelpath"
 	"github.com/trafficpolice/trafficpolice/netns"
 	"github.com/trafficpolice/trafficpolice/netns/netnstest"
 	"github.com/trafficpolice/trafficpolice/sandbox/launch"
@@ -143,6 +144,13 @@ func assertClean(t *testing.T, before hostState) {
 		if pids, err := processesIn(ns); err == nil && len(pids) > 0 {
 			t.Errorf("processes %v left in %s", pids, ns)
 		}
+		id := strings.TrimPrefix(ns, NamespacePrefix)
+		if _, err := netlink.LinkByName(kernelpath.HostLinkPrefix + id); err == nil {
+			t.Errorf("kernel path link %s%s left behind", kernelpath.HostLinkPrefix, id)
+		}
+		if out, err := exec.Command("iptables-save").Output(); err == nil && bytes.Contains(out, []byte("trafficpolice-kernel-"+id)) {
+			t.Errorf("kernel path rules of run %s left behind", id)
+		}
 	}
 	links, _ := netlink.LinkList()
 	var extra []string
@@ -154,7 +162,9 @@ func assertClean(t *testing.T, before hostState) {
 		}
 		// tpv… are netnstest's veths, which check themselves; other
 		// packages' tests make them at the same time as this one runs.
-		if !found && strings.HasPrefix(name, "tp") && !strings.HasPrefix(name, "tpv") {
+		// tpk… are runs' kernel paths: checked above for this test's runs
+		// (other tests' runs have theirs meanwhile).
+		if !found && strings.HasPrefix(name, "tp") && !strings.HasPrefix(name, "tpv") && !strings.HasPrefix(name, kernelpath.HostLinkPrefix) {
 			extra = append(extra, name)
 		}
 	}
@@ -242,6 +252,7 @@ type serviceNet struct {
 	hostIP   netip.Addr
 	svcIP    netip.Addr
 	silentIP netip.Addr // routed towards the namespace, dropped there
+	hostLink string     // the host's end of the veth
 }
 
 func newServiceNet(t *testing.T) *serviceNet {
@@ -255,8 +266,8 @@ func newServiceNet(t *testing.T) *serviceNet {
 	base := netip.AddrFrom4([4]byte{10, 213, byte(third), byte(int(b[1]) % 31 * 8)})
 	s := &serviceNet{ns: ns, hostIP: base.Next(), svcIP: base.Next().Next()}
 	s.silentIP = s.svcIP.Next()
-	netnstest.Veth(t, nil, ns, []netip.Prefix{netip.PrefixFrom(s.hostIP, 29)},
-		[]netip.Prefix{netip.PrefixFrom(s.svcIP, 29), netip.PrefixFrom(s.silentIP, 29)})
+	s.hostLink = netnstest.Veth(t, nil, ns, []netip.Prefix{netip.PrefixFrom(s.hostIP, 29)},
+		[]netip.Prefix{netip.PrefixFrom(s.svcIP, 29), netip.PrefixFrom(s.silentIP, 29)}).A
 	// The silent address drops every TCP SYN: a destination that never answers.
 	s.exec(t, "iptables", "-A", "INPUT", "-d", s.silentIP.String(), "-p", "tcp", "-j", "DROP")
 	return s

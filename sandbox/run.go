@@ -55,6 +55,10 @@ type Options struct {
 	MTU int
 	// NoIPv6 leaves IPv6 out of the sandbox.
 	NoIPv6 bool
+	// NoKernelPath sends every flow through the router: without it, a
+	// root run hands the flows its rules send local by address or port to
+	// the kernel (package kernelpath).
+	NoKernelPath bool
 	// Rootless runs the sandbox in a user namespace of its own, as the user
 	// who runs trafficpolice (launch.StartHolder): what a user who is not
 	// root gets, and what root gets when asked. The app runs as that user
@@ -79,6 +83,9 @@ type Options struct {
 	// Started, if set, is told the namespace name once the app runs (tests
 	// use it to look inside).
 	Started func(namespace string, pid int)
+
+	// named is the kernel path's Named, once it is set up.
+	named func(netip.Addr) error
 }
 
 // Agent is what a run needs of the tunnel to the agent: the router's
@@ -132,6 +139,16 @@ func Run(ctx context.Context, o Options) (int, error) {
 	defer tun.Close()
 	if h, ok := ns.(heldSpace); ok {
 		defer h.Close()
+	}
+	if kp := startKernelPath(rec, ns, o); kp != nil {
+		defer func() {
+			if err := kp.Close(); err != nil {
+				o.Logger.Error("remove the kernel path", "err", err)
+				return // the teardown tries again
+			}
+			rec.KernelPath = false
+		}()
+		o.named = kp.Named
 	}
 	files, err := writeResolverFiles(rec.dir(), o)
 	if err != nil {
@@ -424,6 +441,7 @@ func startRouter(ctx context.Context, ns space, tun *os.File, o Options) (*route
 		DNSAddrs:      dnsAddrs,
 		LocalResolver: router.NewHostResolver(o.HostResolvConf, o.HostHosts),
 		FlowLog:       flowLog,
+		Named:         o.named,
 		Logger:        o.Logger,
 	}
 	if o.Agent != nil {

@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/trafficpolice/trafficpolice/kernelpath"
 	"github.com/trafficpolice/trafficpolice/netns"
 	"github.com/trafficpolice/trafficpolice/procinfo"
 	"github.com/trafficpolice/trafficpolice/sandbox/container"
@@ -58,6 +59,9 @@ type record struct {
 	Namespace string `json:"namespace,omitempty"`
 	// Holder is a rootless run's holder process, once started.
 	Holder *heldRecord `json:"holder,omitempty"`
+	// KernelPath: the run set up (or began to) a kernel path, whose host
+	// link and rules are named after ID.
+	KernelPath bool `json:"kernel_path,omitempty"`
 	// Base is the state folder the record lives in.
 	Base     string    `json:"-"`
 	PID      int       `json:"pid"`
@@ -153,6 +157,11 @@ func (r *record) teardown() error {
 		// it, and it only needs removing.
 		if derr := netns.DeleteNamed(r.Namespace); derr != nil {
 			errs = append(errs, fmt.Errorf("open namespace %s: %w; remove what is left: %w", r.Namespace, err, derr))
+		}
+	}
+	if r.KernelPath {
+		if err := kernelpath.RemoveLeftovers(r.ID); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if len(errs) == 0 {

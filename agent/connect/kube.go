@@ -111,8 +111,10 @@ func startThroughKubernetes(ctx context.Context, o Options) (run *Run, err error
 			break
 		}
 		o.Progress.Note("the agent on pod %s/%s is leaving with its last run: starting another", run.agent.Namespace, run.agent.Pod)
+		// Remove it now (its Secret only if still the one seen, and its
+		// Job): the next start finds no agent and starts one.
 		cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-		err = run.agent.Abandon(cctx)
+		err = run.agent.Close(cctx)
 		cancel()
 		if err != nil {
 			return run, err
@@ -180,10 +182,14 @@ func startAgent(ctx context.Context, access *kube.Access, target *kube.Target, t
 		Token:                token,
 		OnStep:               func(s string) { o.Logger.Info(s) },
 		OnCreate:             rec.add,
+		OnForget:             rec.forget,
 	})
 	done(err)
-	// On error StartAgent removed what it made, if it could: the record
-	// stays for CollectStale in case it could not.
+	if err != nil {
+		// StartAgent removed what it made, if it could: make sure, and
+		// drop the record then (else it stays for CollectStale).
+		rec.cleanUp(context.WithoutCancel(ctx), access)
+	}
 	if err == nil && ag.Joined {
 		o.Progress.Note("joined the agent another run started on pod %s/%s (%s): runs on one pod share it", ag.Namespace, ag.Pod, ag.Name)
 	}

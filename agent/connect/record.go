@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -74,6 +75,63 @@ func (r *clusterRecord) add(kind, namespace, name string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.Objects = append(r.Objects, clusterObject{Kind: kind, Namespace: namespace, Name: name})
+	return r.writeLocked()
+}
+
+// forget unrecords an object the run did not create after all (another
+// run's shared agent won the create): gc must not take it for this run's.
+func (r *clusterRecord) forget(kind, namespace, name string) {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.Objects = slices.DeleteFunc(r.Objects, func(o clusterObject) bool {
+		return o == clusterObject{Kind: kind, Namespace: namespace, Name: name}
+	})
+	if len(r.Objects) == 0 {
+		os.Remove(r.path)
+		return
+	}
+	_ = r.writeLocked() // at worst gc asks about an object that is not ours, and keeps it while it runs
+}
+
+// cleanUp deletes what the record names and, once that is done, the
+// record: after a start that failed (whose own removal may or may not have
+// worked), so that nothing waits for a gc.
+func (r *clusterRecord) cleanUp(ctx context.Context, access *kube.Access) {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	objs := slices.Clone(r.Objects)
+	r.mu.Unlock()
+	if _, err := deleteObjects(ctx, access, objs); err == nil {
+		r.remove() // else it stays for CollectStale
+	}
+}
+
+// deleteObjects deletes recorded objects, the newest first (a Job before
+// the Secret it was given), within 20 s, and returns those it removed
+// ("job ns/name"); a shared agent's that other runs still use are kept.
+func deleteObjects(ctx context.Context, access *kube.Access, objs []clusterObject) (removed []string, err error) {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	for _, o := range slices.Backward(objs) {
+		deleted, derr := access.DeleteAgentObjects(ctx, o.Kind, o.Namespace, o.Name)
+		if derr != nil {
+			err = errors.Join(err, derr)
+			continue
+		}
+		if deleted {
+			removed = append(removed, fmt.Sprintf("%s %s/%s", o.Kind, o.Namespace, o.Name))
+		}
+	}
+	return removed, err
+}
+
+// writeLocked writes the record, atomically.
+func (r *clusterRecord) writeLocked() error {
 	if err := os.MkdirAll(filepath.Dir(r.path), 0o700); err != nil {
 		return fmt.Errorf("record the cluster objects: %w", err)
 	}
@@ -130,20 +188,8 @@ func CollectStale(ctx context.Context, stateDir string) ([]string, error) {
 			errs = append(errs, fmt.Errorf("objects of a killed run (%s): %w", p, err))
 			continue
 		}
-		cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-		var failed error
-		for i := len(r.Objects) - 1; i >= 0; i-- {
-			o := r.Objects[i]
-			deleted, err := access.DeleteAgentObjects(cctx, o.Kind, o.Namespace, o.Name)
-			if err != nil {
-				failed = errors.Join(failed, err)
-				continue
-			}
-			if deleted {
-				removed = append(removed, fmt.Sprintf("%s %s/%s", o.Kind, o.Namespace, o.Name))
-			}
-		}
-		cancel()
+		gone, failed := deleteObjects(ctx, access, r.Objects)
+		removed = append(removed, gone...)
 		if failed != nil {
 			errs = append(errs, fmt.Errorf("objects of a killed run (context %q): %w", r.Context, failed))
 			continue

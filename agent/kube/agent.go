@@ -57,6 +57,10 @@ type AgentOptions struct {
 	// does: a run killed at any moment can have it removed. An error stops
 	// the start.
 	OnCreate func(kind, namespace, name string) error
+	// OnForget, when set, is told of an object OnCreate announced that
+	// this run did not create after all: another run created the shared
+	// agent's Secret first.
+	OnForget func(kind, namespace, name string)
 }
 
 // AgentLabel marks every object trafficpolice creates for an agent.
@@ -309,6 +313,9 @@ func (a *Access) createTokenSecret(ctx context.Context, ag *Agent, o AgentOption
 	created, err := a.Client.CoreV1().Secrets(ag.SecretNamespace).Create(ctx, secret, metav1.CreateOptions{})
 	if err != nil {
 		if ag.Shared && apierrors.IsAlreadyExists(err) {
+			if o.OnForget != nil {
+				o.OnForget("secret", ag.SecretNamespace, ag.SecretName)
+			}
 			return errLostRace
 		}
 		return apiError(err, "create", "secrets", ag.SecretNamespace)
@@ -438,14 +445,9 @@ func (a *Access) waitRunning(ctx context.Context, ns, pod, container string, eph
 			case st.State.Terminated != nil:
 				term := st.State.Terminated
 				return fmt.Errorf("agent in pod %s/%s exited at once (%s, exit code %d): %s", ns, pod, term.Reason, term.ExitCode, strings.TrimSpace(term.Message))
-			case st.State.Waiting != nil && isPullReason(st.State.Waiting.Reason):
-				var events []corev1.Event
-				if st.State.Waiting.Reason == "ImagePullBackOff" {
-					events = a.podEvents(ctx, ns, pod)
-				}
-				return pullError(p, st, ephemeral, events)
-			case st.State.Waiting != nil && badWait(st.State.Waiting.Reason):
-				return fmt.Errorf("agent in pod %s/%s cannot start: %s: %s", ns, pod, st.State.Waiting.Reason, st.State.Waiting.Message)
+			}
+			if err := a.waitingError(ctx, p, st, ephemeral); err != nil {
+				return err
 			}
 		}
 		if p.Status.Phase == corev1.PodFailed {
@@ -455,6 +457,26 @@ func (a *Access) waitRunning(ctx context.Context, ns, pod, container string, eph
 			return fmt.Errorf("agent in pod %s/%s did not start in time", ns, pod)
 		}
 	}
+}
+
+// waitingError is why the agent's container, waiting, cannot start (its
+// image cannot be pulled, its spec is refused, it crashes); nil while it
+// may still start.
+func (a *Access) waitingError(ctx context.Context, p *corev1.Pod, st corev1.ContainerStatus, ephemeral bool) error {
+	w := st.State.Waiting
+	switch {
+	case w == nil:
+		return nil
+	case isPullReason(w.Reason):
+		var events []corev1.Event
+		if w.Reason == "ImagePullBackOff" {
+			events = a.podEvents(ctx, p.Namespace, p.Name)
+		}
+		return pullError(p, st, ephemeral, events)
+	case badWait(w.Reason):
+		return fmt.Errorf("agent in pod %s/%s cannot start: %s: %s", p.Namespace, p.Name, w.Reason, w.Message)
+	}
+	return nil
 }
 
 func badWait(reason string) bool {

@@ -99,15 +99,16 @@ func (e *ImagePullError) Error() string {
 	case causeNotFound:
 		fmt.Fprintf(&b, "Registry %s has no image %s:%s. Either\n", reg, repo, tag)
 		fmt.Fprintf(&b, "  - push it there: `trafficpolice images build agent -o agent.tar && trafficpolice images push agent.tar %s`, or\n", e.Image)
-		fmt.Fprintf(&b, "  - set agent.image to an agent image that exists (the project publishes %s).", "ghcr.io/trafficpolice/agent:VERSION")
+		fmt.Fprintf(&b, "  - set agent.image to an agent image that exists (releases are published as %s).", "ghcr.io/trafficpolice/agent:VERSION")
 	case causePlatform:
 		fmt.Fprintf(&b, "The image has no build for node %s's platform (see `kubectl get node %s -o jsonpath='{.status.nodeInfo.architecture}'`):\n", e.Node, e.Node)
 		fmt.Fprintf(&b, "  push the multi-platform agent image (`trafficpolice images build agent` makes linux/amd64 and linux/arm64):\n")
 		fmt.Fprintf(&b, "  `trafficpolice images build agent -o agent.tar && trafficpolice images push agent.tar %s`, and set agent.image to it.", mirror)
 	default:
 		fmt.Fprintf(&b, "Node %s could not fetch it from registry %s (network, DNS, TLS or a rate limit). Either\n", e.Node, reg)
-		fmt.Fprintf(&b, "  - mirror it into a registry the nodes reach, %s, and set agent.image to it\n", pushMirror)
-		b.WriteString("    (add an image pull secret if that registry wants a login), or\n")
+		fmt.Fprintf(&b, "  - push it to a registry the nodes reach: `trafficpolice images build agent -o agent.tar && trafficpolice images push agent.tar %s`\n", mirror)
+		fmt.Fprintf(&b, "    (a build of your own: this binary's agent), or mirror it there, %s;\n", pushMirror)
+		b.WriteString("    then set agent.image to it (add an image pull secret if that registry wants a login), or\n")
 		b.WriteString("  - let the nodes reach " + reg + ".")
 	}
 	fmt.Fprintf(&b, "\nDetails: kubectl describe pod %s -n %s", e.Pod, e.Namespace)

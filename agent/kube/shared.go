@@ -169,11 +169,6 @@ func (a *Access) joinShared(ctx context.Context, t *Target, o AgentOptions) (*Ag
 	}
 }
 
-// Abandon removes a shared agent this run found leaving (it refused the
-// run's Hello): its Secret, if still the one seen, and its Job. The next
-// StartOrJoinAgent starts a new one.
-func (ag *Agent) Abandon(ctx context.Context) error { return ag.Close(ctx) }
-
 // sharedAgentOf reads the agent a shared Secret describes.
 func (a *Access) sharedAgentOf(s *corev1.Secret) (*Agent, error) {
 	port, err := strconv.Atoi(s.Annotations[portAnnotation])
@@ -224,7 +219,7 @@ func (a *Access) sharedState(ctx context.Context, ag *Agent) (sharedAgentState, 
 		if err != nil {
 			return 0, apiError(err, "get", "pods", ag.Namespace)
 		}
-		return containerState(p, p.Status.EphemeralContainerStatuses, ag.Name, true)
+		return a.containerState(ctx, p, p.Status.EphemeralContainerStatuses, ag.Name, true)
 	}
 	job, err := a.Client.BatchV1().Jobs(ag.JobNamespace).Get(ctx, ag.Name, metav1.GetOptions{})
 	switch {
@@ -243,11 +238,11 @@ func (a *Access) sharedState(ctx context.Context, ag *Agent) (sharedAgentState, 
 		return agentStarting, nil
 	}
 	p := &pods.Items[0]
-	return containerState(p, p.Status.ContainerStatuses, "agent", false)
+	return a.containerState(ctx, p, p.Status.ContainerStatuses, "agent", false)
 }
 
 // containerState is the state of the agent's container in p.
-func containerState(p *corev1.Pod, statuses []corev1.ContainerStatus, name string, ephemeral bool) (sharedAgentState, error) {
+func (a *Access) containerState(ctx context.Context, p *corev1.Pod, statuses []corev1.ContainerStatus, name string, ephemeral bool) (sharedAgentState, error) {
 	if p.DeletionTimestamp != nil || p.Status.Phase == corev1.PodFailed || p.Status.Phase == corev1.PodSucceeded {
 		return agentGone, nil
 	}
@@ -260,10 +255,9 @@ func containerState(p *corev1.Pod, statuses []corev1.ContainerStatus, name strin
 			return agentRunning, nil
 		case st.State.Terminated != nil:
 			return agentGone, nil
-		case st.State.Waiting != nil && isPullReason(st.State.Waiting.Reason):
-			return 0, pullError(p, st, ephemeral, nil)
-		case st.State.Waiting != nil && badWait(st.State.Waiting.Reason):
-			return 0, fmt.Errorf("agent in pod %s/%s cannot start: %s: %s", p.Namespace, p.Name, st.State.Waiting.Reason, st.State.Waiting.Message)
+		}
+		if err := a.waitingError(ctx, p, st, ephemeral); err != nil {
+			return 0, err
 		}
 		return agentStarting, nil
 	}

@@ -52,6 +52,7 @@ func newDoctorCommand() *cobra.Command {
 				return err
 			}
 			env := preflightEnv(cfg, kf, agentAddress, image, containerdAddress, rootlessRun(rootless))
+			env.KernelPath = true
 			rs := preflight.Run(cmd.Context(), env)
 			if asJSON {
 				if err := writeJSON(cmd.OutOrStdout(), rs); err != nil {

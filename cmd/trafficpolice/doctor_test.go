@@ -27,11 +27,13 @@ func TestDoctorPassesOnThisHostAndSaysSoInJSON(t *testing.T) {
 	var checks []string
 	for _, c := range rs {
 		checks = append(checks, c.Check)
-		if c.Status != preflight.OK {
+		// Whether the host forwards is the host's choice: a warning
+		// (preflight's own test checks it says the truth).
+		if c.Status != preflight.OK && (c.Check != "kernel path" || c.Status != preflight.Warn) {
 			t.Errorf("%s: %s %s (%s)", c.Check, c.Status, c.Detail, c.Fix)
 		}
 	}
-	if got, want := strings.Join(checks, " "), "privileges tun netns nat state"; got != want {
+	if got, want := strings.Join(checks, " "), "privileges tun netns nat kernel path state"; got != want {
 		t.Errorf("checks %q, want %q", got, want)
 	}
 }

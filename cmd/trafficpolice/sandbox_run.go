@@ -35,6 +35,7 @@ type runFlags struct {
 	debugListen    string
 	capAdd         []string
 	rootless       bool
+	noKernelPath   bool
 	kube           kubeFlags
 	image          imageFlags
 }
@@ -92,6 +93,7 @@ func newSandboxRunCommand() *cobra.Command {
 	fl.StringVar(&f.debugListen, "debug-listen", "", "serve pprof and the router's counters on this loopback HOST:PORT")
 	fl.MarkHidden("debug-listen")
 	fl.StringArrayVar(&f.capAdd, "cap-add", nil, "give the app this capability too (repeatable; e.g. NET_ADMIN, or ALL); the default is Docker's set")
+	fl.BoolVar(&f.noKernelPath, "no-kernel-path", false, "send every flow through trafficpolice's router: by default a root run hands the flows its rules send local by address or port to the kernel")
 	fl.BoolVar(&f.rootless, "rootless", false, "run the sandbox in a user namespace of its own, as when not root (the default when not root)")
 	f.kube.add(fl)
 	f.kube.complete(cmd)
@@ -106,7 +108,7 @@ func newSandboxRunCommand() *cobra.Command {
 // namespace's incoming traffic, target or not.)
 func targetlessIncoming(cfg *config.Config, agentAddress string, progress *sandbox.Progress) {
 	in := &cfg.Feature.Network.Incoming
-	if cfg.Target.Path != "targetless" || connect.Address(connect.Options{Config: cfg, Address: agentAddress}) != "" {
+	if cfg.Target.Path != "targetless" || agentAddress != "" {
 		return
 	}
 	if in.Mode == config.ModeSteal {
@@ -126,7 +128,9 @@ func runSandbox(ctx context.Context, f runFlags, argv []string) error {
 	if err := f.kube.apply(cfg); err != nil {
 		return err
 	}
-	pol, err := sandbox.Policy(cfg, f.extra, sandbox.HaveRemote(cfg, connect.Address(connect.Options{Config: cfg, Address: f.agentAddress})))
+	// The running agent's address: the flag's, else the file's.
+	agentAddress := connect.Address(connect.Options{Config: cfg, Address: f.agentAddress})
+	pol, err := sandbox.Policy(cfg, f.extra, sandbox.HaveRemote(cfg, agentAddress))
 	if err != nil {
 		return err
 	}
@@ -160,7 +164,7 @@ func runSandbox(ctx context.Context, f runFlags, argv []string) error {
 	if err := runPreflight(ctx, pre, progress); err != nil {
 		return err
 	}
-	targetlessIncoming(cfg, f.agentAddress, progress)
+	targetlessIncoming(cfg, agentAddress, progress)
 	// The target's environment (feature.env) comes after ours: the pod's
 	// values win, as in mirrord.
 	appEnv := os.Environ()
@@ -201,25 +205,26 @@ func runSandbox(ctx context.Context, f runFlags, argv []string) error {
 	// A container gets the image's environment and the target's, not ours.
 	ctrOpts, _ := f.image.options(appEnv[hostEnv:])
 	code, err := sandbox.Run(ctx, sandbox.Options{
-		Image:       f.image.image,
-		Container:   ctrOpts,
-		Policy:      pol,
-		Agent:       agent,
-		Incoming:    cfg.Feature.Network.Incoming,
-		Argv:        argv,
-		Env:         appEnv,
-		Dir:         wd,
-		CapAdd:      f.capAdd,
-		FlowLog:     f.flowLog,
-		MTU:         f.mtu,
-		DebugListen: f.debugListen,
-		NoIPv6:      false,
-		Rootless:    rootlessRun(f.rootless),
-		Stdin:       os.Stdin,
-		Stdout:      os.Stdout,
-		Stderr:      os.Stderr,
-		Progress:    progress,
-		Logger:      logger,
+		Image:        f.image.image,
+		Container:    ctrOpts,
+		Policy:       pol,
+		Agent:        agent,
+		Incoming:     cfg.Feature.Network.Incoming,
+		Argv:         argv,
+		Env:          appEnv,
+		Dir:          wd,
+		CapAdd:       f.capAdd,
+		FlowLog:      f.flowLog,
+		MTU:          f.mtu,
+		DebugListen:  f.debugListen,
+		NoIPv6:       false,
+		NoKernelPath: f.noKernelPath,
+		Rootless:     rootlessRun(f.rootless),
+		Stdin:        os.Stdin,
+		Stdout:       os.Stdout,
+		Stderr:       os.Stderr,
+		Progress:     progress,
+		Logger:       logger,
 	})
 	if err != nil {
 		return err

@@ -389,3 +389,59 @@ func (p *Policy) dnsMatch(list []Entry, n string) (Entry, string, bool) {
 	}
 	return Entry{}, "", false
 }
+
+// Step is one rule of the policy as the kernel fast path applies it to a
+// new IPv4 or IPv6 TCP or UDP flow to a destination that is not loopback:
+// the first step that matches decides. Steps that name a host match no
+// address by themselves (the kernel does not know names): Steps leaves
+// them out, and the fast path must leave every address that has a name to
+// the router.
+type Step struct {
+	// Proto is TCP, UDP or AnyProto.
+	Proto Proto
+	// Prefix is the destination range; the zero Prefix matches every
+	// address.
+	Prefix netip.Prefix
+	// Port is the destination port; 0 matches every port.
+	Port uint16
+	// Local says the flow goes local; otherwise the router must see it
+	// (remote, blocked).
+	Local bool
+	// Rule is Decision.Rule for a flow this step decides.
+	Rule string
+}
+
+// Steps returns the policy, for destinations without names and not
+// loopback, as an ordered list whose last step matches every flow. It
+// decides every such flow as Decide does.
+func (p *Policy) Steps() []Step {
+	var out []Step
+	add := func(list []Entry, local bool, verb string) {
+		for _, e := range list {
+			if e.Host != "" || e.Proto == ICMP {
+				continue // names: see Step; ICMP never reaches the kernel path
+			}
+			out = append(out, Step{Proto: e.Proto, Prefix: e.Prefix, Port: e.Port, Local: local, Rule: verb + " " + e.Raw})
+		}
+	}
+	add(p.block, false, "block")
+	if !p.rules.TCP {
+		out = append(out, Step{Proto: TCP, Local: true, Rule: "outgoing.tcp is false"})
+	}
+	if !p.rules.UDP {
+		out = append(out, Step{Proto: UDP, Local: true, Rule: "outgoing.udp is false"})
+	}
+	switch {
+	case p.localSet:
+		add(p.local, true, "local")
+		d := p.byDefault(false, "default: not in the local filter")
+		out = append(out, Step{Proto: AnyProto, Local: d.Route == Local, Rule: d.Rule})
+	case p.remoteSet:
+		add(p.remote, false, "remote")
+		out = append(out, Step{Proto: AnyProto, Local: true, Rule: "default: not in the remote filter"})
+	default:
+		d := p.byDefault(false, "default")
+		out = append(out, Step{Proto: AnyProto, Local: d.Route == Local, Rule: d.Rule})
+	}
+	return out
+}

@@ -59,7 +59,7 @@ func benchMain(args []string) int {
 	fs.BoolVar(&o.json, "json", false, "print the results as JSON instead of a table")
 	fs.DurationVar(&o.duration, "duration", time.Second, "how long each throughput, latency and rate measurement runs")
 	fs.IntVar(&o.repeat, "repeat", 3, "runs of each throughput, latency and rate pair, alternating kernel and trafficpolice (medians reported)")
-	fs.StringVar(&rows, "rows", "", "only run row groups matching this regexp: tcp1, tcp8, rr, crr, udp, dns, mem, start, with a path prefix: local, rootless, remote, pasta, slirp4netns (e.g. 'local/tcp')")
+	fs.StringVar(&rows, "rows", "", "only run row groups matching this regexp: tcp1, tcp8, rr, crr, udp, dns, mem, start, with a path prefix: local, router, rootless, remote, pasta, slirp4netns (e.g. 'local/tcp')")
 	fs.IntVar(&o.flows, "flows", 10000, "idle flows for the memory row")
 	fs.StringVar(&o.profile, "profile", "", "save trafficpolice's CPU profile of each throughput row, and the memory rows' heap profiles, goroutine stacks and memstats, into this directory")
 	fs.StringVar(&o.tp, "trafficpolice", "", "use this trafficpolice binary instead of building one")
@@ -165,7 +165,7 @@ func bench(ctx context.Context, o options) (*report, error) {
 	defer srv.close()
 
 	rep := newReport(ctx, o)
-	paths := []path{localPath, rootlessPath}
+	paths := []path{localPath, routerPath, rootlessPath}
 	b := &benchRun{r: r, o: o, rep: rep, say: say}
 	for _, p := range []path{pastaPath, slirpPath} {
 		why := peerMissing(p)
@@ -339,7 +339,8 @@ type benchRun struct {
 }
 
 func (b *benchRun) want(p path, group string) bool {
-	if p == rootlessPath || p.isPeer() {
+	switch {
+	case p == rootlessPath || p.isPeer():
 		// The rootless path differs from the local one only in where the
 		// sandbox's namespaces live, and the peers are the local path's
 		// competition: the rows that compare them.
@@ -348,6 +349,16 @@ func (b *benchRun) want(p path, group string) bool {
 		default:
 			return false
 		}
+	case p == routerPath:
+		// What the router costs where the kernel path is not taken (names,
+		// a host that does not forward), and the router's memory per flow.
+		switch group {
+		case "tcp1", "rr", "crr", "udp", "mem":
+		default:
+			return false
+		}
+	case p == localPath && group == "mem":
+		return false // the kernel holds the local path's flows: see the router path
 	}
 	return b.o.rows == nil || b.o.rows.MatchString(p.String()+"/"+group)
 }

@@ -175,7 +175,7 @@ func writeCells(w io.Writer, cells [][]string, right func(col int) bool) {
 // the fair figures to set side by side: each path's kernel figure was
 // measured beside it, so the machine's drift between pairs cancels out.
 func (r *report) peerCells() [][]string {
-	cols := []string{localPath.String(), rootlessPath.String(), pastaPath.String(), slirpPath.String()}
+	cols := []string{localPath.String(), routerPath.String(), rootlessPath.String(), pastaPath.String(), slirpPath.String()}
 	ratio := map[[2]string]string{}
 	var names []string
 	hasPeer := false

@@ -23,15 +23,16 @@ type path int
 
 const (
 	kernelPath   path = iota // a client in the pod netns, plain kernel routing
-	localPath                // a client in the sandbox, flows local (dialed from the host)
+	localPath                // a client in the sandbox, flows local (the kernel path: kernelpath)
 	remotePath               // a client in the sandbox, flows through the agent in the pod netns
 	rootlessPath             // localPath with the sandbox in a user namespace (sandbox run --rootless)
 	pastaPath                // a peer: the client under pasta as an unprivileged user (peers.go)
 	slirpPath                // a peer: the client under slirp4netns as an unprivileged user
+	routerPath               // localPath with --no-kernel-path: the router dials from the host
 )
 
 func (p path) String() string {
-	return [...]string{"kernel", "local", "remote", "rootless", "pasta", "slirp4netns"}[p]
+	return [...]string{"kernel", "local", "remote", "rootless", "pasta", "slirp4netns", "router"}[p]
 }
 
 // tool is what carries p's flows: trafficpolice, or the peer.
@@ -44,7 +45,7 @@ func (p path) tool() string {
 
 // toolOf is the tool of the path named name.
 func toolOf(name string) string {
-	for p := kernelPath; p <= slirpPath; p++ {
+	for p := kernelPath; p <= routerPath; p++ {
 		if p.String() == name {
 			return p.tool()
 		}
@@ -118,6 +119,9 @@ func (r *runner) start(ctx context.Context, p path, args []string, debug bool) (
 		}
 		if p == rootlessPath {
 			argv = append(argv, "--rootless")
+		}
+		if p == routerPath {
+			argv = append(argv, "--no-kernel-path")
 		}
 		if p == remotePath {
 			if r.agentAddr == "" {

@@ -630,7 +630,7 @@ func TestKilledRunsClusterObjectsAreCollected(t *testing.T) {
 	}
 	cmd := exec.Command(binary(t, c), "sandbox", "run", "-f", cfgPath, "--", "true")
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+c.Kubeconfig)
-	var errOut syncBuf
+	var errOut syncBuffer
 	cmd.Stderr = &errOut
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -684,22 +684,4 @@ func TestKilledRunsClusterObjectsAreCollected(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-}
-
-// syncBuf is a bytes.Buffer safe for a writer and readers at once.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -2,6 +2,8 @@ package k8s
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -46,6 +48,14 @@ func TestAgentImagePullFailuresSayWhatToDo(t *testing.T) {
 		jobs, err := c.Client.BatchV1().Jobs(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "app.kubernetes.io/managed-by=trafficpolice"})
 		if err != nil || len(jobs.Items) != 0 {
 			t.Errorf("%s: agent jobs left: %v (%v)", tc.image, len(jobs.Items), err)
+		}
+		// What the run created is gone, so its record is too: nothing
+		// waits on this machine for a gc.
+		records, _ := filepath.Glob("/run/trafficpolice/cluster-*.json")
+		for _, r := range records {
+			if b, err := os.ReadFile(r); err == nil && strings.Contains(string(b), ns) {
+				t.Errorf("%s: the failed run's record %s is left:\n%s", tc.image, r, b)
+			}
 		}
 	}
 }

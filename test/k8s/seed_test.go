@@ -81,6 +81,7 @@ func localMessagesDB(t *testing.T, c *Cluster) string {
 	}
 }
 
+// syncBuffer is a strings.Builder safe for a writer and readers at once.
 type syncBuffer struct {
 	mu sync.Mutex
 	b  strings.Builder

@@ -1,0 +1,57 @@
+package sandbox
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/trafficpolice/trafficpolice/netns/netnstest"
+)
+
+// kernelPathScript runs `ip route get` for ports 7000 and 7001 of the service,
+// then resolves name (through the sandbox's DNS) and asks again for the
+// first port, and dials the first port with the probe.
+func kernelPathScript(t *testing.T, svc *serviceNet, name string) string {
+	p := probe(t)
+	ip := svc.svcIP.String()
+	return fmt.Sprintf("ip -4 -o route get %[1]s ipproto tcp dport 7000 && ip -4 -o route get %[1]s ipproto tcp dport 7001 && "+
+		"%[2]s dial %[1]s:7000 >/dev/null && getent hosts %[3]s >/dev/null && ip -4 -o route get %[1]s ipproto tcp dport 7000", ip, p, name)
+}
+
+func TestLocalRulesTakeTheKernelPathAndNamesTheRouter(t *testing.T) {
+	netnstest.RequireRoot(t)
+	cleanCheck(t)
+	svc := newServiceNet(t)
+	// The host forwards on the service's link (its replies come in there).
+	must(t, os.WriteFile(filepath.Join("/proc/sys/net/ipv4/conf", svc.hostLink, "forwarding"), []byte("1"), 0o644))
+	serveEcho(svc.listen(t, 7000))
+	hosts := filepath.Join(t.TempDir(), "hosts")
+	must(t, os.WriteFile(hosts, []byte(svc.svcIP.String()+" svc.kernelpath.test\n"), 0o644))
+	withHosts := func(o *Options) { o.HostHosts = hosts }
+	rules := ExtraRules{Block: []string{fmt.Sprintf("tcp://%s:7001", svc.svcIP)}}
+	script := kernelPathScript(t, svc, "svc.kernelpath.test")
+
+	r := run(t, nil, rules, []string{"sh", "-c", script}, withHosts)
+	if r.code != 0 {
+		t.Fatalf("%+v", r)
+	}
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("want 3 routes, got %q", r.stdout)
+	}
+	for i, want := range []string{"dev tpk0", "dev tp0", "dev tp0"} {
+		if !strings.Contains(lines[i], want) {
+			t.Errorf("route %d %q: want %s (local by address: the kernel; blocked: the router; named: the router)", i, lines[i], want)
+		}
+	}
+
+	r = run(t, nil, rules, []string{"sh", "-c", script}, withHosts, func(o *Options) { o.NoKernelPath = true })
+	if r.code != 0 {
+		t.Fatalf("--no-kernel-path: %+v", r)
+	}
+	if strings.Contains(r.stdout, "tpk0") {
+		t.Errorf("--no-kernel-path still routes to the kernel path:\n%s", r.stdout)
+	}
+}
