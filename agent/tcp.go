@@ -57,8 +57,9 @@ type tcpFlow struct {
 
 	mu       sync.Mutex
 	conn     *net.TCPConn
-	upDone   bool // the client→pod direction reached the client's FIN
-	aborted  bool // the client closed the flow entirely
+	kickDown func() // wakes podToClient parked in the epoll set (nil: a goroutine copies)
+	upDone   bool   // the client→pod direction reached the client's FIN
+	aborted  bool   // the client closed the flow entirely
 	closed   bool
 	notified bool // we sent Abort: the client closes the stream
 }
@@ -77,10 +78,7 @@ func (f *tcpFlow) start(c *net.TCPConn) bool {
 
 func (f *tcpFlow) relay() {
 	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		f.podToClient()
-	}()
+	f.startPodToClient(func() { close(done) })
 	f.clientToPod()
 	<-done
 	f.reset(false)
@@ -102,7 +100,7 @@ func (f *tcpFlow) relay() {
 const abortLinger = 5 * time.Second
 
 func (f *tcpFlow) clientToPod() {
-	_, err := splice.Copy(f.conn, f.st, nil, nil)
+	_, err := splice.Copy(f.conn, f.st, streamWait(f.st), nil)
 	switch {
 	case splice.IsWrite(err):
 		f.reset(true) // the pod's peer is gone
@@ -122,8 +120,46 @@ func (f *tcpFlow) clientToPod() {
 	}
 }
 
-func (f *tcpFlow) podToClient() {
-	_, err := splice.Copy(f.st, f.conn, splice.TCPWait(f.conn), nil)
+// streamWait waits for a yamux stream to have something to read without
+// holding a copy buffer: a read into an empty buffer blocks until there is
+// data, the end or a reset, and takes nothing (an idle flow's goroutine
+// would otherwise hold a buffer in its read). (Stream.Shrink would save
+// ~1 KiB more per idle flow, but called before every wait it reallocates
+// the receive buffer for every frame of a bulk upload.)
+func streamWait(st *yamux.Stream) splice.WaitFunc {
+	return func(<-chan struct{}) { _, _ = st.Read(nil) }
+}
+
+// startPodToClient copies the pod's socket to the client, parked in
+// splice's epoll set while the socket has nothing to read (an idle flow
+// then holds only clientToPod's goroutine: the stream has no readiness to
+// wait on), and calls ended once it is over.
+func (f *tcpFlow) startPodToClient(ended func()) {
+	if n := splice.TCPNotifier(f.conn); n != nil {
+		kick, err := splice.CopyNotified(f.st, f.conn, n, func(_ int64, err error) {
+			f.podToClientEnded(err)
+			ended()
+		})
+		if err == nil {
+			f.mu.Lock()
+			f.kickDown = kick
+			closed := f.closed
+			f.mu.Unlock()
+			if closed { // reset closed the socket before it could kick
+				kick()
+			}
+			return
+		}
+	}
+	go func() {
+		defer ended()
+		_, err := splice.Copy(f.st, f.conn, splice.TCPWait(f.conn), nil)
+		f.podToClientEnded(err)
+	}()
+}
+
+// podToClientEnded passes on how the pod→client direction ended.
+func (f *tcpFlow) podToClientEnded(err error) {
 	switch {
 	case err == nil:
 		_ = f.st.Close() // FIN: the pod's peer finished sending
@@ -169,9 +205,15 @@ func (f *tcpFlow) reset(notify bool) {
 	f.closed = true
 	f.notified = notify
 	c := f.conn
+	kick := f.kickDown
 	f.mu.Unlock()
 	if c != nil {
 		_ = c.Close()
+	}
+	if kick != nil {
+		// The closed socket left the epoll set without a word: a parked
+		// podToClient must look again to see it closed.
+		kick()
 	}
 	if notify {
 		f.t.sendAbort(f.st.StreamID()) // relay closes the stream later

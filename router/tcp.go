@@ -45,7 +45,12 @@ func (r *Router) handleTCP(req *tcp.ForwarderRequest) {
 		req.Complete(true)
 		return
 	}
-	defer r.wg.Done()
+	spliced := false
+	defer func() {
+		if !spliced { // else the splice's end is the flow's
+			r.wg.Done()
+		}
+	}()
 	id := req.ID()
 	src := netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort)
 	dst := r.appDst(id.LocalAddress, id.LocalPort)
@@ -83,7 +88,20 @@ func (r *Router) handleTCP(req *tcp.ForwarderRequest) {
 	}
 	req.Complete(false)
 	in := gonet.NewTCPConn(&wq, ep)
-	r.splice(f, in, out, endpointWaiter(&wq, ep), splice.TCPWait(out))
+	spliced = true
+	r.splice(f, in, out, endpointWaiter(&wq, ep), splice.TCPWait(out),
+		&endpointNotifier{wq: &wq, ep: ep}, tcpNotifier(out), r.wg.Done)
+}
+
+// tcpNotifier is splice's Notifier for a host TCP socket; nil for other
+// connections (the remote path's tunnel streams).
+func tcpNotifier(c net.Conn) splice.Notifier {
+	if tc, ok := c.(*net.TCPConn); ok {
+		if n := splice.TCPNotifier(tc); n != nil {
+			return n
+		}
+	}
+	return nil
 }
 
 // pendingDials counts the dials in progress per destination address.
@@ -123,19 +141,43 @@ func (r *Router) endFlow(f *flow) {
 	r.flows.write(&f.rec)
 }
 
-// splice copies both ways until both directions end, then closes both.
-// Half-closes pass through (the app's shutdown(SHUT_WR) reaches the peer).
-// inWait and outWait, when not nil, wait until a read on in or out would
-// not block, so that an idle flow holds no copy buffer.
-func (r *Router) splice(f *flow, in, out net.Conn, inWait, outWait splice.WaitFunc) {
+// splice starts copying both ways until both directions end, then closes
+// both, records the flow and calls ended. Half-closes pass through (the
+// app's shutdown(SHUT_WR) reaches the peer). inWait and outWait, when not
+// nil, wait until a read on in or out would not block, so that an idle
+// flow holds no copy buffer; inNotify and outNotify, when not nil, let a
+// direction idle without a goroutine.
+func (r *Router) splice(f *flow, in, out net.Conn, inWait, outWait splice.WaitFunc, inNotify, outNotify splice.Notifier, ended func()) {
 	r.stats.open.Add(1)
-	res := splice.Both(r.ctx, splice.Side{Conn: splice.AsConn(in), Wait: inWait}, splice.Side{Conn: splice.AsConn(out), Wait: outWait})
-	r.stats.open.Add(-1)
-	f.rec.BytesOut, f.rec.BytesIn = res.AToB, res.BToA
-	if res.Err != nil {
-		f.rec.Error = res.Err.Error()
-	}
-	r.endFlow(f)
+	splice.Start(r.ctx,
+		splice.Side{Conn: splice.AsConn(in), Wait: inWait, Notifier: inNotify},
+		splice.Side{Conn: splice.AsConn(out), Wait: outWait, Notifier: outNotify},
+		func(res splice.Result) {
+			r.stats.open.Add(-1)
+			f.rec.BytesOut, f.rec.BytesIn = res.AToB, res.BToA
+			if res.Err != nil {
+				f.rec.Error = res.Err.Error()
+			}
+			r.endFlow(f)
+			ended()
+		})
+}
+
+// endpointNotifier is splice's Notifier for a netstack endpoint: its
+// waiter queue calls back, so an idle direction holds no goroutine.
+type endpointNotifier struct {
+	wq *waiter.Queue
+	ep tcpip.Endpoint
+}
+
+func (n *endpointNotifier) Readable() bool {
+	return n.ep.Readiness(waiter.ReadableEvents) != 0
+}
+
+func (n *endpointNotifier) Notify(fn func()) (func(), error) {
+	e := waiter.NewFunctionEntry(waiter.ReadableEvents|waiter.EventHUp|waiter.EventErr, func(waiter.EventMask) { fn() })
+	n.wq.EventRegister(&e)
+	return func() { n.wq.EventUnregister(&e) }, nil
 }
 
 // endpointWaiter waits on the netstack endpoint's readiness.

@@ -17,6 +17,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -62,6 +63,10 @@ type Side struct {
 	// Wait waits until Conn is readable; nil means TCPWait's for a
 	// *net.TCPConn, else none.
 	Wait WaitFunc
+	// Notifier, if set (and Reader is not), tells when Conn may have
+	// become readable, so that the direction reading it holds no
+	// goroutine while it idles (Start); Wait is then the fallback.
+	Notifier Notifier
 }
 
 func (s Side) reader() io.Reader {
@@ -97,49 +102,121 @@ type Result struct {
 // either direction resets both sides at once (a half-open copy would hang
 // the other direction). ctx ending closes both sides too.
 func Both(ctx context.Context, a, b Side) Result {
+	ch := make(chan Result, 1)
+	// The caller waits anyway: it copies one direction itself.
+	if inline := start(ctx, a, b, func(r Result) { ch <- r }); inline != nil {
+		inline()
+	}
+	return <-ch
+}
+
+// Start is Both without waiting: it returns at once and calls done with
+// the Result once both directions have ended and both sides are closed.
+// A direction whose source has a Notifier holds no goroutine while it
+// idles, so a flow idle both ways costs no goroutine at all.
+func Start(ctx context.Context, a, b Side, done func(Result)) {
+	if inline := start(ctx, a, b, done); inline != nil {
+		go inline()
+	}
+}
+
+// start sets both directions going and returns one that still needs a
+// goroutine to block in (nil if none does).
+func start(ctx context.Context, a, b Side, done func(Result)) (inline func()) {
 	// quit ends the waiting reads: ctx is over, or a direction failed.
 	ctx, quit := context.WithCancel(ctx)
-	defer quit()
-	stop := context.AfterFunc(ctx, func() {
+	f := &both{a: a, b: b, quit: quit, done: done}
+	f.left.Store(2)
+	ab := f.direction(ctx, a, b.Conn, &f.res.AToB)
+	ba := f.direction(ctx, b, a.Conn, &f.res.BToA)
+	f.stop = context.AfterFunc(ctx, func() {
 		_ = a.Conn.Close()
 		_ = b.Conn.Close()
+		// A direction parked in its Notifier learns of the close here
+		// (closing a socket removes it from an epoll set silently).
+		f.kick()
 	})
-	defer stop()
-	var res Result
-	var once sync.Once
-	fail := func(err error) {
-		once.Do(func() {
-			res.Err = err
-			Abort(a.Conn)
-			Abort(b.Conn)
-			quit()
-		})
+	var runs []func()
+	for _, run := range []func(){ab, ba} {
+		if run != nil {
+			runs = append(runs, run)
+		}
 	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		n, err := Copy(b.Conn, a.reader(), a.wait(), ctx.Done())
-		res.AToB = n
-		if err == nil {
-			err = closeWrite(b.Conn)
+	// Armed only now: a notified direction may finish at once, and
+	// finish needs f.stop.
+	for _, d := range f.notified {
+		if d.arm() != nil {
+			runs = append(runs, d.blocking)
 		}
-		if err != nil {
-			fail(err)
+	}
+	for i, run := range runs {
+		if i == 0 {
+			inline = run
+		} else {
+			go run()
 		}
-	}()
-	n, err := Copy(a.Conn, b.reader(), b.wait(), ctx.Done())
+	}
+	return inline
+}
+
+// both is one Start's state.
+type both struct {
+	a, b     Side
+	res      Result
+	once     sync.Once
+	left     atomic.Int32
+	quit     context.CancelFunc
+	stop     func() bool
+	done     func(Result)
+	notified []*notified
+}
+
+// direction prepares copying src to dst: parked in src's Notifier if it
+// has one (added to f.notified, armed later; nil returned), else the
+// blocking loop returned for a goroutine.
+func (f *both) direction(ctx context.Context, src Side, dst Conn, n *int64) func() {
+	blocking := func() {
+		nw, err := Copy(dst, src.reader(), src.wait(), ctx.Done())
+		*n = nw
+		f.finish(dst, err)
+	}
+	if src.Notifier != nil && src.Reader == nil {
+		f.notified = append(f.notified, &notified{n: src.Notifier, src: src.Conn, dst: dst, total: n,
+			done: ctx.Done(), finish: func(err error) { f.finish(dst, err) }, blocking: blocking, wake: make(chan struct{}, 1)})
+		return nil
+	}
+	return blocking
+}
+
+// kick wakes the directions parked in a Notifier.
+func (f *both) kick() {
+	for _, d := range f.notified {
+		d.kick()
+	}
+}
+
+// finish ends one direction: its end of stream becomes dst's half-close,
+// a failure resets both sides; the last one closes both and reports.
+func (f *both) finish(dst Conn, err error) {
 	if err == nil {
-		err = closeWrite(a.Conn)
+		err = closeWrite(dst)
 	}
 	if err != nil {
-		fail(err)
+		f.once.Do(func() {
+			f.res.Err = err
+			Abort(f.a.Conn)
+			Abort(f.b.Conn)
+			f.quit()
+		})
 	}
-	wg.Wait()
-	res.BToA = n
-	_ = a.Conn.Close()
-	_ = b.Conn.Close()
-	return res
+	if f.left.Add(-1) > 0 {
+		return
+	}
+	f.stop()
+	f.quit()
+	_ = f.a.Conn.Close()
+	_ = f.b.Conn.Close()
+	f.done(f.res)
 }
 
 // Error says which side of a Copy failed.

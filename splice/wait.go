@@ -13,6 +13,17 @@ import (
 // read must see); nil for other connections (they read into a buffer held
 // while they wait).
 func TCPWait(c io.Reader) WaitFunc {
+	wait := rawWait(c)
+	if wait == nil {
+		return nil
+	}
+	// Closing the conn (done) makes the wait return.
+	return func(<-chan struct{}) { _ = wait() }
+}
+
+// rawWait is TCPWait's wait, returning the error that ended it (the read
+// deadline's, or the conn's close); nil for other connections.
+func rawWait(c io.Reader) func() error {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
 		return nil
@@ -21,9 +32,8 @@ func TCPWait(c io.Reader) WaitFunc {
 	if err != nil {
 		return nil
 	}
-	return func(<-chan struct{}) {
-		// Closing the conn (done) makes rc.Read return.
-		_ = rc.Read(func(fd uintptr) bool {
+	return func() error {
+		return rc.Read(func(fd uintptr) bool {
 			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLRDHUP}}
 			for {
 				n, err := unix.Poll(fds, 0)

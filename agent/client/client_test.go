@@ -571,6 +571,66 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 	t.Fatalf("%d goroutines of the tunnel outlived Close:\n%s", len(left), strings.Join(left, "\n\n"))
 }
 
+// TestIdleTCPFlowsEnd checks the ends of a flow whose pod→client
+// direction is parked in the agent's epoll set (no goroutine): the socket
+// the agent closes leaves that set without an event, so the close itself
+// must wake the direction. Not parallel, so that the goroutines it counts
+// are its own.
+func TestIdleTCPFlowsEnd(t *testing.T) {
+	a := startAgent(t, agent.Options{})
+	c := dial(t, a.Addr(), client.Options{})
+	dst := tcpEchoServer(t)
+	open := func(msg string) net.Conn {
+		conn, err := c.DialTCP(ctxTimeout(t, 5*time.Second), dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		echoOnce(t, conn, msg)
+		return conn
+	}
+	byApp := open("closed by the app")
+	_ = open("closed with the tunnel")
+	if n := goroutines("agent.(*tcpFlow).relay"); n != 2 {
+		t.Fatalf("%d TCP flows in the agent, want 2", n)
+	}
+	waitFor(t, "the flows to idle (no copying goroutine)", func() bool { return goroutines("splice.(*notified).run") == 0 })
+
+	// The app closes its connection: the agent closes the pod-side socket
+	// and the flow ends.
+	_ = byApp.Close()
+	waitFor(t, "the app's close to end its flow", func() bool { return goroutines("agent.(*tcpFlow).relay") == 1 })
+
+	// The tunnel goes: the agent resets the other.
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the tunnel's close to end its flow", func() bool { return goroutines("agent.(*tcpFlow).relay") == 0 })
+}
+
+// goroutines counts the goroutines with frame in their stack.
+func goroutines(frame string) int {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	n := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, frame) {
+			n++
+		}
+	}
+	return n
+}
+
+// waitFor polls cond (bounded) until it holds.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatalf("gave up waiting for %s", what)
+}
+
 func tunnelGoroutines() []string {
 	buf := make([]byte, 1<<20)
 	buf = buf[:runtime.Stack(buf, true)]
