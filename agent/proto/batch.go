@@ -114,10 +114,21 @@ const closeFlushTimeout = 2 * time.Second
 func (b *batchConn) Close() error {
 	b.mu.Lock()
 	if b.err == nil && (len(b.pending) > 0 || b.writing) {
+		// The deadline ends a write stuck on a peer that stopped
+		// reading; the timer ends the wait on a conn without deadlines
+		// (closing it below ends such a write).
 		_ = b.Conn.SetWriteDeadline(time.Now().Add(closeFlushTimeout))
-		for b.err == nil && (len(b.pending) > 0 || b.writing) {
+		expired := false
+		timer := time.AfterFunc(closeFlushTimeout, func() {
+			b.mu.Lock()
+			expired = true
+			b.cond.Broadcast()
+			b.mu.Unlock()
+		})
+		for !expired && b.err == nil && (len(b.pending) > 0 || b.writing) {
 			b.cond.Wait()
 		}
+		timer.Stop()
 	}
 	b.mu.Unlock()
 	b.fail(errBatchClosed)

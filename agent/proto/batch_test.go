@@ -234,3 +234,26 @@ func BenchmarkTunnel(b *testing.B) {
 		})
 	}
 }
+
+// Close returns, and ends the flusher, when the peer never reads what is
+// pending, on a conn without write deadlines too.
+func TestBatchCloseDoesNotWaitForeverOnAStuckPeer(t *testing.T) {
+	a, b := net.Pipe()
+	defer b.Close()
+	c := BatchFrames(noDeadlines{a})
+	if _, err := c.Write([]byte("never read")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	if _, err := c.Write([]byte{1}); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("write after close: %v, want net.ErrClosed", err)
+	}
+}
+
+// noDeadlines is a conn whose deadlines are not supported (some
+// port-forward streams).
+type noDeadlines struct{ net.Conn }
+
+func (noDeadlines) SetWriteDeadline(time.Time) error { return errors.New("deadlines not supported") }
