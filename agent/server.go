@@ -349,7 +349,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	stopClose()
 	// Only now, for a client that presented the token, does yamux get
 	// its windows and backlog.
-	sess, err := yamux.Server(proto.CoalesceFrames(conn), proto.MuxConfig(log))
+	sess, err := yamux.Server(proto.BatchFrames(conn), proto.MuxConfig(log))
 	if err != nil {
 		log.Error("start tunnel session", "err", err)
 		_ = c.Close()

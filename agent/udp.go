@@ -15,6 +15,23 @@ import (
 	"github.com/trafficpolice/trafficpolice/agent/proto"
 )
 
+// udpBatchBytes is how many bytes of datagrams that are waiting on a
+// flow's socket the agent gathers into one stream write.
+const udpBatchBytes = 16 << 10
+
+// readWaiting reads one datagram that is already waiting on the socket,
+// without blocking; false when none is (or the read failed: a refused
+// earlier datagram, say, which UDP carries on after).
+func readWaiting(rc syscall.RawConn, buf []byte) (int, bool) {
+	var n int
+	var rerr error
+	err := rc.Read(func(fd uintptr) bool {
+		n, rerr = syscall.Read(int(fd), buf)
+		return true // never wait in the poller
+	})
+	return n, err == nil && rerr == nil
+}
+
 // serveUDP opens a connected UDP socket from the pod to dst and relays
 // datagrams both ways until either side closes or the flow idles out.
 func (s *Server) serveUDP(ctx context.Context, t *tunnel, st *yamux.Stream, req proto.DialUDP) {
@@ -78,6 +95,11 @@ func (s *Server) serveUDP(ctx context.Context, t *tunnel, st *yamux.Stream, req 
 	}()
 
 	buf := make([]byte, proto.MaxDatagramSize)
+	var out []byte // datagrams framed for the stream, sent in one Write
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return
+	}
 	for {
 		_ = c.SetReadDeadline(time.Unix(0, last.Load()).Add(idle))
 		n, err := c.Read(buf)
@@ -95,8 +117,22 @@ func (s *Server) serveUDP(ctx context.Context, t *tunnel, st *yamux.Stream, req 
 			break
 		}
 		last.Store(time.Now().UnixNano())
-		if err := proto.WriteDatagram(st, buf[:n]); err != nil {
+		// Datagrams that arrived together go to the client in one
+		// stream write: one frame and one hand-off to the tunnel's send
+		// loop for the lot, not one each.
+		out = proto.AppendDatagram(out[:0], buf[:n])
+		for len(out) < udpBatchBytes {
+			n, ok := readWaiting(rc, buf)
+			if !ok {
+				break
+			}
+			out = proto.AppendDatagram(out, buf[:n])
+		}
+		if _, err := st.Write(out); err != nil {
 			break
+		}
+		if cap(out) > 2*udpBatchBytes {
+			out = nil // one large datagram need not stay allocated
 		}
 	}
 	closeAll()

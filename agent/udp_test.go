@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"net"
 	"net/netip"
@@ -124,5 +125,113 @@ func TestIdleUDPFlowsExpire(t *testing.T) {
 func TestNewRejectsANegativeUDPFlowCap(t *testing.T) {
 	if _, err := New(Options{Token: "x", MaxUDPFlows: -1}); err == nil || !strings.Contains(err.Error(), "MaxUDPFlows -1") {
 		t.Errorf("negative MaxUDPFlows: %v, want an error naming it", err)
+	}
+}
+
+// A burst of datagrams from the pod's peer, which the agent gathers into
+// few stream writes, reaches the client one datagram per Read, whole and
+// in order (an empty datagram and a large one among them).
+func TestUDPBurstKeepsDatagramBoundaries(t *testing.T) {
+	s := newTestServer(t, Options{})
+	addr := serve(t, s)
+	// Well within the agent socket's default receive buffer: UDP may
+	// drop what overflows it, and this test is about boundaries.
+	sizes := []int{1, 0, 1400, 7, 9000, 3, 512, 0, 30000, 2}
+	for i := range 40 {
+		sizes = append(sizes, i%64)
+	}
+	burst := func(i int) []byte {
+		p := make([]byte, sizes[i])
+		for j := range p {
+			p[j] = byte(i + j)
+		}
+		return p
+	}
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	_ = pc.SetReadBuffer(4 << 20)
+	go func() { // one datagram in, the burst out
+		buf := make([]byte, 64<<10)
+		_, from, err := pc.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			return
+		}
+		for i := range sizes {
+			_, _ = pc.WriteToUDPAddrPort(burst(i), from)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cl, err := client.Dial(ctx, client.Options{Address: addr, Token: "s3cret", CommunicationTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	c, err := cl.DialUDP(ctx, pc.LocalAddr().(*net.UDPAddr).AddrPort())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write([]byte("go")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64<<10)
+	for i := range sizes {
+		n, err := c.Read(buf)
+		if err != nil {
+			t.Fatalf("datagram %d of %d: %v", i+1, len(sizes), err)
+		}
+		if want := burst(i); !bytes.Equal(buf[:n], want) {
+			t.Fatalf("datagram %d: %d bytes, want the %d sent", i+1, n, len(want))
+		}
+	}
+}
+
+// readWaiting takes the datagrams already queued on a socket without
+// waiting, and says so when there are none.
+func TestReadWaitingDoesNotWait(t *testing.T) {
+	a, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := net.DialUDP("udp", nil, a.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	rc, err := a.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	if n, ok := readWaiting(rc, buf); ok {
+		t.Fatalf("read %d bytes from an empty socket", n)
+	}
+	for _, p := range []string{"one", "two"} {
+		if _, err := b.Write([]byte(p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []string
+	for deadline := time.Now().Add(10 * time.Second); len(got) < 2; {
+		if n, ok := readWaiting(rc, buf); ok {
+			got = append(got, string(buf[:n]))
+			continue
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("got %q of the two datagrams sent", got)
+		}
+		time.Sleep(time.Millisecond) // a bounded poll: loopback delivers at once in practice
+	}
+	if got[0] != "one" || got[1] != "two" {
+		t.Fatalf("got %q, want [one two]", got)
+	}
+	if n, ok := readWaiting(rc, buf); ok {
+		t.Fatalf("read %d bytes after the two datagrams", n)
 	}
 }

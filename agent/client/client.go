@@ -348,7 +348,7 @@ func (c *Client) connect(ctx context.Context) (*tunnel, error) {
 		_ = raw.Close()
 		return nil, err
 	}
-	sess, err := yamux.Client(proto.CoalesceFrames(conn), proto.MuxConfig(c.log))
+	sess, err := yamux.Client(proto.BatchFrames(conn), proto.MuxConfig(c.log))
 	if err != nil {
 		_ = conn.Close()
 		return nil, fmt.Errorf("start tunnel session with agent at %s: %w", c.where(), err)

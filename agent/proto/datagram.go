@@ -26,6 +26,13 @@ func WriteDatagram(w io.Writer, p []byte) error {
 	return nil
 }
 
+// AppendDatagram appends p framed as WriteDatagram frames it to b; any
+// number of them may go in one Write. p must be at most MaxDatagramSize.
+func AppendDatagram(b, p []byte) []byte {
+	b = binary.BigEndian.AppendUint16(b, uint16(len(p)))
+	return append(b, p...)
+}
+
 // ReadDatagram reads one datagram from a stream into p and returns its
 // length. Like a UDP socket, it truncates a datagram longer than p (the
 // rest is discarded) and then reports n == len(p) with ErrTruncated.

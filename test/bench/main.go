@@ -61,7 +61,7 @@ func benchMain(args []string) int {
 	fs.IntVar(&o.repeat, "repeat", 3, "runs of each throughput, latency and rate pair, alternating kernel and trafficpolice (medians reported)")
 	fs.StringVar(&rows, "rows", "", "only run row groups matching this regexp: tcp1, tcp8, rr, crr, udp, dns, mem, start, with a path prefix: local, router, rootless, remote, pasta, slirp4netns (e.g. 'local/tcp')")
 	fs.IntVar(&o.flows, "flows", 10000, "idle flows for the memory row")
-	fs.StringVar(&o.profile, "profile", "", "save trafficpolice's CPU profile of each throughput row, and the memory rows' heap profiles, goroutine stacks and memstats, into this directory")
+	fs.StringVar(&o.profile, "profile", "", "save trafficpolice's CPU profile of each throughput, latency, rate and UDP row (and the agent's, on the remote path), and the memory rows' heap profiles, goroutine stacks and memstats, into this directory")
 	fs.StringVar(&o.tp, "trafficpolice", "", "use this trafficpolice binary instead of building one")
 	fs.BoolVar(&o.noRemote, "no-remote", false, "skip the remote path (no agent)")
 	fs.BoolVar(&o.verbose, "v", false, "say what runs, on stderr")
@@ -462,7 +462,7 @@ func (b *benchRun) path(ctx context.Context, p path) error {
 				label = "1 KiB"
 			}
 			args := []string{"rr", "-addr", at(portEcho), "-size", fmt.Sprint(size), "-dur", dur}
-			kern, tp, err := b.pair(ctx, p, args, "")
+			kern, tp, err := b.pair(ctx, p, args, fmt.Sprintf("%s-rr-%d", p, size))
 			if err != nil {
 				fail("latency "+label, err)
 				continue
@@ -492,7 +492,7 @@ func (b *benchRun) path(ctx context.Context, p path) error {
 		for _, size := range []int{64, 1400} {
 			name := fmt.Sprintf("UDP %d B echoes", size)
 			args := []string{"udp", "-addr", at(portUDP), "-size", fmt.Sprint(size), "-conc", fmt.Sprint(b.o.udpWindow), "-dur", dur}
-			kern, tp, err := b.pair(ctx, p, args, "")
+			kern, tp, err := b.pair(ctx, p, args, fmt.Sprintf("%s-udp-%d", p, size))
 			if err != nil {
 				fail(name, err)
 				continue

@@ -209,20 +209,29 @@ func (r *runner) run(ctx context.Context, p path, args []string, profileName str
 			// The client needs a moment to connect; then sample the
 			// steady state.
 			time.Sleep(200 * time.Millisecond)
-			if err := saveProfile(ctx, pr.debugAddr, filepath.Join(r.profile, profileName+".pprof"), profileFor); err != nil {
+			if err := saveProfile(ctx, http.DefaultClient, pr.debugAddr, filepath.Join(r.profile, profileName+".pprof"), profileFor); err != nil {
 				fmt.Fprintf(os.Stderr, "bench: profile %s: %v\n", profileName, err)
 			}
 		}()
+		// The remote path's other half runs in the agent.
+		if p == remotePath && r.agentDebug != "" {
+			go func() {
+				time.Sleep(200 * time.Millisecond)
+				if err := saveProfile(ctx, r.agentClient(), r.agentDebug, filepath.Join(r.profile, profileName+"-agent.pprof"), profileFor); err != nil {
+					fmt.Fprintf(os.Stderr, "bench: agent profile %s: %v\n", profileName, err)
+				}
+			}()
+		}
 	}
 	return pr.wait()
 }
 
-func saveProfile(ctx context.Context, addr, file string, d time.Duration) error {
+func saveProfile(ctx context.Context, c *http.Client, addr, file string, d time.Duration) error {
 	secs := max(1, int(d.Seconds()))
 	var body []byte
 	var err error
 	for range 20 {
-		body, err = httpGet(ctx, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, secs))
+		body, err = httpGetWith(ctx, c, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, secs))
 		if err == nil {
 			break
 		}
