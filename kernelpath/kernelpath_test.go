@@ -166,7 +166,7 @@ func TestLocalRulesTakeTheKernelAndTheRestTheRouter(t *testing.T) {
 
 	// Once the sandbox's DNS has answered with the address, the router
 	// decides (it knows the names; db.example may be one).
-	if err := p.Named(w.srvIP); err != nil {
+	if err := p.Named(w.srvIP, false, time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	// A connection that started on the kernel path stays on it.
@@ -300,4 +300,42 @@ func hostLeftovers(id string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// A name whose rules send every flow local takes the kernel path, port by
+// port as the rules say, until the name expires; then the router decides.
+func TestANamedAddressAllLocalTakesTheKernelUntilItsNamesExpire(t *testing.T) {
+	w := newWorld(t, true)
+	w.serveTCP(t, 7002)
+	p := w.setup(t, policy.Rules{TCP: true, UDP: true, HaveRemote: true, Local: []string{"db.example"}})
+	if _, _, err := w.dial(7002, 300*time.Millisecond); err == nil || !w.sawSYN(t, 7002) {
+		t.Fatalf("an unnamed address with a remote default took the kernel path (%v)", err)
+	}
+	if err := p.Named(w.srvIP, true, time.Now().Add(2*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	c, from, err := w.dial(7002, 5*time.Second)
+	if err != nil {
+		t.Fatalf("a named address whose flows all go local did not take the kernel path: %v", err)
+	}
+	c.Close()
+	if !strings.HasPrefix(from, w.hostIP.String()+":") {
+		t.Errorf("the server saw %q, want the host's %s", from, w.hostIP)
+	}
+	// Once the name expires, new flows go to the router.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		c, _, err := w.dial(7002, 300*time.Millisecond)
+		if err != nil {
+			break
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("the address still takes the kernel path 15 s after its name expired")
+		}
+		time.Sleep(100 * time.Millisecond) // polling for the expiry, not synchronising
+	}
+	if !w.sawSYN(t, 7002) {
+		t.Errorf("after the expiry the flow never reached the TUN")
+	}
 }

@@ -60,13 +60,14 @@ type Path struct {
 	hostAddr     netip.Prefix
 	routes       []hostRoute
 
-	mu       sync.Mutex
-	inside   *netlink.Handle // netlink inside the sandbox
-	tunIndex int             // the router's TUN link in the sandbox
+	mu        sync.Mutex
+	inside    *netlink.Handle // netlink inside the sandbox
+	tunIndex  int             // the router's TUN link in the sandbox
+	vethIndex int             // SandboxLink
 	// hostRulesAdded: configureHost succeeded, so Close can delete its
 	// rules by what they are.
 	hostRulesAdded bool
-	named          map[netip.Addr]bool
+	named          map[netip.Addr]*namedState
 }
 
 // Setup builds the kernel path for cfg's sandbox. On error it removes what
@@ -75,7 +76,7 @@ func Setup(cfg Config) (p *Path, err error) {
 	if len(cfg.ID) == 0 || len(HostLinkPrefix+cfg.ID) >= unix.IFNAMSIZ {
 		return nil, fmt.Errorf("kernel path: run id %q is invalid: want 1-%d characters", cfg.ID, unix.IFNAMSIZ-1-len(HostLinkPrefix))
 	}
-	p = &Path{id: cfg.ID, hostLink: HostLinkPrefix + cfg.ID, ns: cfg.Namespace, named: map[netip.Addr]bool{}}
+	p = &Path{id: cfg.ID, hostLink: HostLinkPrefix + cfg.ID, ns: cfg.Namespace, named: map[netip.Addr]*namedState{}}
 	defer func() {
 		if err != nil {
 			err = errors.Join(fmt.Errorf("kernel path: %w", err), p.Close())
@@ -259,6 +260,7 @@ func (p *Path) configureSandbox(steps []policy.Step) error {
 	if err != nil {
 		return fmt.Errorf("find %s in the sandbox: %w", SandboxLink, err)
 	}
+	p.vethIndex = l.Attrs().Index
 	if err := h.AddrAdd(l, &netlink.Addr{IPNet: ipNet(p.sandboxAddr)}); err != nil {
 		return fmt.Errorf("address %s on %s: %w", p.sandboxAddr, SandboxLink, err)
 	}
@@ -289,6 +291,11 @@ func (p *Path) Close() error {
 	if p.inside != nil {
 		p.inside.Close()
 		p.inside = nil
+	}
+	for _, st := range p.named {
+		if st.expiry != nil {
+			st.expiry.Stop()
+		}
 	}
 	p.mu.Unlock()
 	if p.hostRulesAdded && p.removeHostRules() == nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -125,28 +126,91 @@ func (p *Path) addRules(h *netlink.Handle, steps []policy.Step) error {
 	return nil
 }
 
-// Named tells the kernel path that the sandbox's DNS has answered with a:
-// from now on new flows to a go to the router, which knows a's names and
-// so decides by rules that name hosts. It returns once the kernel knows,
-// so call it before the answer reaches the app. IPv6 addresses never take
-// the kernel path.
-func (p *Path) Named(a netip.Addr) error {
+// namedState is what the kernel path does with a named address.
+type namedState struct {
+	kernel bool
+	gen    uint64 // which Named call armed expiry
+	expiry *time.Timer
+}
+
+// Named tells the kernel path that the names a stands for changed: local
+// says every TCP and UDP flow to a goes local (by a rule that names one of
+// them) until the first of those names expires. New flows to a then take
+// the kernel path if local and the host forwards to a, the router
+// otherwise (it knows a's names); at until a goes back to the router,
+// which then decides by whatever names a still has. It returns once the
+// kernel knows, so call it before the DNS answer reaches the app.
+// Connections already open keep their path. IPv6 addresses never take the
+// kernel path.
+func (p *Path) Named(a netip.Addr, local bool, until time.Time) error {
 	a = a.Unmap()
 	if !a.Is4() {
 		return nil
 	}
+	kernel := local && p.Forwards(a) && time.Now().Before(until)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.named[a] || p.inside == nil {
+	if p.inside == nil {
 		return nil
 	}
-	// New connections to a take the TUN; those already on the kernel path
-	// stay there (their source address says so).
-	rt := &netlink.Route{Table: namedTable, Dst: ipNet(netip.PrefixFrom(a, 32)), LinkIndex: p.tunIndex,
-		Src: net.IP(netns.SandboxAddr4.Addr().AsSlice()), Scope: netlink.SCOPE_LINK}
-	if err := p.inside.RouteAdd(rt); err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("kernel path: leave %s to the router: %w", a, err)
+	st := p.named[a]
+	if st == nil {
+		st = &namedState{}
+		p.named[a] = st
 	}
-	p.named[a] = true
+	if st.expiry != nil {
+		st.expiry.Stop()
+		st.expiry = nil
+	}
+	st.gen++
+	if err := p.routeNamed(a, kernel); err != nil {
+		return err
+	}
+	st.kernel = kernel
+	if kernel {
+		gen := st.gen
+		st.expiry = time.AfterFunc(time.Until(until), func() { p.expire(a, gen) })
+	}
+	return nil
+}
+
+// expire hands a back to the router once the names that sent it local
+// expire, unless a later Named call has decided anew.
+func (p *Path) expire(a netip.Addr, gen uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := p.named[a]
+	if p.inside == nil || st == nil || st.gen != gen || !st.kernel {
+		return
+	}
+	if err := p.routeNamed(a, false); err != nil {
+		// The router's decision would differ only if the names expired
+		// changed it; retry soon rather than leave it.
+		st.expiry = time.AfterFunc(time.Second, func() { p.expire(a, gen) })
+		return
+	}
+	st.kernel = false
+}
+
+// routeNamed sets a's route in the named table: the veth (kernel) or the
+// TUN (router). Called with p.mu held.
+func (p *Path) routeNamed(a netip.Addr, kernel bool) error {
+	rt := &netlink.Route{Table: namedTable, Dst: ipNet(netip.PrefixFrom(a, 32))}
+	if kernel {
+		rt.LinkIndex = p.vethIndex
+		rt.Gw = net.IP(p.hostAddr.Addr().AsSlice())
+		rt.Src = net.IP(p.sandboxAddr.Addr().AsSlice())
+	} else {
+		rt.LinkIndex = p.tunIndex
+		rt.Src = net.IP(netns.SandboxAddr4.Addr().AsSlice())
+		rt.Scope = netlink.SCOPE_LINK
+	}
+	if err := p.inside.RouteReplace(rt); err != nil {
+		where := "the router"
+		if kernel {
+			where = "the kernel path"
+		}
+		return fmt.Errorf("kernel path: send new flows to %s to %s: %w", a, where, err)
+	}
 	return nil
 }

@@ -38,9 +38,10 @@ type nameTable struct {
 	mu     sync.RWMutex
 	byAddr map[netip.Addr]*addrNames
 	seq    uint64 // orders records: the higher, the more recent
-	// onNew, if set, is called (outside the lock, before record returns)
-	// for an address that had no names.
-	onNew func(netip.Addr)
+	// onChange, if set, is called (outside the lock, before record
+	// returns) when record changes the names an address stands for, with
+	// the new names and when the first of them expires.
+	onChange func(addr netip.Addr, names []string, until time.Time)
 }
 
 type nameKey struct {
@@ -90,11 +91,8 @@ func (t *nameTable) record(addr netip.Addr, name string, side policy.Route, sour
 	if an == nil {
 		an = &addrNames{entries: map[nameKey]nameEntry{}}
 		t.byAddr[addr] = an
-		if t.onNew != nil {
-			defer t.onNew(addr) // runs after the deferred Unlock below
-		}
 	}
-	defer t.mu.Unlock()
+	before := an.view.names
 	t.seq++
 	an.entries[nameKey{name, source}] = nameEntry{side: side, seen: t.seq, expires: now.Add(ttl)}
 	an.dropExpired(now)
@@ -103,6 +101,11 @@ func (t *nameTable) record(addr netip.Addr, name string, side policy.Route, sour
 	}
 	an.rebuild()
 	t.sweep(now, addr)
+	names, until := an.view.names, an.firstExpiry
+	t.mu.Unlock()
+	if t.onChange != nil && !slices.Equal(before, names) {
+		t.onChange(addr, names, until)
+	}
 }
 
 // sweep drops the expired names of a few other addresses, so the table

@@ -60,12 +60,14 @@ type Config struct {
 	HostSearchDomains []string
 	// FlowLog receives one JSON line per finished flow; nil disables it.
 	FlowLog io.Writer
-	// Named, if set, is told of each address that comes to stand for a
-	// name (the sandbox's DNS answered with it, or a rule's name resolved
-	// to it) before the answer reaches the app: the kernel fast path leaves
-	// such addresses to the router, which alone knows names. An error is
-	// logged; the answer still goes out.
-	Named func(netip.Addr) error
+	// Named, if set, is told whenever the names an address stands for
+	// change (the sandbox's DNS answered with it, or a rule's name resolved
+	// to it), before the answer reaches the app: local says every TCP and
+	// UDP flow to it now goes local whatever its port, until the first of
+	// its names expires. The kernel fast path takes such an address and
+	// leaves every other named one to the router, which alone knows names.
+	// An error is logged; the answer still goes out.
+	Named func(addr netip.Addr, local bool, until time.Time) error
 	// Logger receives the router's own messages.
 	Logger *slog.Logger
 }
@@ -133,8 +135,10 @@ func New(cfg Config) (*Router, error) {
 		cancel: cancel,
 	}
 	if cfg.Named != nil {
-		r.names.onNew = func(a netip.Addr) {
-			if err := cfg.Named(a); err != nil {
+		r.names.onChange = func(a netip.Addr, names []string, until time.Time) {
+			d, uniform := cfg.Policy.UniformRoute(a, names)
+			local := uniform && d.Route == policy.Local
+			if err := cfg.Named(a, local, until); err != nil {
 				r.log.Error("the kernel path may take flows to a named address", "addr", a, "err", err)
 			}
 		}

@@ -47,6 +47,16 @@ func TestLocalRulesTakeTheKernelPathAndNamesTheRouter(t *testing.T) {
 		}
 	}
 
+	// A name whose flows all go local (a remote filter that names another
+	// host) keeps the kernel path once the sandbox's DNS has answered.
+	r = run(t, nil, ExtraRules{Remote: []string{"other.kernelpath.test"}}, []string{"sh", "-c", script}, withHosts)
+	if r.code != 0 {
+		t.Fatalf("%+v", r)
+	}
+	if lines := strings.Split(strings.TrimSpace(r.stdout), "\n"); len(lines) != 3 || !strings.Contains(lines[2], "dev tpk0") {
+		t.Errorf("a name whose flows all go local: routes %q, want the last through tpk0", r.stdout)
+	}
+
 	r = run(t, nil, rules, []string{"sh", "-c", script}, withHosts, func(o *Options) { o.NoKernelPath = true })
 	if r.code != 0 {
 		t.Fatalf("--no-kernel-path: %+v", r)

@@ -85,7 +85,7 @@ type Options struct {
 	Started func(namespace string, pid int)
 
 	// named is the kernel path's Named, once it is set up.
-	named func(netip.Addr) error
+	named func(netip.Addr, bool, time.Time) error
 }
 
 // Agent is what a run needs of the tunnel to the agent: the router's

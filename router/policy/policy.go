@@ -445,3 +445,40 @@ func (p *Policy) Steps() []Step {
 	}
 	return out
 }
+
+// UniformRoute decides the TCP and UDP flows to dst, an address that
+// stands for names (Flow.Names), and says whether that decision is the same
+// for both protocols and every port. Ports that no rule names all decide
+// alike, so one of them stands for the rest. Loopback is never uniform.
+func (p *Policy) UniformRoute(dst netip.Addr, names []string) (Decision, bool) {
+	if _, loop := Loopback(dst); loop {
+		return Decision{}, false
+	}
+	ports := map[uint16]bool{}
+	for _, list := range [][]Entry{p.block, p.local, p.remote} {
+		for _, e := range list {
+			if e.Port != 0 {
+				ports[e.Port] = true
+			}
+		}
+	}
+	other := uint16(1)
+	for ports[other] {
+		other++
+	}
+	ports[other] = true
+	var first Decision
+	n := 0
+	for port := range ports {
+		for _, proto := range []Proto{TCP, UDP} {
+			d := p.Decide(Flow{Proto: proto, Dst: netip.AddrPortFrom(dst, port), Names: names})
+			if n == 0 {
+				first = d
+			} else if d.Route != first.Route {
+				return first, false
+			}
+			n++
+		}
+	}
+	return first, true
+}

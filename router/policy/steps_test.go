@@ -64,3 +64,44 @@ func TestStepsDecideAsDecide(t *testing.T) {
 		}
 	}
 }
+
+// TestUniformRouteAgreesWithDecide checks UniformRoute against Decide on
+// every port a rule names and others, both protocols.
+func TestUniformRouteAgreesWithDecide(t *testing.T) {
+	dst := netip.MustParseAddr("10.1.2.3")
+	for _, c := range []struct {
+		rules   Rules
+		names   []string
+		uniform bool
+		route   Route
+	}{
+		{Rules{TCP: true, UDP: true, HaveRemote: true, Local: []string{"db"}}, []string{"db"}, true, Local},
+		{Rules{TCP: true, UDP: true, HaveRemote: true, Local: []string{"db"}}, []string{"other"}, true, Remote},
+		{Rules{TCP: true, UDP: true, HaveRemote: true, Local: []string{"tcp://db:5432"}}, []string{"db"}, false, Local},
+		{Rules{TCP: true, UDP: true, HaveRemote: true, Local: []string{"db"}, Block: []string{"udp://:53"}}, []string{"db"}, false, Local},
+		{Rules{TCP: true, UDP: false, HaveRemote: true, Local: []string{"tcp://db"}}, []string{"db"}, true, Local},
+		{Rules{TCP: true, UDP: true, HaveRemote: true, Remote: []string{"api"}}, []string{"db", "api"}, true, Remote},
+	} {
+		p, err := New(c.rules)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, uniform := p.UniformRoute(dst, c.names)
+		if uniform != c.uniform || (uniform && d.Route != c.route) {
+			t.Errorf("rules %+v, names %v: UniformRoute = %v, %v; want %v, %v", c.rules, c.names, d, uniform, c.route, c.uniform)
+		}
+		if !uniform {
+			continue
+		}
+		for _, port := range []uint16{1, 53, 80, 443, 5432, 65535} {
+			for _, proto := range []Proto{TCP, UDP} {
+				if got := p.Decide(Flow{Proto: proto, Dst: netip.AddrPortFrom(dst, port), Names: c.names}); got.Route != d.Route {
+					t.Errorf("rules %+v: uniform %v but %v port %d decides %v", c.rules, d.Route, proto, port, got)
+				}
+			}
+		}
+	}
+	if _, uniform := (&Policy{}).UniformRoute(netip.MustParseAddr("127.0.0.1"), nil); uniform {
+		t.Errorf("loopback is never uniform")
+	}
+}
