@@ -89,14 +89,14 @@ func Setup(cfg Config) (p *Path, err error) {
 	if chain, err := forwardDropper(nft); err != nil {
 		return p, err
 	} else if chain != "" {
-		return p, fmt.Errorf("the host's firewall drops forwarded packets by default (%s): the kernel path's flows would be dropped there; its rules may accept them from %s%s (iifname) and back (ct state established)", chain, HostLinkPrefix, "*")
+		return p, fmt.Errorf("the host's firewall drops forwarded packets by default (%s): the kernel path's flows would be dropped there; accept iifname %s* and their replies there to have it", chain, HostLinkPrefix)
 	}
 	host, err := netlink.NewHandle()
 	if err != nil {
 		return p, fmt.Errorf("netlink: %w", err)
 	}
 	defer host.Close()
-	if p.routes, err = hostRoutes(host, ""); err != nil {
+	if p.routes, err = hostRoutes(host); err != nil {
 		return p, err
 	}
 	if err := p.addLink(host); err != nil {

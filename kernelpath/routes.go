@@ -25,8 +25,7 @@ type hostRoute struct {
 // Replies to a forwarded flow come in on the route's interface, and the
 // kernel forwards them only if that interface forwards: a route through
 // one that does not is kept from the kernel path (a "throw" in its table).
-// skipDev is left out (the path's own link, during a retry).
-func hostRoutes(h *netlink.Handle, skipDev string) ([]hostRoute, error) {
+func hostRoutes(h *netlink.Handle) ([]hostRoute, error) {
 	routes, err := h.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return nil, fmt.Errorf("list the host's routes: %w", err)
@@ -51,9 +50,6 @@ func hostRoutes(h *netlink.Handle, skipDev string) ([]hostRoute, error) {
 				hr.dev = l.Attrs().Name
 				hr.forward = forwards(hr.dev)
 			}
-		}
-		if hr.dev == skipDev && skipDev != "" {
-			continue
 		}
 		out = append(out, hr)
 	}
@@ -92,15 +88,6 @@ func lookup(routes []hostRoute, a netip.Addr) (hostRoute, bool) {
 	return best, found
 }
 
-// anyForward says whether any route may take the kernel path.
-func anyForward(routes []hostRoute) bool {
-	for _, r := range routes {
-		if r.forward && r.dev != "local" {
-			return true
-		}
-	}
-	return false
-}
 
 // DefaultRoute says through which interface the host's IPv4 default route
 // leaves and whether that interface forwards, which the kernel path needs
@@ -112,7 +99,7 @@ func DefaultRoute() (dev string, forwards bool, err error) {
 		return "", false, fmt.Errorf("netlink: %w", err)
 	}
 	defer h.Close()
-	routes, err := hostRoutes(h, "")
+	routes, err := hostRoutes(h)
 	if err != nil {
 		return "", false, err
 	}
