@@ -88,7 +88,6 @@ func lookup(routes []hostRoute, a netip.Addr) (hostRoute, bool) {
 	return best, found
 }
 
-
 // DefaultRoute says through which interface the host's IPv4 default route
 // leaves and whether that interface forwards, which the kernel path needs
 // for flows to destinations reached by it. dev is "" when the host has no
