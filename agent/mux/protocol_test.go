@@ -1,0 +1,159 @@
+package mux
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+// rawPeer is the far end of a session driven frame by frame.
+type rawPeer struct {
+	t    *testing.T
+	conn net.Conn
+	br   *bufio.Reader
+}
+
+// newRawServer returns a server session whose peer the test plays by
+// hand over loopback TCP.
+func newRawServer(t *testing.T, cfg Config) (*Session, *rawPeer) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peer, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Server(conn, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		s.Close()
+		peer.Close()
+	})
+	return s, &rawPeer{t: t, conn: peer, br: bufio.NewReader(peer)}
+}
+
+func (p *rawPeer) send(h header, body []byte) {
+	p.t.Helper()
+	e := h.encode()
+	_ = p.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if _, err := p.conn.Write(append(e[:], body...)); err != nil {
+		p.t.Fatalf("send %v: %v", h, err)
+	}
+}
+
+// next returns the next frame the session sent (skipping data bodies).
+func (p *rawPeer) next() header {
+	p.t.Helper()
+	_ = p.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var b [headerSize]byte
+	if _, err := io.ReadFull(p.br, b[:]); err != nil {
+		p.t.Fatalf("read frame from session: %v", err)
+	}
+	h, err := parseHeader(b)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	if h.typ == typeData {
+		_, _ = p.br.Discard(int(h.length))
+	}
+	return h
+}
+
+func waitClosed(t *testing.T, s *Session) error {
+	t.Helper()
+	select {
+	case <-s.CloseChan():
+		return s.Err()
+	case <-time.After(10 * time.Second):
+		t.Fatal("session still open")
+		return nil
+	}
+}
+
+func TestPingIsAnswered(t *testing.T) {
+	_, p := newRawServer(t, Config{})
+	p.send(header{typ: typePing, flags: flagSYN, length: 0xabcd}, nil)
+	if h := p.next(); h.typ != typePing || h.flags != flagACK || h.length != 0xabcd {
+		t.Fatalf("answer to ping = %v, want ping ACK 0xabcd", h)
+	}
+}
+
+func TestDataBeyondWindowEndsSession(t *testing.T) {
+	s, p := newRawServer(t, Config{})
+	p.send(header{typ: typeWindowUpdate, flags: flagSYN, streamID: 1}, nil)
+	p.send(header{typ: typeData, streamID: 1, length: initialWindow + 1}, make([]byte, initialWindow+1))
+	if h := p.next(); h.typ != typeGoAway || h.length != goAwayProtocol {
+		t.Fatalf("frame after overrun = %v, want go-away protocol error", h)
+	}
+	if err := waitClosed(t, s); !errors.Is(err, ErrProtocol) {
+		t.Fatalf("session error %v, want a protocol error", err)
+	}
+}
+
+func TestStreamOfOwnParityEndsSession(t *testing.T) {
+	s, p := newRawServer(t, Config{})
+	p.send(header{typ: typeWindowUpdate, flags: flagSYN, streamID: 2}, nil)
+	if err := waitClosed(t, s); !errors.Is(err, ErrProtocol) {
+		t.Fatalf("session error %v, want a protocol error", err)
+	}
+}
+
+func TestBacklogOverflowIsReset(t *testing.T) {
+	s, p := newRawServer(t, Config{AcceptBacklog: 2})
+	for id := uint32(1); id <= 5; id += 2 {
+		p.send(header{typ: typeWindowUpdate, flags: flagSYN, streamID: id}, nil)
+	}
+	if h := p.next(); h.flags != flagRST || h.streamID != 5 {
+		t.Fatalf("frame for the stream beyond the backlog = %v, want RST of stream 5", h)
+	}
+	if n := s.NumStreams(); n != 2 {
+		t.Fatalf("%d streams held, want the backlog's 2", n)
+	}
+	// Late data for the refused stream is dropped, not an error.
+	p.send(header{typ: typeData, streamID: 5, length: 3}, []byte("abc"))
+	p.send(header{typ: typePing, flags: flagSYN, length: 1}, nil)
+	if h := p.next(); h.typ != typePing {
+		t.Fatalf("after data for a refused stream: %v, want the ping answer", h)
+	}
+}
+
+func TestIdleStreamHoldsNoChunk(t *testing.T) {
+	s, p := newRawServer(t, Config{})
+	p.send(header{typ: typeData, flags: flagSYN, streamID: 1, length: 5}, []byte("hello"))
+	st, err := s.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := p.next(); h.flags != flagACK {
+		t.Fatalf("accept sent %v, want ACK", h)
+	}
+	buf := make([]byte, 16)
+	if n, err := io.ReadAtLeast(st, buf, 5); err != nil || string(buf[:n]) != "hello" {
+		t.Fatalf("read %q, %v", buf[:n], err)
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if len(st.recv.chunks) != 0 {
+		t.Fatalf("stream keeps %d chunks after reading everything", len(st.recv.chunks))
+	}
+}
+
+func TestConfigErrorsNameTheField(t *testing.T) {
+	_, err := Client(&fuzzConn{}, Config{StreamWindow: 1000})
+	if err == nil || !strings.Contains(err.Error(), "StreamWindow 1000") {
+		t.Fatalf("error %v, want one naming StreamWindow 1000", err)
+	}
+}
