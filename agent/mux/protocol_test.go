@@ -157,3 +157,44 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		t.Fatalf("error %v, want one naming StreamWindow 1000", err)
 	}
 }
+
+func TestRemoteGoAwayStopsOpens(t *testing.T) {
+	s, p := newRawServer(t, Config{})
+	p.send(header{typ: typeGoAway, length: goAwayNormal}, nil)
+	// The go-away is handled before the ping that follows it is answered.
+	p.send(header{typ: typePing, flags: flagSYN, length: 2}, nil)
+	if h := p.next(); h.typ != typePing {
+		t.Fatalf("got %v, want the ping answer", h)
+	}
+	if _, err := s.OpenStream(); !errors.Is(err, ErrRemoteGoAway) {
+		t.Fatalf("open after go-away: %v, want ErrRemoteGoAway", err)
+	}
+	if s.IsClosed() {
+		t.Fatal("a normal go-away closed the session")
+	}
+}
+
+func TestUnansweredKeepaliveEndsSession(t *testing.T) {
+	s, p := newRawServer(t, Config{KeepAliveInterval: 10 * time.Millisecond, PingTimeout: 50 * time.Millisecond})
+	if h := p.next(); h.typ != typePing || h.flags != flagSYN {
+		t.Fatalf("first frame %v, want a keepalive ping", h)
+	}
+	// The test never answers.
+	if err := waitClosed(t, s); !errors.Is(err, ErrKeepAliveTimeout) {
+		t.Fatalf("session error %v, want ErrKeepAliveTimeout", err)
+	}
+}
+
+func TestAnsweredKeepaliveKeepsSession(t *testing.T) {
+	s, p := newRawServer(t, Config{KeepAliveInterval: 10 * time.Millisecond, PingTimeout: 5 * time.Second})
+	for range 5 {
+		h := p.next()
+		if h.typ != typePing || h.flags != flagSYN {
+			t.Fatalf("frame %v, want a keepalive ping", h)
+		}
+		p.send(header{typ: typePing, flags: flagACK, length: h.length}, nil)
+	}
+	if s.IsClosed() {
+		t.Fatalf("session ended although every ping was answered: %v", s.Err())
+	}
+}
