@@ -118,7 +118,6 @@ func newSession(conn net.Conn, cfg Config, client bool) (*Session, error) {
 		conn:     conn,
 		cfg:      cfg,
 		client:   client,
-		w:        newConnWriter(conn),
 		streams:  make(map[uint32]*Stream),
 		nextID:   2,
 		acceptCh: make(chan *Stream, cfg.AcceptBacklog),
@@ -131,6 +130,9 @@ func newSession(conn net.Conn, cfg Config, client bool) (*Session, error) {
 	if client {
 		s.nextID = 1
 	}
+	s.w = newConnWriter(conn, func(err error) {
+		s.shutdown(fmt.Errorf("write queued frames: %w", err))
+	})
 	go s.recvLoop()
 	go s.controlLoop()
 	if cfg.KeepAliveInterval > 0 {

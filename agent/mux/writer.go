@@ -1,52 +1,49 @@
 package mux
 
 import (
+	"math"
 	"net"
 	"sync"
 )
 
-// frame is one frame waiting to be written: its header and body (the
-// caller's bytes; the caller waits until the frame is written, so they are
-// not copied).
-type frame struct {
-	hdr  [headerSize]byte
-	body []byte
-}
+// maxPending bounds the bytes queued for the connection while a writer
+// holds it; a writer that finds no room waits, as on a full socket.
+const maxPending = 512 << 10
 
-// maxHolderRounds bounds how many batches one writer writes for others
-// before it returns; waiting writers take over what is left.
-const maxHolderRounds = 4
+// maxHolderRounds bounds how many queued batches a writer writes for
+// others before it hands the rest to a flusher goroutine and returns, so
+// a caller's Write is not held hostage by a stream of other writers.
+const maxHolderRounds = 2
 
-// maxFlatKeep bounds the copy buffer a non-vectored conn keeps between
-// writes.
-const maxFlatKeep = 1 << 20
+// maxKeep bounds the buffers kept between writes.
+const maxKeep = 1 << 20
 
 // connWriter writes frames to the connection by flat combining: a writer
 // that finds the connection free writes its frame itself, in the calling
-// goroutine; writers that arrive meanwhile queue their frame and wait, and
-// the writer holding the connection writes everything queued in one
-// vectored write before it lets go. No goroutine hand-off when idle,
-// batching when busy.
+// goroutine (no hand-off when idle). Writers that arrive while it is busy
+// copy their frame into a pending batch and return; the writer holding the
+// connection writes the batch, in one call, before it lets go (batching
+// when busy). Only when batches keep coming does a flusher goroutine take
+// over from it.
 type connWriter struct {
 	conn     net.Conn
-	vectored bool // conn turns net.Buffers into one writev
+	vectored bool        // conn turns net.Buffers into one writev
+	onErr    func(error) // told of a failed write no caller sees
 
 	mu      sync.Mutex
-	cond    sync.Cond // a batch was written, or the holder let go
-	busy    bool      // a writer holds the connection
-	pending []frame   // the batch being gathered
-	spare   []frame   // the last written batch, for reuse
-	gen     uint64    // number of the batch being gathered
-	done    uint64    // number of the last batch written
+	cond    sync.Cond // room in pending, or the holder let go
+	busy    bool      // a writer or the flusher holds the connection
+	pending []byte    // frames queued while busy
+	spare   []byte    // the last written batch, for reuse
 	err     error     // first write error; every later write fails with it
 
 	// Owned by the holder.
-	bufs net.Buffers
+	bufs [2][]byte
 	flat []byte
 }
 
-func newConnWriter(conn net.Conn) *connWriter {
-	w := &connWriter{conn: conn, gen: 1}
+func newConnWriter(conn net.Conn, onErr func(error)) *connWriter {
+	w := &connWriter{conn: conn, onErr: onErr}
 	switch conn.(type) {
 	case *net.TCPConn, *net.UnixConn:
 		w.vectored = true
@@ -55,85 +52,99 @@ func newConnWriter(conn net.Conn) *connWriter {
 	return w
 }
 
-// write writes one frame and returns once it is on the connection (or
-// the connection failed).
+// write writes one frame, or queues it behind the current holder's. It
+// returns the connection's error if it already failed; a queued frame's
+// failure is reported to onErr and to every later write.
 func (w *connWriter) write(hdr [headerSize]byte, body []byte) error {
 	w.mu.Lock()
-	if w.err != nil {
-		err := w.err
-		w.mu.Unlock()
-		return err
-	}
-	w.pending = append(w.pending, frame{hdr: hdr, body: body})
-	mine := w.gen
 	for {
-		if w.done >= mine {
-			w.mu.Unlock()
-			return nil
-		}
 		if w.err != nil {
 			err := w.err
 			w.mu.Unlock()
 			return err
 		}
 		if !w.busy {
-			w.hold(mine)
-			continue
+			break
+		}
+		if len(w.pending) == 0 || len(w.pending)+headerSize+len(body) <= maxPending {
+			w.pending = append(w.pending, hdr[:]...)
+			w.pending = append(w.pending, body...)
+			w.mu.Unlock()
+			return nil
 		}
 		w.cond.Wait()
 	}
+	w.busy = true
+	w.mu.Unlock()
+	err := w.writeOne(hdr, body)
+	w.mu.Lock()
+	if err != nil && w.err == nil {
+		w.err = err
+	}
+	w.drainLocked(maxHolderRounds)
+	err = w.err
+	w.mu.Unlock()
+	return err
 }
 
-// hold writes the queued batches, at least up to batch mine, with w.mu
-// held on entry and exit (released while writing).
-func (w *connWriter) hold(mine uint64) {
-	w.busy = true
-	for round := 0; ; round++ {
-		batch, n := w.pending, w.gen
-		w.pending, w.gen = w.spare[:0], w.gen+1
-		w.mu.Unlock()
-		err := w.flush(batch)
-		w.mu.Lock()
-		clear(batch) // drop references to callers' bytes
-		w.spare = batch[:0]
-		if err != nil {
-			w.err = err
-			break
+// writeOne writes one frame as one system call.
+func (w *connWriter) writeOne(hdr [headerSize]byte, body []byte) error {
+	if len(body) == 0 {
+		_, err := w.conn.Write(hdr[:])
+		return err
+	}
+	if w.vectored {
+		w.bufs = [2][]byte{hdr[:], body}
+		bufs := net.Buffers(w.bufs[:]) // WriteTo consumes its receiver
+		_, err := bufs.WriteTo(w.conn)
+		w.bufs = [2][]byte{}
+		return err
+	}
+	w.flat = append(append(w.flat[:0], hdr[:]...), body...)
+	_, err := w.conn.Write(w.flat)
+	if cap(w.flat) > maxKeep {
+		w.flat = nil
+	}
+	return err
+}
+
+// drainLocked writes the pending batches, at most rounds of them, then
+// lets go of the connection or hands it to a flusher. Called holding
+// w.mu with busy set.
+func (w *connWriter) drainLocked(rounds int) {
+	for round := 0; len(w.pending) > 0 && w.err == nil; round++ {
+		if round == rounds {
+			go w.flusher()
+			return
 		}
-		w.done = n
-		if len(w.pending) == 0 || (n >= mine && round+1 >= maxHolderRounds) {
-			break
+		out := w.pending
+		w.pending = w.spare[:0]
+		w.cond.Broadcast() // room
+		w.mu.Unlock()
+		_, err := w.conn.Write(out)
+		w.mu.Lock()
+		if cap(out) <= maxKeep {
+			w.spare = out[:0]
+		} else {
+			w.spare = nil
+		}
+		if err != nil && w.err == nil {
+			w.err = err
 		}
 	}
 	w.busy = false
 	w.cond.Broadcast()
 }
 
-// flush writes one batch in one call.
-func (w *connWriter) flush(batch []frame) error {
-	if w.vectored {
-		w.bufs = w.bufs[:0]
-		for i := range batch {
-			w.bufs = append(w.bufs, batch[i].hdr[:])
-			if len(batch[i].body) > 0 {
-				w.bufs = append(w.bufs, batch[i].body)
-			}
-		}
-		bufs := w.bufs // WriteTo consumes its receiver
-		_, err := bufs.WriteTo(w.conn)
-		clear(w.bufs)
-		return err
+// flusher writes what keeps queueing until the queue is empty.
+func (w *connWriter) flusher() {
+	w.mu.Lock()
+	w.drainLocked(math.MaxInt)
+	err := w.err
+	w.mu.Unlock()
+	if err != nil && w.onErr != nil {
+		w.onErr(err)
 	}
-	w.flat = w.flat[:0]
-	for i := range batch {
-		w.flat = append(w.flat, batch[i].hdr[:]...)
-		w.flat = append(w.flat, batch[i].body...)
-	}
-	_, err := w.conn.Write(w.flat)
-	if cap(w.flat) > maxFlatKeep {
-		w.flat = nil
-	}
-	return err
 }
 
 // fail makes every later write fail with err and wakes the waiting ones.
