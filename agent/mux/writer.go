@@ -3,6 +3,7 @@ package mux
 import (
 	"math"
 	"net"
+	"runtime"
 	"sync"
 )
 
@@ -38,7 +39,7 @@ type connWriter struct {
 	err     error     // first write error; every later write fails with it
 
 	// Owned by the holder.
-	bufs [2][]byte
+	bufs [3][]byte
 	flat []byte
 }
 
@@ -76,8 +77,18 @@ func (w *connWriter) write(hdr [headerSize]byte, body []byte) error {
 	}
 	w.busy = true
 	w.mu.Unlock()
-	err := w.writeOne(hdr, body)
+	// Let goroutines that are ready to write (readers the receive loop
+	// just woke, say) queue their frames first, so they leave with ours
+	// in one call: free when nothing else is runnable.
+	runtime.Gosched()
 	w.mu.Lock()
+	queued := w.pending
+	w.pending = w.spare[:0]
+	w.cond.Broadcast() // room
+	w.mu.Unlock()
+	err := w.writeOne(hdr, body, queued)
+	w.mu.Lock()
+	w.recycle(queued)
 	if err != nil && w.err == nil {
 		w.err = err
 	}
@@ -87,20 +98,21 @@ func (w *connWriter) write(hdr [headerSize]byte, body []byte) error {
 	return err
 }
 
-// writeOne writes one frame as one system call.
-func (w *connWriter) writeOne(hdr [headerSize]byte, body []byte) error {
-	if len(body) == 0 {
+// writeOne writes one frame, then the frames queued behind it, as one
+// system call.
+func (w *connWriter) writeOne(hdr [headerSize]byte, body, queued []byte) error {
+	if len(body) == 0 && len(queued) == 0 {
 		_, err := w.conn.Write(hdr[:])
 		return err
 	}
 	if w.vectored {
-		w.bufs = [2][]byte{hdr[:], body}
+		w.bufs = [3][]byte{hdr[:], body, queued}
 		bufs := net.Buffers(w.bufs[:]) // WriteTo consumes its receiver
 		_, err := bufs.WriteTo(w.conn)
-		w.bufs = [2][]byte{}
+		w.bufs = [3][]byte{}
 		return err
 	}
-	w.flat = append(append(w.flat[:0], hdr[:]...), body...)
+	w.flat = append(append(append(w.flat[:0], hdr[:]...), body...), queued...)
 	_, err := w.conn.Write(w.flat)
 	if cap(w.flat) > maxKeep {
 		w.flat = nil
@@ -123,17 +135,22 @@ func (w *connWriter) drainLocked(rounds int) {
 		w.mu.Unlock()
 		_, err := w.conn.Write(out)
 		w.mu.Lock()
-		if cap(out) <= maxKeep {
-			w.spare = out[:0]
-		} else {
-			w.spare = nil
-		}
+		w.recycle(out)
 		if err != nil && w.err == nil {
 			w.err = err
 		}
 	}
 	w.busy = false
 	w.cond.Broadcast()
+}
+
+// recycle keeps a written batch's buffer for the next one.
+func (w *connWriter) recycle(b []byte) {
+	if cap(b) <= maxKeep {
+		w.spare = b[:0]
+	} else {
+		w.spare = nil
+	}
 }
 
 // flusher writes what keeps queueing until the queue is empty.
