@@ -198,3 +198,83 @@ func TestAnsweredKeepaliveKeepsSession(t *testing.T) {
 		t.Fatalf("session ended although every ping was answered: %v", s.Err())
 	}
 }
+
+// TestEmptyReadWaitsForData: Read(nil) is how the agent waits for a
+// stream's readiness without a buffer; it must block, then leave the data.
+func TestEmptyReadWaitsForData(t *testing.T) {
+	s, p := newRawServer(t, Config{})
+	p.send(header{typ: typeWindowUpdate, flags: flagSYN, streamID: 1}, nil)
+	st, err := s.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	returned := make(chan error, 1)
+	go func() {
+		_, err := st.Read(nil)
+		returned <- err
+	}()
+	select {
+	case err := <-returned:
+		t.Fatalf("Read(nil) returned %v before any data", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	p.send(header{typ: typeData, streamID: 1, length: 2}, []byte("hi"))
+	if err := <-returned; err != nil {
+		t.Fatalf("Read(nil) after data: %v", err)
+	}
+	buf := make([]byte, 2)
+	if _, err := io.ReadFull(st, buf); err != nil || string(buf) != "hi" {
+		t.Fatalf("data after Read(nil) = %q, %v", buf, err)
+	}
+	p.send(header{typ: typeWindowUpdate, flags: flagFIN, streamID: 1}, nil)
+	if _, err := st.Read(nil); err != io.EOF {
+		t.Fatalf("Read(nil) after FIN: %v, want EOF", err)
+	}
+}
+
+// blockedWrite opens stream 1 from the peer and starts a Write larger
+// than the initial window, which the peer never opens further.
+func blockedWrite(t *testing.T, s *Session, p *rawPeer) (*Stream, chan error) {
+	t.Helper()
+	p.send(header{typ: typeWindowUpdate, flags: flagSYN, streamID: 1}, nil)
+	st, err := s.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := st.Write(make([]byte, initialWindow+1))
+		done <- err
+	}()
+	// The ACK, then data up to the window: the writer is now waiting.
+	var got uint32
+	for got < initialWindow {
+		if h := p.next(); h.typ == typeData {
+			got += h.length
+		}
+	}
+	return st, done
+}
+
+func TestResetWakesBlockedWrite(t *testing.T) {
+	s, p := newRawServer(t, Config{})
+	_, done := blockedWrite(t, s, p)
+	p.send(header{typ: typeWindowUpdate, flags: flagRST, streamID: 1}, nil)
+	if err := <-done; !errors.Is(err, ErrConnectionReset) {
+		t.Fatalf("write on a reset stream: %v, want ErrConnectionReset", err)
+	}
+}
+
+func TestCloseWakesBlockedWrite(t *testing.T) {
+	s, p := newRawServer(t, Config{})
+	st, done := blockedWrite(t, s, p)
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; !errors.Is(err, ErrStreamClosed) {
+		t.Fatalf("write on a closed stream: %v, want ErrStreamClosed", err)
+	}
+	if h := p.next(); h.flags&flagFIN == 0 {
+		t.Fatalf("after Close: %v, want FIN", h)
+	}
+}

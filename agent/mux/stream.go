@@ -89,12 +89,16 @@ func (s *Stream) SetWriteDeadline(t time.Time) error {
 }
 
 // Read reads received data; io.EOF once the peer closed and all is read.
+// Read(nil) waits, as yamux's does, until there is data to read (it then
+// returns 0, nil and leaves the data) or the stream ends: a way to wait
+// for readiness without holding a buffer.
 func (s *Stream) Read(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
 	for {
 		s.mu.Lock()
+		if s.recv.len() > 0 && len(p) == 0 {
+			s.mu.Unlock()
+			return 0, nil
+		}
 		if s.recv.len() > 0 {
 			n := s.recv.read(p)
 			delta := s.windowGrowthLocked()
