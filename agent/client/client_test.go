@@ -637,7 +637,7 @@ func tunnelGoroutines() []string {
 	var out []string
 	for _, g := range strings.Split(string(buf), "\n\n") {
 		if strings.Contains(g, "trafficpolice/agent/client.") || strings.Contains(g, "trafficpolice/agent.") ||
-			strings.Contains(g, "hashicorp/yamux.") {
+			strings.Contains(g, "hashicorp/yamux.") || strings.Contains(g, "trafficpolice/agent/mux.") {
 			out = append(out, g)
 		}
 	}

@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hashicorp/yamux"
+	"github.com/trafficpolice/trafficpolice/agent/mux"
 
 	"github.com/trafficpolice/trafficpolice/agent/proto"
 )
@@ -19,7 +19,7 @@ import (
 // tcpConn is a TCP flow on a tunnel stream. Besides net.Conn it has
 // CloseWrite, a half-close the agent passes on to the pod-side socket.
 type tcpConn struct {
-	st     *yamux.Stream
+	st     *mux.Stream
 	t      *tunnel
 	remote *net.TCPAddr
 
@@ -164,7 +164,7 @@ func (c *tcpConn) opErr(op string, err error) error {
 // udpConn is a UDP flow on a tunnel stream: one Write sends one datagram,
 // one Read returns one.
 type udpConn struct {
-	st     *yamux.Stream
+	st     *mux.Stream
 	t      *tunnel
 	remote *net.UDPAddr
 
