@@ -109,9 +109,14 @@ func (w *world) dial(port int, timeout time.Duration) (net.Conn, string, error) 
 // went the router's way.
 func (w *world) sawSYN(t *testing.T, port int) bool {
 	t.Helper()
+	return w.sawSYNTo(t, w.srvIP, port)
+}
+
+func (w *world) sawSYNTo(t *testing.T, to netip.Addr, port int) bool {
+	t.Helper()
 	w.tun.SetReadDeadline(time.Now().Add(3 * time.Second))
 	buf := make([]byte, 65536)
-	dst := w.srvIP.As4()
+	dst := to.As4()
 	for {
 		n, err := w.tun.Read(buf)
 		if err != nil {
@@ -337,5 +342,32 @@ func TestANamedAddressAllLocalTakesTheKernelUntilItsNamesExpire(t *testing.T) {
 	}
 	if !w.sawSYN(t, 7002) {
 		t.Errorf("after the expiry the flow never reached the TUN")
+	}
+}
+
+// A flow to one of the host's own addresses stays with the router, which
+// dials it from the host: delivered locally it would reach the server with
+// the veth's address instead of the host's.
+func TestTheHostsOwnAddressesStayWithTheRouter(t *testing.T) {
+	w := newWorld(t, true)
+	ln, err := net.Listen("tcp4", w.hostIP.String()+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	w.setup(t, policy.Rules{TCP: true, UDP: true})
+	err = w.sandbox.Do(func() error {
+		c, err := net.DialTimeout("tcp4", fmt.Sprintf("%s:%d", w.hostIP, port), 300*time.Millisecond)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	})
+	if err == nil {
+		t.Errorf("a flow to the host's own %s took the kernel path", w.hostIP)
+	}
+	if !w.sawSYNTo(t, w.hostIP, port) {
+		t.Errorf("the flow to the host's own address never reached the TUN")
 	}
 }
