@@ -10,9 +10,12 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	mdnetlink "github.com/mdlayher/netlink"
+	"github.com/ti-mo/conntrack"
 	"github.com/vishvananda/netlink"
 
 	"github.com/trafficpolice/trafficpolice/kernelpath"
@@ -60,11 +63,16 @@ func newWorld(t *testing.T, hostForwards bool) *world {
 
 func (w *world) setup(t *testing.T, r policy.Rules) *kernelpath.Path {
 	t.Helper()
+	return w.setupTracked(t, r, false)
+}
+
+func (w *world) setupTracked(t *testing.T, r policy.Rules, track bool) *kernelpath.Path {
+	t.Helper()
 	pol, err := policy.New(r)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := kernelpath.Setup(kernelpath.Config{Namespace: w.sandbox, ID: w.id, Steps: pol.Steps()})
+	p, err := kernelpath.Setup(kernelpath.Config{Namespace: w.sandbox, ID: w.id, Steps: pol.Steps(), Track: track})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -369,5 +377,106 @@ func TestTheHostsOwnAddressesStayWithTheRouter(t *testing.T) {
 	}
 	if !w.sawSYNTo(t, w.hostIP, port) {
 		t.Errorf("the flow to the host's own address never reached the TUN")
+	}
+}
+
+// A flow log needs every flow: the kernel path's come from the sandbox's
+// conntrack, ended ones as they end and open ones when the watch stops.
+func TestWatchFlowsReportsEndedAndOpenFlows(t *testing.T) {
+	w := newWorld(t, true)
+	w.serveTCP(t, 7001)
+	w.serveEcho(t, 7005)
+	p := w.setupTracked(t, policy.Rules{TCP: true, UDP: true}, true)
+	var mu sync.Mutex
+	var flows []kernelpath.Flow
+	stop, err := p.WatchFlows(func(f kernelpath.Flow) {
+		mu.Lock()
+		flows = append(flows, f)
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _, err := w.dial(7001, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	// Its end: the entry leaves the table (as at the end of TIME_WAIT).
+	endFlows(t, w.sandbox, w.srvIP, 7001)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		n := len(flows)
+		mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the ended flow was not reported within 10 s (%d flows)", n)
+		}
+		time.Sleep(20 * time.Millisecond) // polling for the event
+	}
+	var open net.Conn
+	if err := w.sandbox.Do(func() error {
+		var err error
+		open, err = net.DialTimeout("tcp4", fmt.Sprintf("%s:7005", w.srvIP), 5*time.Second)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	exchange(t, open, "still open at the end")
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	byPort := map[uint16]kernelpath.Flow{}
+	for _, f := range flows {
+		if f.Dst.Addr() != w.srvIP || f.Proto != "tcp" || f.Src.Addr() != p.SandboxAddr() {
+			t.Errorf("unexpected flow %+v", f)
+		}
+		if _, dup := byPort[f.Dst.Port()]; dup {
+			t.Errorf("flow to port %d reported twice", f.Dst.Port())
+		}
+		byPort[f.Dst.Port()] = f
+	}
+	for _, port := range []uint16{7001, 7005} {
+		f, ok := byPort[port]
+		if !ok {
+			t.Errorf("no flow to port %d in %+v", port, flows)
+			continue
+		}
+		if f.BytesOut == 0 || f.BytesIn == 0 || f.Start.IsZero() || f.End.Before(f.Start) {
+			t.Errorf("flow to port %d: %+v: want bytes both ways and start <= end", port, f)
+		}
+	}
+}
+
+// endFlows deletes the sandbox's conntrack entries to dst:port, which is
+// what the kernel does when they time out.
+func endFlows(t *testing.T, ns *netns.Namespace, dst netip.Addr, port uint16) {
+	t.Helper()
+	f, err := os.Open(ns.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	c, err := conntrack.Dial(&mdnetlink.Config{NetNS: int(f.Fd())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	flows, err := c.Dump(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fl := range flows {
+		if fl.TupleOrig.IP.DestinationAddress == dst && fl.TupleOrig.Proto.DestinationPort == port {
+			if err := c.Delete(fl); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 }

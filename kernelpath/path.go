@@ -50,12 +50,16 @@ type Config struct {
 	ID string
 	// Steps is the policy for unnamed destinations (policy.Policy.Steps).
 	Steps []policy.Step
+	// Track keeps the kernel path's flows in the sandbox's conntrack, with
+	// byte counters and timestamps, for WatchFlows (a flow log).
+	Track bool
 }
 
 // Path is a sandbox's kernel path, set up.
 type Path struct {
 	id, hostLink string
 	ns           *netns.Namespace
+	track        bool
 	sandboxAddr  netip.Prefix // tpk0's address
 	hostAddr     netip.Prefix
 	routes       []hostRoute
@@ -76,7 +80,7 @@ func Setup(cfg Config) (p *Path, err error) {
 	if len(cfg.ID) == 0 || len(HostLinkPrefix+cfg.ID) >= unix.IFNAMSIZ {
 		return nil, fmt.Errorf("kernel path: run id %q is invalid: want 1-%d characters", cfg.ID, unix.IFNAMSIZ-1-len(HostLinkPrefix))
 	}
-	p = &Path{id: cfg.ID, hostLink: HostLinkPrefix + cfg.ID, ns: cfg.Namespace, named: map[netip.Addr]*namedState{}}
+	p = &Path{id: cfg.ID, hostLink: HostLinkPrefix + cfg.ID, ns: cfg.Namespace, named: map[netip.Addr]*namedState{}, track: cfg.Track}
 	defer func() {
 		if err != nil {
 			err = errors.Join(fmt.Errorf("kernel path: %w", err), p.Close())
@@ -120,8 +124,10 @@ func Setup(cfg Config) (p *Path, err error) {
 	if err := p.configureSandbox(cfg.Steps); err != nil {
 		return p, err
 	}
-	if err := p.untrack(); err != nil {
-		return p, err
+	if !p.track {
+		if err := p.untrack(); err != nil {
+			return p, err
+		}
 	}
 	return p, nil
 }
@@ -242,6 +248,14 @@ func (p *Path) sandboxSysctls() error {
 	for _, key := range []string{"net/ipv4/conf/all/rp_filter", filepath.Join("net/ipv4/conf", SandboxLink, "rp_filter")} {
 		if err := writeSysctl(key, "0"); err != nil {
 			return err
+		}
+	}
+	if p.track {
+		// Per namespace: the host's conntrack is not changed.
+		for _, key := range []string{"net/netfilter/nf_conntrack_acct", "net/netfilter/nf_conntrack_timestamp"} {
+			if err := writeSysctl(key, "1"); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
