@@ -291,7 +291,13 @@ func (p *Path) configureSandbox(steps []policy.Step) error {
 // flow the rules mark for it that the host would not forward goes to the
 // router instead.
 func (p *Path) Forwards(a netip.Addr) bool {
-	r, ok := lookup(p.routes, a.Unmap())
+	a = a.Unmap()
+	for _, n := range neverKernel {
+		if n.Contains(a) {
+			return false
+		}
+	}
+	r, ok := lookup(p.routes, a)
 	return ok && r.forward
 }
 
