@@ -63,7 +63,7 @@ func (p *Path) WatchFlows(fn func(Flow)) (stop func() error, err error) {
 		dumps.Close()
 		return nil, fmt.Errorf("kernel path: listen for conntrack events: %w", err)
 	}
-	w := &flowWatch{src: p.sandboxAddr.Addr(), fn: fn, seen: map[uint32]bool{}}
+	w := &flowWatch{src: p.sandboxAddr.Addr(), fn: fn, dumped: map[uint32]bool{}}
 	quit, done := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
@@ -71,7 +71,7 @@ func (p *Path) WatchFlows(fn func(Flow)) (stop func() error, err error) {
 			select {
 			case ev := <-evc:
 				if ev.Type == conntrack.EventDestroy && ev.Flow != nil {
-					w.report(*ev.Flow, time.Time{})
+					w.report(*ev.Flow, false)
 				}
 			case err := <-errc:
 				// The worker that failed has stopped (an overflow:
@@ -87,15 +87,14 @@ func (p *Path) WatchFlows(fn func(Flow)) (stop func() error, err error) {
 	return func() error {
 		once.Do(func() {
 			// The dump first, while events still come: a flow ends in
-			// one or the other, and seen keeps it from both.
+			// one or the other, and dumped keeps it from both.
 			flows, err := dumps.Dump(nil)
 			dumps.Close()
 			if err != nil {
 				w.fail(fmt.Errorf("dump the sandbox's conntrack: %w", err))
 			}
-			now := time.Now()
 			for _, fl := range flows {
-				w.report(fl, now)
+				w.report(fl, true)
 			}
 			// Close waits for the event workers, which may be sending:
 			// the loop drains until they are gone.
@@ -108,17 +107,20 @@ func (p *Path) WatchFlows(fn func(Flow)) (stop func() error, err error) {
 	}, nil
 }
 
-// flowWatch turns conntrack flows of the kernel path into Flows, once each.
+// flowWatch turns conntrack flows of the kernel path into Flows, once each:
+// a flow ends in a DESTROY event, or is still open in the final dump. Only
+// the dump's ids are kept (a DESTROY event comes once, and the kernel reuses
+// ids), so the set is bounded by the flows open at the end.
 type flowWatch struct {
 	src netip.Addr
 	fn  func(Flow)
 
 	mu      sync.Mutex
-	seen    map[uint32]bool
+	dumped  map[uint32]bool
 	failure error
 }
 
-func (w *flowWatch) report(f conntrack.Flow, open time.Time) {
+func (w *flowWatch) report(f conntrack.Flow, fromDump bool) {
 	t := f.TupleOrig
 	if t.IP.SourceAddress != w.src {
 		return // not the kernel path's
@@ -134,13 +136,15 @@ func (w *flowWatch) report(f conntrack.Flow, open time.Time) {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.seen[f.ID] {
-		return
+	if w.dumped[f.ID] {
+		return // reported from the dump; it ended since
 	}
-	w.seen[f.ID] = true
 	end := f.Timestamp.Stop
-	if !open.IsZero() || end.IsZero() {
-		end = open
+	if fromDump {
+		w.dumped[f.ID] = true
+	}
+	if fromDump || end.IsZero() {
+		end = time.Now() // still open: it ends with the run
 	}
 	w.fn(Flow{
 		Proto:    proto,
