@@ -163,12 +163,12 @@ func (p *Path) addLink(h *netlink.Handle) error {
 	if err != nil {
 		return fmt.Errorf("find %s: %w", p.hostLink, err)
 	}
-	if err := h.AddrAdd(l, &netlink.Addr{IPNet: ipNet(p.hostAddr)}); err != nil {
+	if err := h.AddrAdd(l, &netlink.Addr{IPNet: netns.IPNet(p.hostAddr)}); err != nil {
 		return fmt.Errorf("address %s on %s: %w", p.hostAddr, p.hostLink, err)
 	}
 	// Forwarding for this link only: it lets the sandbox's packets through;
 	// replies need it on the link they come in by (see hostRoutes).
-	if err := writeSysctl(filepath.Join("net/ipv4/conf", p.hostLink, "forwarding"), "1"); err != nil {
+	if err := netns.WriteSysctl(filepath.Join("net/ipv4/conf", p.hostLink, "forwarding"), "1"); err != nil {
 		return err
 	}
 	if err := h.LinkSetUp(l); err != nil {
@@ -246,14 +246,14 @@ func (p *Path) sandboxSysctls() error {
 	// Replies come in on the veth from addresses the main table routes to
 	// the TUN: strict reverse-path filtering would drop them.
 	for _, key := range []string{"net/ipv4/conf/all/rp_filter", filepath.Join("net/ipv4/conf", SandboxLink, "rp_filter")} {
-		if err := writeSysctl(key, "0"); err != nil {
+		if err := netns.WriteSysctl(key, "0"); err != nil {
 			return err
 		}
 	}
 	if p.track {
 		// Per namespace: the host's conntrack is not changed.
 		for _, key := range []string{"net/netfilter/nf_conntrack_acct", "net/netfilter/nf_conntrack_timestamp"} {
-			if err := writeSysctl(key, "1"); err != nil {
+			if err := netns.WriteSysctl(key, "1"); err != nil {
 				return err
 			}
 		}
@@ -275,7 +275,7 @@ func (p *Path) configureSandbox(steps []policy.Step) error {
 		return fmt.Errorf("find %s in the sandbox: %w", SandboxLink, err)
 	}
 	p.vethIndex = l.Attrs().Index
-	if err := h.AddrAdd(l, &netlink.Addr{IPNet: ipNet(p.sandboxAddr)}); err != nil {
+	if err := h.AddrAdd(l, &netlink.Addr{IPNet: netns.IPNet(p.sandboxAddr)}); err != nil {
 		return fmt.Errorf("address %s on %s: %w", p.sandboxAddr, SandboxLink, err)
 	}
 	if err := h.LinkSetUp(l); err != nil {
@@ -323,16 +323,4 @@ func (p *Path) Close() error {
 		return p.deleteLink()
 	}
 	return RemoveLeftovers(p.id)
-}
-
-func ipNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
-}
-
-// writeSysctl writes /proc/sys/KEY of the calling thread's namespace.
-func writeSysctl(key, val string) error {
-	if err := os.WriteFile(filepath.Join("/proc/sys", key), []byte(val), 0o644); err != nil {
-		return fmt.Errorf("sysctl %s=%s: %w", key, val, err)
-	}
-	return nil
 }

@@ -42,7 +42,7 @@ func (p *Path) addRoutes(h *netlink.Handle, link netlink.Link) error {
 		if linkRange.Overlaps(r.prefix) && r.prefix.Bits() >= linkRange.Bits() {
 			continue // another run's veth (its throw is below)
 		}
-		rt := &netlink.Route{Table: routeTable, Dst: ipNet(r.prefix)}
+		rt := &netlink.Route{Table: routeTable, Dst: netns.IPNet(r.prefix)}
 		if r.forward {
 			rt.LinkIndex, rt.Gw, rt.Src = link.Attrs().Index, gw, src
 		} else {
@@ -53,7 +53,7 @@ func (p *Path) addRoutes(h *netlink.Handle, link netlink.Link) error {
 		}
 	}
 	for _, n := range neverKernel {
-		if err := add(&netlink.Route{Table: routeTable, Dst: ipNet(n), Type: unix.RTN_THROW}, n); err != nil {
+		if err := add(&netlink.Route{Table: routeTable, Dst: netns.IPNet(n), Type: unix.RTN_THROW}, n); err != nil {
 			return err
 		}
 	}
@@ -80,7 +80,7 @@ func (p *Path) addRules(h *netlink.Handle, steps []policy.Step) error {
 	} {
 		rule := netlink.NewRule()
 		rule.Family, rule.Priority, rule.Table = unix.AF_INET, r.prio, r.table
-		rule.Src = ipNet(netip.PrefixFrom(r.src, 32))
+		rule.Src = netns.IPNet(netip.PrefixFrom(r.src, 32))
 		if err := h.RuleAdd(rule); err != nil {
 			return fmt.Errorf("routing rule %d from %s: %w", r.prio, r.src, err)
 		}
@@ -112,7 +112,7 @@ func (p *Path) addRules(h *netlink.Handle, steps []policy.Step) error {
 				r.Table = routeTable
 			}
 			if s.Prefix.IsValid() && s.Prefix.Bits() > 0 {
-				r.Dst = ipNet(s.Prefix.Masked())
+				r.Dst = netns.IPNet(s.Prefix.Masked())
 			}
 			if s.Port != 0 {
 				r.Dport = netlink.NewRulePortRange(s.Port, s.Port)
@@ -195,7 +195,7 @@ func (p *Path) expire(a netip.Addr, gen uint64) {
 // routeNamed sets a's route in the named table: the veth (kernel) or the
 // TUN (router). Called with p.mu held.
 func (p *Path) routeNamed(a netip.Addr, kernel bool) error {
-	rt := &netlink.Route{Table: namedTable, Dst: ipNet(netip.PrefixFrom(a, 32))}
+	rt := &netlink.Route{Table: namedTable, Dst: netns.IPNet(netip.PrefixFrom(a, 32))}
 	if kernel {
 		rt.LinkIndex = p.vethIndex
 		rt.Gw = net.IP(p.hostAddr.Addr().AsSlice())
