@@ -11,12 +11,14 @@ import (
 	"github.com/mdlayher/netlink"
 	"github.com/ti-mo/conntrack"
 	"github.com/ti-mo/netfilter"
+	"github.com/trafficpolice/trafficpolice/router/policy"
+	"golang.org/x/sys/unix"
 )
 
 // Flow is one finished (or, at the run's end, still open) connection of
 // the kernel path, as the sandbox's conntrack saw it.
 type Flow struct {
-	Proto      string // "tcp" or "udp"
+	Proto      policy.Proto // TCP or UDP
 	Src, Dst   netip.AddrPort
 	Start, End time.Time
 	// BytesOut and BytesIn count IP packets' bytes (headers included),
@@ -125,12 +127,12 @@ func (w *flowWatch) report(f conntrack.Flow, fromDump bool) {
 	if t.IP.SourceAddress != w.src {
 		return // not the kernel path's
 	}
-	var proto string
+	var proto policy.Proto
 	switch t.Proto.Protocol {
-	case 6:
-		proto = "tcp"
-	case 17:
-		proto = "udp"
+	case unix.IPPROTO_TCP:
+		proto = policy.TCP
+	case unix.IPPROTO_UDP:
+		proto = policy.UDP
 	default:
 		return
 	}

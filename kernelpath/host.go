@@ -65,8 +65,6 @@ func RemoveLeftovers(id string) error {
 		deleteLink(HostLinkPrefix+id))
 }
 
-func (p *Path) deleteLink() error { return deleteLink(p.hostLink) }
-
 // deleteLink deletes the host's end of a kernel path's veth (the other end
 // goes with it); one already gone, maybe by a concurrent remover, is fine.
 func deleteLink(name string) error {

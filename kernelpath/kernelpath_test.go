@@ -434,7 +434,7 @@ func TestWatchFlowsReportsEndedAndOpenFlows(t *testing.T) {
 	defer mu.Unlock()
 	byPort := map[uint16]kernelpath.Flow{}
 	for _, f := range flows {
-		if f.Dst.Addr() != w.srvIP || f.Proto != "tcp" || f.Src.Addr() != p.SandboxAddr() {
+		if f.Dst.Addr() != w.srvIP || f.Proto != policy.TCP || f.Src.Addr() != p.SandboxAddr() {
 			t.Errorf("unexpected flow %+v", f)
 		}
 		if _, dup := byPort[f.Dst.Port()]; dup {

@@ -320,7 +320,7 @@ func (p *Path) Close() error {
 	p.mu.Unlock()
 	if p.hostRulesAdded && p.removeHostRules() == nil {
 		// The link (and its other end) next; one iptables exec spared.
-		return p.deleteLink()
+		return deleteLink(p.hostLink)
 	}
 	return RemoveLeftovers(p.id)
 }

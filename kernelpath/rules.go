@@ -128,9 +128,8 @@ func (p *Path) addRules(h *netlink.Handle, steps []policy.Step) error {
 
 // namedState is what the kernel path does with a named address.
 type namedState struct {
-	kernel bool
-	gen    uint64 // which Named call armed expiry
-	expiry *time.Timer
+	gen    uint64      // which Named call decided last
+	expiry *time.Timer // armed while a takes the kernel path
 }
 
 // Named tells the kernel path that the names a stands for changed: local
@@ -166,7 +165,6 @@ func (p *Path) Named(a netip.Addr, local bool, until time.Time) error {
 	if err := p.routeNamed(a, kernel); err != nil {
 		return err
 	}
-	st.kernel = kernel
 	if kernel {
 		gen := st.gen
 		st.expiry = time.AfterFunc(time.Until(until), func() { p.expire(a, gen) })
@@ -180,16 +178,17 @@ func (p *Path) expire(a netip.Addr, gen uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	st := p.named[a]
-	if p.inside == nil || st == nil || st.gen != gen || !st.kernel {
+	// A later Named call stopped this timer or will: only the call that
+	// armed it (to the kernel path) may undo it.
+	if p.inside == nil || st == nil || st.gen != gen {
 		return
 	}
+	st.expiry = nil
 	if err := p.routeNamed(a, false); err != nil {
 		// The router's decision would differ only if the names expired
 		// changed it; retry soon rather than leave it.
 		st.expiry = time.AfterFunc(time.Second, func() { p.expire(a, gen) })
-		return
 	}
-	st.kernel = false
 }
 
 // routeNamed sets a's route in the named table: the veth (kernel) or the

@@ -5,7 +5,6 @@ import (
 
 	"github.com/trafficpolice/trafficpolice/kernelpath"
 	"github.com/trafficpolice/trafficpolice/router"
-	"github.com/trafficpolice/trafficpolice/router/policy"
 )
 
 // kernelPath is a run's kernel path and, with a flow log, the watch that
@@ -63,21 +62,16 @@ func (kp *kernelPath) logFlow(f kernelpath.Flow) {
 	if rt == nil {
 		return
 	}
-	proto := policy.TCP
-	if f.Proto == "udp" {
-		proto = policy.UDP
-	}
-	rt.LogKernelFlow(router.KernelFlow{Proto: proto, Src: f.Src, Dst: f.Dst, Start: f.Start, End: f.End,
+	rt.LogKernelFlow(router.KernelFlow{Proto: f.Proto, Src: f.Src, Dst: f.Dst, Start: f.Start, End: f.End,
 		BytesOut: int64(f.BytesOut), BytesIn: int64(f.BytesIn)})
 }
 
-// Close ends the watch, if any, then removes the kernel path.
+// Close ends the watch, if any (once: a second call changes nothing), then
+// removes the kernel path.
 func (kp *kernelPath) Close() error {
 	if kp.stopWatch != nil {
-		if err := kp.stopWatch(); err != nil {
-			kp.Path.Close()
-			return err
-		}
+		// Its error is the flow log's, which the run reports (startServices).
+		_ = kp.stopWatch()
 	}
 	return kp.Path.Close()
 }
