@@ -25,15 +25,8 @@ type kernelPath struct {
 // before).
 func startKernelPath(rec *record, ns space, o Options) *kernelPath {
 	named, ok := ns.(namedSpace)
-	if !ok || o.NoKernelPath {
-		return nil
-	}
-	// Recorded first: a run killed during set-up leaves host rules that a
-	// later run must find.
-	rec.KernelPath = true
-	if err := writeRecord(rec); err != nil {
-		o.Logger.Warn("kernel path off", "err", err)
-		return nil
+	if !ok || !rec.KernelPath {
+		return nil // rootless, or --no-kernel-path (newRecord)
 	}
 	cfg := kernelpath.Config{Namespace: named.Namespace, ID: rec.ID, Steps: o.Policy.Steps(), Track: o.FlowLog != ""}
 	p, err := kernelpath.Setup(cfg)

@@ -117,7 +117,7 @@ func Run(ctx context.Context, o Options) (int, error) {
 	if o.Rootless && o.Image != "" {
 		return 0, errors.New("--image needs root: containers run through the system's containerd, which a rootless run cannot reach; run with sudo (rootless containerd is not supported yet)")
 	}
-	rec, err := newRecord(o.Rootless)
+	rec, err := newRecord(o.Rootless, !o.Rootless && !o.NoKernelPath)
 	if err != nil {
 		return 0, err
 	}
@@ -203,13 +203,15 @@ func (o Options) withDefaults() Options {
 }
 
 // newRecord names a new run and writes its record before anything is
-// created, so that whatever exists can always be found and removed.
-func newRecord(rootless bool) (*record, error) {
+// created, so that whatever exists can always be found and removed;
+// kernelPath says the run will set up a kernel path (host rules and a link
+// named after its id).
+func newRecord(rootless, kernelPath bool) (*record, error) {
 	id, err := newID()
 	if err != nil {
 		return nil, err
 	}
-	rec := &record{ID: id, PID: os.Getpid(), PIDStart: processStart(os.Getpid()), Created: time.Now(), Base: stateDir()}
+	rec := &record{ID: id, PID: os.Getpid(), PIDStart: processStart(os.Getpid()), Created: time.Now(), Base: stateDir(), KernelPath: kernelPath}
 	if !rootless {
 		rec.Namespace = NamespacePrefix + id
 	}
