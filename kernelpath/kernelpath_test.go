@@ -113,6 +113,22 @@ func (w *world) dial(port int, timeout time.Duration) (net.Conn, string, error) 
 	return c, strings.TrimSpace(string(buf[:n])), err
 }
 
+// connect opens a TCP connection from inside the sandbox to the server's
+// port, closed when the test ends.
+func (w *world) connect(t *testing.T, port int) net.Conn {
+	t.Helper()
+	var c net.Conn
+	if err := w.sandbox.Do(func() error {
+		var err error
+		c, err = net.DialTimeout("tcp4", fmt.Sprintf("%s:%d", w.srvIP, port), 5*time.Second)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 // sawSYN reads the TUN until it carries a TCP SYN to dst:port: the flow
 // went the router's way.
 func (w *world) sawSYN(t *testing.T, port int) bool {
@@ -166,15 +182,7 @@ func TestLocalRulesTakeTheKernelAndTheRestTheRouter(t *testing.T) {
 		t.Errorf("the remote flow to port 7002 never reached the TUN (the router)")
 	}
 
-	var echo net.Conn
-	if err := w.sandbox.Do(func() error {
-		var err error
-		echo, err = net.DialTimeout("tcp4", fmt.Sprintf("%s:7005", w.srvIP), 5*time.Second)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer echo.Close()
+	echo := w.connect(t, 7005)
 	exchange(t, echo, "before")
 
 	// Once the sandbox's DNS has answered with the address, the router
@@ -417,15 +425,7 @@ func TestWatchFlowsReportsEndedAndOpenFlows(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond) // polling for the event
 	}
-	var open net.Conn
-	if err := w.sandbox.Do(func() error {
-		var err error
-		open, err = net.DialTimeout("tcp4", fmt.Sprintf("%s:7005", w.srvIP), 5*time.Second)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer open.Close()
+	open := w.connect(t, 7005)
 	exchange(t, open, "still open at the end")
 	if err := stop(); err != nil {
 		t.Fatal(err)
