@@ -80,8 +80,9 @@ func (w *world) setupTracked(t *testing.T, r policy.Rules, track bool) *kernelpa
 	return p
 }
 
-// serveTCP answers each connection with the address it came from.
-func (w *world) serveTCP(t *testing.T, port int) {
+// serve accepts connections on the server's port, each handled by handle
+// on a goroutine of its own.
+func (w *world) serve(t *testing.T, port int, handle func(net.Conn)) {
 	ln := netnstest.Listen(t, w.srv, "tcp4", fmt.Sprintf("%s:%d", w.srvIP, port))
 	go func() {
 		for {
@@ -89,10 +90,14 @@ func (w *world) serveTCP(t *testing.T, port int) {
 			if err != nil {
 				return
 			}
-			fmt.Fprintf(c, "%s\n", c.RemoteAddr())
-			c.Close()
+			go func() { defer c.Close(); handle(c) }()
 		}
 	}()
+}
+
+// serveTCP answers each connection with the address it came from.
+func (w *world) serveTCP(t *testing.T, port int) {
+	w.serve(t, port, func(c net.Conn) { fmt.Fprintf(c, "%s\n", c.RemoteAddr()) })
 }
 
 // dial connects from inside the sandbox and returns the first line the
@@ -202,16 +207,7 @@ func TestLocalRulesTakeTheKernelAndTheRestTheRouter(t *testing.T) {
 
 // serveEcho echoes every connection's bytes.
 func (w *world) serveEcho(t *testing.T, port int) {
-	ln := netnstest.Listen(t, w.srv, "tcp4", fmt.Sprintf("%s:%d", w.srvIP, port))
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
+	w.serve(t, port, func(c net.Conn) { io.Copy(c, c) })
 }
 
 func exchange(t *testing.T, c net.Conn, msg string) {

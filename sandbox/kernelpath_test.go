@@ -26,8 +26,7 @@ func TestLocalRulesTakeTheKernelPathAndNamesTheRouter(t *testing.T) {
 	netnstest.RequireRoot(t)
 	cleanCheck(t)
 	svc := newServiceNet(t)
-	// The host forwards on the service's link (its replies come in there).
-	must(t, os.WriteFile(filepath.Join("/proc/sys/net/ipv4/conf", svc.hostLink, "forwarding"), []byte("1"), 0o644))
+	svc.forward(t)
 	serveEcho(svc.listen(t, 7000))
 	hosts := filepath.Join(t.TempDir(), "hosts")
 	must(t, os.WriteFile(hosts, []byte(svc.svcIP.String()+" svc.kernelpath.test\n"), 0o644))
@@ -74,7 +73,7 @@ func TestFlowLogRecordsTheKernelPathsFlows(t *testing.T) {
 	netnstest.RequireRoot(t)
 	cleanCheck(t)
 	svc := newServiceNet(t)
-	must(t, os.WriteFile(filepath.Join("/proc/sys/net/ipv4/conf", svc.hostLink, "forwarding"), []byte("1"), 0o644))
+	svc.forward(t)
 	serveEcho(svc.listen(t, 7000))
 	logPath := filepath.Join(t.TempDir(), "flows.jsonl")
 	addr := fmt.Sprintf("%s:7000", svc.svcIP)
