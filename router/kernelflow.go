@@ -29,13 +29,9 @@ func (r *Router) LogKernelFlow(f KernelFlow) {
 	if d.Route != policy.Local {
 		rule = "decided local when it started; now " + d.String()
 	}
-	host := names.host
-	if host == "" && len(names.names) > 0 {
-		host = names.names[0]
-	}
 	r.flows.write(&FlowRecord{
 		Start: f.Start, End: f.End, Proto: f.Proto.String(), Src: f.Src.String(), Dst: f.Dst.String(),
-		Host: host, Route: policy.Local.String(), Rule: rule, Via: "kernel",
+		Host: names.logName(), Route: policy.Local.String(), Rule: rule, Via: "kernel",
 		BytesOut: f.BytesOut, BytesIn: f.BytesIn,
 	})
 }
