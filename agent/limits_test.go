@@ -128,6 +128,20 @@ func newTestServer(t *testing.T, opts Options) *Server {
 	return s
 }
 
+// dialTestClient connects a client with the test token; the client and the
+// context it returns end with the test.
+func dialTestClient(t *testing.T, addr string) (context.Context, *client.Client) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	cl, err := client.Dial(ctx, client.Options{Address: addr, Token: "s3cret", CommunicationTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	return ctx, cl
+}
+
 func dialClient(t *testing.T, addr string) error {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

@@ -2,14 +2,11 @@ package agent
 
 import (
 	"bytes"
-	"context"
 	"net"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/trafficpolice/trafficpolice/agent/client"
 )
 
 // udpEcho is a UDP server on loopback that sends each datagram back.
@@ -60,13 +57,7 @@ func TestUDPFlowsPerTunnelAreCapped(t *testing.T) {
 	s := newTestServer(t, Options{MaxUDPFlows: max})
 	addr := serve(t, s)
 	echo := udpEcho(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	cl, err := client.Dial(ctx, client.Options{Address: addr, Token: "s3cret", CommunicationTimeout: 10 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	ctx, cl := dialTestClient(t, addr)
 
 	var flows []net.Conn
 	for range max {
@@ -102,13 +93,7 @@ func TestIdleUDPFlowsExpire(t *testing.T) {
 	s := newTestServer(t, Options{UDPIdleTimeout: 200 * time.Millisecond})
 	addr := serve(t, s)
 	echo := udpEcho(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	cl, err := client.Dial(ctx, client.Options{Address: addr, Token: "s3cret", CommunicationTimeout: 10 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	ctx, cl := dialTestClient(t, addr)
 	for range 4 {
 		c, err := cl.DialUDP(ctx, echo)
 		if err != nil {
@@ -163,13 +148,7 @@ func TestUDPBurstKeepsDatagramBoundaries(t *testing.T) {
 			_, _ = pc.WriteToUDPAddrPort(burst(i), from)
 		}
 	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	cl, err := client.Dial(ctx, client.Options{Address: addr, Token: "s3cret", CommunicationTimeout: 10 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	ctx, cl := dialTestClient(t, addr)
 	c, err := cl.DialUDP(ctx, pc.LocalAddr().(*net.UDPAddr).AddrPort())
 	if err != nil {
 		t.Fatal(err)

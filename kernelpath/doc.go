@@ -14,8 +14,8 @@
 //
 // The host must forward between the veth and the interface a destination
 // is reached through: the kernel path takes only destinations whose host
-// route's interface has forwarding on (or that are the host's own) and
-// leaves the rest to the router. Nothing global changes on the host: the
+// route's interface has forwarding on, and not the host's own addresses,
+// and leaves the rest to the router. Nothing global changes on the host: the
 // veth's own forwarding flag, two FORWARD rules and a MASQUERADE rule, all
 // tagged with the run's id so that a killed run's are found
 // (RemoveLeftovers).

@@ -3,10 +3,10 @@ package kernelpath
 import (
 	"errors"
 	"fmt"
-	"os/exec"
 	"strings"
 
 	"github.com/coreos/go-iptables/iptables"
+	"github.com/trafficpolice/trafficpolice/netns"
 	"github.com/vishvananda/netlink"
 )
 
@@ -30,12 +30,12 @@ func hostRules(id, link string, sandbox string) [][3]any {
 // costs milliseconds of the run's start).
 func (p *Path) configureHost() error {
 	// First in each chain, so that a host's DROP rules do not stop them.
-	return restore(p.hostRuleset("-I", " 1"))
+	return netns.IPTablesRestore(iptables.ProtocolIPv4, p.hostRuleset("-I", " 1"), true)
 }
 
 // removeHostRules deletes exactly what configureHost added, in one exec.
 func (p *Path) removeHostRules() error {
-	return restore(p.hostRuleset("-D", ""))
+	return netns.IPTablesRestore(iptables.ProtocolIPv4, p.hostRuleset("-D", ""), true)
 }
 
 // hostRuleset is hostRules in iptables-save's format, each rule with op.
@@ -56,77 +56,14 @@ func (p *Path) hostRuleset(op, at string) string {
 	return b.String()
 }
 
-// restore applies ruleset on top of the host's tables (--noflush), whole
-// or not at all.
-func restore(ruleset string) error {
-	path, err := exec.LookPath("iptables-restore")
-	if err != nil {
-		return fmt.Errorf("find iptables-restore (install the iptables package): %w", err)
-	}
-	cmd := exec.Command(path, "--wait", "--noflush")
-	cmd.Stdin = strings.NewReader(ruleset)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("iptables-restore --noflush of\n%s: %w: %s", ruleset, err, strings.TrimSpace(string(out)))
-	}
-	return nil
-}
-
 // RemoveLeftovers removes what a run with this id made on the host: its
 // rules (whatever their addresses) and its link (whose other end goes
 // with it). What is already gone is not an error.
 func RemoveLeftovers(id string) error {
-	var errs []error
-	ipt, err := iptables.NewWithProtocol(iptables.ProtocolIPv4)
-	if err != nil {
-		return fmt.Errorf("iptables: %w", err)
-	}
-	tag := commentPrefix + id
-	for _, tc := range [][2]string{{"nat", "POSTROUTING"}, {"filter", "FORWARD"}} {
-		rules, err := ipt.List(tc[0], tc[1])
-		if err != nil {
-			errs = append(errs, fmt.Errorf("iptables -t %s -S %s: %w", tc[0], tc[1], err))
-			continue
-		}
-		for _, r := range rules {
-			if !strings.Contains(r, `"`+tag+`"`) && !strings.Contains(r, " "+tag+" ") && !strings.HasSuffix(r, " "+tag) {
-				continue
-			}
-			spec, err := splitRule(r, tc[1])
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			if err := ipt.Delete(tc[0], tc[1], spec...); err != nil {
-				// Another remover (the run's own teardown, a gc) may
-				// have been first: gone is what was wanted.
-				if ok, eerr := ipt.Exists(tc[0], tc[1], spec...); eerr != nil || ok {
-					errs = append(errs, fmt.Errorf("iptables -t %s -D %s %s: %w", tc[0], tc[1], strings.Join(spec, " "), err))
-				}
-			}
-		}
-	}
-	if err := deleteLink(HostLinkPrefix + id); err != nil {
-		errs = append(errs, err)
-	}
-	return errors.Join(errs...)
+	return errors.Join(
+		netns.DeleteTaggedRules(commentPrefix+id, netns.TableChain{Table: "nat", Chain: "POSTROUTING"}, netns.TableChain{Table: "filter", Chain: "FORWARD"}),
+		deleteLink(HostLinkPrefix+id))
 }
-
-// splitRule turns a line of iptables -S ("-A CHAIN a b ...") back into the
-// rule's arguments. The rules are ours: no argument has spaces, and the
-// comment may be quoted.
-func splitRule(line, chain string) ([]string, error) {
-	f := strings.Fields(line)
-	if len(f) < 2 || f[0] != "-A" || f[1] != chain {
-		return nil, fmt.Errorf("unexpected iptables rule %q", line)
-	}
-	out := f[2:]
-	for i, a := range out {
-		out[i] = strings.Trim(a, `"`)
-	}
-	return out, nil
-}
-
-func (p *Path) deleteLink() error { return deleteLink(p.hostLink) }
 
 // deleteLink deletes the host's end of a kernel path's veth (the other end
 // goes with it); one already gone, maybe by a concurrent remover, is fine.

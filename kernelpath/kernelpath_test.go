@@ -10,9 +10,12 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	mdnetlink "github.com/mdlayher/netlink"
+	"github.com/ti-mo/conntrack"
 	"github.com/vishvananda/netlink"
 
 	"github.com/trafficpolice/trafficpolice/kernelpath"
@@ -60,11 +63,16 @@ func newWorld(t *testing.T, hostForwards bool) *world {
 
 func (w *world) setup(t *testing.T, r policy.Rules) *kernelpath.Path {
 	t.Helper()
+	return w.setupTracked(t, r, false)
+}
+
+func (w *world) setupTracked(t *testing.T, r policy.Rules, track bool) *kernelpath.Path {
+	t.Helper()
 	pol, err := policy.New(r)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := kernelpath.Setup(kernelpath.Config{Namespace: w.sandbox, ID: w.id, Steps: pol.Steps()})
+	p, err := kernelpath.Setup(kernelpath.Config{Namespace: w.sandbox, ID: w.id, Steps: pol.Steps(), Track: track})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,8 +80,9 @@ func (w *world) setup(t *testing.T, r policy.Rules) *kernelpath.Path {
 	return p
 }
 
-// serveTCP answers each connection with the address it came from.
-func (w *world) serveTCP(t *testing.T, port int) {
+// serve accepts connections on the server's port, each handled by handle
+// on a goroutine of its own.
+func (w *world) serve(t *testing.T, port int, handle func(net.Conn)) {
 	ln := netnstest.Listen(t, w.srv, "tcp4", fmt.Sprintf("%s:%d", w.srvIP, port))
 	go func() {
 		for {
@@ -81,10 +90,14 @@ func (w *world) serveTCP(t *testing.T, port int) {
 			if err != nil {
 				return
 			}
-			fmt.Fprintf(c, "%s\n", c.RemoteAddr())
-			c.Close()
+			go func() { defer c.Close(); handle(c) }()
 		}
 	}()
+}
+
+// serveTCP answers each connection with the address it came from.
+func (w *world) serveTCP(t *testing.T, port int) {
+	w.serve(t, port, func(c net.Conn) { fmt.Fprintf(c, "%s\n", c.RemoteAddr()) })
 }
 
 // dial connects from inside the sandbox and returns the first line the
@@ -105,13 +118,34 @@ func (w *world) dial(port int, timeout time.Duration) (net.Conn, string, error) 
 	return c, strings.TrimSpace(string(buf[:n])), err
 }
 
+// connect opens a TCP connection from inside the sandbox to the server's
+// port, closed when the test ends.
+func (w *world) connect(t *testing.T, port int) net.Conn {
+	t.Helper()
+	var c net.Conn
+	if err := w.sandbox.Do(func() error {
+		var err error
+		c, err = net.DialTimeout("tcp4", fmt.Sprintf("%s:%d", w.srvIP, port), 5*time.Second)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 // sawSYN reads the TUN until it carries a TCP SYN to dst:port: the flow
 // went the router's way.
 func (w *world) sawSYN(t *testing.T, port int) bool {
 	t.Helper()
+	return w.sawSYNTo(t, w.srvIP, port)
+}
+
+func (w *world) sawSYNTo(t *testing.T, to netip.Addr, port int) bool {
+	t.Helper()
 	w.tun.SetReadDeadline(time.Now().Add(3 * time.Second))
 	buf := make([]byte, 65536)
-	dst := w.srvIP.As4()
+	dst := to.As4()
 	for {
 		n, err := w.tun.Read(buf)
 		if err != nil {
@@ -153,15 +187,7 @@ func TestLocalRulesTakeTheKernelAndTheRestTheRouter(t *testing.T) {
 		t.Errorf("the remote flow to port 7002 never reached the TUN (the router)")
 	}
 
-	var echo net.Conn
-	if err := w.sandbox.Do(func() error {
-		var err error
-		echo, err = net.DialTimeout("tcp4", fmt.Sprintf("%s:7005", w.srvIP), 5*time.Second)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer echo.Close()
+	echo := w.connect(t, 7005)
 	exchange(t, echo, "before")
 
 	// Once the sandbox's DNS has answered with the address, the router
@@ -181,16 +207,7 @@ func TestLocalRulesTakeTheKernelAndTheRestTheRouter(t *testing.T) {
 
 // serveEcho echoes every connection's bytes.
 func (w *world) serveEcho(t *testing.T, port int) {
-	ln := netnstest.Listen(t, w.srv, "tcp4", fmt.Sprintf("%s:%d", w.srvIP, port))
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
+	w.serve(t, port, func(c net.Conn) { io.Copy(c, c) })
 }
 
 func exchange(t *testing.T, c net.Conn, msg string) {
@@ -337,5 +354,125 @@ func TestANamedAddressAllLocalTakesTheKernelUntilItsNamesExpire(t *testing.T) {
 	}
 	if !w.sawSYN(t, 7002) {
 		t.Errorf("after the expiry the flow never reached the TUN")
+	}
+}
+
+// A flow to one of the host's own addresses stays with the router, which
+// dials it from the host: delivered locally it would reach the server with
+// the veth's address instead of the host's.
+func TestTheHostsOwnAddressesStayWithTheRouter(t *testing.T) {
+	w := newWorld(t, true)
+	ln, err := net.Listen("tcp4", w.hostIP.String()+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	w.setup(t, policy.Rules{TCP: true, UDP: true})
+	err = w.sandbox.Do(func() error {
+		c, err := net.DialTimeout("tcp4", fmt.Sprintf("%s:%d", w.hostIP, port), 300*time.Millisecond)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	})
+	if err == nil {
+		t.Errorf("a flow to the host's own %s took the kernel path", w.hostIP)
+	}
+	if !w.sawSYNTo(t, w.hostIP, port) {
+		t.Errorf("the flow to the host's own address never reached the TUN")
+	}
+}
+
+// A flow log needs every flow: the kernel path's come from the sandbox's
+// conntrack, ended ones as they end and open ones when the watch stops.
+func TestWatchFlowsReportsEndedAndOpenFlows(t *testing.T) {
+	w := newWorld(t, true)
+	w.serveTCP(t, 7001)
+	w.serveEcho(t, 7005)
+	p := w.setupTracked(t, policy.Rules{TCP: true, UDP: true}, true)
+	var mu sync.Mutex
+	var flows []kernelpath.Flow
+	stop, err := p.WatchFlows(func(f kernelpath.Flow) {
+		mu.Lock()
+		flows = append(flows, f)
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _, err := w.dial(7001, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	// Its end: the entry leaves the table (as at the end of TIME_WAIT).
+	endFlows(t, w.sandbox, w.srvIP, 7001)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		n := len(flows)
+		mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the ended flow was not reported within 10 s (%d flows)", n)
+		}
+		time.Sleep(20 * time.Millisecond) // polling for the event
+	}
+	open := w.connect(t, 7005)
+	exchange(t, open, "still open at the end")
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	byPort := map[uint16]kernelpath.Flow{}
+	for _, f := range flows {
+		if f.Dst.Addr() != w.srvIP || f.Proto != policy.TCP || f.Src.Addr() != p.SandboxAddr() {
+			t.Errorf("unexpected flow %+v", f)
+		}
+		if _, dup := byPort[f.Dst.Port()]; dup {
+			t.Errorf("flow to port %d reported twice", f.Dst.Port())
+		}
+		byPort[f.Dst.Port()] = f
+	}
+	for _, port := range []uint16{7001, 7005} {
+		f, ok := byPort[port]
+		if !ok {
+			t.Errorf("no flow to port %d in %+v", port, flows)
+			continue
+		}
+		if f.BytesOut == 0 || f.BytesIn == 0 || f.Start.IsZero() || f.End.Before(f.Start) {
+			t.Errorf("flow to port %d: %+v: want bytes both ways and start <= end", port, f)
+		}
+	}
+}
+
+// endFlows deletes the sandbox's conntrack entries to dst:port, which is
+// what the kernel does when they time out.
+func endFlows(t *testing.T, ns *netns.Namespace, dst netip.Addr, port uint16) {
+	t.Helper()
+	f, err := os.Open(ns.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	c, err := conntrack.Dial(&mdnetlink.Config{NetNS: int(f.Fd())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	flows, err := c.Dump(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fl := range flows {
+		if fl.TupleOrig.IP.DestinationAddress == dst && fl.TupleOrig.Proto.DestinationPort == port {
+			if err := c.Delete(fl); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 }

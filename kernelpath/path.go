@@ -50,12 +50,16 @@ type Config struct {
 	ID string
 	// Steps is the policy for unnamed destinations (policy.Policy.Steps).
 	Steps []policy.Step
+	// Track keeps the kernel path's flows in the sandbox's conntrack, with
+	// byte counters and timestamps, for WatchFlows (a flow log).
+	Track bool
 }
 
 // Path is a sandbox's kernel path, set up.
 type Path struct {
 	id, hostLink string
 	ns           *netns.Namespace
+	track        bool
 	sandboxAddr  netip.Prefix // tpk0's address
 	hostAddr     netip.Prefix
 	routes       []hostRoute
@@ -76,7 +80,7 @@ func Setup(cfg Config) (p *Path, err error) {
 	if len(cfg.ID) == 0 || len(HostLinkPrefix+cfg.ID) >= unix.IFNAMSIZ {
 		return nil, fmt.Errorf("kernel path: run id %q is invalid: want 1-%d characters", cfg.ID, unix.IFNAMSIZ-1-len(HostLinkPrefix))
 	}
-	p = &Path{id: cfg.ID, hostLink: HostLinkPrefix + cfg.ID, ns: cfg.Namespace, named: map[netip.Addr]*namedState{}}
+	p = &Path{id: cfg.ID, hostLink: HostLinkPrefix + cfg.ID, ns: cfg.Namespace, named: map[netip.Addr]*namedState{}, track: cfg.Track}
 	defer func() {
 		if err != nil {
 			err = errors.Join(fmt.Errorf("kernel path: %w", err), p.Close())
@@ -120,8 +124,10 @@ func Setup(cfg Config) (p *Path, err error) {
 	if err := p.configureSandbox(cfg.Steps); err != nil {
 		return p, err
 	}
-	if err := p.untrack(); err != nil {
-		return p, err
+	if !p.track {
+		if err := p.untrack(); err != nil {
+			return p, err
+		}
 	}
 	return p, nil
 }
@@ -157,12 +163,12 @@ func (p *Path) addLink(h *netlink.Handle) error {
 	if err != nil {
 		return fmt.Errorf("find %s: %w", p.hostLink, err)
 	}
-	if err := h.AddrAdd(l, &netlink.Addr{IPNet: ipNet(p.hostAddr)}); err != nil {
+	if err := h.AddrAdd(l, &netlink.Addr{IPNet: netns.IPNet(p.hostAddr)}); err != nil {
 		return fmt.Errorf("address %s on %s: %w", p.hostAddr, p.hostLink, err)
 	}
 	// Forwarding for this link only: it lets the sandbox's packets through;
 	// replies need it on the link they come in by (see hostRoutes).
-	if err := writeSysctl(filepath.Join("net/ipv4/conf", p.hostLink, "forwarding"), "1"); err != nil {
+	if err := netns.WriteSysctl(filepath.Join("net/ipv4/conf", p.hostLink, "forwarding"), "1"); err != nil {
 		return err
 	}
 	if err := h.LinkSetUp(l); err != nil {
@@ -240,8 +246,16 @@ func (p *Path) sandboxSysctls() error {
 	// Replies come in on the veth from addresses the main table routes to
 	// the TUN: strict reverse-path filtering would drop them.
 	for _, key := range []string{"net/ipv4/conf/all/rp_filter", filepath.Join("net/ipv4/conf", SandboxLink, "rp_filter")} {
-		if err := writeSysctl(key, "0"); err != nil {
+		if err := netns.WriteSysctl(key, "0"); err != nil {
 			return err
+		}
+	}
+	if p.track {
+		// Per namespace: the host's conntrack is not changed.
+		for _, key := range []string{"net/netfilter/nf_conntrack_acct", "net/netfilter/nf_conntrack_timestamp"} {
+			if err := netns.WriteSysctl(key, "1"); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -261,7 +275,7 @@ func (p *Path) configureSandbox(steps []policy.Step) error {
 		return fmt.Errorf("find %s in the sandbox: %w", SandboxLink, err)
 	}
 	p.vethIndex = l.Attrs().Index
-	if err := h.AddrAdd(l, &netlink.Addr{IPNet: ipNet(p.sandboxAddr)}); err != nil {
+	if err := h.AddrAdd(l, &netlink.Addr{IPNet: netns.IPNet(p.sandboxAddr)}); err != nil {
 		return fmt.Errorf("address %s on %s: %w", p.sandboxAddr, SandboxLink, err)
 	}
 	if err := h.LinkSetUp(l); err != nil {
@@ -277,7 +291,13 @@ func (p *Path) configureSandbox(steps []policy.Step) error {
 // flow the rules mark for it that the host would not forward goes to the
 // router instead.
 func (p *Path) Forwards(a netip.Addr) bool {
-	r, ok := lookup(p.routes, a.Unmap())
+	a = a.Unmap()
+	for _, n := range neverKernel {
+		if n.Contains(a) {
+			return false
+		}
+	}
+	r, ok := lookup(p.routes, a)
 	return ok && r.forward
 }
 
@@ -300,19 +320,7 @@ func (p *Path) Close() error {
 	p.mu.Unlock()
 	if p.hostRulesAdded && p.removeHostRules() == nil {
 		// The link (and its other end) next; one iptables exec spared.
-		return p.deleteLink()
+		return deleteLink(p.hostLink)
 	}
 	return RemoveLeftovers(p.id)
-}
-
-func ipNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
-}
-
-// writeSysctl writes /proc/sys/KEY of the calling thread's namespace.
-func writeSysctl(key, val string) error {
-	if err := os.WriteFile(filepath.Join("/proc/sys", key), []byte(val), 0o644); err != nil {
-		return fmt.Errorf("sysctl %s=%s: %w", key, val, err)
-	}
-	return nil
 }

@@ -15,8 +15,7 @@ import (
 // kernel path may take flows to it.
 type hostRoute struct {
 	prefix netip.Prefix
-	// forward: the host forwards replies from the route's interface (or the
-	// range is the host's own address, delivered without forwarding).
+	// forward: the host forwards replies from the route's interface.
 	forward bool
 	dev     string
 }
@@ -53,7 +52,10 @@ func hostRoutes(h *netlink.Handle) ([]hostRoute, error) {
 		}
 		out = append(out, hr)
 	}
-	// The host's own addresses are delivered, not forwarded.
+	// The host's own addresses stay with the router: delivered locally, a
+	// flow would not be masqueraded, and a server there would see the
+	// veth's address where the router's dial shows the host's own (a
+	// database's client rules would refuse it).
 	addrs, err := h.AddrList(nil, unix.AF_INET)
 	if err != nil {
 		return nil, fmt.Errorf("list the host's addresses: %w", err)
@@ -63,7 +65,7 @@ func hostRoutes(h *netlink.Handle) ([]hostRoute, error) {
 		if !ok || ip.Unmap().IsLoopback() {
 			continue
 		}
-		out = append(out, hostRoute{prefix: netip.PrefixFrom(ip.Unmap(), 32), forward: true, dev: "local"})
+		out = append(out, hostRoute{prefix: netip.PrefixFrom(ip.Unmap(), 32), dev: "local"})
 	}
 	return out, nil
 }

@@ -42,7 +42,7 @@ func (p *Path) addRoutes(h *netlink.Handle, link netlink.Link) error {
 		if linkRange.Overlaps(r.prefix) && r.prefix.Bits() >= linkRange.Bits() {
 			continue // another run's veth (its throw is below)
 		}
-		rt := &netlink.Route{Table: routeTable, Dst: ipNet(r.prefix)}
+		rt := &netlink.Route{Table: routeTable, Dst: netns.IPNet(r.prefix)}
 		if r.forward {
 			rt.LinkIndex, rt.Gw, rt.Src = link.Attrs().Index, gw, src
 		} else {
@@ -53,7 +53,7 @@ func (p *Path) addRoutes(h *netlink.Handle, link netlink.Link) error {
 		}
 	}
 	for _, n := range neverKernel {
-		if err := add(&netlink.Route{Table: routeTable, Dst: ipNet(n), Type: unix.RTN_THROW}, n); err != nil {
+		if err := add(&netlink.Route{Table: routeTable, Dst: netns.IPNet(n), Type: unix.RTN_THROW}, n); err != nil {
 			return err
 		}
 	}
@@ -80,7 +80,7 @@ func (p *Path) addRules(h *netlink.Handle, steps []policy.Step) error {
 	} {
 		rule := netlink.NewRule()
 		rule.Family, rule.Priority, rule.Table = unix.AF_INET, r.prio, r.table
-		rule.Src = ipNet(netip.PrefixFrom(r.src, 32))
+		rule.Src = netns.IPNet(netip.PrefixFrom(r.src, 32))
 		if err := h.RuleAdd(rule); err != nil {
 			return fmt.Errorf("routing rule %d from %s: %w", r.prio, r.src, err)
 		}
@@ -112,7 +112,7 @@ func (p *Path) addRules(h *netlink.Handle, steps []policy.Step) error {
 				r.Table = routeTable
 			}
 			if s.Prefix.IsValid() && s.Prefix.Bits() > 0 {
-				r.Dst = ipNet(s.Prefix.Masked())
+				r.Dst = netns.IPNet(s.Prefix.Masked())
 			}
 			if s.Port != 0 {
 				r.Dport = netlink.NewRulePortRange(s.Port, s.Port)
@@ -128,9 +128,8 @@ func (p *Path) addRules(h *netlink.Handle, steps []policy.Step) error {
 
 // namedState is what the kernel path does with a named address.
 type namedState struct {
-	kernel bool
-	gen    uint64 // which Named call armed expiry
-	expiry *time.Timer
+	gen    uint64      // which Named call decided last
+	expiry *time.Timer // armed while a takes the kernel path
 }
 
 // Named tells the kernel path that the names a stands for changed: local
@@ -166,7 +165,6 @@ func (p *Path) Named(a netip.Addr, local bool, until time.Time) error {
 	if err := p.routeNamed(a, kernel); err != nil {
 		return err
 	}
-	st.kernel = kernel
 	if kernel {
 		gen := st.gen
 		st.expiry = time.AfterFunc(time.Until(until), func() { p.expire(a, gen) })
@@ -180,22 +178,23 @@ func (p *Path) expire(a netip.Addr, gen uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	st := p.named[a]
-	if p.inside == nil || st == nil || st.gen != gen || !st.kernel {
+	// A later Named call stopped this timer or will: only the call that
+	// armed it (to the kernel path) may undo it.
+	if p.inside == nil || st == nil || st.gen != gen {
 		return
 	}
+	st.expiry = nil
 	if err := p.routeNamed(a, false); err != nil {
 		// The router's decision would differ only if the names expired
 		// changed it; retry soon rather than leave it.
 		st.expiry = time.AfterFunc(time.Second, func() { p.expire(a, gen) })
-		return
 	}
-	st.kernel = false
 }
 
 // routeNamed sets a's route in the named table: the veth (kernel) or the
 // TUN (router). Called with p.mu held.
 func (p *Path) routeNamed(a netip.Addr, kernel bool) error {
-	rt := &netlink.Route{Table: namedTable, Dst: ipNet(netip.PrefixFrom(a, 32))}
+	rt := &netlink.Route{Table: namedTable, Dst: netns.IPNet(netip.PrefixFrom(a, 32))}
 	if kernel {
 		rt.LinkIndex = p.vethIndex
 		rt.Gw = net.IP(p.hostAddr.Addr().AsSlice())

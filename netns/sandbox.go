@@ -158,7 +158,7 @@ func configureTUNLink(h *netlink.Handle, opts SandboxLink, addrs []netip.Prefix)
 		}
 	}
 	for _, p := range addrs {
-		a := &netlink.Addr{IPNet: ipNet(p)}
+		a := &netlink.Addr{IPNet: IPNet(p)}
 		if p.Addr().Is6() {
 			a.Flags = unix.IFA_F_NODAD
 		}
@@ -209,12 +209,12 @@ func writeSandboxSysctls(name string) error {
 		"net/ipv4/ip_unprivileged_port_start": "0",
 	}
 	for key, val := range sysctls {
-		err := writeSysctl(key, val)
+		err := WriteSysctl(key, val)
 		if err != nil && key == "net/ipv4/ping_group_range" && errors.Is(err, unix.EINVAL) {
 			// In a user namespace only its mapped groups are valid: a
 			// rootless run maps the user's own.
 			g := os.Getegid()
-			err = writeSysctl(key, fmt.Sprintf("%d %d", g, g))
+			err = WriteSysctl(key, fmt.Sprintf("%d %d", g, g))
 		}
 		if err != nil {
 			return err
@@ -223,13 +223,15 @@ func writeSandboxSysctls(name string) error {
 	return nil
 }
 
-func ipNet(p netip.Prefix) *net.IPNet {
+// IPNet is p as netlink's routes and addresses take it.
+func IPNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
-// writeSysctl writes /proc/sys/KEY. /proc/sys/net belongs to the network
-// namespace of the thread that opens it, so call it inside Do.
-func writeSysctl(key, val string) error {
+// WriteSysctl writes /proc/sys/KEY. /proc/sys/net belongs to the network
+// namespace of the thread that opens it: for a namespace's own, call it
+// inside Do.
+func WriteSysctl(key, val string) error {
 	path := filepath.Join("/proc/sys", key)
 	if err := os.WriteFile(path, []byte(val), 0o644); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
@@ -249,7 +251,7 @@ func writeSysctl(key, val string) error {
 func addLoopback6Return(h *netlink.Handle, index int) error {
 	r := &netlink.Route{
 		LinkIndex: index,
-		Dst:       ipNet(netip.PrefixFrom(netip.IPv6Loopback(), 128)),
+		Dst:       IPNet(netip.PrefixFrom(netip.IPv6Loopback(), 128)),
 		Type:      unix.RTN_LOCAL,
 		Table:     unix.RT_TABLE_LOCAL,
 		Scope:     netlink.SCOPE_HOST,

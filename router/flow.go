@@ -41,15 +41,9 @@ func (r *Router) newFlow(proto policy.Proto, src, dst netip.AddrPort) *flow {
 		appListens = r.cfg.AppListens(proto, dst.Port())
 	}
 	f.decision = r.cfg.Policy.Decide(policy.Flow{Proto: proto, Dst: dst, Host: f.host, Names: names.names, AppListens: appListens})
-	// The log names the host the app asked for, or else one the address
-	// stands for (an IP literal to a rule's host).
-	host := f.host
-	if host == "" && len(names.names) > 0 {
-		host = names.names[0]
-	}
 	f.rec = FlowRecord{
 		Start: time.Now(), Proto: proto.String(), Src: src.String(), Dst: dst.String(),
-		Host: host, Route: f.decision.Route.String(), Rule: f.decision.Rule,
+		Host: names.logName(), Route: f.decision.Route.String(), Rule: f.decision.Rule,
 	}
 	return f
 }

@@ -22,6 +22,9 @@ type FlowRecord struct {
 	BytesOut int64     `json:"bytes_out"`
 	BytesIn  int64     `json:"bytes_in"`
 	Error    string    `json:"error,omitempty"`
+	// Via is "kernel" for a flow of the kernel path (whose bytes count IP
+	// packets, headers included); absent for the router's own.
+	Via string `json:"via,omitempty"`
 }
 
 const (

@@ -76,6 +76,16 @@ type nameView struct {
 	names []string
 }
 
+// logName is the name a flow's record gives its destination: the host the
+// app asked for, or else one the address stands for (an IP literal to a
+// rule's host).
+func (v nameView) logName() string {
+	if v.host == "" && len(v.names) > 0 {
+		return v.names[0]
+	}
+	return v.host
+}
+
 func newNameTable() *nameTable { return &nameTable{byAddr: map[netip.Addr]*addrNames{}} }
 
 // record says that name stands for addr until ttl (at least

@@ -273,6 +273,13 @@ func newServiceNet(t *testing.T) *serviceNet {
 	return s
 }
 
+// forward lets the host forward on the service's link, by which replies
+// come in: the kernel path then takes flows to the service.
+func (s *serviceNet) forward(t *testing.T) {
+	t.Helper()
+	must(t, netns.WriteSysctl(filepath.Join("net/ipv4/conf", s.hostLink, "forwarding"), "1"))
+}
+
 func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {

@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -8,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/trafficpolice/trafficpolice/netns/netnstest"
+	"github.com/trafficpolice/trafficpolice/router"
 )
 
 // kernelPathScript runs `ip route get` for ports 7000 and 7001 of the service,
@@ -24,8 +26,7 @@ func TestLocalRulesTakeTheKernelPathAndNamesTheRouter(t *testing.T) {
 	netnstest.RequireRoot(t)
 	cleanCheck(t)
 	svc := newServiceNet(t)
-	// The host forwards on the service's link (its replies come in there).
-	must(t, os.WriteFile(filepath.Join("/proc/sys/net/ipv4/conf", svc.hostLink, "forwarding"), []byte("1"), 0o644))
+	svc.forward(t)
 	serveEcho(svc.listen(t, 7000))
 	hosts := filepath.Join(t.TempDir(), "hosts")
 	must(t, os.WriteFile(hosts, []byte(svc.svcIP.String()+" svc.kernelpath.test\n"), 0o644))
@@ -63,5 +64,43 @@ func TestLocalRulesTakeTheKernelPathAndNamesTheRouter(t *testing.T) {
 	}
 	if strings.Contains(r.stdout, "tpk0") {
 		t.Errorf("--no-kernel-path still routes to the kernel path:\n%s", r.stdout)
+	}
+}
+
+// With a flow log the kernel path stays on, and its flows are in the log,
+// from the sandbox's conntrack.
+func TestFlowLogRecordsTheKernelPathsFlows(t *testing.T) {
+	netnstest.RequireRoot(t)
+	cleanCheck(t)
+	svc := newServiceNet(t)
+	svc.forward(t)
+	serveEcho(svc.listen(t, 7000))
+	logPath := filepath.Join(t.TempDir(), "flows.jsonl")
+	addr := fmt.Sprintf("%s:7000", svc.svcIP)
+	script := fmt.Sprintf("ip -4 -o route get %s ipproto tcp dport 7000 && %s dial %s", svc.svcIP, probe(t), addr)
+	r := run(t, nil, ExtraRules{}, []string{"sh", "-c", script}, func(o *Options) { o.FlowLog = logPath })
+	if r.code != 0 {
+		t.Fatalf("%+v", r)
+	}
+	if !strings.Contains(r.stdout, "dev tpk0") {
+		t.Fatalf("with a flow log the flow did not take the kernel path:\n%s", r.stdout)
+	}
+	b, err := os.ReadFile(logPath)
+	must(t, err)
+	var found bool
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		var rec router.FlowRecord
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("flow log line %q: %v", line, err)
+		}
+		if rec.Dst == addr {
+			found = true
+			if rec.Via != "kernel" || rec.Route != "local" || rec.Proto != "tcp" || rec.BytesOut == 0 || rec.BytesIn == 0 || rec.Start.IsZero() || rec.End.Before(rec.Start) {
+				t.Errorf("record %+v: want via kernel, local, tcp, bytes both ways, start <= end", rec)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("no record of %s in the flow log:\n%s", addr, b)
 	}
 }

@@ -84,8 +84,8 @@ type Options struct {
 	// use it to look inside).
 	Started func(namespace string, pid int)
 
-	// named is the kernel path's Named, once it is set up.
-	named func(netip.Addr, bool, time.Time) error
+	// kernel is the run's kernel path, once it is set up.
+	kernel *kernelPath
 }
 
 // Agent is what a run needs of the tunnel to the agent: the router's
@@ -117,7 +117,7 @@ func Run(ctx context.Context, o Options) (int, error) {
 	if o.Rootless && o.Image != "" {
 		return 0, errors.New("--image needs root: containers run through the system's containerd, which a rootless run cannot reach; run with sudo (rootless containerd is not supported yet)")
 	}
-	rec, err := newRecord(o.Rootless)
+	rec, err := newRecord(o.Rootless, !o.Rootless && !o.NoKernelPath)
 	if err != nil {
 		return 0, err
 	}
@@ -148,7 +148,7 @@ func Run(ctx context.Context, o Options) (int, error) {
 			}
 			rec.KernelPath = false
 		}()
-		o.named = kp.Named
+		o.kernel = kp
 	}
 	files, err := writeResolverFiles(rec.dir(), o)
 	if err != nil {
@@ -176,6 +176,14 @@ func Run(ctx context.Context, o Options) (int, error) {
 	return code, err
 }
 
+// kernelNamed is the kernel path's Named for the router; nil without one.
+func (o Options) kernelNamed() func(netip.Addr, bool, time.Time) error {
+	if o.kernel == nil {
+		return nil
+	}
+	return o.kernel.Named
+}
+
 // withDefaults fills in the zero values of o.
 func (o Options) withDefaults() Options {
 	if o.Logger == nil {
@@ -195,13 +203,15 @@ func (o Options) withDefaults() Options {
 }
 
 // newRecord names a new run and writes its record before anything is
-// created, so that whatever exists can always be found and removed.
-func newRecord(rootless bool) (*record, error) {
+// created, so that whatever exists can always be found and removed;
+// kernelPath says the run will set up a kernel path (host rules and a link
+// named after its id).
+func newRecord(rootless, kernelPath bool) (*record, error) {
 	id, err := newID()
 	if err != nil {
 		return nil, err
 	}
-	rec := &record{ID: id, PID: os.Getpid(), PIDStart: processStart(os.Getpid()), Created: time.Now(), Base: stateDir()}
+	rec := &record{ID: id, PID: os.Getpid(), PIDStart: processStart(os.Getpid()), Created: time.Now(), Base: stateDir(), KernelPath: kernelPath}
 	if !rootless {
 		rec.Namespace = NamespacePrefix + id
 	}
@@ -242,6 +252,14 @@ func startServices(ctx context.Context, ns space, tun *os.File, o Options) (stop
 	}
 	stops = append(stops, func() { rt.Close() }, watch.stop)
 	flowLogErr = rt.FlowLogErr
+	if kp := o.kernel; kp != nil && kp.stopWatch != nil {
+		// Stopped before the router closes its log: the flows still open
+		// are written as the run ends.
+		kp.log.Store(rt)
+		var watchErr error
+		stops = append(stops, func() { watchErr = kp.stopWatch() })
+		flowLogErr = func() error { return errors.Join(watchErr, rt.FlowLogErr()) }
+	}
 	in, err := newIncoming(ns, o, o.Agent)
 	if err != nil {
 		return nil, err
@@ -441,7 +459,7 @@ func startRouter(ctx context.Context, ns space, tun *os.File, o Options) (*route
 		DNSAddrs:      dnsAddrs,
 		LocalResolver: router.NewHostResolver(o.HostResolvConf, o.HostHosts),
 		FlowLog:       flowLog,
-		Named:         o.named,
+		Named:         o.kernelNamed(),
 		Logger:        o.Logger,
 	}
 	if o.Agent != nil {

@@ -59,8 +59,10 @@ type record struct {
 	Namespace string `json:"namespace,omitempty"`
 	// Holder is a rootless run's holder process, once started.
 	Holder *heldRecord `json:"holder,omitempty"`
-	// KernelPath: the run set up (or began to) a kernel path, whose host
-	// link and rules are named after ID.
+	// KernelPath: the run sets up a kernel path, whose host link and rules
+	// are named after ID. Written with the first record, so a run killed
+	// during that set-up leaves rules a later run finds; cleared once
+	// they are removed.
 	KernelPath bool `json:"kernel_path,omitempty"`
 	// Base is the state folder the record lives in.
 	Base     string    `json:"-"`

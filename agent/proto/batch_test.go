@@ -135,15 +135,7 @@ func TestBatchedSessionCarriesStreams(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer srv.Close()
-			go func() {
-				for {
-					s, err := srv.Accept()
-					if err != nil {
-						return
-					}
-					go func() { io.Copy(s, s); s.Close() }()
-				}
-			}()
+			go echoStreams(srv)
 			var wg sync.WaitGroup
 			for range 8 {
 				wg.Add(1)
@@ -192,15 +184,7 @@ func BenchmarkTunnel(b *testing.B) {
 			ln.Close()
 			cli, _ := yamux.Client(wrap(a), MuxConfig(nil))
 			srv, _ := yamux.Server(wrap(srvConn), MuxConfig(nil))
-			go func() {
-				for {
-					s, err := srv.Accept()
-					if err != nil {
-						return
-					}
-					go func() { io.Copy(s, s); s.Close() }()
-				}
-			}()
+			go echoStreams(srv)
 			return cli, func() { cli.Close(); srv.Close() }
 		}
 		b.Run(mode+"/bulk64k", func(b *testing.B) {
@@ -257,3 +241,14 @@ func TestBatchCloseDoesNotWaitForeverOnAStuckPeer(t *testing.T) {
 type noDeadlines struct{ net.Conn }
 
 func (noDeadlines) SetWriteDeadline(time.Time) error { return errors.New("deadlines not supported") }
+
+// echoStreams echoes every stream the session accepts, until it ends.
+func echoStreams(sess *yamux.Session) {
+	for {
+		s, err := sess.Accept()
+		if err != nil {
+			return
+		}
+		go func() { io.Copy(s, s); s.Close() }()
+	}
+}

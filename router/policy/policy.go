@@ -77,6 +77,9 @@ type Policy struct {
 	localSet, remoteSet      bool
 	dnsLocalSet, dnsRemotSet bool
 
+	// ports are the destination ports UniformRoute tries (portsThatDiffer).
+	ports []uint16
+
 	mu            sync.RWMutex
 	searchDomains []string
 }
@@ -106,7 +109,28 @@ func New(r Rules) (*Policy, error) {
 	if p.dnsRemote, p.dnsRemotSet, err = parseList("dns.remote", r.DNSRemote); err != nil {
 		return nil, err
 	}
+	p.ports = portsThatDiffer(p.block, p.local, p.remote)
 	return p, nil
+}
+
+// portsThatDiffer is every port an entry names and one it does not, which
+// stands for all the others: they decide alike (UniformRoute).
+func portsThatDiffer(lists ...[]Entry) []uint16 {
+	named := map[uint16]bool{}
+	var out []uint16
+	for _, list := range lists {
+		for _, e := range list {
+			if e.Port != 0 && !named[e.Port] {
+				named[e.Port] = true
+				out = append(out, e.Port)
+			}
+		}
+	}
+	other := uint16(1)
+	for named[other] {
+		other++
+	}
+	return append(out, other)
 }
 
 func parseList(name string, raw []string) ([]Entry, bool, error) {
@@ -454,22 +478,9 @@ func (p *Policy) UniformRoute(dst netip.Addr, names []string) (Decision, bool) {
 	if _, loop := Loopback(dst); loop {
 		return Decision{}, false
 	}
-	ports := map[uint16]bool{}
-	for _, list := range [][]Entry{p.block, p.local, p.remote} {
-		for _, e := range list {
-			if e.Port != 0 {
-				ports[e.Port] = true
-			}
-		}
-	}
-	other := uint16(1)
-	for ports[other] {
-		other++
-	}
-	ports[other] = true
 	var first Decision
 	n := 0
-	for port := range ports {
+	for _, port := range p.ports {
 		for _, proto := range []Proto{TCP, UDP} {
 			d := p.Decide(Flow{Proto: proto, Dst: netip.AddrPortFrom(dst, port), Names: names})
 			if n == 0 {

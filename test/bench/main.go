@@ -41,6 +41,7 @@ type options struct {
 	rows       *regexp.Regexp
 	flows      int
 	profile    string
+	trace      bool
 	tp         string
 	noRemote   bool
 	verbose    bool
@@ -62,6 +63,7 @@ func benchMain(args []string) int {
 	fs.StringVar(&rows, "rows", "", "only run row groups matching this regexp: tcp1, tcp8, rr, crr, udp, dns, mem, start, with a path prefix: local, router, rootless, remote, pasta, slirp4netns (e.g. 'local/tcp')")
 	fs.IntVar(&o.flows, "flows", 10000, "idle flows for the memory row")
 	fs.StringVar(&o.profile, "profile", "", "save trafficpolice's CPU profile of each throughput, latency, rate and UDP row (and the agent's, on the remote path), and the memory rows' heap profiles, goroutine stacks and memstats, into this directory")
+	fs.BoolVar(&o.trace, "trace", false, "with -profile: save execution traces (go tool trace; -pprof=sched shows where goroutines waited to run) instead of CPU profiles")
 	fs.StringVar(&o.tp, "trafficpolice", "", "use this trafficpolice binary instead of building one")
 	fs.BoolVar(&o.noRemote, "no-remote", false, "skip the remote path (no agent)")
 	fs.BoolVar(&o.verbose, "v", false, "say what runs, on stderr")
@@ -129,7 +131,7 @@ func bench(ctx context.Context, o options) (*report, error) {
 	// The sandboxed client may run as another user: it must reach its binary.
 	os.Chmod(tmp, 0o755)
 
-	r := &runner{tmp: tmp, profile: o.profile, verbose: o.verbose, mtu: o.mtu}
+	r := &runner{tmp: tmp, profile: o.profile, trace: o.trace, verbose: o.verbose, mtu: o.mtu}
 	if r.self, err = copySelf(tmp); err != nil {
 		return nil, err
 	}

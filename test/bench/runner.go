@@ -72,6 +72,7 @@ type runner struct {
 	token      string
 	pin        string // the agent's key fingerprint, pinned by runs; "" for a trafficpolice without TLS
 	profile    string // directory for CPU profiles; "" for none
+	trace      bool   // execution traces instead of CPU profiles
 	verbose    bool
 	mtu        int // the sandbox TUN's MTU; 0 for trafficpolice's default
 	// restored counts the times another program had turned forwarding
@@ -209,7 +210,7 @@ func (r *runner) run(ctx context.Context, p path, args []string, profileName str
 			// The client needs a moment to connect; then sample the
 			// steady state.
 			time.Sleep(200 * time.Millisecond)
-			if err := saveProfile(ctx, http.DefaultClient, pr.debugAddr, filepath.Join(r.profile, profileName+".pprof"), profileFor); err != nil {
+			if err := r.saveProfile(ctx, http.DefaultClient, pr.debugAddr, filepath.Join(r.profile, profileName+".pprof"), profileFor); err != nil {
 				fmt.Fprintf(os.Stderr, "bench: profile %s: %v\n", profileName, err)
 			}
 		}()
@@ -217,7 +218,7 @@ func (r *runner) run(ctx context.Context, p path, args []string, profileName str
 		if p == remotePath && r.agentDebug != "" {
 			go func() {
 				time.Sleep(200 * time.Millisecond)
-				if err := saveProfile(ctx, r.agentClient(), r.agentDebug, filepath.Join(r.profile, profileName+"-agent.pprof"), profileFor); err != nil {
+				if err := r.saveProfile(ctx, r.agentClient(), r.agentDebug, filepath.Join(r.profile, profileName+"-agent.pprof"), profileFor); err != nil {
 					fmt.Fprintf(os.Stderr, "bench: agent profile %s: %v\n", profileName, err)
 				}
 			}()
@@ -226,12 +227,17 @@ func (r *runner) run(ctx context.Context, p path, args []string, profileName str
 	return pr.wait()
 }
 
-func saveProfile(ctx context.Context, c *http.Client, addr, file string, d time.Duration) error {
+func (r *runner) saveProfile(ctx context.Context, c *http.Client, addr, file string, d time.Duration) error {
 	secs := max(1, int(d.Seconds()))
+	kind := "profile"
+	if r.trace {
+		kind = "trace"
+		file = strings.TrimSuffix(file, ".pprof") + ".trace"
+	}
 	var body []byte
 	var err error
 	for range 20 {
-		body, err = httpGetWith(ctx, c, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, secs))
+		body, err = httpGetWith(ctx, c, fmt.Sprintf("http://%s/debug/pprof/%s?seconds=%d", addr, kind, secs))
 		if err == nil {
 			break
 		}

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -113,7 +112,7 @@ func buildTopology() (t *topology, err error) {
 		return t, err
 	}
 	for _, l := range []string{t.podLink, t.srvLink} {
-		if err := writeSysctl(fmt.Sprintf("net/ipv4/conf/%s/forwarding", l), "1"); err != nil {
+		if err := netns.WriteSysctl(fmt.Sprintf("net/ipv4/conf/%s/forwarding", l), "1"); err != nil {
 			return t, err
 		}
 	}
@@ -148,7 +147,7 @@ func (t *topology) ensureForwarding() (bool, error) {
 		if strings.TrimSpace(string(b)) == "1" {
 			continue
 		}
-		if err := writeSysctl(key, "1"); err != nil {
+		if err := netns.WriteSysctl(key, "1"); err != nil {
 			return restored, err
 		}
 		restored = true
@@ -194,10 +193,6 @@ func overlapsRoute(p netip.Prefix, routes []netlink.Route) bool {
 	return false
 }
 
-func ipNet(a netip.Addr, bits int) *net.IPNet {
-	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, 32)}
-}
-
 // addVeth links ns to the host: hostName (hostIP) on the host, eth0 (nsIP)
 // inside, with a default route inside via hostIP.
 func (t *topology) addVeth(hostName string, ns *netns.Namespace, hostIP, nsIP netip.Addr, subnet netip.Prefix) error {
@@ -225,7 +220,7 @@ func (t *topology) addVeth(hostName string, ns *netns.Namespace, hostIP, nsIP ne
 	if err != nil {
 		return fmt.Errorf("move %sx into %s: %w", hostName, ns.Name(), err)
 	}
-	if err := netlink.AddrAdd(host, &netlink.Addr{IPNet: ipNet(hostIP, subnet.Bits())}); err != nil {
+	if err := netlink.AddrAdd(host, &netlink.Addr{IPNet: netns.IPNet(netip.PrefixFrom(hostIP, subnet.Bits()))}); err != nil {
 		return fmt.Errorf("address %s on %s: %w", hostIP, hostName, err)
 	}
 	if err := netlink.LinkSetUp(host); err != nil {
@@ -246,7 +241,7 @@ func (t *topology) addVeth(hostName string, ns *netns.Namespace, hostIP, nsIP ne
 		if err := netlink.LinkSetName(in, "eth0"); err != nil {
 			return fmt.Errorf("rename %sx to eth0: %w", hostName, err)
 		}
-		if err := netlink.AddrAdd(in, &netlink.Addr{IPNet: ipNet(nsIP, subnet.Bits())}); err != nil {
+		if err := netlink.AddrAdd(in, &netlink.Addr{IPNet: netns.IPNet(netip.PrefixFrom(nsIP, subnet.Bits()))}); err != nil {
 			return fmt.Errorf("address %s in %s: %w", nsIP, ns.Name(), err)
 		}
 		if err := netlink.LinkSetUp(in); err != nil {
@@ -265,7 +260,7 @@ func addAddr(link string, a netip.Addr, bits int) error {
 	if err != nil {
 		return fmt.Errorf("find %s: %w", link, err)
 	}
-	if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: ipNet(a, bits)}); err != nil {
+	if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: netns.IPNet(netip.PrefixFrom(a, bits))}); err != nil {
 		return fmt.Errorf("address %s on %s: %w", a, link, err)
 	}
 	return nil
@@ -326,13 +321,6 @@ func (t *topology) close() error {
 	return errors.Join(errs...)
 }
 
-func writeSysctl(key, val string) error {
-	if err := os.WriteFile(filepath.Join("/proc/sys", key), []byte(val), 0o644); err != nil {
-		return fmt.Errorf("sysctl %s=%s: %w", key, val, err)
-	}
-	return nil
-}
-
 func removeIfExists(path string) error {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
@@ -367,7 +355,8 @@ func sweepStale() []string {
 		}
 		deleteLink(t.podLink)
 		deleteLink(t.srvLink)
-		removeTaggedRules(namePrefix + st.ID)
+		// Best effort, as the rest of the sweep: what stays is retried next time.
+		_ = netns.DeleteTaggedRules(namePrefix+st.ID, netns.TableChain{Table: "nat", Chain: "POSTROUTING"}, netns.TableChain{Table: "filter", Chain: "FORWARD"})
 		os.Remove(path)
 		removed = append(removed, st.ID)
 	}
@@ -377,28 +366,4 @@ func sweepStale() []string {
 func isBench(pid int) bool {
 	exe, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
 	return err == nil && strings.Contains(filepath.Base(exe), "bench")
-}
-
-// removeTaggedRules deletes the host rules carrying comment.
-func removeTaggedRules(comment string) {
-	ipt, err := iptables.NewWithProtocol(iptables.ProtocolIPv4)
-	if err != nil {
-		return
-	}
-	for _, tc := range [][2]string{{"nat", "POSTROUTING"}, {"filter", "FORWARD"}} {
-		rules, err := ipt.List(tc[0], tc[1])
-		if err != nil {
-			continue
-		}
-		for _, r := range rules {
-			if !strings.Contains(r, comment) || !strings.HasPrefix(r, "-A ") {
-				continue
-			}
-			spec := strings.Fields(strings.TrimPrefix(r, "-A "+tc[1]+" "))
-			for i := range spec {
-				spec[i] = strings.Trim(spec[i], `"`)
-			}
-			ipt.Delete(tc[0], tc[1], spec...)
-		}
-	}
 }
