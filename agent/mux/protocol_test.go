@@ -278,3 +278,95 @@ func TestCloseWakesBlockedWrite(t *testing.T) {
 		t.Fatalf("after Close: %v, want FIN", h)
 	}
 }
+
+// TestOnReadable: an idle reader parked in OnReadable is called for data,
+// FIN, reset and the session's end, and no more once it stopped.
+func TestOnReadable(t *testing.T) {
+	accept := func(t *testing.T, s *Session, p *rawPeer, id uint32) (*Stream, chan struct{}, func()) {
+		t.Helper()
+		p.send(header{typ: typeWindowUpdate, flags: flagSYN, streamID: id}, nil)
+		st, err := s.AcceptStream()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h := p.next(); h.flags != flagACK {
+			t.Fatalf("accept sent %v, want ACK", h)
+		}
+		calls := make(chan struct{}, 16)
+		stop := st.OnReadable(func() { calls <- struct{}{} })
+		if st.Readable() {
+			t.Fatal("a new stream is readable")
+		}
+		return st, calls, stop
+	}
+	called := func(t *testing.T, calls chan struct{}, what string) {
+		t.Helper()
+		select {
+		case <-calls:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no callback for %s", what)
+		}
+	}
+	t.Run("data then FIN", func(t *testing.T) {
+		s, p := newRawServer(t, Config{})
+		st, calls, _ := accept(t, s, p, 1)
+		p.send(header{typ: typeData, streamID: 1, length: 2}, []byte("hi"))
+		called(t, calls, "data")
+		if !st.Readable() {
+			t.Fatal("not readable after data")
+		}
+		buf := make([]byte, 8)
+		if n, err := st.Read(buf); err != nil || string(buf[:n]) != "hi" {
+			t.Fatalf("read %q, %v", buf[:n], err)
+		}
+		if st.Readable() {
+			t.Fatal("readable after reading everything")
+		}
+		p.send(header{typ: typeWindowUpdate, flags: flagFIN, streamID: 1}, nil)
+		called(t, calls, "FIN")
+		if _, err := st.Read(buf); !st.Readable() || err != io.EOF {
+			t.Fatalf("after FIN: readable %v, read %v; want readable and EOF", st.Readable(), err)
+		}
+	})
+	t.Run("reset", func(t *testing.T) {
+		s, p := newRawServer(t, Config{})
+		st, calls, _ := accept(t, s, p, 1)
+		p.send(header{typ: typeWindowUpdate, flags: flagRST, streamID: 1}, nil)
+		called(t, calls, "reset")
+		if !st.Readable() {
+			t.Fatal("not readable after reset")
+		}
+	})
+	t.Run("session end", func(t *testing.T) {
+		s, p := newRawServer(t, Config{})
+		st, calls, _ := accept(t, s, p, 1)
+		p.conn.Close()
+		called(t, calls, "the session's end")
+		if !st.Readable() {
+			t.Fatal("not readable after the session ended")
+		}
+		// Registering after the end calls back at once.
+		late := make(chan struct{}, 1)
+		st.OnReadable(func() { late <- struct{}{} })
+		called(t, late, "a registration after the end")
+	})
+	t.Run("stopped", func(t *testing.T) {
+		s, p := newRawServer(t, Config{})
+		st, calls, stop := accept(t, s, p, 1)
+		stop()
+		p.send(header{typ: typeData, streamID: 1, length: 2}, []byte("hi"))
+		// The ping's answer comes after the data frame was handled.
+		p.send(header{typ: typePing, flags: flagSYN, length: 3}, nil)
+		if h := p.next(); h.typ != typePing {
+			t.Fatalf("got %v, want the ping answer", h)
+		}
+		if !st.Readable() {
+			t.Fatal("not readable after data")
+		}
+		select {
+		case <-calls:
+			t.Fatal("called after stop")
+		default:
+		}
+	})
+}

@@ -185,6 +185,16 @@ func (s *Session) shutdown(err error) {
 		close(s.closeCh)
 		s.w.fail(ErrSessionShutdown)
 		_ = s.conn.Close()
+		// Readers parked in OnReadable learn of the end here.
+		s.mu.Lock()
+		streams := make([]*Stream, 0, len(s.streams))
+		for _, st := range s.streams {
+			streams = append(streams, st)
+		}
+		s.mu.Unlock()
+		for _, st := range streams {
+			st.readable()
+		}
 		if !errors.Is(err, ErrSessionShutdown) {
 			s.cfg.Logger.Debug("mux session ended", "error", err)
 		}

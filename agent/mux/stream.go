@@ -7,6 +7,7 @@ import (
 	"math"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -36,8 +37,11 @@ type Stream struct {
 
 	readCh  chan struct{} // data, FIN or reset arrived
 	writeCh chan struct{} // window grew, or the stream closed or reset
-	readDL  deadline
-	writeDL deadline
+	// onReadable, if set, is called when readCh is: an idle reader (a
+	// splice direction) then waits without a goroutine.
+	onReadable atomic.Pointer[func()]
+	readDL     deadline
+	writeDL    deadline
 }
 
 func newStream(s *Session, id uint32) *Stream {
@@ -51,6 +55,35 @@ func newStream(s *Session, id uint32) *Stream {
 		readDL:     newDeadline(),
 		writeDL:    newDeadline(),
 	}
+}
+
+// readable wakes the reader: a blocked Read and the OnReadable callback.
+func (s *Stream) readable() {
+	notify(s.readCh)
+	if fn := s.onReadable.Load(); fn != nil {
+		(*fn)()
+	}
+}
+
+// Readable reports whether a Read would not block now: data, the end of
+// the stream, a reset or the session's end.
+func (s *Stream) Readable() bool {
+	s.mu.Lock()
+	ready := s.recv.len() > 0 || s.remoteFIN || s.reset
+	s.mu.Unlock()
+	return ready || s.sess.IsClosed()
+}
+
+// OnReadable arranges for fn to be called whenever the stream may have
+// become readable (Readable tells), until stop is called: from the
+// session's receive loop, so fn must not block. One callback at a time.
+func (s *Stream) OnReadable(fn func()) (stop func()) {
+	s.onReadable.Store(&fn)
+	// The session may have ended before the store, its callbacks gone.
+	if s.sess.IsClosed() {
+		fn()
+	}
+	return func() { s.onReadable.CompareAndSwap(&fn, nil) }
 }
 
 func notify(ch chan struct{}) {
@@ -300,13 +333,13 @@ func (s *Stream) receive(h header, br *bufio.Reader) error {
 		}
 		s.remoteFIN = true
 		done = s.localFIN
-		notify(s.readCh)
+		defer s.readable()
 	}
 	if h.flags&flagRST != 0 {
 		s.reset = true
 		s.recv.release()
 		done = true
-		notify(s.readCh)
+		defer s.readable()
 		notify(s.writeCh)
 	}
 	s.mu.Unlock()
@@ -332,7 +365,7 @@ func (s *Stream) receiveData(n int, br *bufio.Reader) error {
 		}
 		s.incoming -= uint32(len(part))
 		s.mu.Unlock()
-		notify(s.readCh)
+		s.readable()
 		_, _ = br.Discard(len(part))
 		n -= len(part)
 	}
