@@ -2,38 +2,13 @@ package mux_test
 
 import (
 	"io"
-	"net"
 	"testing"
-
-	"github.com/hashicorp/yamux"
-
-	"github.com/trafficpolice/trafficpolice/agent/proto"
 )
-
-// yamuxBatched is yamux as the tunnel runs it today: frames gathered by
-// proto.BatchFrames.
-var yamuxBatched = impl{
-	name: "yamux-batched",
-	client: func(c net.Conn, backlog int) session {
-		s, err := yamux.Client(proto.BatchFrames(c), yamuxConfig(backlog))
-		if err != nil {
-			panic(err)
-		}
-		return s
-	},
-	server: func(c net.Conn, backlog int) session {
-		s, err := yamux.Server(proto.BatchFrames(c), yamuxConfig(backlog))
-		if err != nil {
-			panic(err)
-		}
-		return s
-	},
-}
 
 // benchImpls runs f per implementation (same one on both ends) over a
 // loopback TCP pair. Run: go test -run '^$' -bench . ./agent/mux
 func benchImpls(b *testing.B, f func(b *testing.B, client, server session)) {
-	for _, im := range []impl{ours, theirs, yamuxBatched} {
+	for _, im := range []impl{ours, theirs} {
 		b.Run(im.name, func(b *testing.B) {
 			x, y := tcpPair(b)
 			client := im.client(x, 1024)
