@@ -7,14 +7,14 @@ import (
 	"io"
 	"sync"
 
-	"github.com/hashicorp/yamux"
+	"github.com/trafficpolice/trafficpolice/agent/mux"
 
 	"github.com/trafficpolice/trafficpolice/agent/proto"
 )
 
 // serveDNSStream accepts a DNSStream and resolves the client's queries on
 // it until the client closes it or the tunnel ends.
-func (s *Server) serveDNSStream(ctx context.Context, t *tunnel, st *yamux.Stream) {
+func (s *Server) serveDNSStream(ctx context.Context, t *tunnel, st *mux.Stream) {
 	defer st.Close()
 	if err := proto.WriteMessage(st, proto.Result{}); err != nil {
 		return

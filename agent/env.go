@@ -9,13 +9,13 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/hashicorp/yamux"
+	"github.com/trafficpolice/trafficpolice/agent/mux"
 
 	"github.com/trafficpolice/trafficpolice/agent/proto"
 )
 
 // serveEnv answers an Env request with the target process's environment.
-func (s *Server) serveEnv(t *tunnel, st *yamux.Stream) {
+func (s *Server) serveEnv(t *tunnel, st *mux.Stream) {
 	defer st.Close()
 	res := proto.Result{}
 	vars, pid, err := s.targetEnv()

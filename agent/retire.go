@@ -6,7 +6,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/yamux"
+	"github.com/trafficpolice/trafficpolice/agent/mux"
 
 	"github.com/trafficpolice/trafficpolice/agent/proto"
 )
@@ -141,7 +141,7 @@ func deadTunnels(ts []*tunnel) int {
 }
 
 // serveRetire answers a client's Retire.
-func (s *Server) serveRetire(t *tunnel, st *yamux.Stream) {
+func (s *Server) serveRetire(t *tunnel, st *mux.Stream) {
 	defer st.Close()
 	res := proto.Result{Class: proto.ClassRefused}
 	if !s.opts.Retirable {

@@ -16,7 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hashicorp/yamux"
+	"github.com/trafficpolice/trafficpolice/agent/mux"
 
 	"github.com/trafficpolice/trafficpolice/agent/incoming"
 	"github.com/trafficpolice/trafficpolice/agent/nat"
@@ -349,7 +349,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	stopClose()
 	// Only now, for a client that presented the token, does yamux get
 	// its windows and backlog.
-	sess, err := yamux.Server(proto.BatchFrames(conn), proto.MuxConfig(log))
+	sess, err := proto.ServerSession(conn, log)
 	if err != nil {
 		log.Error("start tunnel session", "err", err)
 		_ = c.Close()
@@ -454,7 +454,7 @@ func (s *Server) refuse(c io.Writer, r proto.Refused) {
 }
 
 // serveStream reads a flow's request and hands it to its handler.
-func (s *Server) serveStream(ctx context.Context, t *tunnel, st *yamux.Stream) {
+func (s *Server) serveStream(ctx context.Context, t *tunnel, st *mux.Stream) {
 	_ = st.SetReadDeadline(time.Now().Add(s.opts.CommunicationTimeout))
 	m, err := proto.ReadMessage(st)
 	if err != nil {
@@ -494,7 +494,7 @@ func (s *Server) serveStream(ctx context.Context, t *tunnel, st *yamux.Stream) {
 	}
 }
 
-func (s *Server) serveDNS(ctx context.Context, t *tunnel, st *yamux.Stream, req proto.DNS) {
+func (s *Server) serveDNS(ctx context.Context, t *tunnel, st *mux.Stream, req proto.DNS) {
 	defer st.Close()
 	ctx, cancel := context.WithTimeout(ctx, limit(req.Timeout, s.opts.CommunicationTimeout))
 	defer cancel()

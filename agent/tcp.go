@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/yamux"
+	"github.com/trafficpolice/trafficpolice/agent/mux"
 
 	"github.com/trafficpolice/trafficpolice/agent/proto"
 	"github.com/trafficpolice/trafficpolice/splice"
@@ -15,7 +15,7 @@ import (
 
 // serveTCP dials dst from the pod and relays the stream to it. The flow is
 // registered before the dial so an Abort that arrives meanwhile is not lost.
-func (s *Server) serveTCP(ctx context.Context, t *tunnel, st *yamux.Stream, req proto.DialTCP) {
+func (s *Server) serveTCP(ctx context.Context, t *tunnel, st *mux.Stream, req proto.DialTCP) {
 	dctx, cancel := context.WithTimeout(ctx, limit(req.Timeout, s.opts.DialTimeout))
 	defer cancel()
 	id := st.StreamID()
@@ -51,7 +51,7 @@ func (s *Server) serveTCP(ctx context.Context, t *tunnel, st *yamux.Stream, req 
 // bytes already sent are written, and a reset from the pod's peer is
 // passed to the client as Abort.
 type tcpFlow struct {
-	st         *yamux.Stream
+	st         *mux.Stream
 	t          *tunnel
 	cancelDial context.CancelFunc // the client gave up: stop dialing
 
@@ -126,7 +126,7 @@ func (f *tcpFlow) clientToPod() {
 // would otherwise hold a buffer in its read). (Stream.Shrink would save
 // ~1 KiB more per idle flow, but called before every wait it reallocates
 // the receive buffer for every frame of a bulk upload.)
-func streamWait(st *yamux.Stream) splice.WaitFunc {
+func streamWait(st *mux.Stream) splice.WaitFunc {
 	return func(<-chan struct{}) { _, _ = st.Read(nil) }
 }
 

@@ -4,7 +4,7 @@ import (
 	"log/slog"
 	"sync/atomic"
 
-	"github.com/hashicorp/yamux"
+	"github.com/trafficpolice/trafficpolice/agent/mux"
 
 	"github.com/trafficpolice/trafficpolice/agent/incoming"
 	"github.com/trafficpolice/trafficpolice/agent/proto"
@@ -15,14 +15,14 @@ import (
 // traffic sees it. It dies with the session.
 type tunnel struct {
 	log  *slog.Logger
-	sess *yamux.Session
+	sess *mux.Session
 	ctrl *proto.Control
 	peer *incoming.Peer
 	// udpFlows counts the client's open UDP flows (Options.MaxUDPFlows).
 	udpFlows atomic.Int64
 }
 
-func newTunnel(log *slog.Logger, sess *yamux.Session, ctrl *yamux.Stream) *tunnel {
+func newTunnel(log *slog.Logger, sess *mux.Session, ctrl *mux.Stream) *tunnel {
 	return &tunnel{
 		log:  log,
 		sess: sess,

@@ -10,7 +10,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hashicorp/yamux"
+	"github.com/trafficpolice/trafficpolice/agent/mux"
 
 	"github.com/trafficpolice/trafficpolice/agent/proto"
 )
@@ -34,7 +34,7 @@ func readWaiting(rc syscall.RawConn, buf []byte) (int, bool) {
 
 // serveUDP opens a connected UDP socket from the pod to dst and relays
 // datagrams both ways until either side closes or the flow idles out.
-func (s *Server) serveUDP(ctx context.Context, t *tunnel, st *yamux.Stream, req proto.DialUDP) {
+func (s *Server) serveUDP(ctx context.Context, t *tunnel, st *mux.Stream, req proto.DialUDP) {
 	if n := t.udpFlows.Add(1); n > int64(s.opts.MaxUDPFlows) {
 		t.udpFlows.Add(-1)
 		t.log.Debug("UDP flow refused: too many open", "dst", req.Dst.String(), "max", s.opts.MaxUDPFlows)

@@ -93,13 +93,17 @@ func (r *Router) handleTCP(req *tcp.ForwarderRequest) {
 		&endpointNotifier{wq: &wq, ep: ep}, tcpNotifier(out), r.wg.Done)
 }
 
-// tcpNotifier is splice's Notifier for a host TCP socket; nil for other
-// connections (the remote path's tunnel streams).
+// tcpNotifier is splice's Notifier for the flow's outer connection: a
+// host TCP socket's, or the tunnel stream's own (the remote path); nil if
+// it has none.
 func tcpNotifier(c net.Conn) splice.Notifier {
-	if tc, ok := c.(*net.TCPConn); ok {
-		if n := splice.TCPNotifier(tc); n != nil {
+	switch c := c.(type) {
+	case *net.TCPConn:
+		if n := splice.TCPNotifier(c); n != nil {
 			return n
 		}
+	case splice.Notifier:
+		return c
 	}
 	return nil
 }

@@ -19,7 +19,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hashicorp/yamux"
+	"github.com/trafficpolice/trafficpolice/agent/mux"
 
 	"github.com/trafficpolice/trafficpolice/agent/proto"
 	"github.com/trafficpolice/trafficpolice/agent/tunneltls"
@@ -348,7 +348,7 @@ func (c *Client) connect(ctx context.Context) (*tunnel, error) {
 		_ = raw.Close()
 		return nil, err
 	}
-	sess, err := yamux.Client(proto.BatchFrames(conn), proto.MuxConfig(c.log))
+	sess, err := proto.ClientSession(conn, c.log)
 	if err != nil {
 		_ = conn.Close()
 		return nil, fmt.Errorf("start tunnel session with agent at %s: %w", c.where(), err)
@@ -460,7 +460,7 @@ func ctxError(ctx context.Context) error {
 // request opens a stream, sends req and reads the Result. On success the
 // stream is left open for the flow's payload. onOpen, when set, sees the
 // stream before the request goes out (to register it for Abort).
-func (c *Client) request(ctx context.Context, req proto.Message, onOpen func(*tunnel, *yamux.Stream)) (*yamux.Stream, *tunnel, proto.Result, error) {
+func (c *Client) request(ctx context.Context, req proto.Message, onOpen func(*tunnel, *mux.Stream)) (*mux.Stream, *tunnel, proto.Result, error) {
 	giveUp := time.Now().Add(c.opts.CommunicationTimeout)
 	for {
 		t, err := c.tunnelFor(ctx, giveUp)
@@ -504,7 +504,7 @@ func tunnelDying(t *tunnel) bool {
 	}
 }
 
-func exchange(ctx context.Context, st *yamux.Stream, req proto.Message) (proto.Result, error) {
+func exchange(ctx context.Context, st *mux.Stream, req proto.Message) (proto.Result, error) {
 	stop := context.AfterFunc(ctx, func() { _ = st.SetDeadline(time.Now()) })
 	werr := proto.WriteMessage(st, req)
 	var m proto.Message
@@ -540,7 +540,7 @@ func (c *Client) DialTCP(ctx context.Context, dst netip.AddrPort) (net.Conn, err
 	var conn *tcpConn
 	// Registered before the request: the agent's Abort for a peer that
 	// resets at once may come right behind the Result.
-	register := func(t *tunnel, st *yamux.Stream) {
+	register := func(t *tunnel, st *mux.Stream) {
 		conn = &tcpConn{st: st, t: t, remote: net.TCPAddrFromAddrPort(dst)}
 		t.add(st.StreamID(), conn)
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/trafficpolice/trafficpolice/agent"
 	"github.com/trafficpolice/trafficpolice/agent/client"
+	"github.com/trafficpolice/trafficpolice/splice"
 )
 
 func TestDialHandshakesAndReportsPodFacts(t *testing.T) {
@@ -637,7 +638,7 @@ func tunnelGoroutines() []string {
 	var out []string
 	for _, g := range strings.Split(string(buf), "\n\n") {
 		if strings.Contains(g, "trafficpolice/agent/client.") || strings.Contains(g, "trafficpolice/agent.") ||
-			strings.Contains(g, "hashicorp/yamux.") {
+			strings.Contains(g, "hashicorp/yamux.") || strings.Contains(g, "trafficpolice/agent/mux.") {
 			out = append(out, g)
 		}
 	}
@@ -696,5 +697,62 @@ func TestAgentDropsAClientsFlowsWhenItsTunnelCloses(t *testing.T) {
 	c.Close() // the whole tunnel goes, without closing the flow first
 	if err := <-ended; err != nil && !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("the pod-side connection did not end with the tunnel: %v", err)
+	}
+}
+
+// TestFlowParkedInItsNotifierSeesDataAndTheReset: the router parks an idle
+// flow's direction from the pod in the conn's Notifier (no goroutine);
+// the pod's data, then its peer's reset, must each wake it.
+func TestFlowParkedInItsNotifierSeesDataAndTheReset(t *testing.T) {
+	t.Parallel()
+	a := startAgent(t, agent.Options{})
+	c := dial(t, a.Addr(), client.Options{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	send, reset := make(chan struct{}), make(chan struct{})
+	go func() {
+		s, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer s.Close()
+		<-send
+		_, _ = s.Write([]byte("hello"))
+		<-reset
+		_ = s.(*net.TCPConn).SetLinger(0) // close with RST
+	}()
+	conn, err := c.DialTCP(ctxTimeout(t, 5*time.Second), netip.MustParseAddrPort(ln.Addr().String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	n, ok := conn.(splice.Notifier)
+	if !ok {
+		t.Fatalf("%T is no splice.Notifier", conn)
+	}
+	if n.Readable() {
+		t.Fatal("readable before the pod sent anything")
+	}
+	pr, pw := io.Pipe()
+	ended := make(chan error, 1)
+	if _, err := splice.CopyNotified(pw, conn, n, func(_ int64, err error) { ended <- err; pw.Close() }); err != nil {
+		t.Fatal(err)
+	}
+	close(send)
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(pr, buf); err != nil || string(buf) != "hello" {
+		t.Fatalf("copied %q, %v; want hello", buf, err)
+	}
+	close(reset)
+	select {
+	case err := <-ended:
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("direction ended with %v, want ECONNRESET", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the parked direction did not see the reset")
 	}
 }

@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hashicorp/yamux"
+	"github.com/trafficpolice/trafficpolice/agent/mux"
 
 	"github.com/trafficpolice/trafficpolice/agent/proto"
 )
@@ -19,7 +19,7 @@ import (
 // tcpConn is a TCP flow on a tunnel stream. Besides net.Conn it has
 // CloseWrite, a half-close the agent passes on to the pod-side socket.
 type tcpConn struct {
-	st     *yamux.Stream
+	st     *mux.Stream
 	t      *tunnel
 	remote *net.TCPAddr
 
@@ -31,6 +31,25 @@ type tcpConn struct {
 	started   bool // the Result is read: the stream carries payload
 
 	closedFlag atomic.Bool // closed, for the fast path of Read and Write
+	resetFlag  atomic.Bool // the pod's peer reset the flow (Readable)
+	onReadable atomic.Pointer[func()]
+}
+
+// Readable reports whether a Read would not block now (splice's
+// Notifier: an idle flow's direction from the pod holds no goroutine).
+func (c *tcpConn) Readable() bool {
+	return c.closedFlag.Load() || c.resetFlag.Load() || c.st.Readable()
+}
+
+// Notify calls fn whenever the flow may have become readable, from the
+// tunnel's receive loop, until stop is called.
+func (c *tcpConn) Notify(fn func()) (stop func(), err error) {
+	c.onReadable.Store(&fn)
+	stopStream := c.st.OnReadable(fn)
+	return func() {
+		stopStream()
+		c.onReadable.CompareAndSwap(&fn, nil)
+	}, nil
 }
 
 func (c *tcpConn) Read(b []byte) (int, error) {
@@ -147,8 +166,12 @@ func (c *tcpConn) start() {
 // wake ends the stream for a reset: blocked and later reads and writes
 // fail, and the FIN tells the agent the Abort arrived.
 func (c *tcpConn) wake() {
+	c.resetFlag.Store(true)
 	_ = c.st.SetDeadline(time.Now())
 	_ = c.st.Close()
+	if fn := c.onReadable.Load(); fn != nil {
+		(*fn)()
+	}
 }
 
 func (c *tcpConn) LocalAddr() net.Addr                { return c.t.sess.LocalAddr() }
@@ -164,7 +187,7 @@ func (c *tcpConn) opErr(op string, err error) error {
 // udpConn is a UDP flow on a tunnel stream: one Write sends one datagram,
 // one Read returns one.
 type udpConn struct {
-	st     *yamux.Stream
+	st     *mux.Stream
 	t      *tunnel
 	remote *net.UDPAddr
 

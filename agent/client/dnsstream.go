@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/yamux"
+	"github.com/trafficpolice/trafficpolice/agent/mux"
 
 	"github.com/trafficpolice/trafficpolice/agent/proto"
 )
@@ -58,7 +58,7 @@ func newDNSStream(rw io.ReadWriteCloser) *dnsStream {
 // answer at most timeout. An agent that does not know DNSStream closes
 // the stream without an answer; that, or a refusal, is
 // errDNSStreamRefused.
-func openDNSStream(sess *yamux.Session, timeout time.Duration) (*dnsStream, error) {
+func openDNSStream(sess *mux.Session, timeout time.Duration) (*dnsStream, error) {
 	st, err := sess.OpenStream()
 	if err != nil {
 		return nil, fmt.Errorf("open a DNS stream: %w", err)

@@ -7,7 +7,7 @@ import (
 	"os"
 	"syscall"
 
-	"github.com/hashicorp/yamux"
+	"github.com/trafficpolice/trafficpolice/agent/mux"
 
 	"github.com/trafficpolice/trafficpolice/agent/proto"
 )
@@ -70,12 +70,12 @@ func (e *RemoteError) Temporary() bool { return false }
 func streamError(op, network string, local, remote net.Addr, err error) error {
 	var native error
 	switch {
-	case errors.Is(err, yamux.ErrTimeout):
+	case errors.Is(err, mux.ErrTimeout):
 		native = os.ErrDeadlineExceeded
-	case errors.Is(err, yamux.ErrConnectionReset), errors.Is(err, yamux.ErrSessionShutdown),
-		errors.Is(err, yamux.ErrKeepAliveTimeout), errors.Is(err, yamux.ErrConnectionWriteTimeout):
+	case errors.Is(err, mux.ErrConnectionReset), errors.Is(err, mux.ErrSessionShutdown),
+		errors.Is(err, mux.ErrKeepAliveTimeout), errors.Is(err, mux.ErrProtocol):
 		native = &os.SyscallError{Syscall: op, Err: syscall.ECONNRESET}
-	case errors.Is(err, yamux.ErrStreamClosed):
+	case errors.Is(err, mux.ErrStreamClosed):
 		native = &os.SyscallError{Syscall: op, Err: syscall.EPIPE}
 	default:
 		native = err

@@ -13,7 +13,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hashicorp/yamux"
+	"github.com/trafficpolice/trafficpolice/agent/mux"
 
 	"github.com/trafficpolice/trafficpolice/agent/proto"
 	"github.com/trafficpolice/trafficpolice/config"
@@ -63,7 +63,7 @@ type Subscription struct {
 	opts SubscribeOptions
 
 	mu     sync.Mutex
-	st     *yamux.Stream // on the current tunnel; nil while renewing
+	st     *mux.Stream // on the current tunnel; nil while renewing
 	closed bool
 }
 
@@ -178,7 +178,7 @@ func (s *Subscription) Close() error {
 
 // closeAndWait sends our FIN and waits for the agent's, which comes once
 // it has removed the subscription.
-func closeAndWait(st *yamux.Stream) {
+func closeAndWait(st *mux.Stream) {
 	_ = st.Close()
 	_ = st.SetReadDeadline(time.Now().Add(3 * time.Second))
 	_, _ = io.Copy(io.Discard, st)
@@ -247,7 +247,7 @@ func (c *Client) acceptIncoming(t *tunnel) {
 	}
 }
 
-func (c *Client) serveIncoming(st *yamux.Stream) {
+func (c *Client) serveIncoming(st *mux.Stream) {
 	defer st.Close()
 	_ = st.SetReadDeadline(time.Now().Add(c.opts.CommunicationTimeout))
 	m, err := proto.ReadMessage(st)
@@ -295,7 +295,7 @@ func (c *Client) serveIncoming(st *yamux.Stream) {
 type closeWriter interface{ CloseWrite() error }
 
 // mirrorTo feeds the copy to the local app and drops what it answers.
-func mirrorTo(conn net.Conn, st *yamux.Stream) {
+func mirrorTo(conn net.Conn, st *mux.Stream) {
 	drained := make(chan struct{})
 	go func() {
 		defer close(drained)

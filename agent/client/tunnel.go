@@ -1,7 +1,7 @@
 package client
 
 import (
-	"github.com/hashicorp/yamux"
+	"github.com/trafficpolice/trafficpolice/agent/mux"
 
 	"github.com/trafficpolice/trafficpolice/agent/proto"
 )
@@ -10,11 +10,11 @@ import (
 // stream (whose Aborts find the TCP flows on it), its DNS stream, and the
 // pod's facts as the agent reported them on this connection.
 type tunnel struct {
-	sess  *yamux.Session
+	sess  *mux.Session
 	facts proto.Facts
 	ctrl  *proto.Control
 	// ctrlStream is the control stream itself, closed to say goodbye.
-	ctrlStream *yamux.Stream
+	ctrlStream *mux.Stream
 
 	// dns is the stream all DNS queries share, set before dnsReady
 	// closes; nil when the agent does not speak DNSStream.

@@ -13,7 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/yamux"
+	"github.com/trafficpolice/trafficpolice/agent/mux"
 
 	"github.com/trafficpolice/trafficpolice/agent/nat"
 	"github.com/trafficpolice/trafficpolice/agent/proto"
@@ -368,7 +368,7 @@ var errTunnelLost = errors.New("its tunnel is lost")
 
 // open opens a stream to s's client for one connection and waits for the
 // client to reach its app.
-func (in *Service) open(ctx context.Context, s *subscription, src, dst netip.AddrPort) (*yamux.Stream, error) {
+func (in *Service) open(ctx context.Context, s *subscription, src, dst netip.AddrPort) (*mux.Stream, error) {
 	in.mu.RLock()
 	p := s.peer
 	in.mu.RUnlock()

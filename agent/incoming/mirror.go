@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/yamux"
+	"github.com/trafficpolice/trafficpolice/agent/mux"
 )
 
 // maxTapQueue bounds the bytes a mirroring client (a subscription) may
@@ -28,7 +28,7 @@ type tap struct {
 	src, dst netip.AddrPort
 
 	mu      sync.Mutex
-	st      *yamux.Stream // once open
+	st      *mux.Stream // once open
 	queue   [][]byte
 	queued  int
 	broken  bool // given up: the queue overflowed or the stream failed

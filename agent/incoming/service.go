@@ -13,7 +13,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hashicorp/yamux"
+	"github.com/trafficpolice/trafficpolice/agent/mux"
 
 	"github.com/trafficpolice/trafficpolice/agent/nat"
 	"github.com/trafficpolice/trafficpolice/agent/proto"
@@ -68,7 +68,7 @@ const (
 // opens a stream on for each connection it hands over.
 type Peer struct {
 	Log     *slog.Logger
-	Session *yamux.Session
+	Session *mux.Session
 	// Remote is the client's address, for labels and logs.
 	Remote string
 }
@@ -168,7 +168,7 @@ func (in *Service) Close() {
 // Serve holds one subscription for as long as its stream lasts: the
 // client closing the stream ends it at once, the tunnel dropping ends it
 // after its linger time.
-func (in *Service) Serve(p *Peer, st *yamux.Stream, req proto.Subscribe) {
+func (in *Service) Serve(p *Peer, st *mux.Stream, req proto.Subscribe) {
 	defer st.Close()
 	sub, err := in.subscribe(p, req)
 	if err != nil {

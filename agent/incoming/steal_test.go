@@ -251,7 +251,7 @@ func newTestClientServing(t testing.TB, tag string, mode proto.IncomingMode, win
 	if err != nil {
 		t.Fatal(err)
 	}
-	agentSess, err := yamux.Server(ac, proto.MuxConfig(nil))
+	agentSess, err := proto.ServerSession(ac, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,8 +7,10 @@
 // # Transport
 //
 // A client opens one TCP connection to the agent, shakes hands on it (see
-// Handshake), and then runs a github.com/hashicorp/yamux session over it
-// (the client is the yamux client). When the agent has a TLS key (a
+// Handshake), and then runs a session of github.com/hashicorp/yamux's wire
+// protocol over it (the client is the yamux client), spoken by agent/mux:
+// the same bytes as yamux without its goroutine hand-offs per frame, so a
+// peer still running yamux keeps working. When the agent has a TLS key (a
 // direct --agent-address), everything below runs inside TLS 1.3 on that
 // connection: the client checks the agent's key against the fingerprint
 // it pins (package agent/tunneltls) before it sends its Hello. Through a

@@ -4,10 +4,13 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"time"
 
 	"github.com/hashicorp/yamux"
+
+	"github.com/trafficpolice/trafficpolice/agent/mux"
 )
 
 // Tuning of the yamux session, the same on both ends.
@@ -54,4 +57,28 @@ func (m muxLogger) log(s string) {
 	if m.l != nil {
 		m.l.Log(context.Background(), slog.LevelDebug, strings.TrimSpace(s), "component", "yamux")
 	}
+}
+
+// sessionConfig is the agent/mux configuration both ends use: the same
+// windows, backlog and keepalive as MuxConfig gives yamux, so either end
+// may still be yamux.
+func sessionConfig(logger *slog.Logger) mux.Config {
+	return mux.Config{
+		AcceptBacklog:     1024,
+		StreamWindow:      StreamWindow,
+		KeepAliveInterval: KeepAliveInterval,
+		PingTimeout:       ConnectionWriteTimeout,
+		Logger:            logger,
+	}
+}
+
+// ClientSession runs the client end of the tunnel over conn, after the
+// handshake. Both ends switch implementation here, together.
+func ClientSession(conn net.Conn, logger *slog.Logger) (*mux.Session, error) {
+	return mux.Client(conn, sessionConfig(logger))
+}
+
+// ServerSession runs the agent's end of the tunnel over conn.
+func ServerSession(conn net.Conn, logger *slog.Logger) (*mux.Session, error) {
+	return mux.Server(conn, sessionConfig(logger))
 }
