@@ -3,6 +3,7 @@ package splice
 import (
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"syscall"
 
@@ -14,6 +15,7 @@ import (
 // socket would cost a stack each.
 type poller struct {
 	fd   int
+	file *os.File // fd, waited for in Go's poller
 	mu   sync.Mutex
 	next uint64
 	fns  map[uint64]func()
@@ -24,19 +26,40 @@ var thePoller = sync.OnceValues(func() (*poller, error) {
 	if err != nil {
 		return nil, fmt.Errorf("epoll_create1: %w", err)
 	}
-	p := &poller{fd: fd, fns: map[uint64]func(){}}
-	go p.loop()
+	// The set is itself readable when it has events, so Go's poller waits
+	// for it: a goroutine blocked in epoll_wait would hold a thread and,
+	// until the runtime takes it back, a P (with GOMAXPROCS=1 every other
+	// goroutine waited for that).
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("epoll set non-blocking: %w", err)
+	}
+	file := os.NewFile(uintptr(fd), "epoll")
+	rc, err := file.SyscallConn()
+	if err != nil {
+		file.Close()
+		return nil, fmt.Errorf("epoll set: %w", err)
+	}
+	p := &poller{fd: fd, file: file, fns: map[uint64]func(){}}
+	go p.loop(rc)
 	return p, nil
 })
 
-func (p *poller) loop() {
+func (p *poller) loop(rc syscall.RawConn) {
 	events := make([]unix.EpollEvent, 128)
 	for {
-		n, err := unix.EpollWait(p.fd, events, -1)
-		if err != nil {
-			// EINTR only: the set is never closed.
-			continue
-		}
+		var n int
+		// Take what is there; park in Go's poller only when nothing is
+		// (the set is never closed, so Read never fails).
+		_ = rc.Read(func(fd uintptr) bool {
+			for {
+				var err error
+				n, err = unix.EpollWait(int(fd), events, 0)
+				if err != unix.EINTR {
+					return err == nil && n > 0
+				}
+			}
+		})
 		for _, ev := range events[:n] {
 			id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
 			p.mu.Lock()
