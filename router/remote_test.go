@@ -17,13 +17,17 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/trafficpolice/trafficpolice/agent"
+	"github.com/trafficpolice/trafficpolice/agent/agenttest"
+	"github.com/trafficpolice/trafficpolice/agent/client"
 	"github.com/trafficpolice/trafficpolice/router"
 	"github.com/trafficpolice/trafficpolice/router/policy"
 	"github.com/trafficpolice/trafficpolice/router/routertest"
 )
 
 // These tests cover the router's remote branches (dials and DNS through the
-// agent) with routertest.Remote in the agent's place: no root, no agent.
+// agent) with routertest.Remote in the agent's place: no root, no agent
+// (but for a burst of UDP, which goes through an in-process agent).
 
 // everythingRemote is mirrord's default: no filter, an agent configured.
 var everythingRemote = policy.Rules{TCP: true, UDP: true, DNSEnabled: true, HaveRemote: true}
@@ -271,5 +275,46 @@ func TestRemoteDNSFailureIsServerFailure(t *testing.T) {
 	}
 	if calls := remote.Calls(); len(calls) != 1 || calls[0].Method != "Exchange" {
 		t.Errorf("the agent was asked %+v, want one Exchange", calls)
+	}
+}
+
+// TestRemoteUDPBurstThroughARealTunnel: datagrams the app sends faster than
+// the router passes them on leave in batches (one tunnel write for what
+// queued); each still reaches the pod's server, and comes back, whole.
+func TestRemoteUDPBurstThroughARealTunnel(t *testing.T) {
+	a := agenttest.Start(t, agent.Options{})
+	c := agenttest.Dial(t, a.Addr(), client.Options{})
+	pod := routertest.EchoUDP(t)
+	remote := &routertest.Remote{UDP: func(ctx context.Context, _ netip.AddrPort) (net.Conn, error) {
+		return c.DialUDP(ctx, pod)
+	}}
+	app := routertest.Start(t, router.Config{Policy: routertest.Policy(t, everythingRemote), Remote: remote})
+	conn, err := app.DialUDP(netip.MustParseAddrPort("10.96.0.10:5353"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// 64 datagrams of 0 to ~1000 bytes, ~32 KiB in all: far below every
+	// socket buffer on the way, so none is dropped.
+	const count = 64
+	sent := map[string]bool{}
+	for i := range count {
+		d := fmt.Sprintf("%02d:%s", i, strings.Repeat("x", i*15))
+		sent[d] = true
+		if _, err := conn.Write([]byte(d)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	buf := make([]byte, 2048)
+	for range count {
+		_ = conn.SetReadDeadline(time.Now().Add(routertest.WaitTimeout))
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("%d echoes still missing: %v", len(sent), err)
+		}
+		if !sent[string(buf[:n])] {
+			t.Fatalf("echo %q is none of the datagrams sent (or came twice)", buf[:n])
+		}
+		delete(sent, string(buf[:n]))
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
@@ -61,7 +62,7 @@ func (r *Router) handleUDP(req *udp.ForwarderRequest) bool {
 	}
 	go func() {
 		defer r.wg.Done()
-		r.relayUDP(f, in)
+		r.relayUDP(f, in, ep)
 	}()
 	return true
 }
@@ -94,7 +95,7 @@ func (r *Router) handleUDPOffLoop(req *udp.ForwarderRequest, src, dst netip.Addr
 			in.Close()
 			return
 		}
-		r.relayUDP(f, in)
+		r.relayUDP(f, in, ep)
 	}()
 	return true
 }
@@ -108,7 +109,7 @@ func (r *Router) refuseUDP(f *flow, src netip.AddrPort, id stack.TransportEndpoi
 	r.endFlow(f)
 }
 
-func (r *Router) relayUDP(f *flow, in *gonet.UDPConn) {
+func (r *Router) relayUDP(f *flow, in *gonet.UDPConn, ep tcpip.Endpoint) {
 	ctx, cancel := context.WithTimeout(r.ctx, udpDialTimeout)
 	out, err := r.dial(ctx, f)
 	cancel()
@@ -132,9 +133,10 @@ func (r *Router) relayUDP(f *flow, in *gonet.UDPConn) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		relayDatagrams(out, in, &inBytes, touch, idle, &lastActive)
+		relayDatagrams(out, in, &inBytes, touch, idle, &lastActive, nil)
 	}()
-	relayDatagrams(in, out, &outBytes, touch, idle, &lastActive)
+	queued := func() bool { return ep.Readiness(waiter.ReadableEvents) != 0 }
+	relayDatagrams(in, out, &outBytes, touch, idle, &lastActive, queued)
 	in.Close()
 	out.Close()
 	<-done
@@ -145,9 +147,17 @@ func (r *Router) relayUDP(f *flow, in *gonet.UDPConn) {
 }
 
 // relayDatagrams copies datagrams from src to dst until neither direction
-// has carried one for idle, or either side fails.
-func relayDatagrams(src, dst net.Conn, n *atomic.Int64, touch func(), idle time.Duration, lastActive *atomic.Int64) {
+// has carried one for idle, or either side fails. When dst takes batches
+// (a tunnel stream) and queued tells that src holds more, those go with
+// the first in one write: a tunnel write per datagram bounded the remote
+// path's UDP rate.
+func relayDatagrams(src, dst net.Conn, n *atomic.Int64, touch func(), idle time.Duration, lastActive *atomic.Int64, queued func() bool) {
 	buf := make([]byte, maxDatagram)
+	bw, _ := dst.(batchWriter)
+	if bw == nil {
+		queued = nil
+	}
+	var b batch
 	for {
 		src.SetReadDeadline(time.Now().Add(idle))
 		nr, err := src.Read(buf)
@@ -161,11 +171,63 @@ func relayDatagrams(src, dst net.Conn, n *atomic.Int64, touch func(), idle time.
 			return
 		}
 		touch()
+		if queued != nil && queued() {
+			b.reset(buf[:nr])
+			b.fill(src, queued)
+			// A batch the tunnel refuses ended the flow (see WriteBatch).
+			if _, err := bw.WriteBatch(b.datagrams); err != nil {
+				return
+			}
+			n.Add(int64(b.bytes))
+			continue
+		}
 		if _, err := dst.Write(buf[:nr]); err != nil {
 			// A refused datagram (ICMP port unreachable on the host side)
 			// is not the end of a UDP flow.
 			continue
 		}
 		n.Add(int64(nr))
+	}
+}
+
+// batchWriter sends several datagrams in one write, in order.
+type batchWriter interface {
+	WriteBatch(datagrams [][]byte) (int, error)
+}
+
+// Bounds of one batch: the datagrams the app queued, up to these.
+const (
+	maxBatchDatagrams = 64
+	batchArena        = 4 * maxDatagram
+)
+
+// batch gathers the datagrams already queued on a source.
+type batch struct {
+	arena     []byte // allocated at the first batch: most flows never queue
+	datagrams [][]byte
+	bytes     int
+}
+
+func (b *batch) reset(first []byte) {
+	b.datagrams = append(b.datagrams[:0], first)
+	b.bytes = len(first)
+}
+
+// fill reads queued datagrams, each known to be there (no deadline), while
+// the arena has room for one of the largest.
+func (b *batch) fill(src net.Conn, queued func() bool) {
+	if b.arena == nil {
+		b.arena = make([]byte, batchArena)
+	}
+	off := 0
+	src.SetReadDeadline(time.Time{})
+	for len(b.datagrams) < maxBatchDatagrams && len(b.arena)-off >= maxDatagram && queued() {
+		nr, err := src.Read(b.arena[off : off+maxDatagram])
+		if err != nil {
+			return
+		}
+		b.datagrams = append(b.datagrams, b.arena[off:off+nr])
+		b.bytes += nr
+		off += nr
 	}
 }

@@ -756,3 +756,38 @@ func TestFlowParkedInItsNotifierSeesDataAndTheReset(t *testing.T) {
 		t.Fatal("the parked direction did not see the reset")
 	}
 }
+
+// TestDialUDPWriteBatchKeepsDatagrams: a batch goes in one write, and the
+// pod's socket sends each datagram on its own; an oversized one refuses
+// the whole batch before anything is sent.
+func TestDialUDPWriteBatchKeepsDatagrams(t *testing.T) {
+	t.Parallel()
+	a := startAgent(t, agent.Options{})
+	c := dial(t, a.Addr(), client.Options{})
+	conn, err := c.DialUDP(ctxTimeout(t, 5*time.Second), udpEchoServer(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	bw, ok := conn.(interface {
+		WriteBatch([][]byte) (int, error)
+	})
+	if !ok {
+		t.Fatalf("%T has no WriteBatch", conn)
+	}
+	if _, err := bw.WriteBatch([][]byte{[]byte("never"), make([]byte, 70000)}); !errors.Is(err, syscall.EMSGSIZE) {
+		t.Fatalf("batch with a 70000-byte datagram: %v, want EMSGSIZE", err)
+	}
+	batch := [][]byte{[]byte("one"), {}, bytes.Repeat([]byte{'z'}, 9000), []byte("four")}
+	if n, err := bw.WriteBatch(batch); err != nil || n != 9007 {
+		t.Fatalf("WriteBatch = %d, %v; want 9007 bytes of datagrams", n, err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 65535)
+	for _, want := range batch {
+		n, err := conn.Read(buf)
+		if err != nil || !bytes.Equal(buf[:n], want) {
+			t.Fatalf("echo of a %d-byte datagram: %d bytes, %v", len(want), n, err)
+		}
+	}
+}
