@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -346,6 +347,14 @@ func TestListeningPorts(t *testing.T) {
 	}
 	if p := uint16(connected.LocalAddr().(*net.UDPAddr).Port); udp[p] {
 		t.Errorf("connected UDP socket %s listed as listening", connected.LocalAddr())
+	}
+	// sock_diag (what ListeningPorts asks) and the /proc tables agree.
+	diag, proc, err := netns.ListeningPortsBothWays(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(diag, proc) {
+		t.Errorf("sock_diag says TCP %v UDP %v, /proc/net says TCP %v UDP %v", diag[0], diag[1], proc[0], proc[1])
 	}
 	// The host's own listeners are not the sandbox's.
 	hostLn, err := net.Listen("tcp", "127.0.0.1:0")
