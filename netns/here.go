@@ -8,8 +8,7 @@ import (
 
 // The functions here serve a process that lives wholly inside the sandbox's
 // namespace (the rootless run's holder, which cannot be entered with setns
-// from the host's user namespace), and its parent, which reads the
-// namespace through the holder's /proc entry.
+// from the host's user namespace); its parent asks the holder.
 
 // SetupHere is SetupSandbox for the namespace the whole calling process is
 // in. Call it from a process that runs nothing else in this namespace yet.
@@ -28,15 +27,25 @@ func SetupHere(opts SandboxLink) (*os.File, error) {
 	return tun, nil
 }
 
-// ListeningPortsOf is ListeningPorts for the namespace of process pid,
-// read from /proc/PID/net: no setns, so a process outside the namespace's
-// user namespace may call it for a process of its own user.
-func ListeningPortsOf(pid int) (tcp, udp map[uint16]bool, err error) {
+// ListeningPortsHere is ListeningPorts for the calling thread's namespace
+// (the holder's own).
+func ListeningPortsHere() (tcp, udp map[uint16]bool, err error) {
 	tcp, udp = map[uint16]bool{}, map[uint16]bool{}
-	if err := readProcNet(fmt.Sprintf("/proc/%d/net/", pid), tcp, udp); err != nil {
-		return nil, nil, fmt.Errorf("listening ports of pid %d: %w", pid, err)
+	if err := listeningPortsHere(tcp, udp); err != nil {
+		return nil, nil, fmt.Errorf("listening ports: %w", err)
 	}
 	return tcp, udp, nil
+}
+
+// listeningPortsHere asks sock_diag, or reads the /proc tables where the
+// kernel has no inet_diag.
+func listeningPortsHere(tcp, udp map[uint16]bool) error {
+	if diagListeningPorts(tcp, udp) == nil {
+		return nil
+	}
+	clear(tcp)
+	clear(udp)
+	return readProcNet("/proc/thread-self/net/", tcp, udp)
 }
 
 // readProcNet parses the four socket tables under dir (ending in "/").

@@ -21,15 +21,7 @@ func ListeningPorts(n *Namespace) (tcp, udp map[uint16]bool, err error) {
 	tcp, udp = map[uint16]bool{}, map[uint16]bool{}
 	// /proc/net is the reading process's namespace, /proc/thread-self/net
 	// this thread's: the one we entered.
-	err = n.Do(func() error {
-		if diagListeningPorts(tcp, udp) == nil {
-			return nil
-		}
-		// No sock_diag (a kernel without inet_diag): the tables.
-		clear(tcp)
-		clear(udp)
-		return readProcNet("/proc/thread-self/net/", tcp, udp)
-	})
+	err = n.Do(func() error { return listeningPortsHere(tcp, udp) })
 	if err != nil {
 		return nil, nil, fmt.Errorf("listening ports in netns %q: %w", n.name, err)
 	}

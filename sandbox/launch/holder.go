@@ -67,7 +67,7 @@ type Holder struct {
 // holderRequest is one message to the holder; a file travels beside it
 // for "start" (a pipe with the payload).
 type holderRequest struct {
-	Op string `json:"op"` // setup, socket, bypass, start
+	Op string `json:"op"` // setup, socket, bypass, listening, start
 
 	Link *netns.SandboxLink `json:"link,omitempty"` // setup
 
@@ -86,6 +86,10 @@ type holderRequest struct {
 type holderReply struct {
 	Err        string      `json:"err,omitempty"`
 	StartError *StartError `json:"start_error,omitempty"`
+	// The listening ports (listening), as bitmaps: bounded whatever the
+	// app listens on (8 KiB each).
+	TCPPorts []byte `json:"tcp_ports,omitempty"`
+	UDPPorts []byte `json:"udp_ports,omitempty"`
 }
 
 // maxHolderMessage bounds one control message (the payload goes through
@@ -209,18 +213,24 @@ func (h *Holder) NetnsID() netns.ID { return h.id }
 // call sends req (with file, if any) and waits for the reply and the
 // file that may come with it.
 func (h *Holder) call(req holderRequest, file *os.File) (*os.File, error) {
+	_, got, err := h.exchange(req, file)
+	return got, err
+}
+
+// exchange is call, returning the reply too.
+func (h *Holder) exchange(req holderRequest, file *os.File) (holderReply, *os.File, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	body, err := json.Marshal(req)
 	if err != nil {
-		return nil, err
+		return holderReply{}, nil, err
 	}
 	var oob []byte
 	if file != nil {
 		oob = unix.UnixRights(int(file.Fd()))
 	}
 	if _, _, err := h.ctl.WriteMsgUnix(body, oob, nil); err != nil {
-		return nil, fmt.Errorf("holder %s: %w", req.Op, err)
+		return holderReply{}, nil, fmt.Errorf("holder %s: %w", req.Op, err)
 	}
 	var rep holderReply
 	if h.buf == nil {
@@ -228,21 +238,21 @@ func (h *Holder) call(req holderRequest, file *os.File) (*os.File, error) {
 	}
 	got, err := readHolderMessage(h.ctl, h.buf, &rep)
 	if err != nil {
-		return nil, fmt.Errorf("holder %s: %w", req.Op, err)
+		return holderReply{}, nil, fmt.Errorf("holder %s: %w", req.Op, err)
 	}
 	if rep.StartError != nil {
 		if got != nil {
 			got.Close()
 		}
-		return nil, rep.StartError
+		return rep, nil, rep.StartError
 	}
 	if rep.Err != "" {
 		if got != nil {
 			got.Close()
 		}
-		return nil, errors.New(rep.Err)
+		return rep, nil, errors.New(rep.Err)
 	}
-	return got, nil
+	return rep, got, nil
 }
 
 // readHolderMessage reads one message into v, through buf (of
@@ -382,9 +392,37 @@ func connectFile(ctx context.Context, f *os.File, sa unix.Sockaddr) error {
 	return nil
 }
 
-// ListeningPorts is netns.ListeningPorts for the sandbox.
+// ListeningPorts is netns.ListeningPorts for the sandbox: the holder asks
+// its namespace's sock_diag (cheap, where the /proc/PID/net tables walk
+// every bucket of the host's socket hash).
 func (h *Holder) ListeningPorts() (tcp, udp map[uint16]bool, err error) {
-	return netns.ListeningPortsOf(h.Pid())
+	rep, _, err := h.exchange(holderRequest{Op: "listening"}, nil)
+	if err != nil {
+		return nil, nil, fmt.Errorf("listening ports in %s: %w", h, err)
+	}
+	return portsFromBitmap(rep.TCPPorts), portsFromBitmap(rep.UDPPorts), nil
+}
+
+// portBitmap is the ports as a bitmap of 65536 bits; portsFromBitmap reads
+// it back (a short one lacks the high ports).
+func portBitmap(ports map[uint16]bool) []byte {
+	b := make([]byte, 1<<16/8)
+	for p := range ports {
+		b[p/8] |= 1 << (p % 8)
+	}
+	return b
+}
+
+func portsFromBitmap(b []byte) map[uint16]bool {
+	ports := map[uint16]bool{}
+	for i, x := range b[:min(len(b), 1<<16/8)] {
+		for bit := range 8 {
+			if x&(1<<bit) != 0 {
+				ports[uint16(i*8+bit)] = true
+			}
+		}
+	}
+	return ports
 }
 
 // ListenerBypass adds or removes a listener bypass (netns.AddListenerBypass)

@@ -88,6 +88,13 @@ func (hs *holderState) serve() {
 			if err := netns.ListenerBypassHere("(rootless)", req.Add, req.Proto, req.Port); err != nil {
 				rep.Err = err.Error()
 			}
+		case "listening":
+			tcp, udp, err := netns.ListeningPortsHere()
+			if err != nil {
+				rep.Err = err.Error()
+				break
+			}
+			rep.TCPPorts, rep.UDPPorts = portBitmap(tcp), portBitmap(udp)
 		case "start":
 			rep.StartError = hs.start(file, req.Terminal)
 		default:
