@@ -99,9 +99,7 @@ func (r *Router) handleTCP(req *tcp.ForwarderRequest) {
 func tcpNotifier(c net.Conn) splice.Notifier {
 	switch c := c.(type) {
 	case *net.TCPConn:
-		if n := splice.TCPNotifier(c); n != nil {
-			return n
-		}
+		return splice.TCPNotifier(c)
 	case splice.Notifier:
 		return c
 	}
@@ -174,8 +172,11 @@ type endpointNotifier struct {
 	ep tcpip.Endpoint
 }
 
-func (n *endpointNotifier) Readable() bool {
-	return n.ep.Readiness(waiter.ReadableEvents) != 0
+func (n *endpointNotifier) Readable() bool { return readable(n.ep) }
+
+// readable reports whether a netstack endpoint has something to read.
+func readable(ep tcpip.Endpoint) bool {
+	return ep.Readiness(waiter.ReadableEvents) != 0
 }
 
 func (n *endpointNotifier) Notify(fn func()) (func(), error) {
@@ -187,13 +188,13 @@ func (n *endpointNotifier) Notify(fn func()) (func(), error) {
 // endpointWaiter waits on the netstack endpoint's readiness.
 func endpointWaiter(wq *waiter.Queue, ep tcpip.Endpoint) splice.WaitFunc {
 	return func(done <-chan struct{}) {
-		if ep.Readiness(waiter.ReadableEvents) != 0 {
+		if readable(ep) {
 			return
 		}
 		e, ch := waiter.NewChannelEntry(waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr)
 		wq.EventRegister(&e)
 		defer wq.EventUnregister(&e)
-		if ep.Readiness(waiter.ReadableEvents) != 0 {
+		if readable(ep) {
 			return
 		}
 		select {

@@ -135,7 +135,7 @@ func (r *Router) relayUDP(f *flow, in *gonet.UDPConn, ep tcpip.Endpoint) {
 		defer close(done)
 		relayDatagrams(out, in, &inBytes, touch, idle, &lastActive, nil)
 	}()
-	queued := func() bool { return ep.Readiness(waiter.ReadableEvents) != 0 }
+	queued := func() bool { return readable(ep) }
 	relayDatagrams(in, out, &outBytes, touch, idle, &lastActive, queued)
 	in.Close()
 	out.Close()
@@ -175,10 +175,11 @@ func relayDatagrams(src, dst net.Conn, n *atomic.Int64, touch func(), idle time.
 			b.reset(buf[:nr])
 			b.fill(src, queued)
 			// A batch the tunnel refuses ended the flow (see WriteBatch).
-			if _, err := bw.WriteBatch(b.datagrams); err != nil {
+			nw, err := bw.WriteBatch(b.datagrams)
+			if err != nil {
 				return
 			}
-			n.Add(int64(b.bytes))
+			n.Add(int64(nw))
 			continue
 		}
 		if _, err := dst.Write(buf[:nr]); err != nil {
@@ -190,7 +191,8 @@ func relayDatagrams(src, dst net.Conn, n *atomic.Int64, touch func(), idle time.
 	}
 }
 
-// batchWriter sends several datagrams in one write, in order.
+// batchWriter sends several datagrams in one write, in order, and
+// returns their bytes.
 type batchWriter interface {
 	WriteBatch(datagrams [][]byte) (int, error)
 }
@@ -205,12 +207,10 @@ const (
 type batch struct {
 	arena     []byte // allocated at the first batch: most flows never queue
 	datagrams [][]byte
-	bytes     int
 }
 
 func (b *batch) reset(first []byte) {
 	b.datagrams = append(b.datagrams[:0], first)
-	b.bytes = len(first)
 }
 
 // fill reads queued datagrams, each known to be there (no deadline), while
@@ -227,7 +227,6 @@ func (b *batch) fill(src net.Conn, queued func() bool) {
 			return
 		}
 		b.datagrams = append(b.datagrams, b.arena[off:off+nr])
-		b.bytes += nr
 		off += nr
 	}
 }
