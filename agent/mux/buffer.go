@@ -28,10 +28,8 @@ func (q *recvBuffer) len() int { return q.n }
 func (q *recvBuffer) write(p []byte) {
 	q.n += len(p)
 	for len(p) > 0 {
-		if q.head == len(q.chunks) || q.chunks[len(q.chunks)-1].w == chunkSize {
-			if q.head > 0 && q.head == len(q.chunks) {
-				q.chunks, q.head = q.chunks[:0], 0
-			}
+		// read leaves no emptied chunks behind: none live means none.
+		if len(q.chunks) == 0 || q.chunks[len(q.chunks)-1].w == chunkSize {
 			q.chunks = append(q.chunks, chunk{b: chunkPool.Get().(*[chunkSize]byte)})
 		}
 		c := &q.chunks[len(q.chunks)-1]

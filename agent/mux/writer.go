@@ -38,8 +38,11 @@ type connWriter struct {
 	spare   []byte    // the last written batch, for reuse
 	err     error     // first write error; every later write fails with it
 
-	// Owned by the holder.
+	// Owned by the holder: fields, not locals, since the slices handed to
+	// the connection would move locals to the heap on every frame.
+	hdr  [headerSize]byte
 	bufs [3][]byte
+	nb   net.Buffers
 	flat []byte
 }
 
@@ -101,15 +104,16 @@ func (w *connWriter) write(hdr [headerSize]byte, body []byte) error {
 // writeOne writes one frame, then the frames queued behind it, as one
 // system call.
 func (w *connWriter) writeOne(hdr [headerSize]byte, body, queued []byte) error {
+	w.hdr = hdr
 	if len(body) == 0 && len(queued) == 0 {
-		_, err := w.conn.Write(hdr[:])
+		_, err := w.conn.Write(w.hdr[:])
 		return err
 	}
 	if w.vectored {
-		w.bufs = [3][]byte{hdr[:], body, queued}
-		bufs := net.Buffers(w.bufs[:]) // WriteTo consumes its receiver
-		_, err := bufs.WriteTo(w.conn)
-		w.bufs = [3][]byte{}
+		w.bufs = [3][]byte{w.hdr[:], body, queued}
+		w.nb = w.bufs[:] // WriteTo consumes its receiver
+		_, err := w.nb.WriteTo(w.conn)
+		w.bufs, w.nb = [3][]byte{}, nil
 		return err
 	}
 	w.flat = append(append(append(w.flat[:0], hdr[:]...), body...), queued...)
