@@ -31,25 +31,20 @@ type tcpConn struct {
 	started   bool // the Result is read: the stream carries payload
 
 	closedFlag atomic.Bool // closed, for the fast path of Read and Write
-	resetFlag  atomic.Bool // the pod's peer reset the flow (Readable)
-	onReadable atomic.Pointer[func()]
 }
 
 // Readable reports whether a Read would not block now (splice's
 // Notifier: an idle flow's direction from the pod holds no goroutine).
+// A reset or Close passes the stream's read deadline, which the stream
+// counts.
 func (c *tcpConn) Readable() bool {
-	return c.closedFlag.Load() || c.resetFlag.Load() || c.st.Readable()
+	return c.closedFlag.Load() || c.st.Readable()
 }
 
 // Notify calls fn whenever the flow may have become readable, from the
-// tunnel's receive loop, until stop is called.
+// tunnel's receive loop or a passing deadline, until stop is called.
 func (c *tcpConn) Notify(fn func()) (stop func(), err error) {
-	c.onReadable.Store(&fn)
-	stopStream := c.st.OnReadable(fn)
-	return func() {
-		stopStream()
-		c.onReadable.CompareAndSwap(&fn, nil)
-	}, nil
+	return c.st.OnReadable(fn), nil
 }
 
 func (c *tcpConn) Read(b []byte) (int, error) {
@@ -166,12 +161,8 @@ func (c *tcpConn) start() {
 // wake ends the stream for a reset: blocked and later reads and writes
 // fail, and the FIN tells the agent the Abort arrived.
 func (c *tcpConn) wake() {
-	c.resetFlag.Store(true)
 	_ = c.st.SetDeadline(time.Now())
 	_ = c.st.Close()
-	if fn := c.onReadable.Load(); fn != nil {
-		(*fn)()
-	}
 }
 
 func (c *tcpConn) LocalAddr() net.Addr                { return c.t.sess.LocalAddr() }

@@ -11,12 +11,21 @@ type deadline struct {
 	mu     sync.Mutex
 	timer  *time.Timer
 	passed chan struct{} // closed once the deadline has passed
+	onPass func()        // if set, called (unlocked) when it passes
 }
 
 func newDeadline() deadline { return deadline{passed: make(chan struct{})} }
 
 // set moves the deadline; the zero time means none.
 func (d *deadline) set(t time.Time) {
+	if d.setLocked(t) && d.onPass != nil {
+		d.onPass()
+	}
+}
+
+// setLocked is set under d.mu; it reports whether the deadline passed
+// now, so that set tells onPass outside the lock.
+func (d *deadline) setLocked(t time.Time) (passedNow bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.timer != nil && !d.timer.Stop() {
@@ -28,20 +37,26 @@ func (d *deadline) set(t time.Time) {
 		if closed {
 			d.passed = make(chan struct{})
 		}
-		return
+		return false
 	}
 	dur := time.Until(t)
 	if dur <= 0 {
 		if !closed {
 			close(d.passed)
 		}
-		return
+		return !closed
 	}
 	if closed {
 		d.passed = make(chan struct{})
 	}
-	ch := d.passed
-	d.timer = time.AfterFunc(dur, func() { close(ch) })
+	ch, onPass := d.passed, d.onPass
+	d.timer = time.AfterFunc(dur, func() {
+		close(ch)
+		if onPass != nil {
+			onPass()
+		}
+	})
+	return false
 }
 
 // wait returns a channel closed when the deadline passes.

@@ -350,6 +350,23 @@ func TestOnReadable(t *testing.T) {
 		st.OnReadable(func() { late <- struct{}{} })
 		called(t, late, "a registration after the end")
 	})
+	t.Run("read deadline", func(t *testing.T) {
+		s, p := newRawServer(t, Config{})
+		st, calls, _ := accept(t, s, p, 1)
+		// A deadline that passes later, and one already past: Read would
+		// return at once, so the parked reader is told.
+		_ = st.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+		called(t, calls, "a read deadline passing")
+		if !st.Readable() {
+			t.Fatal("not readable with its read deadline passed")
+		}
+		_ = st.SetReadDeadline(time.Time{})
+		if st.Readable() {
+			t.Fatal("readable once the deadline was cleared")
+		}
+		_ = st.SetReadDeadline(time.Now())
+		called(t, calls, "a read deadline set in the past")
+	})
 	t.Run("stopped", func(t *testing.T) {
 		s, p := newRawServer(t, Config{})
 		st, calls, stop := accept(t, s, p, 1)

@@ -45,7 +45,7 @@ type Stream struct {
 }
 
 func newStream(s *Session, id uint32) *Stream {
-	return &Stream{
+	st := &Stream{
 		sess:       s,
 		id:         id,
 		recvWindow: initialWindow,
@@ -55,6 +55,10 @@ func newStream(s *Session, id uint32) *Stream {
 		readDL:     newDeadline(),
 		writeDL:    newDeadline(),
 	}
+	// A passed read deadline makes Read return at once: a reader parked
+	// in OnReadable is told, as for data.
+	st.readDL.onPass = st.readable
+	return st
 }
 
 // readable wakes the reader: a blocked Read and the OnReadable callback.
@@ -66,12 +70,12 @@ func (s *Stream) readable() {
 }
 
 // Readable reports whether a Read would not block now: data, the end of
-// the stream, a reset or the session's end.
+// the stream, a reset, the session's end or a passed read deadline.
 func (s *Stream) Readable() bool {
 	s.mu.Lock()
 	ready := s.recv.len() > 0 || s.remoteFIN || s.reset
 	s.mu.Unlock()
-	return ready || s.sess.IsClosed()
+	return ready || s.sess.IsClosed() || isClosed(s.readDL.wait())
 }
 
 // OnReadable arranges for fn to be called whenever the stream may have
