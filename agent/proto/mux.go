@@ -24,13 +24,16 @@ const (
 	KeepAliveInterval = 5 * time.Second
 	// ConnectionWriteTimeout bounds one frame's write and a ping's answer.
 	ConnectionWriteTimeout = 10 * time.Second
+	// AcceptBacklog bounds the streams opened by the peer and not yet
+	// accepted.
+	AcceptBacklog = 1024
 )
 
 // MuxConfig returns the yamux configuration both ends use. yamux's own
 // messages go to logger at debug level.
 func MuxConfig(logger *slog.Logger) *yamux.Config {
 	c := yamux.DefaultConfig()
-	c.AcceptBacklog = 1024
+	c.AcceptBacklog = AcceptBacklog
 	c.EnableKeepAlive = true
 	c.KeepAliveInterval = KeepAliveInterval
 	c.ConnectionWriteTimeout = ConnectionWriteTimeout
@@ -64,7 +67,7 @@ func (m muxLogger) log(s string) {
 // may still be yamux.
 func sessionConfig(logger *slog.Logger) mux.Config {
 	return mux.Config{
-		AcceptBacklog:     1024,
+		AcceptBacklog:     AcceptBacklog,
 		StreamWindow:      StreamWindow,
 		KeepAliveInterval: KeepAliveInterval,
 		PingTimeout:       ConnectionWriteTimeout,
