@@ -14,6 +14,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 
+	"github.com/trafficpolice/trafficpolice/router/dnscache"
 	"github.com/trafficpolice/trafficpolice/router/policy"
 )
 
@@ -100,6 +101,22 @@ func (r *Router) resolve(ctx context.Context, q *dns.Msg) (*dns.Msg, policy.Rout
 	if d.Route == policy.Remote && r.cfg.Remote == nil {
 		d = policy.Decision{Route: policy.Local, Rule: "no agent", Name: d.Name}
 	}
+	// Only the cluster's answers are kept: the host's resolver is at hand
+	// (and has caches of its own), the cluster is a tunnel's round trip
+	// away.
+	cache := r.dnsCache
+	if d.Route != policy.Remote {
+		cache = nil
+	}
+	key := dnscache.KeyOf(uint8(d.Route), q)
+	if cache != nil {
+		if answer := cache.Get(key); answer != nil {
+			r.stats.dnsCached.Add(1)
+			answer.Question = q.Question // as the app spelled it
+			r.remember(qname, d.Route, answer)
+			return answer, d.Route, nil
+		}
+	}
 	query := q.Copy()
 	query.Id = dns.Id()
 	rename := d.Name != "" && !strings.EqualFold(dns.Fqdn(d.Name), qname)
@@ -129,6 +146,9 @@ func (r *Router) resolve(ctx context.Context, q *dns.Msg) (*dns.Msg, policy.Rout
 				rr.Header().Name = qname
 			}
 		}
+	}
+	if cache != nil {
+		cache.Put(key, answer)
 	}
 	r.remember(qname, d.Route, answer)
 	return answer, d.Route, nil

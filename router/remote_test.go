@@ -146,7 +146,8 @@ func TestRemoteNameIsResolvedByTheAgentAndNamesItsFlow(t *testing.T) {
 			return m, nil
 		},
 	}
-	app := routertest.Start(t, router.Config{Policy: routertest.Policy(t, everythingRemote), Remote: remote})
+	// Without the cache, so that each query reaches the agent.
+	app := routertest.Start(t, router.Config{Policy: routertest.Policy(t, everythingRemote), Remote: remote, NoDNSCache: true})
 	ctx := testContext(t)
 	for _, network := range []string{"udp", "tcp"} {
 		q := new(dns.Msg)
@@ -258,6 +259,101 @@ func TestRemoteUDPDialErrorIsLoggedAndTheAppHearsNothing(t *testing.T) {
 	_ = c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
 	if n, err := c.Read(make([]byte, 10)); !isTimeout(err) {
 		t.Fatalf("the app's read after a failed remote dial = %d bytes, %v; want its own timeout", n, err)
+	}
+}
+
+// TestRemoteAnswersAreKeptForTheirTTL: a name asked again within its TTL
+// is answered without the agent, with the asker's ID and spelling and the
+// TTL left; an answer with TTL 0, a failure, or one whose TTL ran out is
+// asked for again.
+func TestRemoteAnswersAreKeptForTheirTTL(t *testing.T) {
+	const (
+		cached  = "uwu-service.default.svc.cluster.local."
+		zeroTTL = "zero.default.svc.cluster.local."
+		missing = "missing.default.svc.cluster.local."
+	)
+	service := netip.MustParseAddr("10.96.0.10")
+	pod := routertest.EchoTCP(t)
+	remote := &routertest.Remote{
+		TCP: routertest.DialHost("tcp", pod),
+		DNS: func(_ context.Context, q *dns.Msg) (*dns.Msg, error) {
+			m := new(dns.Msg)
+			m.SetReply(q)
+			name := strings.ToLower(q.Question[0].Name)
+			switch name {
+			case cached, zeroTTL:
+				ttl := uint32(1)
+				if name == zeroTTL {
+					ttl = 0
+				}
+				m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: q.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: ttl}, A: service.AsSlice()}}
+			default: // NXDOMAIN without a SOA: nothing says how long to keep it
+				m.Rcode = dns.RcodeNameError
+			}
+			return m, nil
+		},
+	}
+	app := routertest.Start(t, router.Config{Policy: routertest.Policy(t, everythingRemote), Remote: remote})
+	ctx := testContext(t)
+	exchanges := func() int {
+		n := 0
+		for _, c := range remote.Calls() {
+			if c.Method == "Exchange" {
+				n++
+			}
+		}
+		return n
+	}
+	ask := func(network, name string) *dns.Msg {
+		t.Helper()
+		q := new(dns.Msg)
+		q.SetQuestion(name, dns.TypeA)
+		m, err := app.Exchange(ctx, network, q)
+		if err != nil {
+			t.Fatalf("%s over %s: %v", name, network, err)
+		}
+		if m.Id != q.Id || !reflect.DeepEqual(m.Question, q.Question) {
+			t.Fatalf("answer to %v (id %d): question %v, id %d", q.Question, q.Id, m.Question, m.Id)
+		}
+		return m
+	}
+
+	ask("udp", cached)
+	// Over TCP and spelled otherwise: the same question to a resolver.
+	m := ask("tcp", strings.ToUpper(cached))
+	if n := exchanges(); n != 1 {
+		t.Fatalf("the agent was asked %d times for one name within its TTL, want once", n)
+	}
+	if len(m.Answer) != 1 || m.Answer[0].Header().Ttl > 1 || !m.Answer[0].(*dns.A).A.Equal(service.AsSlice()) {
+		t.Fatalf("answer from the cache: %v, want %s A %s with TTL ≤ 1", m.Answer, cached, service)
+	}
+	if s := app.Router.Stats(); s.DNSCached != 1 || s.DNSQueries != 2 {
+		t.Errorf("stats: %d of %d queries cached, want 1 of 2", s.DNSCached, s.DNSQueries)
+	}
+	// An answer from the cache still names the address's flows.
+	c, err := app.DialTCP(ctx, netip.AddrPortFrom(service, 8080))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if rec := app.WaitFlows(1)[0]; rec.Host != strings.TrimSuffix(cached, ".") {
+		t.Errorf("flow after a cached answer: host %q, want %q", rec.Host, strings.TrimSuffix(cached, "."))
+	}
+
+	for _, name := range []string{zeroTTL, missing} {
+		before := exchanges()
+		ask("udp", name)
+		ask("udp", name)
+		if n := exchanges() - before; n != 2 {
+			t.Errorf("%s asked twice: the agent was asked %d times, want 2 (nothing to keep)", name, n)
+		}
+	}
+
+	time.Sleep(1100 * time.Millisecond) // the cached name's TTL of 1 s runs out
+	before := exchanges()
+	ask("udp", cached)
+	if n := exchanges() - before; n != 1 {
+		t.Errorf("after its TTL the name was answered without the agent (%d exchanges)", n)
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
+	"github.com/trafficpolice/trafficpolice/router/dnscache"
 	"github.com/trafficpolice/trafficpolice/router/policy"
 )
 
@@ -68,6 +69,10 @@ type Config struct {
 	// leaves every other named one to the router, which alone knows names.
 	// An error is logged; the answer still goes out.
 	Named func(addr netip.Addr, local bool, until time.Time) error
+	// NoDNSCache asks the cluster for every name the app looks up, even
+	// one answered a moment ago: by default the cluster's answers are
+	// kept for their TTL (see dnscache).
+	NoDNSCache bool
 	// Logger receives the router's own messages.
 	Logger *slog.Logger
 }
@@ -98,6 +103,7 @@ type Router struct {
 	warnOnce sync.Map // destinations already warned about
 	pending  pendingDials
 	pinger   *pinger
+	dnsCache *dnscache.Cache // nil with NoDNSCache
 	stats    Stats
 	closers  []io.Closer
 	onClose  []func()
@@ -144,6 +150,9 @@ func New(cfg Config) (*Router, error) {
 		}
 	}
 	r.pinger = &pinger{ctx: ctx, wg: &r.wg}
+	if !cfg.NoDNSCache {
+		r.dnsCache = dnscache.New(nil)
+	}
 	s, err := newStack(cfg.Link)
 	if err != nil {
 		cancel()

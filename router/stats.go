@@ -5,7 +5,9 @@ import "sync/atomic"
 // Stats counts flows by route.
 type Stats struct {
 	tcpFlows, udpFlows, dnsQueries, blocked, failed atomic.Int64
-	open                                            atomic.Int64
+	// dnsCached counts the queries answered from the DNS cache.
+	dnsCached atomic.Int64
+	open      atomic.Int64
 	// synsDropped counts the app's SYNs dropped because too many dials
 	// were pending to their destination (the app retransmits them).
 	synsDropped atomic.Int64
@@ -14,6 +16,9 @@ type Stats struct {
 // StatsSnapshot is a copy of Stats at one moment.
 type StatsSnapshot struct {
 	TCPFlows, UDPFlows, DNSQueries, Blocked, Failed, Open int64
+	// DNSCached counts the DNS queries answered from the cache (of
+	// DNSQueries).
+	DNSCached int64
 	// SYNsDropped counts the app's connection attempts dropped, to be
 	// retransmitted by the app, because too many dials were pending: to
 	// their destination, or in all (the netstack's forwarder limit).
@@ -23,7 +28,8 @@ type StatsSnapshot struct {
 func (s *Stats) snapshot() StatsSnapshot {
 	return StatsSnapshot{
 		TCPFlows: s.tcpFlows.Load(), UDPFlows: s.udpFlows.Load(), DNSQueries: s.dnsQueries.Load(),
-		Blocked: s.blocked.Load(), Failed: s.failed.Load(), Open: s.open.Load(),
+		DNSCached: s.dnsCached.Load(),
+		Blocked:   s.blocked.Load(), Failed: s.failed.Load(), Open: s.open.Load(),
 		SYNsDropped: s.synsDropped.Load(),
 	}
 }

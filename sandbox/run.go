@@ -59,6 +59,9 @@ type Options struct {
 	// root run hands the flows its rules send local by address or port to
 	// the kernel (package kernelpath).
 	NoKernelPath bool
+	// NoDNSCache asks the cluster for every name the app looks up: by
+	// default the router keeps the cluster's answers for their TTL.
+	NoDNSCache bool
 	// Rootless runs the sandbox in a user namespace of its own, as the user
 	// who runs trafficpolice (launch.StartHolder): what a user who is not
 	// root gets, and what root gets when asked. The app runs as that user
@@ -460,6 +463,7 @@ func startRouter(ctx context.Context, ns space, tun *os.File, o Options) (*route
 		LocalResolver: router.NewHostResolver(o.HostResolvConf, o.HostHosts),
 		FlowLog:       flowLog,
 		Named:         o.kernelNamed(),
+		NoDNSCache:    o.NoDNSCache,
 		Logger:        o.Logger,
 	}
 	if o.Agent != nil {

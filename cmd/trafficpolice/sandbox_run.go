@@ -36,6 +36,7 @@ type runFlags struct {
 	capAdd         []string
 	rootless       bool
 	noKernelPath   bool
+	noDNSCache     bool
 	kube           kubeFlags
 	image          imageFlags
 }
@@ -94,6 +95,7 @@ func newSandboxRunCommand() *cobra.Command {
 	fl.MarkHidden("debug-listen")
 	fl.StringArrayVar(&f.capAdd, "cap-add", nil, "give the app this capability too (repeatable; e.g. NET_ADMIN, or ALL); the default is Docker's set")
 	fl.BoolVar(&f.noKernelPath, "no-kernel-path", false, "send every flow through trafficpolice's router: by default a root run hands the flows its rules send local by address or port to the kernel")
+	fl.BoolVar(&f.noDNSCache, "no-dns-cache", false, "ask the cluster for every name the app looks up: by default the cluster's answers are kept for their TTL")
 	fl.BoolVar(&f.rootless, "rootless", false, "run the sandbox in a user namespace of its own, as when not root (the default when not root)")
 	f.kube.add(fl)
 	f.kube.complete(cmd)
@@ -219,6 +221,7 @@ func runSandbox(ctx context.Context, f runFlags, argv []string) error {
 		DebugListen:  f.debugListen,
 		NoIPv6:       false,
 		NoKernelPath: f.noKernelPath,
+		NoDNSCache:   f.noDNSCache,
 		Rootless:     rootlessRun(f.rootless),
 		Stdin:        os.Stdin,
 		Stdout:       os.Stdout,

@@ -50,6 +50,7 @@ func clientMain(args []string) int {
 	size := fs.Int("size", 1, "message or datagram size in bytes")
 	conc := fs.Int("conc", 32, "concurrent clients")
 	name := fs.String("name", "", "DNS name to ask for")
+	unique := fs.Bool("unique", false, "ask for a name never asked before each time (q<client>-<n>.NAME): no cache can answer")
 	n := fs.Int("n", 10000, "connections to open and hold")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
@@ -69,7 +70,7 @@ func clientMain(args []string) int {
 	case "udp":
 		res, err = udpRate(*addr, *size, *conc, *dur)
 	case "dns":
-		res, err = dnsRate(*addr, *name, *conc, *dur)
+		res, err = dnsRate(*addr, *name, *unique, *conc, *dur)
 	case "hold":
 		err = holdFlows(*addr, *n)
 	case "start":
@@ -352,13 +353,13 @@ func udpRate(addr string, size, window int, dur time.Duration) (clientResult, er
 }
 
 // dnsRate runs conc clients asking server for name's A record for dur.
-func dnsRate(server, name string, conc int, dur time.Duration) (clientResult, error) {
+func dnsRate(server, name string, unique bool, conc int, dur time.Duration) (clientResult, error) {
 	var done, failed atomic.Int64
 	var firstErr atomic.Value
 	var wg sync.WaitGroup
 	win := newRateWindow(dur)
 	end := time.Now().Add(dur)
-	for range conc {
+	for client := range conc {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -372,7 +373,10 @@ func dnsRate(server, name string, conc int, dur time.Duration) (clientResult, er
 			defer conn.Close()
 			q := new(dns.Msg)
 			q.SetQuestion(dns.Fqdn(name), dns.TypeA)
-			for time.Now().Before(end) {
+			for i := 0; time.Now().Before(end); i++ {
+				if unique {
+					q.Question[0].Name = dns.Fqdn(fmt.Sprintf("q%d-%d.%s", client, i, name))
+				}
 				q.Id = dns.Id()
 				m, _, err := cl.ExchangeWithConn(q, conn)
 				if err == nil && (m.Rcode != dns.RcodeSuccess || len(m.Answer) == 0) {
