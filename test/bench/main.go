@@ -29,6 +29,9 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "peer" {
 		os.Exit(peerMain(os.Args[2:]))
 	}
+	if len(os.Args) > 1 && os.Args[1] == "relay" {
+		os.Exit(relayMain(os.Args[2:]))
+	}
 	if len(os.Args) > 1 && os.Args[1] == "peer-gate" {
 		os.Exit(gateMain(os.Args[2:]))
 	}
@@ -60,7 +63,7 @@ func benchMain(args []string) int {
 	fs.BoolVar(&o.json, "json", false, "print the results as JSON instead of a table")
 	fs.DurationVar(&o.duration, "duration", time.Second, "how long each throughput, latency and rate measurement runs")
 	fs.IntVar(&o.repeat, "repeat", 3, "runs of each throughput, latency and rate pair, alternating kernel and trafficpolice (medians reported)")
-	fs.StringVar(&rows, "rows", "", "only run row groups matching this regexp: tcp1, tcp8, rr, crr, udp, dns, mem, start, with a path prefix: local, router, rootless, remote, pasta, slirp4netns (e.g. 'local/tcp')")
+	fs.StringVar(&rows, "rows", "", "only run row groups matching this regexp: tcp1, tcp8, rr, crr, udp, dns, mem, start, with a path prefix: local, router, rootless, remote, pasta, slirp4netns, relay (e.g. 'local/tcp')")
 	fs.IntVar(&o.flows, "flows", 10000, "idle flows for the memory row")
 	fs.StringVar(&o.profile, "profile", "", "save trafficpolice's CPU profile of each throughput, latency, rate and UDP row (and the agent's, on the remote path), and the memory rows' heap profiles, goroutine stacks and memstats, into this directory")
 	fs.BoolVar(&o.trace, "trace", false, "with -profile: save execution traces (go tool trace; -pprof=sched shows where goroutines waited to run) instead of CPU profiles")
@@ -189,6 +192,15 @@ func bench(ctx context.Context, o options) (*report, error) {
 			}
 			defer stopAgent()
 			paths = append(paths, remotePath)
+		}
+		if b.wantAny(relayPath) {
+			say("starting the relays (host and %s)", topo.pod.Name())
+			rl, err := r.startRelays(ctx)
+			if err != nil {
+				return rep, err
+			}
+			defer rl.stop()
+			paths = append(paths, relayPath)
 		}
 	}
 	if o.pause {
@@ -348,6 +360,13 @@ func (b *benchRun) want(p path, group string) bool {
 		// competition: the rows that compare them.
 		switch group {
 		case "tcp1", "rr", "crr", "udp":
+		default:
+			return false
+		}
+	case p == relayPath:
+		// The floor under the remote path's TCP rows.
+		switch group {
+		case "tcp1", "rr", "crr":
 		default:
 			return false
 		}

@@ -29,10 +29,11 @@ const (
 	pastaPath                // a peer: the client under pasta as an unprivileged user (peers.go)
 	slirpPath                // a peer: the client under slirp4netns as an unprivileged user
 	routerPath               // localPath with --no-kernel-path: the router dials from the host
+	relayPath                // a floor, not a tool: the remote route through two plain TCP relays (relay.go)
 )
 
 func (p path) String() string {
-	return [...]string{"kernel", "local", "remote", "rootless", "pasta", "slirp4netns", "router"}[p]
+	return [...]string{"kernel", "local", "remote", "rootless", "pasta", "slirp4netns", "router", "relay"}[p]
 }
 
 // tool is what carries p's flows: trafficpolice, or the peer.
@@ -40,12 +41,15 @@ func (p path) tool() string {
 	if p.isPeer() {
 		return p.String()
 	}
+	if p == relayPath {
+		return "two TCP relays"
+	}
 	return "trafficpolice"
 }
 
 // toolOf is the tool of the path named name.
 func toolOf(name string) string {
-	for p := kernelPath; p <= routerPath; p++ {
+	for p := kernelPath; p <= relayPath; p++ {
 		if p.String() == name {
 			return p.tool()
 		}
@@ -103,6 +107,9 @@ func (r *runner) start(ctx context.Context, p path, args []string, debug bool) (
 	switch {
 	case p == kernelPath:
 		cmd = exec.CommandContext(ctx, client[0], client[1:]...)
+	case p == relayPath:
+		client = append([]string{r.self, "client"}, r.relayArgs(args)...)
+		cmd = exec.CommandContext(ctx, client[0], client[1:]...)
 	case p.isPeer():
 		cmd = r.peerCommand(ctx, p, client)
 	default:
@@ -152,7 +159,7 @@ func (r *runner) start(ctx context.Context, p path, args []string, debug bool) (
 	cmd.Stderr = pr.stderr
 	pr.cmd, pr.stdin, pr.stdout = cmd, stdin, bufio.NewReader(stdout)
 	pr.started = time.Now()
-	if p == kernelPath {
+	if p == kernelPath || p == relayPath {
 		err = r.topo.pod.Do(cmd.Start)
 	} else {
 		err = cmd.Start()
@@ -198,7 +205,7 @@ func (pr *proc) wait() (clientResult, error) {
 // run runs a client to its end. With a profile directory and a name, it
 // records trafficpolice's CPU profile meanwhile (profileFor long).
 func (r *runner) run(ctx context.Context, p path, args []string, profileName string, profileFor time.Duration) (clientResult, error) {
-	debug := r.profile != "" && profileName != "" && p != kernelPath && !p.isPeer()
+	debug := r.profile != "" && profileName != "" && p != kernelPath && p != relayPath && !p.isPeer()
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 	pr, err := r.start(ctx, p, args, debug)
