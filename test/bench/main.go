@@ -364,9 +364,9 @@ func (b *benchRun) want(p path, group string) bool {
 			return false
 		}
 	case p == relayPath:
-		// The floor under the remote path's TCP rows.
+		// The floor under the remote path's rows.
 		switch group {
-		case "tcp1", "rr", "crr":
+		case "tcp1", "rr", "crr", "udp":
 		default:
 			return false
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
@@ -16,24 +17,28 @@ import (
 )
 
 // The relay path is not a tool but a floor: the remote path's route through
-// two plain TCP relays, one on the host (where trafficpolice's router
-// runs) and one in the pod namespace (where its agent runs), each a process
-// that accepts, dials the next hop and copies both ways with splice(2)
-// (Go's io.Copy between TCP sockets), with no TUN, no netstack, no
-// multiplexing and no encryption. It is the least a tool that carries an
+// two plain relays, one on the host (where trafficpolice's router runs) and
+// one in the pod namespace (where its agent runs). For TCP each accepts,
+// dials the next hop and copies both ways with splice(2) (Go's io.Copy
+// between TCP sockets); for UDP each passes datagrams on one system call
+// at a time, through a socket per client. No TUN, no netstack, no
+// multiplexing, no encryption. It is about the least a tool that carries an
 // app's flows through a process of its own on each side (trafficpolice,
-// mirrord, Telepresence) can add on this machine, measured beside the
-// kernel in the same run as the remote rows.
+// mirrord, Telepresence) adds on this machine, measured beside the kernel
+// in the same run as the remote rows (relays that batch datagrams could do
+// better on UDP).
 
 // relayPorts are the servers the relay path reaches: bulk TCP, echo,
-// connect-and-close.
-var relayPorts = []int{portBulk, portEcho, portCRR}
+// connect-and-close, and UDP echo (relayed as datagrams: the cheapest way
+// between the relays, where a tool's tunnel would carry them in a stream).
+var relayPorts = []int{portBulk, portEcho, portCRR, portUDP}
 
 // relayPortOffset: relay 1 listens on the server's port plus this (the host
 // side of the pod's veth), relay 2 on the same port at the pod's address.
 const relayPortOffset = 20000
 
-// relayMain is "bench relay LISTEN=TO ...": it serves until stdin ends.
+// relayMain is "bench relay [tcp|udp:]LISTEN=TO ...": it serves until
+// stdin ends.
 func relayMain(args []string) int {
 	fs := flag.NewFlagSet("relay", flag.ContinueOnError)
 	if err := fs.Parse(args); err != nil || fs.NArg() == 0 {
@@ -48,6 +53,20 @@ func relayMain(args []string) int {
 		if !ok {
 			fmt.Fprintf(os.Stderr, "bench relay: %q is not LISTEN=TO\n", pair)
 			return 2
+		}
+		if udp, isUDP := strings.CutPrefix(listen, "udp:"); isUDP {
+			pc, err := net.ListenPacket("udp", udp)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "bench relay: %v\n", err)
+				return 1
+			}
+			context.AfterFunc(ctx, func() { pc.Close() })
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				serveUDPRelay(pc.(*net.UDPConn), to)
+			}()
+			continue
 		}
 		ln, err := net.Listen("tcp", listen)
 		if err != nil {
@@ -93,6 +112,52 @@ func serveRelay(ln net.Listener, to string) {
 	}
 }
 
+// serveUDPRelay passes each client's datagrams on through a socket of its
+// own (so that the answers find their way back) and the answers back.
+func serveUDPRelay(pc *net.UDPConn, to string) {
+	var mu sync.Mutex
+	upstream := map[netip.AddrPort]*net.UDPConn{}
+	defer func() {
+		mu.Lock()
+		for _, c := range upstream {
+			c.Close()
+		}
+		mu.Unlock()
+	}()
+	buf := make([]byte, 65536)
+	for {
+		n, from, err := pc.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			return
+		}
+		mu.Lock()
+		up := upstream[from]
+		if up == nil {
+			raddr, err := net.ResolveUDPAddr("udp", to)
+			if err == nil {
+				up, err = net.DialUDP("udp", nil, raddr)
+			}
+			if err != nil {
+				mu.Unlock()
+				continue
+			}
+			upstream[from] = up
+			go func() {
+				back := make([]byte, 65536)
+				for {
+					n, err := up.Read(back)
+					if err != nil {
+						return
+					}
+					_, _ = pc.WriteToUDPAddrPort(back[:n], from)
+				}
+			}()
+		}
+		mu.Unlock()
+		_, _ = up.Write(buf[:n])
+	}
+}
+
 // relayOneWay copies src to dst (splice(2) between two TCP sockets) and
 // passes the end on as a half-close.
 func relayOneWay(dst, src *net.TCPConn) {
@@ -116,8 +181,12 @@ func (r *runner) startRelays(ctx context.Context) (*relays, error) {
 	var hostPairs, podPairs []string
 	for _, port := range relayPorts {
 		at := func(a fmt.Stringer, p int) string { return net.JoinHostPort(a.String(), fmt.Sprint(p)) }
-		hostPairs = append(hostPairs, at(t.podGW, port+relayPortOffset)+"="+at(t.podIP, port+relayPortOffset))
-		podPairs = append(podPairs, at(t.podIP, port+relayPortOffset)+"="+at(t.srvIP, port))
+		proto := ""
+		if port == portUDP {
+			proto = "udp:"
+		}
+		hostPairs = append(hostPairs, proto+at(t.podGW, port+relayPortOffset)+"="+at(t.podIP, port+relayPortOffset))
+		podPairs = append(podPairs, proto+at(t.podIP, port+relayPortOffset)+"="+at(t.srvIP, port))
 	}
 	rl := &relays{}
 	for i, pairs := range [][]string{podPairs, hostPairs} {

@@ -29,7 +29,7 @@ const (
 	pastaPath                // a peer: the client under pasta as an unprivileged user (peers.go)
 	slirpPath                // a peer: the client under slirp4netns as an unprivileged user
 	routerPath               // localPath with --no-kernel-path: the router dials from the host
-	relayPath                // a floor, not a tool: the remote route through two plain TCP relays (relay.go)
+	relayPath                // a floor, not a tool: the remote route through two plain relays (relay.go)
 )
 
 func (p path) String() string {
@@ -42,7 +42,7 @@ func (p path) tool() string {
 		return p.String()
 	}
 	if p == relayPath {
-		return "two TCP relays"
+		return "two relays"
 	}
 	return "trafficpolice"
 }
