@@ -181,14 +181,19 @@ func TestRemoteNamesAreAnsweredByThePodsNameserver(t *testing.T) {
 			t.Errorf("%s over %s resolved to %s, want %s from the pod's nameserver", serviceName, network, got, serviceAddr)
 		}
 	}
-	m, err := app.Query(testContext(t), "udp", "nope.default.svc.cluster.local.", dns.TypeA)
-	if err != nil {
-		t.Fatal(err)
+	for range 2 {
+		m, err := app.Query(testContext(t), "udp", "nope.default.svc.cluster.local.", dns.TypeA)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Rcode != dns.RcodeNameError {
+			t.Errorf("an unknown name: %v, want NXDOMAIN from the pod's nameserver", m)
+		}
 	}
-	if m.Rcode != dns.RcodeNameError {
-		t.Errorf("an unknown name: %v, want NXDOMAIN from the pod's nameserver", m)
-	}
-	want := []string{serviceName, serviceName, "nope.default.svc.cluster.local."}
+	// The second query for serviceName (over TCP) is answered from the
+	// router's cache (TTL 30 s); the nameserver's NXDOMAIN has no SOA to
+	// say how long it holds, so it is asked again.
+	want := []string{serviceName, "nope.default.svc.cluster.local.", "nope.default.svc.cluster.local."}
 	if got := asked(); strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Errorf("the pod's nameserver was asked %q, want %q", got, want)
 	}
