@@ -139,6 +139,11 @@ func (r *Router) resolve(ctx context.Context, q *dns.Msg) (*dns.Msg, policy.Rout
 	if err := answer.Unpack(rawAnswer); err != nil {
 		return nil, d.Route, fmt.Errorf("unpack answer: %w", err)
 	}
+	// Kept only if it answers the question asked: a resolver that answers
+	// another must not fill the cache for this one.
+	if !sameQuestion(answer, query) {
+		cache = nil
+	}
 	if rename {
 		answer.Question = q.Question
 		for _, rr := range answer.Answer {
@@ -152,6 +157,16 @@ func (r *Router) resolve(ctx context.Context, q *dns.Msg) (*dns.Msg, policy.Rout
 	}
 	r.remember(qname, d.Route, answer)
 	return answer, d.Route, nil
+}
+
+// sameQuestion reports whether answer's question is query's (names
+// compared without case, as DNS does).
+func sameQuestion(answer, query *dns.Msg) bool {
+	if len(answer.Question) != 1 || len(query.Question) != 1 {
+		return false
+	}
+	a, q := answer.Question[0], query.Question[0]
+	return a.Qtype == q.Qtype && a.Qclass == q.Qclass && strings.EqualFold(a.Name, q.Name)
 }
 
 // remember records which names produced which address, for the policy: the

@@ -271,6 +271,7 @@ func TestRemoteAnswersAreKeptForTheirTTL(t *testing.T) {
 		cached  = "uwu-service.default.svc.cluster.local."
 		zeroTTL = "zero.default.svc.cluster.local."
 		missing = "missing.default.svc.cluster.local."
+		liar    = "liar.default.svc.cluster.local." // answered as another name
 	)
 	service := netip.MustParseAddr("10.96.0.10")
 	pod := routertest.EchoTCP(t)
@@ -281,6 +282,9 @@ func TestRemoteAnswersAreKeptForTheirTTL(t *testing.T) {
 			m.SetReply(q)
 			name := strings.ToLower(q.Question[0].Name)
 			switch name {
+			case liar:
+				m.Question = []dns.Question{{Name: cached, Qtype: dns.TypeA, Qclass: dns.ClassINET}}
+				m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: cached, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: service.AsSlice()}}
 			case cached, zeroTTL:
 				ttl := uint32(1)
 				if name == zeroTTL {
@@ -349,8 +353,21 @@ func TestRemoteAnswersAreKeptForTheirTTL(t *testing.T) {
 		}
 	}
 
-	time.Sleep(1100 * time.Millisecond) // the cached name's TTL of 1 s runs out
+	// An answer to another question is passed on but not kept.
 	before := exchanges()
+	for range 2 {
+		q := new(dns.Msg)
+		q.SetQuestion(liar, dns.TypeA)
+		if _, err := app.Exchange(ctx, "udp", q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := exchanges() - before; n != 2 {
+		t.Errorf("a name answered as another was asked %d times in two queries, want 2 (never kept)", n)
+	}
+
+	time.Sleep(1100 * time.Millisecond) // the cached name's TTL of 1 s runs out
+	before = exchanges()
 	ask("udp", cached)
 	if n := exchanges() - before; n != 1 {
 		t.Errorf("after its TTL the name was answered without the agent (%d exchanges)", n)
