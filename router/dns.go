@@ -152,8 +152,11 @@ func (r *Router) resolve(ctx context.Context, q *dns.Msg) (*dns.Msg, policy.Rout
 			}
 		}
 	}
-	if cache != nil {
+	switch {
+	case cache != nil && rename:
 		cache.Put(key, answer)
+	case cache != nil:
+		cache.PutPacked(key, answer, rawAnswer) // as it came: no packing again
 	}
 	r.remember(qname, d.Route, answer)
 	return answer, d.Route, nil

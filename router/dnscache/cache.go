@@ -135,6 +135,20 @@ func (c *Cache) Put(k Key, answer *dns.Msg) bool {
 	if err := new(dns.Msg).Unpack(packed); err != nil {
 		return false
 	}
+	return c.keep(k, packed, ttl)
+}
+
+// PutPacked is Put for an answer that packed is the wire form of (it was
+// unpacked from it), which is kept as it is: no packing again.
+func (c *Cache) PutPacked(k Key, answer *dns.Msg, packed []byte) bool {
+	ttl := TTL(answer)
+	if ttl <= 0 || len(packed) > MaxAnswerSize {
+		return false
+	}
+	return c.keep(k, append([]byte(nil), packed...), ttl)
+}
+
+func (c *Cache) keep(k Key, packed []byte, ttl time.Duration) bool {
 	now := c.now()
 	c.entries.Add(k, entry{packed: packed, stored: now, expires: now.Add(ttl)})
 	return true

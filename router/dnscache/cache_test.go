@@ -172,7 +172,18 @@ func FuzzPutGet(f *testing.F) {
 		c := New(clk.now)
 		k := KeyOf(0, m)
 		kept := c.Put(k, m)
+		// The same answer kept as it came (raw is its wire form) must be
+		// served the same way.
+		asCame := New(clk.now)
+		keptAsCame := asCame.PutPacked(k, m, raw)
 		clk.t = clk.t.Add(time.Duration(wait) * time.Second)
+		gotAsCame := asCame.Get(k)
+		if keptAsCame && len(raw) <= MaxAnswerSize && time.Duration(wait)*time.Second < TTL(m) && gotAsCame == nil {
+			t.Fatal("lost an answer kept as it came within its TTL")
+		}
+		if gotAsCame != nil && (len(gotAsCame.Answer) != len(m.Answer) || gotAsCame.Rcode != m.Rcode) {
+			t.Fatalf("answer kept as it came changed: %v vs %v", gotAsCame, m)
+		}
 		got := c.Get(k)
 		if !kept || time.Duration(wait)*time.Second >= TTL(m) {
 			if got != nil {
