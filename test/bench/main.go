@@ -382,7 +382,7 @@ func (b *benchRun) want(p path, group string) bool {
 	case p == relayPath:
 		// The floor under the remote path's rows.
 		switch group {
-		case "tcp1", "rr", "crr", "udp":
+		case "tcp1", "rr", "crr", "udp", "dns":
 		default:
 			return false
 		}
@@ -571,6 +571,18 @@ func (b *benchRun) dns(ctx context.Context, p path) error {
 	dur := b.o.duration.String()
 	conc := fmt.Sprint(b.o.dnsClients)
 	kArgs := []string{"dns", "-addr", net.JoinHostPort(t.srvIP.String(), "53"), "-name", "bench.test", "-conc", conc, "-dur", dur}
+	if p == relayPath {
+		// The floor under the uncached remote row: the same queries through
+		// the two relays (relayArgs points the client at relay 1).
+		kArgs = append(kArgs, "-unique")
+		kern, tp, err := b.pair(ctx, p, kArgs, "")
+		if err != nil {
+			return err
+		}
+		b.rep.add(Row{Path: p.String(), Name: fmt.Sprintf("DNS queries, each name new (%d clients)", b.o.dnsClients), Unit: "query/s", TP: tp.Rate, Kernel: kern.Rate, Higher: true,
+			Note: "the datagrams through the two relays"})
+		return nil
+	}
 	name, note := "localhost", "router answers from the host's /etc/hosts; kernel: a DNS server in the server netns"
 	if p == remotePath {
 		name, note = "bench.test", "the same name each time: the router's cache answers it after the first (TTL 60 s); kernel: straight to the DNS server"

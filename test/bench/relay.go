@@ -40,9 +40,9 @@ import (
 // names it ('intercept/').
 
 // relayPorts are the servers the relay path reaches: bulk TCP, echo,
-// connect-and-close, and UDP echo (relayed as datagrams: the cheapest way
+// connect-and-close, UDP echo and DNS (relayed as datagrams: the cheapest way
 // between the relays, where a tool's tunnel would carry them in a stream).
-var relayPorts = []int{portBulk, portEcho, portCRR, portUDP}
+var relayPorts = []int{portBulk, portEcho, portCRR, portUDP, portDNS}
 
 // relayPortOffset: relay 1 listens on the server's port plus this (the host
 // side of the pod's veth), relay 2 on the same port at the pod's address.
@@ -267,7 +267,7 @@ func (r *runner) startRelays(ctx context.Context) (*relays, error) {
 	for _, port := range relayPorts {
 		at := func(a fmt.Stringer, p int) string { return net.JoinHostPort(a.String(), fmt.Sprint(p)) }
 		proto := ""
-		if port == portUDP {
+		if port == portUDP || port == portDNS {
 			proto = "udp:"
 		}
 		hostPairs = append(hostPairs, proto+at(t.podGW, port+relayPortOffset)+"="+at(t.podIP, port+relayPortOffset))
