@@ -331,6 +331,16 @@ func TestANamedAddressAllLocalTakesTheKernelUntilItsNamesExpire(t *testing.T) {
 	if err := p.Named(w.srvIP, true, time.Now().Add(2*time.Second)); err != nil {
 		t.Fatal(err)
 	}
+	// Another name for the same address, the same path: the kernel's route
+	// is not written again (a DNS answer calls Named each time an
+	// address gains a name).
+	writes := p.NamedRouteWrites()
+	if err := p.Named(w.srvIP, true, time.Now().Add(2*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if again := p.NamedRouteWrites(); again != writes {
+		t.Errorf("the same decision wrote the route again (%d writes, then %d)", writes, again)
+	}
 	c, from, err := w.dial(7002, 5*time.Second)
 	if err != nil {
 		t.Fatalf("a named address whose flows all go local did not take the kernel path: %v", err)

@@ -72,6 +72,7 @@ type Path struct {
 	// rules by what they are.
 	hostRulesAdded bool
 	named          map[netip.Addr]*namedState
+	routeWrites    int // named routes written to the kernel (for tests)
 }
 
 // Setup builds the kernel path for cfg's sandbox. On error it removes what

@@ -130,6 +130,8 @@ func (p *Path) addRules(h *netlink.Handle, steps []policy.Step) error {
 type namedState struct {
 	gen    uint64      // which Named call decided last
 	expiry *time.Timer // armed while a takes the kernel path
+	// routed and kernel: a's route in the named table, as last set.
+	routed, kernel bool
 }
 
 // Named tells the kernel path that the names a stands for changed: local
@@ -162,7 +164,7 @@ func (p *Path) Named(a netip.Addr, local bool, until time.Time) error {
 		st.expiry = nil
 	}
 	st.gen++
-	if err := p.routeNamed(a, kernel); err != nil {
+	if err := p.setNamedRoute(st, a, kernel); err != nil {
 		return err
 	}
 	if kernel {
@@ -184,11 +186,28 @@ func (p *Path) expire(a netip.Addr, gen uint64) {
 		return
 	}
 	st.expiry = nil
-	if err := p.routeNamed(a, false); err != nil {
+	if err := p.setNamedRoute(st, a, false); err != nil {
 		// The router's decision would differ only if the names expired
 		// changed it; retry soon rather than leave it.
 		st.expiry = time.AfterFunc(time.Second, func() { p.expire(a, gen) })
 	}
+}
+
+// setNamedRoute sets a's route as routeNamed does, unless it is already
+// so: every DNS answer that adds a name to an address calls Named, and the
+// kernel's route need not hear of it when the path stays the same. Called
+// with p.mu held.
+func (p *Path) setNamedRoute(st *namedState, a netip.Addr, kernel bool) error {
+	if st.routed && st.kernel == kernel {
+		return nil
+	}
+	st.routed = false // unknown until the kernel says
+	if err := p.routeNamed(a, kernel); err != nil {
+		return err
+	}
+	st.routed, st.kernel = true, kernel
+	p.routeWrites++
+	return nil
 }
 
 // routeNamed sets a's route in the named table: the veth (kernel) or the
