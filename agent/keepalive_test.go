@@ -4,24 +4,19 @@ import (
 	"context"
 	"net"
 	"net/netip"
-	"os/exec"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/trafficpolice/trafficpolice/agent"
 	"github.com/trafficpolice/trafficpolice/agent/agenttest"
 	"github.com/trafficpolice/trafficpolice/agent/client"
+	"github.com/trafficpolice/trafficpolice/netns/netnstest"
 )
 
 // TestPodSocketsGetKeepAliveOnceTheFlowLasts: the agent's socket to the
 // pod's peer has no keepalive while the flow is young (short connections
 // spare the system calls) and gets it once the flow has lasted.
 func TestPodSocketsGetKeepAliveOnceTheFlowLasts(t *testing.T) {
-	if _, err := exec.LookPath("ss"); err != nil {
-		t.Fatalf("this test reads socket timers with ss (iproute2): %v", err)
-	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -57,7 +52,7 @@ func TestPodSocketsGetKeepAliveOnceTheFlowLasts(t *testing.T) {
 			}
 			defer conn.Close()
 			for {
-				armed := keepAliveArmed(t, peer.Port())
+				armed := netnstest.KeepAliveArmed(t, peer.Port())
 				if armed == tc.want {
 					return
 				}
@@ -68,15 +63,4 @@ func TestPodSocketsGetKeepAliveOnceTheFlowLasts(t *testing.T) {
 			}
 		})
 	}
-}
-
-// keepAliveArmed reports whether an established socket to port has its
-// keepalive timer armed (ss -o shows it as timer:(keepalive,...)).
-func keepAliveArmed(t *testing.T, port uint16) bool {
-	t.Helper()
-	out, err := exec.Command("ss", "-tnoH", "state", "established", "dport", "=", ":"+strconv.Itoa(int(port))).CombinedOutput()
-	if err != nil {
-		t.Fatalf("ss: %v: %s", err, out)
-	}
-	return strings.Contains(string(out), "keepalive")
 }

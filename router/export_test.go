@@ -1,6 +1,17 @@
 package router
 
-import "golang.org/x/net/icmp"
+import (
+	"time"
+
+	"golang.org/x/net/icmp"
+)
+
+// SetKeepAliveAfter sets keepAliveAfter until restore is called.
+func SetKeepAliveAfter(d time.Duration) (restore func()) {
+	old := keepAliveAfter
+	keepAliveAfter = d
+	return func() { keepAliveAfter = old }
+}
 
 // CountICMPSockets makes the router count the ICMP sockets it opens on
 // the host, by kind ("ip4:icmp" raw, "udp4" datagram, ...), until the

@@ -40,7 +40,9 @@ type Config struct {
 	// cluster resolves that a rule sends local is tried on the host as the
 	// app asked it, without them.
 	SearchDomains []string
-	// DialLocal dials from the host; nil means a plain net.Dialer.
+	// DialLocal dials from the host; nil means a net.Dialer without
+	// keepalive, which the router sets on a TCP flow's host socket once
+	// the flow has lasted (keepAliveAfter).
 	DialLocal DialFunc
 	// DialSandbox dials inside the sandbox (the app's own loopback ports);
 	// nil refuses such flows.
@@ -126,7 +128,7 @@ func New(cfg Config) (*Router, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.DialLocal == nil {
-		var d net.Dialer
+		d := net.Dialer{KeepAlive: -1}
 		cfg.DialLocal = d.DialContext
 	}
 	if cfg.LocalResolver == nil {

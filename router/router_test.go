@@ -14,6 +14,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/trafficpolice/trafficpolice/netns/netnstest"
 	"github.com/trafficpolice/trafficpolice/router"
 	"github.com/trafficpolice/trafficpolice/router/policy"
 	"github.com/trafficpolice/trafficpolice/router/routertest"
@@ -72,6 +73,43 @@ func TestLocalRuleReachesHostLoopback(t *testing.T) {
 	}
 	if !strings.Contains(r.Rule, ":"+itoa(p)) {
 		t.Fatalf("rule %q does not name the entry", r.Rule)
+	}
+}
+
+// TestHostSocketsGetKeepAliveOnceTheFlowLasts: the router's host socket of
+// a local flow has no keepalive while the flow is young (short connections
+// spare the system calls) and gets it once the flow has lasted.
+func TestHostSocketsGetKeepAliveOnceTheFlowLasts(t *testing.T) {
+	p := routertest.EchoTCP(t).Port()
+	app := start(t, policy.Rules{TCP: true, UDP: true, HaveRemote: true, Local: []string{":" + itoa(p)}}, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, tc := range []struct {
+		name  string
+		after time.Duration
+		want  bool
+	}{
+		{"a young flow", time.Hour, false},
+		{"a flow that lasted", 50 * time.Millisecond, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			defer router.SetKeepAliveAfter(tc.after)()
+			c, err := app.DialTCP(ctx, hostLoopback(p))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			for {
+				armed := netnstest.KeepAliveArmed(t, p)
+				if armed == tc.want {
+					return
+				}
+				if !tc.want || ctx.Err() != nil {
+					t.Fatalf("keepalive on the router's host socket: %v, want %v", armed, tc.want)
+				}
+				time.Sleep(20 * time.Millisecond) // polling for the timer, not synchronising
+			}
+		})
 	}
 }
 

@@ -37,6 +37,13 @@ const (
 	timeWait = 100 * time.Millisecond
 )
 
+// keepAliveAfter is how long a flow lives before its host socket gets TCP
+// keepalive (Go's defaults: 15 s idle, 15 s apart, 9 probes), so that a
+// destination that died silently ends it. Go's dialer sets it at once,
+// four system calls that short connections (a test suite's) never need. A
+// variable for the tests.
+var keepAliveAfter = time.Second
+
 // handleTCP runs for every new TCP connection from the app: dial first, then
 // complete the app's handshake, so the app sees the destination's real
 // answer (refused → RST, silence → its own timeout).
@@ -89,8 +96,18 @@ func (r *Router) handleTCP(req *tcp.ForwarderRequest) {
 	req.Complete(false)
 	in := gonet.NewTCPConn(&wq, ep)
 	spliced = true
+	ended := r.wg.Done
+	if tc, ok := out.(*net.TCPConn); ok {
+		keepAlive := time.AfterFunc(keepAliveAfter, func() {
+			_ = tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true}) // fails only once closed
+		})
+		ended = func() {
+			keepAlive.Stop()
+			r.wg.Done()
+		}
+	}
 	r.splice(f, in, out, endpointWaiter(&wq, ep), splice.TCPWait(out),
-		&endpointNotifier{wq: &wq, ep: ep}, tcpNotifier(out), r.wg.Done)
+		&endpointNotifier{wq: &wq, ep: ep}, tcpNotifier(out), ended)
 }
 
 // tcpNotifier is splice's Notifier for the flow's outer connection: a
