@@ -2,10 +2,10 @@ package agent_test
 
 import (
 	"context"
+	"io"
 	"net"
 	"net/netip"
 	"testing"
-	"time"
 
 	"github.com/trafficpolice/trafficpolice/agent"
 	"github.com/trafficpolice/trafficpolice/agent/agenttest"
@@ -33,34 +33,7 @@ func TestPodSocketsGetKeepAliveOnceTheFlowLasts(t *testing.T) {
 	}()
 	peer := netip.MustParseAddrPort(ln.Addr().String())
 	c := agenttest.Dial(t, agenttest.Start(t, agent.Options{}).Addr(), client.Options{})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-
-	for _, tc := range []struct {
-		name  string
-		after time.Duration
-		want  bool
-	}{
-		{"a young flow", time.Hour, false},
-		{"a flow that lasted", 50 * time.Millisecond, true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			defer agent.SetKeepAliveAfter(tc.after)()
-			conn, err := c.DialTCP(ctx, peer)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			for {
-				armed := netnstest.KeepAliveArmed(t, peer.Port())
-				if armed == tc.want {
-					return
-				}
-				if !tc.want || ctx.Err() != nil {
-					t.Fatalf("keepalive on the agent's socket to the peer: %v, want %v", armed, tc.want)
-				}
-				time.Sleep(20 * time.Millisecond) // polling for the timer, not synchronising
-			}
-		})
-	}
+	netnstest.CheckKeepAliveOnceItLasts(t, peer.Port(), agent.SetKeepAliveAfter, func(ctx context.Context) (io.Closer, error) {
+		return c.DialTCP(ctx, peer)
+	})
 }

@@ -82,35 +82,9 @@ func TestLocalRuleReachesHostLoopback(t *testing.T) {
 func TestHostSocketsGetKeepAliveOnceTheFlowLasts(t *testing.T) {
 	p := routertest.EchoTCP(t).Port()
 	app := start(t, policy.Rules{TCP: true, UDP: true, HaveRemote: true, Local: []string{":" + itoa(p)}}, nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	for _, tc := range []struct {
-		name  string
-		after time.Duration
-		want  bool
-	}{
-		{"a young flow", time.Hour, false},
-		{"a flow that lasted", 50 * time.Millisecond, true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			defer router.SetKeepAliveAfter(tc.after)()
-			c, err := app.DialTCP(ctx, hostLoopback(p))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			for {
-				armed := netnstest.KeepAliveArmed(t, p)
-				if armed == tc.want {
-					return
-				}
-				if !tc.want || ctx.Err() != nil {
-					t.Fatalf("keepalive on the router's host socket: %v, want %v", armed, tc.want)
-				}
-				time.Sleep(20 * time.Millisecond) // polling for the timer, not synchronising
-			}
-		})
-	}
+	netnstest.CheckKeepAliveOnceItLasts(t, p, router.SetKeepAliveAfter, func(ctx context.Context) (io.Closer, error) {
+		return app.DialTCP(ctx, hostLoopback(p))
+	})
 }
 
 func TestHostLoopbackIsPrivateByDefault(t *testing.T) {
