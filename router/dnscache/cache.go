@@ -102,7 +102,7 @@ func (c *Cache) Get(k Key) *dns.Msg {
 	}
 	m := new(dns.Msg)
 	if err := m.Unpack(e.packed); err != nil {
-		c.entries.Remove(k) // cannot happen: Put packed it
+		c.entries.Remove(k) // cannot happen: Put and PutPacked keep what reads back
 		return nil
 	}
 	age := uint32(now.Sub(e.stored) / time.Second)
