@@ -44,18 +44,53 @@ func processesOf(uid uint32) []int {
 			continue
 		}
 		var st syscall.Stat_t
-		if syscall.Stat("/proc/"+e.Name(), &st) == nil && st.Uid == uid {
+		if syscall.Stat("/proc/"+e.Name(), &st) == nil && st.Uid == uid && !zombie(pid) {
 			pids = append(pids, pid)
 		}
 	}
 	return pids
 }
 
+// zombie reports whether pid has exited and waits to be reaped: it runs
+// nothing and holds nothing of the run's (its namespaces went at exit), but
+// keeps its /proc entry until its parent, or init once orphaned, reaps it,
+// which on a loaded machine can take a while.
+func zombie(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true // gone meanwhile
+	}
+	// "pid (comm) S ...": the state follows the last ')' (comm may hold any).
+	i := bytes.LastIndexByte(b, ')')
+	return i >= 0 && i+2 < len(b) && (b[i+2] == 'Z' || b[i+2] == 'X')
+}
+
+// describe is the processes' command lines and states, for a failure.
+func describe(pids []int) string {
+	var out []string
+	for _, pid := range pids {
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		state := "?"
+		if i := bytes.LastIndexByte(stat, ')'); i >= 0 && i+2 < len(stat) {
+			state = string(stat[i+2])
+		}
+		out = append(out, fmt.Sprintf("%d %s %q", pid, state, bytes.ReplaceAll(cmd, []byte{0}, []byte{' '})))
+	}
+	return strings.Join(out, "; ")
+}
+
 // wantUserLeftNothing waits, bounded, until no process of u is left, and
 // checks that u's state folder holds no run; when says after what.
 func wantUserLeftNothing(t *testing.T, u netnstest.User, when string) {
 	t.Helper()
-	waitUntil(t, 10*time.Second, "the user's processes to end "+when, func() bool { return len(processesOf(u.UID)) == 0 })
+	deadline := time.Now().Add(10 * time.Second)
+	for left := processesOf(u.UID); len(left) > 0; left = processesOf(u.UID) {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited 10s for the user's processes to end %s: %s", when, describe(left))
+		}
+		time.Sleep(20 * time.Millisecond) // polling for their end, not synchronising
+	}
 	entries, _ := os.ReadDir(filepath.Join(os.TempDir(), fmt.Sprintf("trafficpolice-%d", u.UID)))
 	if len(entries) != 0 {
 		t.Errorf("the user's state folder keeps %d entries %s", len(entries), when)
@@ -125,16 +160,16 @@ func TestRootlessKilledRunIsCollectedByTheUsersGC(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitUntil(t, 30*time.Second, "the app to start", func() bool { return strings.Contains(out.String(), "up") })
-	holders := processesOf(u.UID)
+	// The shell prints "up" before it becomes sleep (exec): wait for that.
 	var appNetns netns.ID
-	for _, pid := range holders {
-		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); bytes.HasPrefix(b, []byte("sleep")) {
-			appNetns, _ = netns.IDOf(fmt.Sprintf("/proc/%d/ns/net", pid))
+	waitUntil(t, 10*time.Second, "the app to become sleep", func() bool {
+		for _, pid := range processesOf(u.UID) {
+			if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); bytes.HasPrefix(b, []byte("sleep")) {
+				appNetns, _ = netns.IDOf(fmt.Sprintf("/proc/%d/ns/net", pid))
+			}
 		}
-	}
-	if appNetns.Ino == 0 {
-		t.Fatalf("no app process among the user's %v", holders)
-	}
+		return appNetns.Ino != 0
+	})
 	cmd.Process.Kill()
 	cmd.Wait()
 	// The holder and the app die with trafficpolice (parent-death signals);
