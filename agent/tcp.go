@@ -14,11 +14,9 @@ import (
 )
 
 // keepAliveAfter is how long a flow lives before its pod-side socket gets
-// TCP keepalive (Go's defaults: 15 s idle, 15 s apart, 9 probes), so that
-// a peer that died silently ends it. Go's dialer sets it at once, four
-// system calls that were 8 % of the agent's CPU on a burst of short
-// connections (a test suite's); those end before this.
-var keepAliveAfter = time.Second // a variable for the tests
+// TCP keepalive (splice.KeepAliveLater: set at the dial, it was 8 % of the
+// agent's CPU on a burst of short connections). A variable for the tests.
+var keepAliveAfter = splice.KeepAliveDelay
 
 // serveTCP dials dst from the pod and relays the stream to it. The flow is
 // registered before the dial so an Abort that arrives meanwhile is not lost.
@@ -50,11 +48,7 @@ func (s *Server) serveTCP(ctx context.Context, t *tunnel, st *mux.Stream, req pr
 	}
 	stop := context.AfterFunc(ctx, func() { f.reset(false) })
 	defer stop()
-	tc := c.(*net.TCPConn)
-	keepAlive := time.AfterFunc(keepAliveAfter, func() {
-		_ = tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true}) // fails only once closed
-	})
-	defer keepAlive.Stop()
+	defer splice.KeepAliveLater(c.(*net.TCPConn), keepAliveAfter).Stop()
 	f.relay()
 }
 

@@ -42,7 +42,7 @@ type Config struct {
 	SearchDomains []string
 	// DialLocal dials from the host; nil means a net.Dialer without
 	// keepalive, which the router sets on a TCP flow's host socket once
-	// the flow has lasted (keepAliveAfter).
+	// the flow has lasted (splice.KeepAliveLater).
 	DialLocal DialFunc
 	// DialSandbox dials inside the sandbox (the app's own loopback ports);
 	// nil refuses such flows.

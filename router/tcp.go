@@ -38,11 +38,8 @@ const (
 )
 
 // keepAliveAfter is how long a flow lives before its host socket gets TCP
-// keepalive (Go's defaults: 15 s idle, 15 s apart, 9 probes), so that a
-// destination that died silently ends it. Go's dialer sets it at once,
-// four system calls that short connections (a test suite's) never need. A
-// variable for the tests.
-var keepAliveAfter = time.Second
+// keepalive (splice.KeepAliveLater). A variable for the tests.
+var keepAliveAfter = splice.KeepAliveDelay
 
 // handleTCP runs for every new TCP connection from the app: dial first, then
 // complete the app's handshake, so the app sees the destination's real
@@ -98,9 +95,7 @@ func (r *Router) handleTCP(req *tcp.ForwarderRequest) {
 	spliced = true
 	ended := r.wg.Done
 	if tc, ok := out.(*net.TCPConn); ok {
-		keepAlive := time.AfterFunc(keepAliveAfter, func() {
-			_ = tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true}) // fails only once closed
-		})
+		keepAlive := splice.KeepAliveLater(tc, keepAliveAfter)
 		ended = func() {
 			keepAlive.Stop()
 			r.wg.Done()
