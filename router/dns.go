@@ -108,8 +108,9 @@ func (r *Router) resolve(ctx context.Context, q *dns.Msg) (*dns.Msg, policy.Rout
 	if d.Route != policy.Remote {
 		cache = nil
 	}
-	key := dnscache.KeyOf(uint8(d.Route), q)
+	var key dnscache.Key
 	if cache != nil {
+		key = dnscache.KeyOf(uint8(d.Route), q)
 		if answer := cache.Get(key); answer != nil {
 			r.stats.dnsCached.Add(1)
 			answer.Question = q.Question // as the app spelled it
