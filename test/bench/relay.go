@@ -64,6 +64,12 @@ func relayMain(args []string) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var wg sync.WaitGroup
+	var cl *client.Client // one tunnel for every agent: pair, as the router has
+	defer func() {
+		if cl != nil {
+			cl.Close()
+		}
+	}()
 	for _, pair := range fs.Args() {
 		listen, to, ok := strings.Cut(pair, "=")
 		if !ok {
@@ -100,17 +106,18 @@ func relayMain(args []string) int {
 				fmt.Fprintf(os.Stderr, "bench relay: %v\n", err)
 				return 2
 			}
-			cl, err := client.Dial(ctx, client.Options{Address: os.Getenv("RELAY_AGENT"), Token: os.Getenv("RELAY_TOKEN"), Fingerprint: os.Getenv("RELAY_PIN")})
-			if err != nil {
-				fmt.Fprintf(os.Stderr, "bench relay: %v\n", err)
-				return 1
+			if cl == nil {
+				cl, err = client.Dial(ctx, client.Options{Address: os.Getenv("RELAY_AGENT"), Token: os.Getenv("RELAY_TOKEN"), Fingerprint: os.Getenv("RELAY_PIN")})
+				if err != nil {
+					fmt.Fprintf(os.Stderr, "bench relay: %v\n", err)
+					return 1
+				}
 			}
-			defer cl.Close()
 			wg.Add(1)
-			go func() {
+			go func(cl *client.Client) {
 				defer wg.Done()
 				serveAgentRelay(ctx, ln, cl, dst)
-			}()
+			}(cl)
 			continue
 		}
 		wg.Add(1)
@@ -192,6 +199,10 @@ func serveUDPRelay(pc *net.UDPConn, to string) {
 		}
 		mu.Unlock()
 	}()
+	raddr, err := net.ResolveUDPAddr("udp", to)
+	if err != nil {
+		return
+	}
 	buf := make([]byte, 65536)
 	for {
 		n, from, err := pc.ReadFromUDPAddrPort(buf)
@@ -201,10 +212,7 @@ func serveUDPRelay(pc *net.UDPConn, to string) {
 		mu.Lock()
 		up := upstream[from]
 		if up == nil {
-			raddr, err := net.ResolveUDPAddr("udp", to)
-			if err == nil {
-				up, err = net.DialUDP("udp", nil, raddr)
-			}
+			up, err = net.DialUDP("udp", nil, raddr)
 			if err != nil {
 				mu.Unlock()
 				continue
@@ -230,8 +238,7 @@ func serveUDPRelay(pc *net.UDPConn, to string) {
 // passes the end on as a half-close.
 func relayOneWay(dst, src *net.TCPConn) {
 	if _, err := io.Copy(dst, src); err != nil && !errors.Is(err, net.ErrClosed) {
-		_ = dst.SetLinger(0) // a reset stays a reset
-		dst.Close()
+		splice.Abort(dst) // a reset stays a reset
 		return
 	}
 	_ = dst.CloseWrite()
