@@ -106,7 +106,13 @@ func (f *tcpFlow) relay() {
 const abortLinger = 5 * time.Second
 
 func (f *tcpFlow) clientToPod() {
+	// While this goroutine waits for the stream, the tunnel's receive
+	// loop writes the client's bytes to the socket itself (mux.SetSink).
+	if w := splice.NewTCPTryWriter(f.conn); w != nil {
+		f.st.SetSink(w)
+	}
 	_, err := splice.Copy(f.conn, f.st, streamWait(f.st), nil)
+	f.st.SetSink(nil)
 	switch {
 	case splice.IsWrite(err):
 		f.reset(true) // the pod's peer is gone

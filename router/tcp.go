@@ -1,6 +1,7 @@
 package router
 
 import (
+	"bytes"
 	"context"
 	"net"
 	"net/netip"
@@ -101,6 +102,11 @@ func (r *Router) handleTCP(req *tcp.ForwarderRequest) {
 			r.wg.Done()
 		}
 	}
+	if s, ok := out.(sinkSetter); ok {
+		// While the copy from out waits, the tunnel's receive loop
+		// writes the pod's bytes into the endpoint itself.
+		s.SetSink(&endpointSink{ep: ep})
+	}
 	r.splice(f, in, out, endpointWaiter(&wq, ep), splice.TCPWait(out),
 		&endpointNotifier{wq: &wq, ep: ep}, tcpNotifier(out), ended)
 }
@@ -169,12 +175,39 @@ func (r *Router) splice(f *flow, in, out net.Conn, inWait, outWait splice.WaitFu
 		func(res splice.Result) {
 			r.stats.open.Add(-1)
 			f.rec.BytesOut, f.rec.BytesIn = res.AToB, res.BToA
+			if s, ok := out.(sinkSetter); ok {
+				f.rec.BytesIn += s.Direct() // written by the sink, not the copy
+			}
 			if res.Err != nil {
 				f.rec.Error = res.Err.Error()
 			}
 			r.endFlow(f)
 			ended()
 		})
+}
+
+// sinkSetter is a remote flow's connection (the tunnel's stream), whose
+// data the tunnel's receive loop can write to the app's endpoint itself
+// (mux.Stream.SetSink).
+type sinkSetter interface {
+	SetSink(splice.TryWriter)
+	Direct() int64
+}
+
+// endpointSink writes to a netstack endpoint what its send buffer takes
+// now, never waiting.
+type endpointSink struct {
+	ep tcpip.Endpoint
+	r  bytes.Reader
+}
+
+func (s *endpointSink) TryWrite(p []byte) int {
+	s.r.Reset(p)
+	n, err := s.ep.Write(&s.r, tcpip.WriteOptions{})
+	if err != nil {
+		return 0 // full (ErrWouldBlock) or closed: the copy meets it
+	}
+	return int(n)
 }
 
 // endpointNotifier is splice's Notifier for a netstack endpoint: its

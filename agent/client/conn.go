@@ -14,6 +14,7 @@ import (
 	"github.com/trafficpolice/trafficpolice/agent/mux"
 
 	"github.com/trafficpolice/trafficpolice/agent/proto"
+	"github.com/trafficpolice/trafficpolice/splice"
 )
 
 // tcpConn is a TCP flow on a tunnel stream. Besides net.Conn it has
@@ -46,6 +47,13 @@ func (c *tcpConn) Readable() bool {
 func (c *tcpConn) Notify(fn func()) (stop func(), err error) {
 	return c.st.OnReadable(fn), nil
 }
+
+// SetSink lets the tunnel's receive loop write the flow's bytes to sink
+// while a Read waits (mux.Stream.SetSink); Direct counts them.
+func (c *tcpConn) SetSink(sink splice.TryWriter) { c.st.SetSink(sink) }
+
+// Direct returns the bytes written to the sink, which Read never returned.
+func (c *tcpConn) Direct() int64 { return c.st.Direct() }
 
 func (c *tcpConn) Read(b []byte) (int, error) {
 	if c.closedFlag.Load() {
