@@ -289,6 +289,13 @@ func (c *Client) serveIncoming(st *mux.Stream) {
 		mirrorTo(conn, st)
 		return
 	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		// As on the outgoing path: while the copy to the app waits, the
+		// tunnel's receive loop writes small frames to it itself.
+		if w := splice.NewTCPTryWriter(tc); w != nil {
+			st.SetSink(w)
+		}
+	}
 	splice.Both(c.ctx, splice.Side{Conn: splice.AsConn(conn)}, splice.Side{Conn: splice.FINOnClose(st)})
 }
 
