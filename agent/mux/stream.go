@@ -204,12 +204,13 @@ type Sink interface {
 }
 
 // SetSink lets the receive loop write the stream's small data frames
-// (sinkMaxFrame) to sink itself while a Read waits with nothing buffered: the reader's goroutine would
-// only have copied it there, and waking it costs more than the copy (a
-// thread woken on another CPU, on a small machine the larger part of a
-// round trip). The reader must be a copy loop to that same sink: it
-// writes all it read before it reads again, so data it did not read
-// cannot pass data it holds. nil stops it.
+// (sinkMaxFrame) to sink itself while a Read waits with nothing buffered:
+// the reader's goroutine would only have copied them there, and waking it
+// costs more than the copy (a thread woken on another CPU, on a small
+// machine the larger part of a round trip). The reader must be a copy
+// loop to that same sink: it writes all it read before it reads again, so
+// data it did not read cannot pass data it holds. Read(nil) waits too, so
+// data may go to the sink without it returning. nil stops it.
 func (s *Stream) SetSink(sink Sink) {
 	s.mu.Lock()
 	s.sink = sink
