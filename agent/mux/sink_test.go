@@ -64,16 +64,7 @@ func TestSinkKeepsOrderAndWindow(t *testing.T) {
 
 func testSink(t *testing.T, name string, clientImpl impl, takes func(call, n int) int, kind string, sizes []int, data []byte) {
 	t.Run(name, func(t *testing.T) {
-		a, b := tcpPair(t)
-		client := clientImpl.client(a, 256)
-		server, err := mux.Server(b, muxConfig(256))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			client.Close()
-			server.Close()
-		})
+		client, server := sinkSessions(t, clientImpl)
 		sent := make(chan error, 1)
 		go func() {
 			c, err := client.Open()
@@ -134,11 +125,11 @@ type onlyReader struct{ r io.Reader }
 
 func (o onlyReader) Read(p []byte) (int, error) { return o.r.Read(p) }
 
-// TestSinkTakesNothingWithoutWaitingReader: with nobody in Read, data is
-// buffered, never written behind the reader's back.
-func TestSinkTakesNothingWithoutWaitingReader(t *testing.T) {
+// sinkSessions returns a client of impl and our server over loopback TCP.
+func sinkSessions(t *testing.T, impl impl) (session, *mux.Session) {
+	t.Helper()
 	a, b := tcpPair(t)
-	client := ours.client(a, 256)
+	client := impl.client(a, 256)
 	server, err := mux.Server(b, muxConfig(256))
 	if err != nil {
 		t.Fatal(err)
@@ -147,20 +138,38 @@ func TestSinkTakesNothingWithoutWaitingReader(t *testing.T) {
 		client.Close()
 		server.Close()
 	})
-	var c net.Conn
-	opened := make(chan error, 1)
+	return client, server
+}
+
+// openedStream returns a stream a client opened (its end) and the server
+// accepted.
+func openedStream(t *testing.T) (net.Conn, *mux.Stream) {
+	t.Helper()
+	client, server := sinkSessions(t, ours)
+	type opened struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan opened, 1)
 	go func() {
-		var err error
-		c, err = client.Open()
-		opened <- err
+		c, err := client.Open()
+		ch <- opened{c, err}
 	}()
 	st, err := server.AcceptStream()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := <-opened; err != nil {
-		t.Fatal(err)
+	o := <-ch
+	if o.err != nil {
+		t.Fatal(o.err)
 	}
+	return o.c, st
+}
+
+// TestSinkTakesNothingWithoutWaitingReader: with nobody in Read, data is
+// buffered, never written behind the reader's back.
+func TestSinkTakesNothingWithoutWaitingReader(t *testing.T) {
+	c, st := openedStream(t)
 	sink := &copySink{takes: func(_, n int) int { return n }}
 	st.SetSink(sink)
 	if _, err := c.Write([]byte("hello")); err != nil {
@@ -187,30 +196,7 @@ func TestSinkTakesNothingWithoutWaitingReader(t *testing.T) {
 // goes to the sink and Read does not return it; a frame larger than 4 KiB
 // (bulk) is left to the reader.
 func TestSinkTakesSmallFramesOnly(t *testing.T) {
-	a, b := tcpPair(t)
-	client := ours.client(a, 256)
-	server, err := mux.Server(b, muxConfig(256))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		client.Close()
-		server.Close()
-	})
-	var c net.Conn
-	opened := make(chan error, 1)
-	go func() {
-		var err error
-		c, err = client.Open()
-		opened <- err
-	}()
-	st, err := server.AcceptStream()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := <-opened; err != nil {
-		t.Fatal(err)
-	}
+	c, st := openedStream(t)
 	sink := &copySink{takes: func(_, n int) int { return n }}
 	st.SetSink(sink)
 	_ = st.SetReadDeadline(time.Now().Add(30 * time.Second))
