@@ -95,7 +95,7 @@ func (p *Path) addRules(h *netlink.Handle, steps []policy.Step) error {
 		if s.Prefix.IsValid() && !s.Prefix.Addr().Is4() {
 			continue // an IPv6 range: no IPv4 flow matches it
 		}
-		protos := []int{unix.IPPROTO_TCP, unix.IPPROTO_UDP}
+		protos := []uint8{unix.IPPROTO_TCP, unix.IPPROTO_UDP}
 		switch s.Proto {
 		case policy.TCP:
 			protos = protos[:1]
@@ -103,22 +103,15 @@ func (p *Path) addRules(h *netlink.Handle, steps []policy.Step) error {
 			protos = protos[1:]
 		}
 		for _, proto := range protos {
-			r := netlink.NewRule()
-			r.Family = unix.AF_INET
-			r.Priority = prio
-			r.IPProto = proto
-			r.Table = unix.RT_TABLE_MAIN
+			r := protoRule{priority: prio, table: unix.RT_TABLE_MAIN, proto: proto, port: s.Port}
 			if s.Local {
-				r.Table = routeTable
+				r.table = routeTable
 			}
-			if s.Prefix.IsValid() && s.Prefix.Bits() > 0 {
-				r.Dst = netns.IPNet(s.Prefix.Masked())
+			if s.Prefix.IsValid() {
+				r.dst = s.Prefix
 			}
-			if s.Port != 0 {
-				r.Dport = netlink.NewRulePortRange(s.Port, s.Port)
-			}
-			if err := h.RuleAdd(r); err != nil {
-				return fmt.Errorf("routing rule %d for %q (kernels before 4.17 have no ipproto and dport in rules): %w", prio, s.Rule, err)
+			if err := addProtoRule(p.ns, r); err != nil {
+				return fmt.Errorf("rule %q (kernels before 4.17 have no ipproto and dport in rules): %w", s.Rule, err)
 			}
 			prio++
 		}
