@@ -46,13 +46,13 @@ func (c *fuzzConn) SetDeadline(time.Time) error      { return nil }
 func (c *fuzzConn) SetReadDeadline(time.Time) error  { return nil }
 func (c *fuzzConn) SetWriteDeadline(time.Time) error { return nil }
 
-// frames concatenates encoded frames; a data frame's body is its length
-// in bytes.
 // halfSink takes half of what it is given.
 type halfSink struct{}
 
 func (halfSink) TryWrite(p []byte) int { return len(p) / 2 }
 
+// frames concatenates encoded frames; a data frame's body is its length
+// in bytes.
 func frames(hs ...header) []byte {
 	var out []byte
 	for _, h := range hs {
