@@ -91,6 +91,7 @@ func (p *Path) addRules(h *netlink.Handle, steps []policy.Step) error {
 		return fmt.Errorf("routing rule %d lookup %d: %w", rulePriority-1, namedTable, err)
 	}
 	prio := rulePriority
+	var rules []protoRule
 	for _, s := range steps {
 		if s.Prefix.IsValid() && !s.Prefix.Addr().Is4() {
 			continue // an IPv6 range: no IPv4 flow matches it
@@ -103,20 +104,18 @@ func (p *Path) addRules(h *netlink.Handle, steps []policy.Step) error {
 			protos = protos[1:]
 		}
 		for _, proto := range protos {
-			r := protoRule{priority: prio, table: unix.RT_TABLE_MAIN, proto: proto, port: s.Port}
+			r := protoRule{priority: prio, table: unix.RT_TABLE_MAIN, proto: proto, port: s.Port, rule: s.Rule}
 			if s.Local {
 				r.table = routeTable
 			}
 			if s.Prefix.IsValid() {
 				r.dst = s.Prefix
 			}
-			if err := addProtoRule(p.ns, r); err != nil {
-				return fmt.Errorf("rule %q (kernels before 4.17 have no ipproto and dport in rules): %w", s.Rule, err)
-			}
+			rules = append(rules, r)
 			prio++
 		}
 	}
-	return nil
+	return addProtoRules(p.ns, rules)
 }
 
 // namedState is what the kernel path does with a named address.
