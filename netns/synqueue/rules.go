@@ -178,27 +178,31 @@ func (r Rules) InstallHere() error {
 		return err
 	}
 	for _, proto := range r.families() {
-		rules := r.rules(proto)
-		out, err := restore(proto, ruleset(rules))
-		if err == nil {
-			continue
-		}
-		cause := fmt.Errorf("%s: %w: %s", restoreName(proto), err, out)
-		// Find the rule the kernel refuses, alone, to say what is missing.
-		for _, one := range rules {
-			out, err := restore(proto, ruleset([]rule{one}))
-			if err != nil {
-				cause = fmt.Errorf("%s refused the %s rule `-A %s %s`: the kernel may lack %s: %w: %s",
-					restoreName(proto), one.table, one.chain, strings.Join(one.spec, " "), one.needs, err, out)
-				break
+		if err := installRules(proto, r.rules(proto)); err != nil {
+			if rerr := RemoveLeftoversHere(r.RunID); rerr != nil {
+				err = errors.Join(err, rerr)
 			}
+			return fmt.Errorf("synqueue rules for run %s: %w", r.RunID, err)
 		}
-		if rerr := RemoveLeftoversHere(r.RunID); rerr != nil {
-			cause = errors.Join(cause, rerr)
-		}
-		return fmt.Errorf("synqueue rules for run %s: %w", r.RunID, cause)
 	}
 	return nil
+}
+
+// installRules adds rules of one family in one iptables-restore. When the
+// kernel refuses them, it tries each alone to name the one refused and
+// what it needs; the caller removes what was added.
+func installRules(proto iptables.Protocol, rules []rule) error {
+	out, err := restore(proto, ruleset(rules))
+	if err == nil {
+		return nil
+	}
+	for _, one := range rules {
+		if out, err := restore(proto, ruleset([]rule{one})); err != nil {
+			return fmt.Errorf("%s refused the %s rule `-A %s %s`: the kernel may lack %s: %w: %s",
+				restoreName(proto), one.table, one.chain, strings.Join(one.spec, " "), one.needs, err, out)
+		}
+	}
+	return fmt.Errorf("%s: %w: %s", restoreName(proto), err, out)
 }
 
 // Remove deletes r's rules from n (RemoveLeftovers for r.RunID).
