@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -157,6 +158,11 @@ type dialResult struct {
 // the lab, as an app would, ending with timeout at the latest; the result
 // comes out of the channel.
 func (l *lab) dial(t *testing.T, dst netip.AddrPort, srcPort uint16, timeout time.Duration) (netip.AddrPort, <-chan dialResult) {
+	return l.dialMarked(t, dst, srcPort, timeout, 0)
+}
+
+// dialMarked is dial from a socket with SO_MARK mark (0: none).
+func (l *lab) dialMarked(t *testing.T, dst netip.AddrPort, srcPort uint16, timeout time.Duration, mark uint32) (netip.AddrPort, <-chan dialResult) {
 	t.Helper()
 	src := netip.AddrPortFrom(labAddr4.Addr(), srcPort)
 	if dst.Addr().Is6() {
@@ -170,6 +176,13 @@ func (l *lab) dial(t *testing.T, dst netip.AddrPort, srcPort uint16, timeout tim
 		var r dialResult
 		r.err = l.ns.Do(func() error {
 			d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(src), Timeout: timeout}
+			if mark != 0 {
+				d.Control = func(_, _ string, c syscall.RawConn) error {
+					var serr error
+					err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark)) })
+					return errors.Join(err, serr)
+				}
+			}
 			var err error
 			r.conn, err = d.Dial("tcp", dst.String())
 			return err

@@ -164,6 +164,30 @@ func TestUnreadQueueLetsSYNsThrough(t *testing.T) {
 	}
 }
 
+// TestAppsOwnMarkIsCleared: an app that marks its socket with the take
+// mark itself (SO_MARK) neither reaches the router's listener past an
+// unbound queue nor shows the router that mark.
+func TestAppsOwnMarkIsCleared(t *testing.T) {
+	l := newLab(t)
+	_, _, port := l.listen(t)
+	l.install(t, labQueue, port)
+	tun := l.tunReader(t)
+	const other = 0x4 // a bit of the app's own, outside Marks.Mask
+	src, _ := l.dialMarked(t, farDst4, 40109, appTimeout, DefaultMarks.Take|other)
+	onTUN(t, tun, src, farDst4)
+
+	q, syns := l.open(t, labQueue, 0)
+	src, _ = l.dialMarked(t, farDst6, 40110, appTimeout, DefaultMarks.Take|other)
+	syn := nextSYN(t, syns, src, farDst6)
+	if syn.Mark != other {
+		t.Errorf("the queued SYN's mark is %#x; want the app's %#x without the take bits", syn.Mark, other)
+	}
+	if err := q.Verdict(syn.ID, Accept, syn.Mark); err != nil {
+		t.Fatal(err)
+	}
+	onTUN(t, tun, src, farDst6)
+}
+
 // TestClosedQueuePassesHeldSYNsOn: Close lets a SYN it holds go on to the
 // TUN at once, and SYNs after Close go there unheld.
 func TestClosedQueuePassesHeldSYNsOn(t *testing.T) {
