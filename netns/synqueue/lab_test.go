@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -258,6 +259,44 @@ func (l *lab) tunReader(t *testing.T) *os.File {
 	}
 	t.Cleanup(func() { f.Close() })
 	return f
+}
+
+// retransmits reads how many TCP segments the lab's kernel has
+// retransmitted (TcpRetransSegs): 0 right after a SYN came out of the TUN
+// says it was the first transmission, not a retransmission after a drop.
+func (l *lab) retransmits(t *testing.T) int {
+	t.Helper()
+	var snmp []byte
+	err := l.ns.Do(func() error {
+		var err error
+		snmp, err = os.ReadFile("/proc/thread-self/net/snmp")
+		return err
+	})
+	if err != nil {
+		t.Fatalf("read the lab's TCP counters: %v", err)
+	}
+	var names []string
+	for _, line := range strings.Split(string(snmp), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "Tcp:" {
+			continue
+		}
+		if names == nil {
+			names = f
+			continue
+		}
+		for i, name := range names {
+			if name == "RetransSegs" && i < len(f) {
+				n, err := strconv.Atoi(f[i])
+				if err != nil {
+					t.Fatalf("RetransSegs %q: %v", f[i], err)
+				}
+				return n
+			}
+		}
+	}
+	t.Fatalf("no Tcp RetransSegs in the lab's /proc/net/snmp")
+	return 0
 }
 
 // onTUN waits until the SYN src -> dst comes out of the TUN: it went on

@@ -205,6 +205,9 @@ func TestClosedQueuePassesHeldSYNsOn(t *testing.T) {
 				t.Fatal(err)
 			}
 			onTUN(t, tun, src, dst)
+			if n := l.retransmits(t); n != 0 {
+				t.Errorf("the SYN on the TUN came after %d retransmissions; want the held one passed on at Close", n)
+			}
 			if err := q.Verdict(syn.ID, Accept, 0); !errors.Is(err, ErrClosed) {
 				t.Errorf("a verdict after Close: %v; want ErrClosed", err)
 			}
