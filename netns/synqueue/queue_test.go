@@ -304,3 +304,31 @@ func exchangeBytes(t *testing.T, a, b net.Conn) {
 		}
 	}
 }
+
+// TestRefusedVerdictDoesNotStopRun: a verdict the kernel refuses (for a
+// packet it does not hold) comes back to Run as an error message; Run
+// counts it and goes on handing SYNs over.
+func TestRefusedVerdictDoesNotStopRun(t *testing.T) {
+	l := newLab(t)
+	_, _, port := l.listen(t)
+	l.install(t, labQueue, port)
+	q, syns := l.open(t, labQueue, 0)
+	// Past Verdict's own check, as a verdict racing the kernel would be.
+	q.mu.Lock()
+	_, err := q.conn.Send(verdictMessage(labQueue, 0xfffffff0, true, 0, false))
+	q.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(waitLimit); q.Stats().VerdictErrors == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the kernel's refusal of the verdict was not counted")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	src, _ := l.dial(t, farDst4, 40111, appTimeout)
+	syn := nextSYN(t, syns, src, farDst4)
+	if err := q.Verdict(syn.ID, Drop, 0); err != nil {
+		t.Fatal(err)
+	}
+}
