@@ -31,8 +31,9 @@ func OriginalDst(c *net.TCPConn) (netip.AddrPort, error) {
 			serr = fmt.Errorf("SO_DOMAIN: %w", err)
 			return
 		}
-		// An IPv4 peer of a dual-stack socket has an IPv4 tuple.
-		if domain == unix.AF_INET || peer.Addr().Is4In6() {
+		// An IPv4 peer of a dual-stack socket (Go shows it unmapped) has
+		// an IPv4 tuple.
+		if domain == unix.AF_INET || peer.Addr().Unmap().Is4() {
 			// struct sockaddr_in fits the 20 bytes of an IPv6Mreq.
 			m, err := unix.GetsockoptIPv6Mreq(int(fd), unix.SOL_IP, unix.SO_ORIGINAL_DST)
 			if err != nil {

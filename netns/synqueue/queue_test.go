@@ -25,13 +25,25 @@ const appTimeout = 2 * time.Second
 // router's listener, which reads the destination the app dialed, and that
 // bytes pass both ways (IPv4 and IPv6).
 func TestTakenSYNLandsOnTheRoutersListener(t *testing.T) {
-	for _, dst := range []netip.AddrPort{farDst4, farDst6} {
-		t.Run(family(dst), func(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		dst  netip.AddrPort
+		dual bool // one dual-stack listener: IPv4 peers are ::ffff:a.b.c.d
+	}{{"IPv4", farDst4, false}, {"IPv6", farDst6, false}, {"IPv4 to a dual-stack listener", farDst4, true}} {
+		dst := tc.dst
+		t.Run(tc.name, func(t *testing.T) {
 			l := newLab(t)
-			v4, v6, port := l.listen(t)
-			ln := v4
-			if dst.Addr().Is6() {
-				ln = v6
+			var ln *net.TCPListener
+			var port uint16
+			if tc.dual {
+				ln = netnstest.Listen(t, l.ns, "tcp", "[::]:0").(*net.TCPListener)
+				port = uint16(ln.Addr().(*net.TCPAddr).Port)
+			} else {
+				v4, v6, p := l.listen(t)
+				ln, port = v4, p
+				if dst.Addr().Is6() {
+					ln = v6
+				}
 			}
 			r := l.install(t, labQueue, port)
 			q, syns := l.open(t, labQueue, 0)
@@ -53,7 +65,7 @@ func TestTakenSYNLandsOnTheRoutersListener(t *testing.T) {
 				t.Fatalf("the router's listener: %v", err)
 			}
 			defer c.Close()
-			if got, _ := netip.ParseAddrPort(c.RemoteAddr().String()); got != src {
+			if got, _ := netip.ParseAddrPort(c.RemoteAddr().String()); netip.AddrPortFrom(got.Addr().Unmap(), got.Port()) != src {
 				t.Errorf("the listener's peer is %v; want the app's %v", got, src)
 			}
 			orig, err := OriginalDst(c)

@@ -165,8 +165,11 @@ func ruleset(rules []rule) string {
 	return b.String()
 }
 
-// Install adds r's rules inside n. On failure nothing of r's is left, and
-// the error names the rule the kernel refused and what it needs.
+// Install adds r's rules inside n, once per RunID (a second Install adds
+// them again). Install them after the queue is bound and the listener
+// listens; until then the bypass lets SYNs through anyway. On failure
+// nothing of r's is left, and the error names the rule the kernel refused
+// and what it needs.
 func (r Rules) Install(n *netns.Namespace) error {
 	return n.Do(r.InstallHere)
 }
