@@ -81,7 +81,7 @@ func (l *lab) ip(t *testing.T, args ...string) {
 // removed when the test ends; the cleanup checks that none is left.
 func (l *lab) install(t *testing.T, num uint16, takePort uint16) Rules {
 	t.Helper()
-	r := Rules{RunID: l.runID, Link: l.link, Queue: num, TakePort: takePort}
+	r := Rules{RunID: l.runID, Link: l.link, Queue: num, TakePort: takePort, Marks: DefaultMarks}
 	if err := r.Install(l.ns); err != nil {
 		netnstest.Need(t, false, "install the SYN queue's rules: %v", err)
 	}
@@ -159,11 +159,18 @@ type dialResult struct {
 // the lab, as an app would, ending with timeout at the latest; the result
 // comes out of the channel.
 func (l *lab) dial(t *testing.T, dst netip.AddrPort, srcPort uint16, timeout time.Duration) (netip.AddrPort, <-chan dialResult) {
-	return l.dialMarked(t, dst, srcPort, timeout, 0)
+	return l.dialWith(t, dst, srcPort, timeout, nil)
 }
 
-// dialMarked is dial from a socket with SO_MARK mark (0: none).
+// dialMarked is dial from a socket with SO_MARK mark.
 func (l *lab) dialMarked(t *testing.T, dst netip.AddrPort, srcPort uint16, timeout time.Duration, mark uint32) (netip.AddrPort, <-chan dialResult) {
+	return l.dialWith(t, dst, srcPort, timeout, func(fd int) error {
+		return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(mark))
+	})
+}
+
+// dialWith is dial from a socket that control (if not nil) set up.
+func (l *lab) dialWith(t *testing.T, dst netip.AddrPort, srcPort uint16, timeout time.Duration, control func(fd int) error) (netip.AddrPort, <-chan dialResult) {
 	t.Helper()
 	src := netip.AddrPortFrom(labAddr4.Addr(), srcPort)
 	if dst.Addr().Is6() {
@@ -177,10 +184,10 @@ func (l *lab) dialMarked(t *testing.T, dst netip.AddrPort, srcPort uint16, timeo
 		var r dialResult
 		r.err = l.ns.Do(func() error {
 			d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(src), Timeout: timeout}
-			if mark != 0 {
+			if control != nil {
 				d.Control = func(_, _ string, c syscall.RawConn) error {
 					var serr error
-					err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark)) })
+					err := c.Control(func(fd uintptr) { serr = control(int(fd)) })
 					return errors.Join(err, serr)
 				}
 			}

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/trafficpolice/trafficpolice/netns/netnstest"
 )
 
@@ -55,7 +57,7 @@ func TestTakenSYNLandsOnTheRoutersListener(t *testing.T) {
 				t.Fatalf("the app's connect() ended while its SYN was held: %v", r.err)
 			default:
 			}
-			if err := q.Verdict(syn.ID, Accept, r.Marks.With(syn.Mark, DefaultMarks.Take)); err != nil {
+			if err := q.Verdict(syn.ID, Accept, r.Marks.With(syn.Mark, r.Marks.Take)); err != nil {
 				t.Fatal(err)
 			}
 
@@ -90,6 +92,43 @@ func TestTakenSYNLandsOnTheRoutersListener(t *testing.T) {
 	}
 }
 
+// TestIPv6SYNWithExtensionHeadersIsRead: the kernel's own SYN with a
+// hop-by-hop and a destination options header (set on the app's socket)
+// is read through them and taken like any other.
+func TestIPv6SYNWithExtensionHeadersIsRead(t *testing.T) {
+	l := newLab(t)
+	_, ln, port := l.listen(t)
+	r := l.install(t, labQueue, port)
+	q, syns := l.open(t, labQueue, 0)
+	// struct ipv6_opt_hdr (next header, filled in by the kernel; length
+	// in 8-byte units past the first 8) and a PadN option of 4 bytes.
+	padded := string([]byte{0, 0, 1, 4, 0, 0, 0, 0})
+	src, res := l.dialWith(t, farDst6, 40112, waitLimit, func(fd int) error {
+		return errors.Join(
+			unix.SetsockoptString(fd, unix.IPPROTO_IPV6, unix.IPV6_HOPOPTS, padded),
+			unix.SetsockoptString(fd, unix.IPPROTO_IPV6, unix.IPV6_DSTOPTS, padded))
+	})
+	syn := nextSYN(t, syns, src, farDst6)
+	if err := q.Verdict(syn.ID, Accept, r.Marks.With(syn.Mark, r.Marks.Take)); err != nil {
+		t.Fatal(err)
+	}
+	ln.SetDeadline(time.Now().Add(waitLimit))
+	c, err := ln.AcceptTCP()
+	if err != nil {
+		t.Fatalf("the router's listener: %v", err)
+	}
+	defer c.Close()
+	if orig, err := OriginalDst(c); err != nil || orig != farDst6 {
+		t.Errorf("OriginalDst = %v, %v; want %v", orig, err, farDst6)
+	}
+	if app := waitDial(t, res); app.err != nil {
+		t.Fatalf("the app's connect(): %v", app.err)
+	}
+	if st := q.Stats(); st.Passed != 0 {
+		t.Errorf("stats %+v: a SYN was passed on unread", st)
+	}
+}
+
 // TestRefusedSYNRefusesTheAppsConnect accepts the SYN with the refuse mark:
 // the app's connect() fails with ECONNREFUSED, as against a closed port.
 func TestRefusedSYNRefusesTheAppsConnect(t *testing.T) {
@@ -102,7 +141,7 @@ func TestRefusedSYNRefusesTheAppsConnect(t *testing.T) {
 
 			src, res := l.dial(t, dst, 40102, waitLimit)
 			syn := nextSYN(t, syns, src, dst)
-			if err := q.Verdict(syn.ID, Accept, r.Marks.With(syn.Mark, DefaultMarks.Refuse)); err != nil {
+			if err := q.Verdict(syn.ID, Accept, r.Marks.With(syn.Mark, r.Marks.Refuse)); err != nil {
 				t.Fatal(err)
 			}
 			if app := waitDial(t, res); !errors.Is(app.err, syscall.ECONNREFUSED) {

@@ -66,7 +66,7 @@ type Rules struct {
 	Link     string // the interface whose SYNs are queued: the sandbox's TUN
 	Queue    uint16
 	TakePort uint16
-	Marks    Marks // zero: DefaultMarks
+	Marks    Marks // DefaultMarks unless the router's marks collide with them
 	NoIPv6   bool  // the namespace has no IPv6: IPv4 rules only
 }
 
@@ -83,22 +83,20 @@ var (
 	validLink  = regexp.MustCompile(`^[A-Za-z0-9._-]{1,15}$`)
 )
 
-func (r Rules) withDefaults() (Rules, error) {
-	if r.Marks == (Marks{}) {
-		r.Marks = DefaultMarks
-	}
+// validate checks r, naming the field, the value and what is valid.
+func (r Rules) validate() error {
 	switch {
 	case !validRunID.MatchString(r.RunID):
-		return r, fmt.Errorf("synqueue rules: RunID %q is invalid: want 1-64 letters, digits, '.', '_' or '-'", r.RunID)
+		return fmt.Errorf("synqueue rules: RunID %q is invalid: want 1-64 letters, digits, '.', '_' or '-'", r.RunID)
 	case !validLink.MatchString(r.Link):
-		return r, fmt.Errorf("synqueue rules: Link %q is invalid: want an interface name of 1-15 letters, digits, '.', '_' or '-'", r.Link)
+		return fmt.Errorf("synqueue rules: Link %q is invalid: want an interface name of 1-15 letters, digits, '.', '_' or '-'", r.Link)
 	case r.TakePort == 0:
-		return r, fmt.Errorf("synqueue rules: TakePort 0 is invalid: want 1-65535")
+		return fmt.Errorf("synqueue rules: TakePort 0 is invalid: want 1-65535")
 	}
 	if err := r.Marks.validate(); err != nil {
-		return r, fmt.Errorf("synqueue rules: %w", err)
+		return fmt.Errorf("synqueue rules: %w", err)
 	}
-	return r, nil
+	return nil
 }
 
 func (r Rules) families() []iptables.Protocol {
@@ -176,8 +174,7 @@ func (r Rules) Install(n *netns.Namespace) error {
 
 // InstallHere is Install for the calling thread's namespace.
 func (r Rules) InstallHere() error {
-	r, err := r.withDefaults()
-	if err != nil {
+	if err := r.validate(); err != nil {
 		return err
 	}
 	for _, proto := range r.families() {

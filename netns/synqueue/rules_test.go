@@ -9,8 +9,8 @@ import (
 )
 
 func TestRulesRefuseBadInput(t *testing.T) {
-	good := Rules{RunID: "r1", Link: "tp0", Queue: 7, TakePort: 15001}
-	if _, err := good.withDefaults(); err != nil {
+	good := Rules{RunID: "r1", Link: "tp0", Queue: 7, TakePort: 15001, Marks: DefaultMarks}
+	if err := good.validate(); err != nil {
 		t.Fatalf("good rules: %v", err)
 	}
 	for _, tc := range []struct {
@@ -23,13 +23,14 @@ func TestRulesRefuseBadInput(t *testing.T) {
 		{"Link with a quote", "Link", func(r *Rules) { r.Link = `tp"0` }},
 		{"TakePort 0", "TakePort", func(r *Rules) { r.TakePort = 0 }},
 		{"Take outside Mask", "Take", func(r *Rules) { r.Marks = Marks{Take: 0x40000, Refuse: 0x20000, Mask: 0x30000} }},
+		{"no marks", "Take", func(r *Rules) { r.Marks = Marks{} }},
 		{"Refuse zero", "Refuse", func(r *Rules) { r.Marks = Marks{Take: 0x10000, Mask: 0x30000} }},
 		{"Take equals Refuse", "Refuse", func(r *Rules) { r.Marks = Marks{Take: 0x10000, Refuse: 0x10000, Mask: 0x30000} }},
 		{"Mask over the router's mark", "Mask", func(r *Rules) { r.Marks = Marks{Take: 0x10, Refuse: 0x20, Mask: 0x30} }},
 	} {
 		r := good
 		tc.edit(&r)
-		if _, err := r.withDefaults(); err == nil || !strings.Contains(err.Error(), tc.want) {
+		if err := r.validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v; want an error naming %s", tc.name, err, tc.want)
 		}
 	}
@@ -70,7 +71,7 @@ COMMIT
 // reads them back, then removes them twice (the second time finds none).
 func TestRulesAreInstalledAndRemovedWhole(t *testing.T) {
 	l := newLab(t)
-	r := Rules{RunID: l.runID, Link: l.link, Queue: 9, TakePort: 15001}
+	r := Rules{RunID: l.runID, Link: l.link, Queue: 9, TakePort: 15001, Marks: DefaultMarks}
 	if err := r.Install(l.ns); err != nil {
 		t.Fatal(err)
 	}
@@ -117,13 +118,10 @@ func TestRulesAreInstalledAndRemovedWhole(t *testing.T) {
 // and the good ones are gone again.
 func TestRefusedRuleIsNamedAndNothingIsLeft(t *testing.T) {
 	l := newLab(t)
-	r, err := Rules{RunID: l.runID, Link: l.link, Queue: 9, TakePort: 15001}.withDefaults()
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := Rules{RunID: l.runID, Link: l.link, Queue: 9, TakePort: 15001, Marks: DefaultMarks}
 	rules := append(r.rules(iptables.ProtocolIPv4), rule{"filter", "OUTPUT",
 		[]string{"-o", l.link, "-m", "comment", "--comment", TagPrefix + l.runID, "-j", "TPNOSUCH"}, "the TPNOSUCH target (a test's)"})
-	err = l.ns.Do(func() error { return installRules(iptables.ProtocolIPv4, rules) })
+	err := l.ns.Do(func() error { return installRules(iptables.ProtocolIPv4, rules) })
 	if err == nil || !strings.Contains(err.Error(), "TPNOSUCH target (a test's)") || !strings.Contains(err.Error(), "-j TPNOSUCH") {
 		t.Fatalf("install with a bad rule: %v; want an error naming the rule and what it needs", err)
 	}
