@@ -77,6 +77,23 @@ func (l *lab) ip(t *testing.T, args ...string) {
 	}
 }
 
+// ifindex is the lab TUN's interface index.
+func (l *lab) ifindex(t *testing.T) uint32 {
+	t.Helper()
+	var idx int
+	err := l.ns.Do(func() error {
+		ifi, err := net.InterfaceByName(l.link)
+		if err == nil {
+			idx = ifi.Index
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatalf("the TUN's index: %v", err)
+	}
+	return uint32(idx)
+}
+
 // install installs the lab's rules for queue num, taking to takePort,
 // removed when the test ends; the cleanup checks that none is left.
 func (l *lab) install(t *testing.T, num uint16, takePort uint16) Rules {

@@ -34,7 +34,7 @@ const (
 	attrPacketHdr  = 1
 	attrVerdictHdr = 2
 	attrMark       = 3
-	attrOutDev     = 5 // NFQA_IFINDEX_OUTDEV
+	attrOutDev     = 6 // NFQA_IFINDEX_OUTDEV
 	attrPayload    = 10
 
 	verdictDrop   = 0 // NF_DROP

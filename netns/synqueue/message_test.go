@@ -63,7 +63,8 @@ func packetData(id, mark, outdev uint32, payload []byte) []byte {
 		attr(attrPacketHdr, hdr...),
 		attr(attrMark, binary.BigEndian.AppendUint32(nil, mark)...),
 		attr(attrOutDev, binary.BigEndian.AppendUint32(nil, outdev)...),
-		attr(8, 0, 0, 0, 0, 0, 0, 0, 1), // NFQA_TIMESTAMP, ignored
+		attr(5, 0, 0, 0, 9),                                     // NFQA_IFINDEX_INDEV, ignored
+		attr(4, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2), // NFQA_TIMESTAMP, ignored
 		attr(attrPayload, payload...))
 }
 

@@ -57,6 +57,9 @@ func TestTakenSYNLandsOnTheRoutersListener(t *testing.T) {
 				t.Fatalf("the app's connect() ended while its SYN was held: %v", r.err)
 			default:
 			}
+			if want := l.ifindex(t); syn.OutIfindex != want {
+				t.Errorf("the SYN's out link is %d; want the TUN's %d", syn.OutIfindex, want)
+			}
 			if err := q.Verdict(syn.ID, Accept, r.Marks.With(syn.Mark, r.Marks.Take)); err != nil {
 				t.Fatal(err)
 			}
@@ -126,6 +129,43 @@ func TestIPv6SYNWithExtensionHeadersIsRead(t *testing.T) {
 	}
 	if st := q.Stats(); st.Passed != 0 {
 		t.Errorf("stats %+v: a SYN was passed on unread", st)
+	}
+}
+
+// TestVerdictsNeedNotFollowQueueOrder holds two SYNs and answers the
+// second first: each gets its own outcome.
+func TestVerdictsNeedNotFollowQueueOrder(t *testing.T) {
+	l := newLab(t)
+	v4, _, port := l.listen(t)
+	r := l.install(t, labQueue, port)
+	q, syns := l.open(t, labQueue, 0)
+
+	src1, res1 := l.dial(t, farDst6, 40113, waitLimit)
+	first := nextSYN(t, syns, src1, farDst6)
+	src2, res2 := l.dial(t, farDst4, 40114, waitLimit)
+	second := nextSYN(t, syns, src2, farDst4)
+	if err := q.Verdict(second.ID, Accept, r.Marks.With(second.Mark, r.Marks.Take)); err != nil {
+		t.Fatal(err)
+	}
+	v4.SetDeadline(time.Now().Add(waitLimit))
+	c, err := v4.AcceptTCP()
+	if err != nil {
+		t.Fatalf("the router's listener: %v", err)
+	}
+	c.Close()
+	if app := waitDial(t, res2); app.err != nil {
+		t.Fatalf("the second app's connect(): %v", app.err)
+	}
+	select {
+	case r := <-res1:
+		t.Fatalf("the first app's connect() ended while its SYN was held: %v", r.err)
+	default:
+	}
+	if err := q.Verdict(first.ID, Accept, r.Marks.With(first.Mark, r.Marks.Refuse)); err != nil {
+		t.Fatal(err)
+	}
+	if app := waitDial(t, res1); !errors.Is(app.err, syscall.ECONNREFUSED) {
+		t.Fatalf("the first app's connect(): %v, %v; want ECONNREFUSED", app.conn, app.err)
 	}
 }
 
