@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -340,9 +341,11 @@ func TestQueueRunsAndClosesCleanly(t *testing.T) {
 	if q2, err := Open(l.ns, Config{Num: labQueue}); err == nil {
 		q2.Close()
 		t.Error("a second socket bound the same queue")
+	} else if !strings.Contains(err.Error(), "bind queue 7 in "+l.ns.String()) || !strings.Contains(err.Error(), "another socket holds this queue number") {
+		t.Errorf("a second socket on the queue: %v; want an error naming the queue, the namespace and the likely cause", err)
 	}
-	if _, err := Open(l.ns, Config{Num: labQueue + 1, MaxLen: maxMaxLen + 1}); err == nil {
-		t.Error("MaxLen past its bound was accepted")
+	if _, err := Open(l.ns, Config{Num: labQueue + 1, MaxLen: maxMaxLen + 1}); err == nil || !strings.Contains(err.Error(), "MaxLen") {
+		t.Errorf("MaxLen past its bound: %v; want an error naming MaxLen", err)
 	}
 	if err := q.Verdict(12345, Accept, 0); !errors.Is(err, ErrNotHeld) {
 		t.Errorf("verdict for an id never queued: %v; want ErrNotHeld", err)
