@@ -1,0 +1,64 @@
+package synqueue
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"golang.org/x/sys/unix"
+)
+
+// ip6tSOOriginalDst is IP6T_SO_ORIGINAL_DST (linux/netfilter_ipv6/ip6_tables.h),
+// which x/sys does not name; SO_ORIGINAL_DST is its IPv4 twin.
+const ip6tSOOriginalDst = 80
+
+// OriginalDst returns the destination the app dialed, for a connection
+// that the nat table redirected to a listener (the Marks.Take outcome):
+// conntrack's original tuple, SO_ORIGINAL_DST for IPv4 and
+// IP6T_SO_ORIGINAL_DST for IPv6.
+func OriginalDst(c *net.TCPConn) (netip.AddrPort, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("original destination: %w", err)
+	}
+	peer, _ := netip.ParseAddrPort(c.RemoteAddr().String())
+	var dst netip.AddrPort
+	var serr error
+	err = raw.Control(func(fd uintptr) {
+		domain, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DOMAIN)
+		if err != nil {
+			serr = fmt.Errorf("SO_DOMAIN: %w", err)
+			return
+		}
+		// An IPv4 peer of a dual-stack socket (Go shows it unmapped) has
+		// an IPv4 tuple.
+		if domain == unix.AF_INET || peer.Addr().Unmap().Is4() {
+			// struct sockaddr_in fits the 20 bytes of an IPv6Mreq.
+			m, err := unix.GetsockoptIPv6Mreq(int(fd), unix.SOL_IP, unix.SO_ORIGINAL_DST)
+			if err != nil {
+				serr = fmt.Errorf("SO_ORIGINAL_DST: %w", err)
+				return
+			}
+			sa := m.Multiaddr
+			dst = netip.AddrPortFrom(netip.AddrFrom4([4]byte(sa[4:8])), binary.BigEndian.Uint16(sa[2:4]))
+			return
+		}
+		// struct sockaddr_in6 is the first 28 bytes of an IPv6MTUInfo.
+		info, err := unix.GetsockoptIPv6MTUInfo(int(fd), unix.SOL_IPV6, ip6tSOOriginalDst)
+		if err != nil {
+			serr = fmt.Errorf("IP6T_SO_ORIGINAL_DST: %w", err)
+			return
+		}
+		// Port holds the network-order bytes as they lie in memory.
+		port := binary.BigEndian.Uint16(binary.NativeEndian.AppendUint16(nil, info.Addr.Port))
+		dst = netip.AddrPortFrom(netip.AddrFrom16(info.Addr.Addr), port)
+	})
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("original destination of %s: %w", c.RemoteAddr(), err)
+	}
+	return dst, nil
+}
