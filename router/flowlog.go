@@ -23,9 +23,14 @@ type FlowRecord struct {
 	BytesIn  int64     `json:"bytes_in"`
 	Error    string    `json:"error,omitempty"`
 	// Via is "kernel" for a flow of the kernel path (whose bytes count IP
-	// packets, headers included); absent for the router's own.
+	// packets, headers included), "kernel-socket" for a flow the router
+	// carried from the app's kernel socket (KernelSockets); absent for the
+	// router's own through the netstack.
 	Via string `json:"via,omitempty"`
 }
+
+// ViaKernelSocket is FlowRecord.Via for a flow taken as a kernel socket.
+const ViaKernelSocket = "kernel-socket"
 
 const (
 	// flowLogQueue is how many records may wait for the writer. Records

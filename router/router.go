@@ -75,6 +75,10 @@ type Config struct {
 	// one answered a moment ago: by default the cluster's answers are
 	// kept for their TTL (see dnscache).
 	NoDNSCache bool
+	// KernelSockets, if set, takes the app's TCP connections as kernel
+	// sockets (their SYNs held in a queue while the router dials); nil
+	// leaves every connection to the netstack.
+	KernelSockets *KernelSockets
 	// Logger receives the router's own messages.
 	Logger *slog.Logger
 }
@@ -104,6 +108,7 @@ type Router struct {
 
 	warnOnce sync.Map // destinations already warned about
 	pending  pendingDials
+	taken    takenFlows // KernelSockets' flows waiting for the app's connection
 	pinger   *pinger
 	dnsCache *dnscache.Cache // nil with NoDNSCache
 	stats    Stats
@@ -232,6 +237,9 @@ func (r *Router) Start() error {
 		}
 	}
 	r.startRuleNames()
+	if r.cfg.KernelSockets != nil {
+		r.startKernelSockets()
+	}
 	return nil
 }
 

@@ -11,6 +11,10 @@ type Stats struct {
 	// synsDropped counts the app's SYNs dropped because too many dials
 	// were pending to their destination (the app retransmits them).
 	synsDropped atomic.Int64
+	// kernelSockets counts the TCP flows taken as kernel sockets (of
+	// tcpFlows); strangers the connections at their listener that no
+	// flow waited for.
+	kernelSockets, strangers atomic.Int64
 }
 
 // StatsSnapshot is a copy of Stats at one moment.
@@ -23,6 +27,10 @@ type StatsSnapshot struct {
 	// retransmitted by the app, because too many dials were pending: to
 	// their destination, or in all (the netstack's forwarder limit).
 	SYNsDropped int64
+	// KernelSockets counts the TCP flows taken as kernel sockets (of
+	// TCPFlows; see KernelSockets), Strangers the connections to their
+	// listener that no flow waited for (closed at once).
+	KernelSockets, Strangers int64
 }
 
 func (s *Stats) snapshot() StatsSnapshot {
@@ -30,6 +38,7 @@ func (s *Stats) snapshot() StatsSnapshot {
 		TCPFlows: s.tcpFlows.Load(), UDPFlows: s.udpFlows.Load(), DNSQueries: s.dnsQueries.Load(),
 		DNSCached: s.dnsCached.Load(),
 		Blocked:   s.blocked.Load(), Failed: s.failed.Load(), Open: s.open.Load(),
-		SYNsDropped: s.synsDropped.Load(),
+		SYNsDropped:   s.synsDropped.Load(),
+		KernelSockets: s.kernelSockets.Load(), Strangers: s.strangers.Load(),
 	}
 }

@@ -59,6 +59,12 @@ type Options struct {
 	// root run hands the flows its rules send local by address or port to
 	// the kernel (package kernelpath).
 	NoKernelPath bool
+	// NoKernelSockets takes every TCP connection through the TUN and the
+	// router's netstack: without it, a root run holds each new
+	// connection's SYN in a queue while the router dials and then hands
+	// the app's connection to the router as a kernel socket
+	// (router.KernelSockets).
+	NoKernelSockets bool
 	// NoDNSCache asks the cluster for every name the app looks up: by
 	// default the router keeps the cluster's answers for their TTL.
 	NoDNSCache bool
@@ -89,6 +95,8 @@ type Options struct {
 
 	// kernel is the run's kernel path, once it is set up.
 	kernel *kernelPath
+	// runID is the run's id (its record's), which tags its rules.
+	runID string
 }
 
 // Agent is what a run needs of the tunnel to the agent: the router's
@@ -124,6 +132,7 @@ func Run(ctx context.Context, o Options) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	o.runID = rec.ID
 	defer func() {
 		if err := rec.teardown(); err != nil {
 			o.Logger.Error("teardown", "err", err)
@@ -438,7 +447,12 @@ func startRouter(ctx context.Context, ns space, tun *os.File, o Options) (*route
 		unix.Close(fd)
 		return nil, nil, err
 	}
-	watch := newListenerWatch(ns, o.Logger)
+	ks := openKernelSockets(ns, o)
+	watched := ns
+	if ks != nil {
+		watched = hidePort{ns, ks.port()}
+	}
+	watch := newListenerWatch(watched, o.Logger)
 	var flowLog io.Writer
 	if o.FlowLog != "" {
 		f, err := os.OpenFile(o.FlowLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -466,6 +480,9 @@ func startRouter(ctx context.Context, ns space, tun *os.File, o Options) (*route
 		NoDNSCache:    o.NoDNSCache,
 		Logger:        o.Logger,
 	}
+	if ks != nil {
+		cfg.KernelSockets = &ks.KernelSockets
+	}
 	if o.Agent != nil {
 		cfg.Remote = o.Agent
 		cfg.SearchDomains = o.Agent.Facts().SearchDomains
@@ -479,6 +496,9 @@ func startRouter(ctx context.Context, ns space, tun *os.File, o Options) (*route
 		if f, ok := flowLog.(*os.File); ok {
 			f.Close()
 		}
+		if ks != nil {
+			ks.close()
+		}
 		return nil, nil, err
 	}
 	rt.OnClose(func() { unix.Close(fd) })
@@ -488,6 +508,15 @@ func startRouter(ctx context.Context, ns space, tun *os.File, o Options) (*route
 	if err := rt.Start(); err != nil {
 		rt.Close()
 		return nil, nil, err
+	}
+	if ks != nil {
+		// The router reads the queue now; until the rules are in, SYNs
+		// go to the TUN, and so they do if the rules cannot be added.
+		if err := ks.install(); err != nil {
+			o.Logger.Warn("kernel sockets off: new connections go through the netstack", "err", err)
+		} else {
+			o.Logger.Info("kernel sockets on: the app's TCP connections are taken as kernel sockets, dial first")
+		}
 	}
 	watch.start(ctx)
 	return rt, watch, nil

@@ -36,6 +36,7 @@ type runFlags struct {
 	capAdd         []string
 	rootless       bool
 	noKernelPath   bool
+	noKernelSocks  bool
 	noDNSCache     bool
 	kube           kubeFlags
 	image          imageFlags
@@ -95,6 +96,7 @@ func newSandboxRunCommand() *cobra.Command {
 	fl.MarkHidden("debug-listen")
 	fl.StringArrayVar(&f.capAdd, "cap-add", nil, "give the app this capability too (repeatable; e.g. NET_ADMIN, or ALL); the default is Docker's set")
 	fl.BoolVar(&f.noKernelPath, "no-kernel-path", false, "send every flow through trafficpolice's router: by default a root run hands the flows its rules send local by address or port to the kernel")
+	fl.BoolVar(&f.noKernelSocks, "no-kernel-sockets", false, "take the app's TCP connections through the TUN and the router's netstack: by default a root run holds each new connection's SYN while the router dials, then takes the connection as a kernel socket")
 	fl.BoolVar(&f.noDNSCache, "no-dns-cache", false, "ask the cluster for every name the app looks up: by default the cluster's answers are kept for their TTL")
 	fl.BoolVar(&f.rootless, "rootless", false, "run the sandbox in a user namespace of its own, as when not root (the default when not root)")
 	f.kube.add(fl)
@@ -207,27 +209,28 @@ func runSandbox(ctx context.Context, f runFlags, argv []string) error {
 	// A container gets the image's environment and the target's, not ours.
 	ctrOpts, _ := f.image.options(appEnv[hostEnv:])
 	code, err := sandbox.Run(ctx, sandbox.Options{
-		Image:        f.image.image,
-		Container:    ctrOpts,
-		Policy:       pol,
-		Agent:        agent,
-		Incoming:     cfg.Feature.Network.Incoming,
-		Argv:         argv,
-		Env:          appEnv,
-		Dir:          wd,
-		CapAdd:       f.capAdd,
-		FlowLog:      f.flowLog,
-		MTU:          f.mtu,
-		DebugListen:  f.debugListen,
-		NoIPv6:       false,
-		NoKernelPath: f.noKernelPath,
-		NoDNSCache:   f.noDNSCache,
-		Rootless:     rootlessRun(f.rootless),
-		Stdin:        os.Stdin,
-		Stdout:       os.Stdout,
-		Stderr:       os.Stderr,
-		Progress:     progress,
-		Logger:       logger,
+		Image:           f.image.image,
+		Container:       ctrOpts,
+		Policy:          pol,
+		Agent:           agent,
+		Incoming:        cfg.Feature.Network.Incoming,
+		Argv:            argv,
+		Env:             appEnv,
+		Dir:             wd,
+		CapAdd:          f.capAdd,
+		FlowLog:         f.flowLog,
+		MTU:             f.mtu,
+		DebugListen:     f.debugListen,
+		NoIPv6:          false,
+		NoKernelPath:    f.noKernelPath,
+		NoKernelSockets: f.noKernelSocks,
+		NoDNSCache:      f.noDNSCache,
+		Rootless:        rootlessRun(f.rootless),
+		Stdin:           os.Stdin,
+		Stdout:          os.Stdout,
+		Stderr:          os.Stderr,
+		Progress:        progress,
+		Logger:          logger,
 	})
 	if err != nil {
 		return err

@@ -1,0 +1,310 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/trafficpolice/trafficpolice/netns/synqueue"
+	"github.com/trafficpolice/trafficpolice/router/policy"
+	"github.com/trafficpolice/trafficpolice/splice"
+)
+
+// KernelSockets lets the router take the app's TCP connections as kernel
+// sockets instead of through the TUN and the netstack, keeping dial-first:
+// the app's first SYN is held in Queue while the router dials, and the
+// verdict either redirects the connection to Listeners (connected), answers
+// it with a RST (refused, blocked) or drops it after the dial timed out.
+// Whatever the queue does not take (no reader, full, closed) goes on to
+// the TUN, where the netstack handles it as before.
+type KernelSockets struct {
+	Queue *synqueue.Queue
+	Marks synqueue.Marks
+	// Listeners listen inside the sandbox, where the rules' REDIRECT sends
+	// a taken connection (127.0.0.1 and ::1, on the rules' TakePort).
+	Listeners []*net.TCPListener
+}
+
+// acceptWait is how long a dialed flow waits for the app's connection at
+// the listener after its SYN was let through. The app's kernel answers the
+// listener's SYN-ACK at once, unless it gave up meanwhile (then nothing
+// comes); a full backlog delays it by the app's retransmissions.
+const acceptWait = 30 * time.Second
+
+// taken is a dialed flow waiting for the app's connection to arrive at the
+// listener, keyed by the app's address and port.
+type taken struct {
+	f       *flow
+	out     net.Conn
+	origDst netip.AddrPort // as the kernel's conntrack tuple has it
+	expire  *time.Timer
+}
+
+// takenFlows holds the flows whose SYN was let through to the listener.
+type takenFlows struct {
+	mu sync.Mutex
+	m  map[netip.AddrPort]*taken
+}
+
+// put records t for src, false if src already has one (the app's port
+// reused while its last connection still waits: that SYN goes the
+// netstack's way).
+func (t *takenFlows) put(src netip.AddrPort, e *taken) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, dup := t.m[src]; dup {
+		return false
+	}
+	if t.m == nil {
+		t.m = map[netip.AddrPort]*taken{}
+	}
+	t.m[src] = e
+	return true
+}
+
+// take removes and returns src's entry if it is still e (nil e: any).
+func (t *takenFlows) take(src netip.AddrPort, e *taken) *taken {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	got := t.m[src]
+	if got == nil || (e != nil && got != e) {
+		return nil
+	}
+	delete(t.m, src)
+	return got
+}
+
+// drain removes and returns every entry.
+func (t *takenFlows) drain() []*taken {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	all := make([]*taken, 0, len(t.m))
+	for _, e := range t.m {
+		all = append(all, e)
+	}
+	clear(t.m)
+	return all
+}
+
+// startKernelSockets starts reading the queue and accepting on the
+// listeners; both end when the router closes.
+func (r *Router) startKernelSockets() {
+	ks := r.cfg.KernelSockets
+	r.closers = append(r.closers, ks.Queue)
+	for _, ln := range ks.Listeners {
+		r.closers = append(r.closers, ln)
+	}
+	r.closers = append(r.closers, closerFunc(func() error {
+		for _, e := range r.taken.drain() {
+			e.expire.Stop()
+			r.endTaken(e, errors.New("the router closed before the app's connection arrived"))
+		}
+		return nil
+	}))
+	go func() {
+		if err := ks.Queue.Run(r.ctx, func(syn synqueue.SYN) { go r.handleSYN(syn) }); err != nil {
+			// SYNs now find no reader and go to the TUN (--queue-bypass).
+			r.log.Warn("kernel sockets off: the SYN queue failed; new connections go through the netstack", "err", err)
+		}
+	}()
+	for _, ln := range ks.Listeners {
+		go r.acceptTaken(ln)
+	}
+}
+
+// verdict ends the hold of syn: Accept with bits (Marks.Take, Marks.Refuse,
+// or 0 for the TUN's way), or Drop.
+func (r *Router) verdict(syn synqueue.SYN, d synqueue.Decision, bits uint32) error {
+	ks := r.cfg.KernelSockets
+	mark := syn.Mark
+	if bits != 0 {
+		mark = ks.Marks.With(syn.Mark, bits)
+	}
+	err := ks.Queue.Verdict(syn.ID, d, mark)
+	if err != nil && !errors.Is(err, synqueue.ErrClosed) {
+		r.log.Debug("verdict on a queued SYN", "src", syn.Src, "dst", syn.Dst, "err", err)
+	}
+	return err
+}
+
+// handleSYN is handleTCP for a SYN held in the queue: dial first, then let
+// the SYN through to the listener, or refuse it, or drop it.
+func (r *Router) handleSYN(syn synqueue.SYN) {
+	src, orig := unmapAddrPort(syn.Src), unmapAddrPort(syn.Dst)
+	if r.servesDNS(orig.Addr()) {
+		// The netstack's own DNS server answers TCP queries.
+		r.verdict(syn, synqueue.Accept, 0)
+		return
+	}
+	if !r.track() {
+		r.verdict(syn, synqueue.Accept, r.cfg.KernelSockets.Marks.Refuse)
+		return
+	}
+	tracked := true
+	defer func() {
+		if tracked {
+			r.wg.Done()
+		}
+	}()
+	dst := r.appDstAddr(orig)
+	if !r.pending.add(dst.Addr()) {
+		// As the netstack's path: no answer, the app retransmits (a
+		// dropped SYN has no conntrack entry, so it is queued again).
+		r.stats.synsDropped.Add(1)
+		r.warnOnceFor("pending "+dst.Addr().String(), "dropping new connections to a destination that answers none of its pending ones",
+			"dst", dst.Addr().String(), "pending", maxPendingPerDst)
+		r.verdict(syn, synqueue.Drop, 0)
+		return
+	}
+	f := r.newFlow(policy.TCP, src, dst)
+	f.rec.Via = ViaKernelSocket
+	r.stats.tcpFlows.Add(1)
+	r.stats.kernelSockets.Add(1)
+
+	ctx, cancel := context.WithTimeout(r.ctx, tcpDialTimeout)
+	out, err := r.dial(ctx, f)
+	cancel()
+	r.pending.done(dst.Addr())
+	if err != nil {
+		r.stats.failed.Add(1)
+		if isTimeout(err) {
+			r.verdict(syn, synqueue.Drop, 0) // the app's own timer ends its connect
+		} else {
+			r.verdict(syn, synqueue.Accept, r.cfg.KernelSockets.Marks.Refuse)
+		}
+		f.rec.Error = err.Error()
+		r.endFlow(f)
+		return
+	}
+	e := &taken{f: f, out: out, origDst: orig}
+	e.expire = time.AfterFunc(acceptWait, func() {
+		if r.taken.take(src, e) != nil {
+			r.endTaken(e, fmt.Errorf("app side: its connection did not arrive within %s (it gave up)", acceptWait))
+		}
+	})
+	if !r.taken.put(src, e) {
+		e.expire.Stop()
+		out.Close()
+		f.rec.Error = "app side: its port " + src.String() + " already has a connection on its way"
+		r.endFlow(f)
+		r.verdict(syn, synqueue.Accept, 0)
+		return
+	}
+	// Owned by the entry now: whoever takes it ends it.
+	tracked = false
+	if r.ctx.Err() != nil {
+		// The router closed while we dialed: its drain may have run.
+		if r.taken.take(src, e) != nil {
+			e.expire.Stop()
+			r.endTaken(e, errors.New("the router closed before the app's connection arrived"))
+		}
+		r.verdict(syn, synqueue.Accept, r.cfg.KernelSockets.Marks.Refuse)
+		return
+	}
+	if err := r.verdict(syn, synqueue.Accept, r.cfg.KernelSockets.Marks.Take); err != nil {
+		if r.taken.take(src, e) != nil {
+			e.expire.Stop()
+			r.endTaken(e, fmt.Errorf("app side: %w", err))
+		}
+	}
+}
+
+// endTaken ends a dialed flow whose app connection never came.
+func (r *Router) endTaken(e *taken, why error) {
+	e.out.Close()
+	e.f.rec.Error = why.Error()
+	r.endFlow(e.f)
+	r.wg.Done()
+}
+
+// acceptTaken accepts the app's connections that the rules redirected to
+// ln, and splices each with the flow dialed for it.
+func (r *Router) acceptTaken(ln *net.TCPListener) {
+	for {
+		c, err := ln.AcceptTCP()
+		if err != nil {
+			if r.ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
+				r.log.Warn("kernel sockets: accept", "err", err)
+				if tempErr(err) {
+					time.Sleep(10 * time.Millisecond)
+					continue
+				}
+			}
+			return
+		}
+		r.startTaken(c)
+	}
+}
+
+// startTaken matches an accepted connection with its dialed flow: by the
+// app's address and port, and the destination the kernel says it dialed.
+// A connection with none (nothing the router let through) is closed.
+func (r *Router) startTaken(c *net.TCPConn) {
+	src := unmapAddrPort(netip.MustParseAddrPort(c.RemoteAddr().String()))
+	orig, err := synqueue.OriginalDst(c)
+	if err != nil {
+		r.stats.strangers.Add(1)
+		c.Close()
+		return
+	}
+	e := r.taken.take(src, nil)
+	if e == nil || e.origDst != unmapAddrPort(orig) {
+		if e != nil {
+			// Not the connection it waits for: put it back.
+			r.taken.put(src, e)
+		}
+		r.stats.strangers.Add(1)
+		c.Close()
+		return
+	}
+	e.expire.Stop()
+	out := e.out
+	ended := r.wg.Done
+	if tc, ok := out.(*net.TCPConn); ok {
+		keepAlive := splice.KeepAliveLater(tc, keepAliveAfter)
+		ended = func() {
+			keepAlive.Stop()
+			r.wg.Done()
+		}
+	}
+	if s, ok := out.(sinkSetter); ok {
+		// While the copy from out waits, the tunnel's receive loop writes
+		// the pod's bytes into the app's socket itself.
+		s.SetSink(splice.NewTCPTryWriter(c))
+	}
+	r.splice(e.f, c, out, splice.TCPWait(c), splice.TCPWait(out), splice.TCPNotifier(c), tcpNotifier(out), ended)
+}
+
+// servesDNS says whether a is one of the netstack's DNS addresses.
+func (r *Router) servesDNS(a netip.Addr) bool {
+	for _, d := range r.cfg.DNSAddrs {
+		if d == a {
+			return true
+		}
+	}
+	return false
+}
+
+// appDstAddr is appDst for an address the kernel reported.
+func (r *Router) appDstAddr(d netip.AddrPort) netip.AddrPort {
+	if r.cfg.LoopbackAlias != nil {
+		if lo, ok := r.cfg.LoopbackAlias(d.Addr()); ok {
+			return netip.AddrPortFrom(lo, d.Port())
+		}
+	}
+	return d
+}
+
+func unmapAddrPort(a netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+}
+
+// tempErr says whether an accept error passes (out of descriptors, say).
+func tempErr(err error) bool {
+	var ne interface{ Temporary() bool }
+	return errors.As(err, &ne) && ne.Temporary()
+}
