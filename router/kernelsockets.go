@@ -36,7 +36,7 @@ type KernelSockets struct {
 const acceptWait = 30 * time.Second
 
 // taken is a dialed flow waiting for the app's connection to arrive at the
-// listener, keyed by the app's address and port.
+// listener.
 type taken struct {
 	f       *flow
 	out     net.Conn
@@ -44,38 +44,65 @@ type taken struct {
 	expire  *time.Timer
 }
 
+// takenKey names a taken flow: the app's address and port, and the
+// destination it dialed (the kernel's, before the loopback alias is
+// mapped back).
+type takenKey struct{ src, dst netip.AddrPort }
+
 // takenFlows holds the flows whose SYN was let through to the listener.
 type takenFlows struct {
 	mu sync.Mutex
-	m  map[netip.AddrPort]*taken
+	m  map[takenKey]*taken
 }
 
-// put records t for src, false if src already has one (the app's port
-// reused while its last connection still waits: that SYN goes the
-// netstack's way).
-func (t *takenFlows) put(src netip.AddrPort, e *taken) bool {
+// put records e, false if its key already has one.
+func (t *takenFlows) put(k takenKey, e *taken) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if _, dup := t.m[src]; dup {
+	if _, dup := t.m[k]; dup {
 		return false
 	}
 	if t.m == nil {
-		t.m = map[netip.AddrPort]*taken{}
+		t.m = map[takenKey]*taken{}
 	}
-	t.m[src] = e
+	t.m[k] = e
 	return true
 }
 
-// take removes and returns src's entry if it is still e (nil e: any).
-func (t *takenFlows) take(src netip.AddrPort, e *taken) *taken {
+// take removes and returns k's entry if it is still e.
+func (t *takenFlows) take(k takenKey, e *taken) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	got := t.m[src]
-	if got == nil || (e != nil && got != e) {
-		return nil
+	if t.m[k] != e {
+		return false
 	}
-	delete(t.m, src)
-	return got
+	delete(t.m, k)
+	return true
+}
+
+// arrived removes and returns the entry of a connection that arrived at the
+// listener from peer, for the destination orig. The kernel keeps the app's
+// port unless the connection's tuple at the listener clashes with one
+// already there: connections from one app port to different destinations
+// (Linux's port choice allows it) all meet at the listener's one address,
+// and the NAT then gives the later ones another source port. Such a
+// connection is matched by its address and destination alone: every flow
+// waiting there is a fresh connection to the same destination.
+func (t *takenFlows) arrived(peer, orig netip.AddrPort) *taken {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	k := takenKey{peer, orig}
+	if e := t.m[k]; e != nil {
+		delete(t.m, k)
+		return e
+	}
+	for k, e := range t.m {
+		if k.dst == orig && k.src.Addr() == peer.Addr() {
+			delete(t.m, k)
+			return e
+		}
+	}
+	return nil
 }
 
 // drain removes and returns every entry.
@@ -181,15 +208,16 @@ func (r *Router) handleSYN(syn synqueue.SYN) {
 		return
 	}
 	e := &taken{f: f, out: out, origDst: orig}
+	key := takenKey{src, orig}
 	e.expire = time.AfterFunc(acceptWait, func() {
-		if r.taken.take(src, e) != nil {
+		if r.taken.take(key, e) {
 			r.endTaken(e, fmt.Errorf("app side: its connection did not arrive within %s (it gave up)", acceptWait))
 		}
 	})
-	if !r.taken.put(src, e) {
+	if !r.taken.put(key, e) {
 		e.expire.Stop()
 		out.Close()
-		f.rec.Error = "app side: its port " + src.String() + " already has a connection on its way"
+		f.rec.Error = "app side: a connection from " + src.String() + " to " + orig.String() + " is already on its way"
 		r.endFlow(f)
 		r.verdict(syn, synqueue.Accept, 0)
 		return
@@ -198,7 +226,7 @@ func (r *Router) handleSYN(syn synqueue.SYN) {
 	tracked = false
 	if r.ctx.Err() != nil {
 		// The router closed while we dialed: its drain may have run.
-		if r.taken.take(src, e) != nil {
+		if r.taken.take(key, e) {
 			e.expire.Stop()
 			r.endTaken(e, errors.New("the router closed before the app's connection arrived"))
 		}
@@ -206,7 +234,7 @@ func (r *Router) handleSYN(syn synqueue.SYN) {
 		return
 	}
 	if err := r.verdict(syn, synqueue.Accept, r.cfg.KernelSockets.Marks.Take); err != nil {
-		if r.taken.take(src, e) != nil {
+		if r.taken.take(key, e) {
 			e.expire.Stop()
 			r.endTaken(e, fmt.Errorf("app side: %w", err))
 		}
@@ -240,23 +268,17 @@ func (r *Router) acceptTaken(ln *net.TCPListener) {
 	}
 }
 
-// startTaken matches an accepted connection with its dialed flow: by the
-// app's address and port, and the destination the kernel says it dialed.
-// A connection with none (nothing the router let through) is closed.
+// startTaken matches an accepted connection with its dialed flow (see
+// takenFlows.arrived). A connection with none (nothing the router let
+// through) is closed.
 func (r *Router) startTaken(c *net.TCPConn) {
-	src := unmapAddrPort(netip.MustParseAddrPort(c.RemoteAddr().String()))
+	peer := unmapAddrPort(netip.MustParseAddrPort(c.RemoteAddr().String()))
 	orig, err := synqueue.OriginalDst(c)
-	if err != nil {
-		r.stats.strangers.Add(1)
-		c.Close()
-		return
+	var e *taken
+	if err == nil {
+		e = r.taken.arrived(peer, unmapAddrPort(orig))
 	}
-	e := r.taken.take(src, nil)
-	if e == nil || e.origDst != unmapAddrPort(orig) {
-		if e != nil {
-			// Not the connection it waits for: put it back.
-			r.taken.put(src, e)
-		}
+	if e == nil {
 		r.stats.strangers.Add(1)
 		c.Close()
 		return

@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -53,18 +54,17 @@ func openKernelSocketsIn(id string, ns *netns.Namespace, noIPv6 bool) (ks *kerne
 	ks.Marks = synqueue.DefaultMarks
 	// The sockets stay in the namespace they were made in.
 	err = ns.Do(func() error {
-		ln4, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		ln4, err := listenTake("tcp4", "127.0.0.1:0")
 		if err != nil {
-			return fmt.Errorf("listen on 127.0.0.1: %w", err)
+			return err
 		}
 		ks.Listeners = append(ks.Listeners, ln4)
 		if noIPv6 {
 			return nil
 		}
-		port := ln4.Addr().(*net.TCPAddr).Port
-		ln6, err := net.ListenTCP("tcp6", &net.TCPAddr{IP: net.IPv6loopback, Port: port})
+		ln6, err := listenTake("tcp6", net.JoinHostPort("::1", fmt.Sprint(ln4.Addr().(*net.TCPAddr).Port)))
 		if err != nil {
-			return fmt.Errorf("listen on [::1]:%d: %w", port, err)
+			return err
 		}
 		ks.Listeners = append(ks.Listeners, ln6)
 		return nil
@@ -75,6 +75,19 @@ func openKernelSocketsIn(id string, ns *netns.Namespace, noIPv6 bool) (ks *kerne
 	ks.rules = synqueue.Rules{RunID: id, Link: netns.LinkName, Queue: synQueueNum,
 		TakePort: ks.port(), Marks: ks.Marks, NoIPv6: noIPv6}
 	return ks, nil
+}
+
+// listenTake opens one of the listeners. Without Go's default keepalive
+// on accepted connections: four setsockopt calls per connection, for an
+// app socket in the same namespace (the dialed side gets keepalive once
+// the flow has lasted, as every router flow).
+func listenTake(network, addr string) (*net.TCPListener, error) {
+	lc := net.ListenConfig{KeepAlive: -1}
+	ln, err := lc.Listen(context.Background(), network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	return ln.(*net.TCPListener), nil
 }
 
 // port is the listeners' port, the rules' TakePort.

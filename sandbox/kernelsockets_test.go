@@ -143,3 +143,36 @@ func TestKernelSocketsListenerIsNotTheApps(t *testing.T) {
 	}
 	contains(t, r.stdout, "connection refused")
 }
+
+// Connections from one local port to different destinations (Linux's own
+// port choice does this) arrive at the router's one listener with the same
+// address and port: each still reaches its own destination.
+func TestKernelSocketsOneLocalPortManyDestinations(t *testing.T) {
+	netnstest.RequireRoot(t)
+	cleanCheck(t)
+	svc := newServiceNet(t)
+	var addrs []string
+	for _, port := range []int{7000, 7001, 7002} {
+		serveEcho(svc.listen(t, port))
+		addrs = append(addrs, net.JoinHostPort(svc.svcIP.String(), fmt.Sprint(port)))
+	}
+	logPath := filepath.Join(t.TempDir(), "flows.jsonl")
+	r := run(t, nil, ExtraRules{}, append([]string{probe(t), "sameport"}, addrs...),
+		func(o *Options) { o.FlowLog = logPath; o.NoKernelPath = true })
+	if r.err != nil || r.code != 0 {
+		t.Fatalf("%+v", r)
+	}
+	contains(t, r.stdout, "3 echoed")
+	perDst := map[string]int{}
+	for _, rec := range readFlowLog(t, logPath) {
+		perDst[rec.Dst]++
+		if rec.Via != router.ViaKernelSocket || rec.BytesOut != 8 || rec.BytesIn != 8 || rec.Error != "" {
+			t.Errorf("flow %+v: want via %s, 8 bytes each way, no error", rec, router.ViaKernelSocket)
+		}
+	}
+	for _, a := range addrs {
+		if perDst[a] != 1 {
+			t.Errorf("%d flows to %s, want 1 (all: %v)", perDst[a], a, perDst)
+		}
+	}
+}

@@ -12,6 +12,8 @@
 //	probe serve-whoami ADDR TAG   TCP and UDP: answer "TAG peer=IP:PORT"
 //	probe serve-echo ADDR         TCP echo
 //	probe serve-bytes ADDR N      send N bytes of a fixed pattern, then close
+//	probe sameport ADDR...     connect to each ADDR from one local port (SO_REUSEADDR),
+//	                           all open at once, each echoes a message
 //	probe hold ADDR N FILE     open N connections (each echoes once), print
 //	                           "held N", keep them until FILE exists, close
 //	                           them all, print "closed N"
@@ -27,6 +29,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -61,6 +64,8 @@ func main() {
 	case "hold":
 		n, _ := strconv.Atoi(os.Args[3])
 		err = hold(os.Args[2], n, os.Args[4])
+	case "sameport":
+		err = samePort(os.Args[2:])
 	case "serve-bytes":
 		n, _ := strconv.Atoi(os.Args[3])
 		err = serveBytes(os.Args[2], n)
@@ -369,4 +374,54 @@ func serveBytes(addr string, n int) error {
 			c.Close()
 		}()
 	}
+}
+
+// samePort connects to each address from the same local port, as Linux's
+// own port choice may for connections to different destinations, keeps
+// them all open and echoes a message over each.
+func samePort(addrs []string) error {
+	reuse := func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	}
+	var local *net.TCPAddr
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for _, a := range addrs {
+		d := net.Dialer{Timeout: 10 * time.Second, Control: reuse}
+		if local != nil {
+			d.LocalAddr = local
+		}
+		c, err := d.Dial("tcp", a)
+		if err != nil {
+			return fmt.Errorf("connect to %s from %v: %w", a, local, err)
+		}
+		conns = append(conns, c)
+		if local == nil {
+			local = c.LocalAddr().(*net.TCPAddr)
+		}
+	}
+	for i, c := range conns {
+		msg := fmt.Sprintf("hello %d\n", i)
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		if _, err := c.Write([]byte(msg)); err != nil {
+			return fmt.Errorf("%s: %w", addrs[i], err)
+		}
+		buf := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg {
+			return fmt.Errorf("%s: got %q, %v", addrs[i], buf, err)
+		}
+	}
+	fmt.Printf("%d echoed from port %d\n", len(conns), local.Port)
+	return nil
 }
