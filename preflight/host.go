@@ -16,6 +16,7 @@ import (
 
 	"github.com/trafficpolice/trafficpolice/agent/kube"
 	"github.com/trafficpolice/trafficpolice/kernelpath"
+	"github.com/trafficpolice/trafficpolice/netns/synqueue"
 )
 
 // Env says what to check, and where; tests point it at states of their
@@ -166,6 +167,37 @@ func checkKernelPath(env Env) Result {
 	default:
 		r.Status, r.Detail = OK, fmt.Sprintf("the host forwards on %s: flows the rules send local by address or port go through the kernel", dev)
 	}
+	return r
+}
+
+// checkKernelSockets says whether a root run can take the app's TCP
+// connections as kernel sockets: it binds a SYN queue and adds the rules
+// that feed it in a network namespace of its own, on a thread that ends
+// with the check (the namespace, queue and rules with it).
+func checkKernelSockets(env Env) Result {
+	r := Result{Check: "kernel sockets"}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("cannot create a network namespace: %w", err)
+			return
+		}
+		q, err := synqueue.Open(nil, synqueue.Config{Num: 1})
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer q.Close()
+		rules := synqueue.Rules{RunID: "doctor", Link: "tp0", Queue: 1, TakePort: 1, Marks: synqueue.DefaultMarks}
+		errc <- rules.InstallHere()
+	}()
+	if err := <-errc; err != nil {
+		r.Status, r.Detail = Warn, fmt.Sprintf("the app's TCP connections go through trafficpolice's netstack, not as kernel sockets (slower: README, Kernel sockets): %v", err)
+		r.Fix = "a kernel with nfnetlink_queue and the NFQUEUE, REDIRECT and REJECT targets (CONFIG_NETFILTER_NETLINK_QUEUE, CONFIG_NETFILTER_XT_TARGET_NFQUEUE; iptables-nft also CONFIG_NFT_COMPAT); or nothing: every run still works"
+		return r
+	}
+	r.Status, r.Detail = OK, "the app's TCP connections are taken as kernel sockets, dial first"
 	return r
 }
 

@@ -84,7 +84,7 @@ func Run(ctx context.Context, env Env) []Result {
 	} else {
 		checks = append(checks, one(checkNetns, env), one(checkNAT, env))
 		if env.KernelPath {
-			checks = append(checks, one(checkKernelPath, env))
+			checks = append(checks, one(checkKernelPath, env), one(checkKernelSockets, env))
 		}
 	}
 	checks = append(checks, one(checkStateDir, env))
