@@ -63,7 +63,7 @@ func benchMain(args []string) int {
 	fs.BoolVar(&o.json, "json", false, "print the results as JSON instead of a table")
 	fs.DurationVar(&o.duration, "duration", time.Second, "how long each throughput, latency and rate measurement runs")
 	fs.IntVar(&o.repeat, "repeat", 3, "runs of each throughput, latency and rate pair, alternating kernel and trafficpolice (medians reported)")
-	fs.StringVar(&rows, "rows", "", "only run row groups matching this regexp: tcp1, tcp8, rr, crr, udp, dns, mem, start, with a path prefix: local, router, rootless, remote, pasta, slirp4netns, relay, and intercept when named (e.g. 'local/tcp')")
+	fs.StringVar(&rows, "rows", "", "only run row groups matching this regexp: tcp1, tcp8, rr, crr, udp, dns, mem, start, with a path prefix: local, router, rootless, remote, pasta, slirp4netns, relay (e.g. 'local/tcp')")
 	fs.IntVar(&o.flows, "flows", 10000, "idle flows for the memory row")
 	fs.StringVar(&o.profile, "profile", "", "save trafficpolice's CPU profile of each throughput, latency, rate and UDP row (and the agent's, on the remote path), and the memory rows' heap profiles, goroutine stacks and memstats, into this directory")
 	fs.BoolVar(&o.trace, "trace", false, "with -profile: save execution traces (go tool trace; -pprof=sched shows where goroutines waited to run) instead of CPU profiles")
@@ -201,15 +201,6 @@ func bench(ctx context.Context, o options) (*report, error) {
 			}
 			defer rl.stop()
 			paths = append(paths, relayPath)
-		}
-		if b.wantAny(interceptPath) && r.agentAddr != "" {
-			say("starting the intercept relay (host, through the agent)")
-			il, err := r.startIntercept(ctx)
-			if err != nil {
-				return rep, err
-			}
-			defer il.stop()
-			paths = append(paths, interceptPath)
 		}
 	}
 	if o.pause {
@@ -372,13 +363,6 @@ func (b *benchRun) want(p path, group string) bool {
 		default:
 			return false
 		}
-	case p == interceptPath:
-		// Only when asked for by name: a design measured, not a path.
-		switch group {
-		case "tcp1", "rr", "crr":
-			return b.o.rows != nil && b.o.rows.MatchString(p.String()+"/"+group) && strings.Contains(b.o.rows.String(), "intercept")
-		}
-		return false
 	case p == relayPath:
 		// The floor under the remote path's rows.
 		switch group {

@@ -15,7 +15,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/trafficpolice/trafficpolice/agent/client"
 	"github.com/trafficpolice/trafficpolice/splice"
 )
 
@@ -31,14 +30,6 @@ import (
 // in the same run as the remote rows (relays that batch datagrams could do
 // better on UDP).
 
-// The intercept path is a design measured before it is built: the remote
-// path with the app's connections taken as kernel sockets instead of
-// through the TUN and the netstack. A relay on the host accepts them and
-// carries each through trafficpolice's own tunnel and agent (agent/client,
-// splice, TLS as on the remote rows); set beside the remote rows, it says
-// what the router's TUN and netstack cost there. It runs only when --rows
-// names it ('intercept/').
-
 // relayPorts are the servers the relay path reaches: bulk TCP, echo,
 // connect-and-close, UDP echo and DNS (relayed as datagrams: the cheapest way
 // between the relays, where a tool's tunnel would carry them in a stream).
@@ -48,13 +39,8 @@ var relayPorts = []int{portBulk, portEcho, portCRR, portUDP, portDNS}
 // side of the pod's veth), relay 2 on the same port at the pod's address.
 const relayPortOffset = 20000
 
-// interceptPortOffset: the intercept relay listens on the server's port
-// plus this, on the host side of the pod's veth.
-const interceptPortOffset = 21000
-
-// relayMain is "bench relay [udp:|agent:]LISTEN=TO ...": it serves until
-// stdin ends. agent: carries each connection through the agent named by
-// $RELAY_AGENT ($RELAY_TOKEN, $RELAY_PIN) to TO, from the pod.
+// relayMain is "bench relay [udp:]LISTEN=TO ...": it serves until stdin
+// ends.
 func relayMain(args []string) int {
 	fs := flag.NewFlagSet("relay", flag.ContinueOnError)
 	if err := fs.Parse(args); err != nil || fs.NArg() == 0 {
@@ -64,12 +50,6 @@ func relayMain(args []string) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var wg sync.WaitGroup
-	var cl *client.Client // one tunnel for every agent: pair, as the router has
-	defer func() {
-		if cl != nil {
-			cl.Close()
-		}
-	}()
 	for _, pair := range fs.Args() {
 		listen, to, ok := strings.Cut(pair, "=")
 		if !ok {
@@ -90,36 +70,12 @@ func relayMain(args []string) int {
 			}()
 			continue
 		}
-		via, isAgent := strings.CutPrefix(listen, "agent:")
-		if isAgent {
-			listen = via
-		}
 		ln, err := net.Listen("tcp", listen)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "bench relay: %v\n", err)
 			return 1
 		}
 		context.AfterFunc(ctx, func() { ln.Close() })
-		if isAgent {
-			dst, err := netip.ParseAddrPort(to)
-			if err != nil {
-				fmt.Fprintf(os.Stderr, "bench relay: %v\n", err)
-				return 2
-			}
-			if cl == nil {
-				cl, err = client.Dial(ctx, client.Options{Address: os.Getenv("RELAY_AGENT"), Token: os.Getenv("RELAY_TOKEN"), Fingerprint: os.Getenv("RELAY_PIN")})
-				if err != nil {
-					fmt.Fprintf(os.Stderr, "bench relay: %v\n", err)
-					return 1
-				}
-			}
-			wg.Add(1)
-			go func(cl *client.Client) {
-				defer wg.Done()
-				serveAgentRelay(ctx, ln, cl, dst)
-			}(cl)
-			continue
-		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -154,35 +110,6 @@ func serveRelay(ln net.Listener, to string) {
 			}()
 			relayOneWay(c.(*net.TCPConn), out.(*net.TCPConn))
 			<-done
-		}()
-	}
-}
-
-// serveAgentRelay carries each connection ln accepts to dst through the
-// agent, with the router's copying (splice, a parked direction holding no
-// goroutine): a refused dial is a reset, as the router's kernel-socket
-// design could not do better without holding the SYN.
-func serveAgentRelay(ctx context.Context, ln net.Listener, cl *client.Client, dst netip.AddrPort) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		go func() {
-			in := c.(*net.TCPConn)
-			out, err := cl.DialTCP(ctx, dst)
-			if err != nil {
-				splice.Abort(in)
-				return
-			}
-			var outNotify splice.Notifier
-			if n, ok := out.(splice.Notifier); ok {
-				outNotify = n
-			}
-			splice.Start(ctx,
-				splice.Side{Conn: in, Notifier: splice.TCPNotifier(in)},
-				splice.Side{Conn: splice.AsConn(out), Notifier: outNotify},
-				func(splice.Result) {})
 		}()
 	}
 }
@@ -248,23 +175,6 @@ func relayOneWay(dst, src *net.TCPConn) {
 type relays struct {
 	procs []*exec.Cmd
 	ins   []io.WriteCloser
-}
-
-// startIntercept starts the intercept path's relay on the host.
-func (r *runner) startIntercept(ctx context.Context) (*relays, error) {
-	t := r.topo
-	var pairs []string
-	for _, port := range []int{portBulk, portEcho, portCRR} {
-		pairs = append(pairs, "agent:"+net.JoinHostPort(t.podGW.String(), fmt.Sprint(port+interceptPortOffset))+"="+
-			net.JoinHostPort(t.srvIP.String(), fmt.Sprint(port)))
-	}
-	env := append(os.Environ(), "RELAY_AGENT="+r.agentAddr, "RELAY_TOKEN="+r.token, "RELAY_PIN="+r.pin)
-	rl := &relays{}
-	if err := rl.start(ctx, r.self, pairs, env, nil); err != nil {
-		rl.stop()
-		return nil, err
-	}
-	return rl, nil
 }
 
 // startRelays starts relay 1 on the host and relay 2 in the pod namespace.
@@ -334,8 +244,8 @@ func (rl *relays) stop() {
 }
 
 // relayArgs are a client's args with its server address replaced by relay
-// 1's for the same server (offset relayPortOffset, or interceptPortOffset).
-func (r *runner) relayArgs(args []string, offset int) []string {
+// 1's for the same server (offset relayPortOffset).
+func (r *runner) relayArgs(args []string) []string {
 	out := append([]string(nil), args...)
 	for i := 0; i+1 < len(out); i++ {
 		if out[i] != "-addr" {
@@ -344,7 +254,7 @@ func (r *runner) relayArgs(args []string, offset int) []string {
 		host, port, err := net.SplitHostPort(out[i+1])
 		var p int
 		if _, serr := fmt.Sscan(port, &p); err == nil && serr == nil && host == r.topo.srvIP.String() {
-			out[i+1] = net.JoinHostPort(r.topo.podGW.String(), fmt.Sprint(p+offset))
+			out[i+1] = net.JoinHostPort(r.topo.podGW.String(), fmt.Sprint(p+relayPortOffset))
 		}
 	}
 	return out

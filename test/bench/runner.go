@@ -22,19 +22,18 @@ import (
 type path int
 
 const (
-	kernelPath    path = iota // a client in the pod netns, plain kernel routing
-	localPath                 // a client in the sandbox, flows local (the kernel path: kernelpath)
-	remotePath                // a client in the sandbox, flows through the agent in the pod netns
-	rootlessPath              // localPath with the sandbox in a user namespace (sandbox run --rootless)
-	pastaPath                 // a peer: the client under pasta as an unprivileged user (peers.go)
-	slirpPath                 // a peer: the client under slirp4netns as an unprivileged user
-	routerPath                // localPath with --no-kernel-path: the router dials from the host
-	relayPath                 // a floor, not a tool: the remote route through two plain relays (relay.go)
-	interceptPath             // a design measured: the remote path with the app's flows taken as kernel sockets (relay.go)
+	kernelPath   path = iota // a client in the pod netns, plain kernel routing
+	localPath                // a client in the sandbox, flows local (the kernel path: kernelpath)
+	remotePath               // a client in the sandbox, flows through the agent in the pod netns
+	rootlessPath             // localPath with the sandbox in a user namespace (sandbox run --rootless)
+	pastaPath                // a peer: the client under pasta as an unprivileged user (peers.go)
+	slirpPath                // a peer: the client under slirp4netns as an unprivileged user
+	routerPath               // localPath with --no-kernel-path: the router dials from the host
+	relayPath                // a floor, not a tool: the remote route through two plain relays (relay.go)
 )
 
 func (p path) String() string {
-	return [...]string{"kernel", "local", "remote", "rootless", "pasta", "slirp4netns", "router", "relay", "intercept"}[p]
+	return [...]string{"kernel", "local", "remote", "rootless", "pasta", "slirp4netns", "router", "relay"}[p]
 }
 
 // tool is what carries p's flows: trafficpolice, or the peer.
@@ -45,15 +44,13 @@ func (p path) tool() string {
 	switch p {
 	case relayPath:
 		return "two relays"
-	case interceptPath:
-		return "kernel sockets + trafficpolice's tunnel"
 	}
 	return "trafficpolice"
 }
 
 // toolOf is the tool of the path named name.
 func toolOf(name string) string {
-	for p := kernelPath; p <= interceptPath; p++ {
+	for p := kernelPath; p <= relayPath; p++ {
 		if p.String() == name {
 			return p.tool()
 		}
@@ -112,10 +109,7 @@ func (r *runner) start(ctx context.Context, p path, args []string, debug bool) (
 	case p == kernelPath:
 		cmd = exec.CommandContext(ctx, client[0], client[1:]...)
 	case p == relayPath:
-		client = append([]string{r.self, "client"}, r.relayArgs(args, relayPortOffset)...)
-		cmd = exec.CommandContext(ctx, client[0], client[1:]...)
-	case p == interceptPath:
-		client = append([]string{r.self, "client"}, r.relayArgs(args, interceptPortOffset)...)
+		client = append([]string{r.self, "client"}, r.relayArgs(args)...)
 		cmd = exec.CommandContext(ctx, client[0], client[1:]...)
 	case p.isPeer():
 		cmd = r.peerCommand(ctx, p, client)
@@ -166,7 +160,7 @@ func (r *runner) start(ctx context.Context, p path, args []string, debug bool) (
 	cmd.Stderr = pr.stderr
 	pr.cmd, pr.stdin, pr.stdout = cmd, stdin, bufio.NewReader(stdout)
 	pr.started = time.Now()
-	if p == kernelPath || p == relayPath || p == interceptPath {
+	if p == kernelPath || p == relayPath {
 		err = r.topo.pod.Do(cmd.Start)
 	} else {
 		err = cmd.Start()
@@ -212,7 +206,7 @@ func (pr *proc) wait() (clientResult, error) {
 // run runs a client to its end. With a profile directory and a name, it
 // records trafficpolice's CPU profile meanwhile (profileFor long).
 func (r *runner) run(ctx context.Context, p path, args []string, profileName string, profileFor time.Duration) (clientResult, error) {
-	debug := r.profile != "" && profileName != "" && p != kernelPath && p != relayPath && p != interceptPath && !p.isPeer()
+	debug := r.profile != "" && profileName != "" && p != kernelPath && p != relayPath && !p.isPeer()
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 	pr, err := r.start(ctx, p, args, debug)
