@@ -20,19 +20,28 @@ const synQueueNum = 7470
 type kernelSockets struct {
 	router.KernelSockets
 	rules synqueue.Rules
-	ns    *netns.Namespace
+	taker socketTaker
 }
 
-// openKernelSockets binds the SYN queue and opens the listeners inside a
-// root run's namespace; nil when the run takes its connections through the
-// netstack only (rootless, --no-kernel-sockets, or set-up failed: the
-// failure is logged and the run goes on as before).
+// socketTaker is what kernel sockets need of the app's namespace: a root
+// run's enters it, a rootless run's asks its holder (only a process inside
+// its user namespace may bind the queue and add rules there).
+type socketTaker interface {
+	SYNQueue(num uint16) (*synqueue.Queue, error)
+	ListenLoopback(network string, port uint16) (*net.TCPListener, error)
+	InstallSYNRules(r synqueue.Rules) error
+}
+
+// openKernelSockets binds the SYN queue and opens the listeners inside the
+// run's namespace; nil when the run takes its connections through the
+// netstack only (--no-kernel-sockets, or set-up failed: the failure is
+// logged and the run goes on as before).
 func openKernelSockets(ns space, o Options) *kernelSockets {
-	named, ok := ns.(namedSpace)
+	taker, ok := ns.(socketTaker)
 	if !ok || o.NoKernelSockets {
 		return nil
 	}
-	ks, err := openKernelSocketsIn(o.runID, named.Namespace, o.NoIPv6)
+	ks, err := openKernelSocketsIn(o.runID, taker, o.NoIPv6)
 	if err != nil {
 		o.Logger.Warn("kernel sockets off: new connections go through the netstack", "err", err)
 		return nil
@@ -40,55 +49,62 @@ func openKernelSockets(ns space, o Options) *kernelSockets {
 	return ks
 }
 
-func openKernelSocketsIn(id string, ns *netns.Namespace, noIPv6 bool) (ks *kernelSockets, err error) {
-	ks = &kernelSockets{ns: ns}
+func openKernelSocketsIn(id string, taker socketTaker, noIPv6 bool) (ks *kernelSockets, err error) {
+	ks = &kernelSockets{taker: taker}
 	defer func() {
 		if err != nil {
 			ks.close()
 		}
 	}()
-	ks.Queue, err = synqueue.Open(ns, synqueue.Config{Num: synQueueNum})
-	if err != nil {
+	if ks.Queue, err = taker.SYNQueue(synQueueNum); err != nil {
 		return nil, err
 	}
 	ks.Marks = synqueue.DefaultMarks
-	// The sockets stay in the namespace they were made in.
-	err = ns.Do(func() error {
-		ln4, err := listenTake("tcp4", "127.0.0.1:0")
+	ln4, err := taker.ListenLoopback("tcp4", 0)
+	if err != nil {
+		return nil, err
+	}
+	ks.Listeners = append(ks.Listeners, ln4)
+	if !noIPv6 {
+		ln6, err := taker.ListenLoopback("tcp6", ks.port())
 		if err != nil {
-			return err
-		}
-		ks.Listeners = append(ks.Listeners, ln4)
-		if noIPv6 {
-			return nil
-		}
-		ln6, err := listenTake("tcp6", net.JoinHostPort("::1", fmt.Sprint(ln4.Addr().(*net.TCPAddr).Port)))
-		if err != nil {
-			return err
+			return nil, err
 		}
 		ks.Listeners = append(ks.Listeners, ln6)
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("kernel sockets' listener in %s: %w", ns, err)
 	}
 	ks.rules = synqueue.Rules{RunID: id, Link: netns.LinkName, Queue: synQueueNum,
 		TakePort: ks.port(), Marks: ks.Marks, NoIPv6: noIPv6}
 	return ks, nil
 }
 
-// listenTake opens one of the listeners. Without Go's default keepalive
-// on accepted connections: four setsockopt calls per connection, for an
-// app socket in the same namespace (the dialed side gets keepalive once
-// the flow has lasted, as every router flow).
-func listenTake(network, addr string) (*net.TCPListener, error) {
-	lc := net.ListenConfig{KeepAlive: -1}
-	ln, err := lc.Listen(context.Background(), network, addr)
+func (n namedSpace) SYNQueue(num uint16) (*synqueue.Queue, error) {
+	return synqueue.Open(n.Namespace, synqueue.Config{Num: num})
+}
+
+// ListenLoopback listens inside n, where the socket stays. Without Go's
+// default keepalive on accepted connections: four setsockopt calls per
+// connection, for an app socket in the same namespace (the dialed side
+// gets keepalive once the flow has lasted, as every router flow).
+func (n namedSpace) ListenLoopback(network string, port uint16) (*net.TCPListener, error) {
+	host := "127.0.0.1"
+	if network == "tcp6" {
+		host = "::1"
+	}
+	addr := net.JoinHostPort(host, fmt.Sprint(port))
+	var ln net.Listener
+	err := n.Do(func() error {
+		var err error
+		lc := net.ListenConfig{KeepAlive: -1}
+		ln, err = lc.Listen(context.Background(), network, addr)
+		return err
+	})
 	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+		return nil, fmt.Errorf("listen on %s inside %s: %w", addr, n.Namespace, err)
 	}
 	return ln.(*net.TCPListener), nil
 }
+
+func (n namedSpace) InstallSYNRules(r synqueue.Rules) error { return r.Install(n.Namespace) }
 
 // port is the listeners' port, the rules' TakePort.
 func (ks *kernelSockets) port() uint16 {
@@ -99,7 +115,7 @@ func (ks *kernelSockets) port() uint16 {
 // router reads the queue and accepts on the listeners. Until then, and
 // when it fails, SYNs go to the TUN.
 func (ks *kernelSockets) install() error {
-	return ks.rules.Install(ks.ns)
+	return ks.taker.InstallSYNRules(ks.rules)
 }
 
 // close releases what the router does not own yet.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/trafficpolice/trafficpolice/netns"
 	"github.com/trafficpolice/trafficpolice/netns/netnstest"
+	"github.com/trafficpolice/trafficpolice/router"
 )
 
 // Rootless runs, as an ordinary user the test creates and as root with
@@ -115,6 +116,7 @@ func TestRootlessRunAsAnOrdinaryUser(t *testing.T) {
 		%[1]s echo %[3]s:7000 3
 		%[1]s self
 		%[1]s dial 127.0.0.1:1
+		%[1]s dial %[3]s:7001
 		%[1]s serve-whoami :80 low & srv=$! i=0
 		until %[1]s read 127.0.0.1:80; do i=$((i+1)); [ $i -gt 100 ] && break; sleep 0.1; done
 		kill $srv`, probe, p, svc.svcIP)
@@ -138,9 +140,18 @@ func TestRootlessRunAsAnOrdinaryUser(t *testing.T) {
 	if n := strings.Count(stdout, "3 echoed"); n != 2 {
 		t.Errorf("want the host's loopback and the service namespace each to echo: %d echoes", n)
 	}
+	contains(t, stdout, svc.svcIP.String()+":7001: connect: connection refused") // dial first, rootless too
+	// The app's TCP to the service is taken as kernel sockets here too:
+	// the holder binds the queue and adds the rules.
 	recs := readFlowLog(t, flows)
-	if len(recs) == 0 {
-		t.Errorf("no flow log records")
+	taken := 0
+	for _, rec := range recs {
+		if rec.Dst == svc.svcIP.String()+":7000" && rec.Via == router.ViaKernelSocket && rec.BytesIn == 8 {
+			taken++
+		}
+	}
+	if taken != 3 {
+		t.Errorf("%d of the 3 connections to the service were taken as kernel sockets with their bytes; flow log: %+v", taken, recs)
 	}
 	contains(t, stderr, "✓ namespace ready")
 

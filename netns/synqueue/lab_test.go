@@ -136,6 +136,33 @@ func (l *lab) open(t *testing.T, num uint16, maxLen uint32) (*Queue, <-chan SYN)
 	if err != nil {
 		netnstest.Need(t, false, "open the SYN queue: %v", err)
 	}
+	return l.run(t, q)
+}
+
+// openFromFile is open with the queue passed on as a rootless run's
+// holder does: File, the opener's copy closed, FromFile.
+func (l *lab) openFromFile(t *testing.T, num uint16) (*Queue, <-chan SYN) {
+	t.Helper()
+	opened, err := Open(l.ns, Config{Num: num})
+	if err != nil {
+		netnstest.Need(t, false, "open the SYN queue: %v", err)
+	}
+	f, err := opened.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := opened.Close(); err != nil {
+		t.Fatal(err)
+	}
+	q, err := FromFile(f, num, l.ns.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l.run(t, q)
+}
+
+// run runs q's receive loop until the test ends, handing its SYNs over.
+func (l *lab) run(t *testing.T, q *Queue) (*Queue, <-chan SYN) {
 	syns := make(chan SYN, 64)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -32,7 +32,9 @@ func TestTakenSYNLandsOnTheRoutersListener(t *testing.T) {
 		name string
 		dst  netip.AddrPort
 		dual bool // one dual-stack listener: IPv4 peers are ::ffff:a.b.c.d
-	}{{"IPv4", farDst4, false}, {"IPv6", farDst6, false}, {"IPv4 to a dual-stack listener", farDst4, true}} {
+		file bool // the queue passed on through File and FromFile
+	}{{"IPv4", farDst4, false, false}, {"IPv6", farDst6, false, false}, {"IPv4 to a dual-stack listener", farDst4, true, false},
+		{"IPv6 through File and FromFile", farDst6, false, true}} {
 		dst := tc.dst
 		t.Run(tc.name, func(t *testing.T) {
 			l := newLab(t)
@@ -49,7 +51,11 @@ func TestTakenSYNLandsOnTheRoutersListener(t *testing.T) {
 				}
 			}
 			r := l.install(t, labQueue, port)
-			q, syns := l.open(t, labQueue, 0)
+			open := l.open
+			if tc.file {
+				open = func(t *testing.T, num uint16, _ uint32) (*Queue, <-chan SYN) { return l.openFromFile(t, num) }
+			}
+			q, syns := open(t, labQueue, 0)
 
 			src, res := l.dial(t, dst, 40101, waitLimit)
 			syn := nextSYN(t, syns, src, dst)

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/trafficpolice/trafficpolice/netns"
+	"github.com/trafficpolice/trafficpolice/netns/synqueue"
 )
 
 // A rootless run cannot create a named network namespace, and Go cannot
@@ -67,7 +68,7 @@ type Holder struct {
 // holderRequest is one message to the holder; a file travels beside it
 // for "start" (a pipe with the payload).
 type holderRequest struct {
-	Op string `json:"op"` // setup, socket, bypass, listening, start
+	Op string `json:"op"` // setup, socket, bypass, listening, start, synqueue, listen, synrules
 
 	Link *netns.SandboxLink `json:"link,omitempty"` // setup
 
@@ -79,6 +80,10 @@ type holderRequest struct {
 	Port  uint16 `json:"port,omitempty"`
 
 	Terminal bool `json:"terminal,omitempty"` // start
+
+	Queue uint16          `json:"queue,omitempty"` // synqueue
+	Rules *synqueue.Rules `json:"rules,omitempty"` // synrules
+	// listen: Family and Port
 }
 
 // holderReply answers a request; a file travels beside it for "setup"
@@ -429,6 +434,53 @@ func portsFromBitmap(b []byte) map[uint16]bool {
 // in the sandbox.
 func (h *Holder) ListenerBypass(add bool, proto string, port uint16) error {
 	_, err := h.call(holderRequest{Op: "bypass", Add: add, Proto: proto, Port: port}, nil)
+	return err
+}
+
+// SYNQueue binds SYN queue num inside the sandbox and returns it: only a
+// process inside the sandbox's user namespace may bind it (the holder),
+// and the queue stays bound to the socket it hands over.
+func (h *Holder) SYNQueue(num uint16) (*synqueue.Queue, error) {
+	f, err := h.call(holderRequest{Op: "synqueue", Queue: num}, nil)
+	if err != nil {
+		return nil, fmt.Errorf("SYN queue in %s: %w", h, err)
+	}
+	if f == nil {
+		return nil, fmt.Errorf("SYN queue in %s: the holder sent no socket", h)
+	}
+	return synqueue.FromFile(f, num, h.String())
+}
+
+// ListenLoopback returns a TCP listener inside the sandbox on its loopback
+// address of network's family (tcp4: 127.0.0.1, tcp6: ::1) and port (0:
+// any free one).
+func (h *Holder) ListenLoopback(network string, port uint16) (*net.TCPListener, error) {
+	family := unix.AF_INET
+	switch network {
+	case "tcp4":
+	case "tcp6":
+		family = unix.AF_INET6
+	default:
+		return nil, fmt.Errorf("listen inside %s: network %q is invalid: want tcp4 or tcp6", h, network)
+	}
+	f, err := h.call(holderRequest{Op: "listen", Family: family, Port: port}, nil)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s loopback port %d inside %s: %w", network, port, h, err)
+	}
+	if f == nil {
+		return nil, fmt.Errorf("listen inside %s: the holder sent no socket", h)
+	}
+	defer f.Close()
+	ln, err := net.FileListener(f)
+	if err != nil {
+		return nil, fmt.Errorf("listen inside %s: %w", h, err)
+	}
+	return ln.(*net.TCPListener), nil
+}
+
+// InstallSYNRules adds r (synqueue.Rules.Install) inside the sandbox.
+func (h *Holder) InstallSYNRules(r synqueue.Rules) error {
+	_, err := h.call(holderRequest{Op: "synrules", Rules: &r}, nil)
 	return err
 }
 

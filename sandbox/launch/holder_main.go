@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/trafficpolice/trafficpolice/netns"
+	"github.com/trafficpolice/trafficpolice/netns/synqueue"
 )
 
 // runHolder is the holder's main (see holder.go); it never returns.
@@ -95,6 +96,22 @@ func (hs *holderState) serve() {
 				break
 			}
 			rep.TCPPorts, rep.UDPPorts = portBitmap(tcp), portBitmap(udp)
+		case "synqueue":
+			out, err = openSYNQueue(req.Queue)
+			if err != nil {
+				rep.Err = err.Error()
+			}
+		case "listen":
+			out, err = listenLoopback(req.Family, req.Port)
+			if err != nil {
+				rep.Err = err.Error()
+			}
+		case "synrules":
+			if req.Rules == nil {
+				rep.Err = "synrules: no rules given"
+			} else if err := req.Rules.InstallHere(); err != nil {
+				rep.Err = err.Error()
+			}
 		case "start":
 			rep.StartError = hs.start(file, req.Terminal)
 		default:
@@ -185,4 +202,51 @@ func (hs *holderState) start(pipe *os.File, terminal bool) *StartError {
 		hs.exited <- code
 	}()
 	return nil
+}
+
+// openSYNQueue binds SYN queue num in this namespace and returns its
+// socket; the holder keeps no copy.
+func openSYNQueue(num uint16) (*os.File, error) {
+	q, err := synqueue.Open(nil, synqueue.Config{Num: num})
+	if err != nil {
+		return nil, err
+	}
+	f, err := q.File()
+	if cerr := q.Close(); err == nil && cerr != nil {
+		f.Close()
+		return nil, cerr
+	}
+	return f, err
+}
+
+// listenLoopback returns a TCP socket listening on this namespace's
+// loopback address of family, on port (0: any free one).
+func listenLoopback(family int, port uint16) (*os.File, error) {
+	var sa unix.Sockaddr
+	switch family {
+	case unix.AF_INET:
+		sa = &unix.SockaddrInet4{Port: int(port), Addr: [4]byte{127, 0, 0, 1}}
+	case unix.AF_INET6:
+		sa = &unix.SockaddrInet6{Port: int(port), Addr: [16]byte{15: 1}}
+	default:
+		return nil, fmt.Errorf("listen: family %d is invalid", family)
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("listen: socket: %w", err)
+	}
+	if family == unix.AF_INET6 {
+		err = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
+	}
+	if err == nil {
+		err = unix.Bind(fd, sa)
+	}
+	if err == nil {
+		err = unix.Listen(fd, unix.SOMAXCONN)
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("listen on loopback port %d: %w", port, err)
+	}
+	return os.NewFile(uintptr(fd), "listener"), nil
 }
