@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/trafficpolice/trafficpolice/netns/synqueue"
+	"github.com/trafficpolice/trafficpolice/origdst"
 	"github.com/trafficpolice/trafficpolice/router/policy"
 	"github.com/trafficpolice/trafficpolice/splice"
 )
@@ -273,7 +274,7 @@ func (r *Router) acceptTaken(ln *net.TCPListener) {
 // through) is closed.
 func (r *Router) startTaken(c *net.TCPConn) {
 	peer := unmapAddrPort(netip.MustParseAddrPort(c.RemoteAddr().String()))
-	orig, err := synqueue.OriginalDst(c)
+	orig, err := origdst.Of(c)
 	var e *taken
 	if err == nil {
 		e = r.taken.arrived(peer, unmapAddrPort(orig))
@@ -284,21 +285,7 @@ func (r *Router) startTaken(c *net.TCPConn) {
 		return
 	}
 	e.expire.Stop()
-	out := e.out
-	ended := r.wg.Done
-	if tc, ok := out.(*net.TCPConn); ok {
-		keepAlive := splice.KeepAliveLater(tc, keepAliveAfter)
-		ended = func() {
-			keepAlive.Stop()
-			r.wg.Done()
-		}
-	}
-	if s, ok := out.(sinkSetter); ok {
-		// While the copy from out waits, the tunnel's receive loop writes
-		// the pod's bytes into the app's socket itself.
-		s.SetSink(splice.NewTCPTryWriter(c))
-	}
-	r.splice(e.f, c, out, splice.TCPWait(c), splice.TCPWait(out), splice.TCPNotifier(c), tcpNotifier(out), ended)
+	r.spliceTCP(e.f, c, e.out, splice.NewTCPTryWriter(c), splice.TCPWait(c), splice.TCPNotifier(c))
 }
 
 // servesDNS says whether a is one of the netstack's DNS addresses.

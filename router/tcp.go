@@ -92,8 +92,17 @@ func (r *Router) handleTCP(req *tcp.ForwarderRequest) {
 		return
 	}
 	req.Complete(false)
-	in := gonet.NewTCPConn(&wq, ep)
 	spliced = true
+	r.spliceTCP(f, gonet.NewTCPConn(&wq, ep), out, &endpointSink{ep: ep},
+		endpointWaiter(&wq, ep), &endpointNotifier{wq: &wq, ep: ep})
+}
+
+// spliceTCP starts copying a TCP flow whose app side in is connected: a
+// host socket out gets keepalive once the flow has lasted, and a tunnel
+// stream's receive loop writes the pod's small frames into sink itself
+// while the copy from out waits (mux.Stream.SetSink). The flow's end is
+// its wg.Done.
+func (r *Router) spliceTCP(f *flow, in, out net.Conn, sink splice.TryWriter, inWait splice.WaitFunc, inNotify splice.Notifier) {
 	ended := r.wg.Done
 	if tc, ok := out.(*net.TCPConn); ok {
 		keepAlive := splice.KeepAliveLater(tc, keepAliveAfter)
@@ -103,12 +112,9 @@ func (r *Router) handleTCP(req *tcp.ForwarderRequest) {
 		}
 	}
 	if s, ok := out.(sinkSetter); ok {
-		// While the copy from out waits, the tunnel's receive loop
-		// writes the pod's bytes into the endpoint itself.
-		s.SetSink(&endpointSink{ep: ep})
+		s.SetSink(sink)
 	}
-	r.splice(f, in, out, endpointWaiter(&wq, ep), splice.TCPWait(out),
-		&endpointNotifier{wq: &wq, ep: ep}, tcpNotifier(out), ended)
+	r.splice(f, in, out, inWait, splice.TCPWait(out), inNotify, tcpNotifier(out), ended)
 }
 
 // tcpNotifier is splice's Notifier for the flow's outer connection: a

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/trafficpolice/trafficpolice/agent/nat"
+	"github.com/trafficpolice/trafficpolice/origdst"
 	"github.com/trafficpolice/trafficpolice/splice"
 )
 
@@ -46,7 +47,7 @@ func (in *Service) handle(ctx context.Context, c *net.TCPConn, self uint16) {
 	_ = c.SetNoDelay(true)
 	client := c
 	src := c.RemoteAddr().(*net.TCPAddr).AddrPort()
-	dst, err := originalDst(c)
+	dst, err := origdst.Of(c)
 	if err != nil || dst.Port() == self {
 		// Not redirected: somebody dialed the agent's listener itself.
 		in.log.Debug("connection to the redirect listener that was not redirected", "peer", src.String(), "err", err)

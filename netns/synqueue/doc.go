@@ -12,7 +12,7 @@
 // router answers with a verdict:
 //
 //   - accept with Marks.Take: a nat OUTPUT REDIRECT sends the connection to
-//     a listener the router owns inside the namespace, where OriginalDst
+//     a listener the router owns inside the namespace, where origdst.Of
 //     tells which destination the app dialed;
 //   - accept with Marks.Refuse: a filter OUTPUT REJECT answers with a RST,
 //     so the app's connect() fails with ECONNREFUSED;

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/trafficpolice/trafficpolice/netns/netnstest"
+	"github.com/trafficpolice/trafficpolice/origdst"
 )
 
 // The queue number every lab uses: queues are per namespace.
@@ -80,7 +81,7 @@ func TestTakenSYNLandsOnTheRoutersListener(t *testing.T) {
 			if got, _ := netip.ParseAddrPort(c.RemoteAddr().String()); netip.AddrPortFrom(got.Addr().Unmap(), got.Port()) != src {
 				t.Errorf("the listener's peer is %v; want the app's %v", got, src)
 			}
-			orig, err := OriginalDst(c)
+			orig, err := origdst.Of(c)
 			if err != nil || orig != dst {
 				t.Errorf("OriginalDst = %v, %v; want %v", orig, err, dst)
 			}
@@ -128,7 +129,7 @@ func TestIPv6SYNWithExtensionHeadersIsRead(t *testing.T) {
 		t.Fatalf("the router's listener: %v", err)
 	}
 	defer c.Close()
-	if orig, err := OriginalDst(c); err != nil || orig != farDst6 {
+	if orig, err := origdst.Of(c); err != nil || orig != farDst6 {
 		t.Errorf("OriginalDst = %v, %v; want %v", orig, err, farDst6)
 	}
 	if app := waitDial(t, res); app.err != nil {

@@ -1,4 +1,10 @@
-package synqueue
+// Package origdst tells where a TCP connection was going before the nat
+// table redirected it to a local listener: conntrack's original tuple,
+// which the kernel gives through SO_ORIGINAL_DST (IPv4) and
+// IP6T_SO_ORIGINAL_DST (IPv6). The agent reads it for the pod's stolen
+// connections, the router for the app's connections taken as kernel
+// sockets.
+package origdst
 
 import (
 	"encoding/binary"
@@ -13,11 +19,9 @@ import (
 // which x/sys does not name; SO_ORIGINAL_DST is its IPv4 twin.
 const ip6tSOOriginalDst = 80
 
-// OriginalDst returns the destination the app dialed, for a connection
-// that the nat table redirected to a listener (the Marks.Take outcome):
-// conntrack's original tuple, SO_ORIGINAL_DST for IPv4 and
-// IP6T_SO_ORIGINAL_DST for IPv6.
-func OriginalDst(c *net.TCPConn) (netip.AddrPort, error) {
+// Of returns the destination c's peer dialed, for a connection that the
+// nat table redirected to the listener that accepted c.
+func Of(c *net.TCPConn) (netip.AddrPort, error) {
 	raw, err := c.SyscallConn()
 	if err != nil {
 		return netip.AddrPort{}, fmt.Errorf("original destination: %w", err)
@@ -58,7 +62,7 @@ func OriginalDst(c *net.TCPConn) (netip.AddrPort, error) {
 		err = serr
 	}
 	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("original destination of %s: %w", c.RemoteAddr(), err)
+		return netip.AddrPort{}, fmt.Errorf("original destination of %s (was it redirected by the nat table?): %w", c.RemoteAddr(), err)
 	}
 	return dst, nil
 }
