@@ -1,7 +1,6 @@
 package router
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -11,7 +10,6 @@ import (
 
 	"github.com/trafficpolice/trafficpolice/netns/synqueue"
 	"github.com/trafficpolice/trafficpolice/origdst"
-	"github.com/trafficpolice/trafficpolice/router/policy"
 	"github.com/trafficpolice/trafficpolice/splice"
 )
 
@@ -178,27 +176,15 @@ func (r *Router) handleSYN(syn synqueue.SYN) {
 			r.wg.Done()
 		}
 	}()
-	dst := r.appDstAddr(orig)
-	if !r.pending.add(dst.Addr()) {
-		// As the netstack's path: no answer, the app retransmits (a
-		// dropped SYN has no conntrack entry, so it is queued again).
-		r.stats.synsDropped.Add(1)
-		r.warnOnceFor("pending "+dst.Addr().String(), "dropping new connections to a destination that answers none of its pending ones",
-			"dst", dst.Addr().String(), "pending", maxPendingPerDst)
+	f, out, err := r.dialTCP(src, r.appDstAddr(orig), ViaKernelSocket)
+	if f == nil {
+		// A dropped SYN has no conntrack entry: its retransmission is
+		// queued again.
 		r.verdict(syn, synqueue.Drop, 0)
 		return
 	}
-	f := r.newFlow(policy.TCP, src, dst)
-	f.rec.Via = ViaKernelSocket
-	r.stats.tcpFlows.Add(1)
 	r.stats.kernelSockets.Add(1)
-
-	ctx, cancel := context.WithTimeout(r.ctx, tcpDialTimeout)
-	out, err := r.dial(ctx, f)
-	cancel()
-	r.pending.done(dst.Addr())
 	if err != nil {
-		r.stats.failed.Add(1)
 		if isTimeout(err) {
 			r.verdict(syn, synqueue.Drop, 0) // the app's own timer ends its connect
 		} else {

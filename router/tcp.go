@@ -59,23 +59,12 @@ func (r *Router) handleTCP(req *tcp.ForwarderRequest) {
 	id := req.ID()
 	src := netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort)
 	dst := r.appDst(id.LocalAddress, id.LocalPort)
-	if !r.pending.add(dst.Addr()) {
-		// As a full backlog: no answer, the app retransmits its SYN.
-		r.stats.synsDropped.Add(1)
-		r.warnOnceFor("pending "+dst.Addr().String(), "dropping new connections to a destination that answers none of its pending ones",
-			"dst", dst.Addr().String(), "pending", maxPendingPerDst)
-		req.Complete(false)
+	f, out, err := r.dialTCP(src, dst, "")
+	if f == nil {
+		req.Complete(false) // as a full backlog: no answer, the app retransmits its SYN
 		return
 	}
-	f := r.newFlow(policy.TCP, src, dst)
-	r.stats.tcpFlows.Add(1)
-
-	ctx, cancel := context.WithTimeout(r.ctx, tcpDialTimeout)
-	out, err := r.dial(ctx, f)
-	cancel()
-	r.pending.done(dst.Addr())
 	if err != nil {
-		r.stats.failed.Add(1)
 		req.Complete(!isTimeout(err))
 		f.rec.Error = err.Error()
 		r.endFlow(f)
@@ -115,6 +104,31 @@ func (r *Router) spliceTCP(f *flow, in, out net.Conn, sink splice.TryWriter, inW
 		s.SetSink(sink)
 	}
 	r.splice(f, in, out, inWait, splice.TCPWait(out), inNotify, tcpNotifier(out), ended)
+}
+
+// dialTCP is the dial-first half of a new TCP connection from the app:
+// it decides the flow (its record's Via says how the app's side is taken)
+// and dials. A nil flow means dst has no pending place left (a destination
+// that answers none of its pending dials): the caller drops the SYN as a
+// full backlog would, and the app retransmits it.
+func (r *Router) dialTCP(src, dst netip.AddrPort, via string) (*flow, net.Conn, error) {
+	if !r.pending.add(dst.Addr()) {
+		r.stats.synsDropped.Add(1)
+		r.warnOnceFor("pending "+dst.Addr().String(), "dropping new connections to a destination that answers none of its pending ones",
+			"dst", dst.Addr().String(), "pending", maxPendingPerDst)
+		return nil, nil, nil
+	}
+	defer r.pending.done(dst.Addr())
+	f := r.newFlow(policy.TCP, src, dst)
+	f.rec.Via = via
+	r.stats.tcpFlows.Add(1)
+	ctx, cancel := context.WithTimeout(r.ctx, tcpDialTimeout)
+	defer cancel()
+	out, err := r.dial(ctx, f)
+	if err != nil {
+		r.stats.failed.Add(1)
+	}
+	return f, out, err
 }
 
 // tcpNotifier is splice's Notifier for the flow's outer connection: a
