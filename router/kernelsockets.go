@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/trafficpolice/trafficpolice/netns/synqueue"
 	"github.com/trafficpolice/trafficpolice/origdst"
 	"github.com/trafficpolice/trafficpolice/splice"
@@ -116,10 +118,22 @@ func (t *takenFlows) drain() []*taken {
 	return all
 }
 
+// nearFileLimit says whether the router's descriptors in use (about one
+// per open flow's dialed socket, and one per kernel socket) reach half its
+// open-file limit.
+func (r *Router) nearFileLimit() bool {
+	return r.kernelFDs.Load()+r.stats.open.Load() >= r.fileLimit/2
+}
+
 // startKernelSockets starts reading the queue and accepting on the
 // listeners; both end when the router closes.
 func (r *Router) startKernelSockets() {
 	ks := r.cfg.KernelSockets
+	var lim unix.Rlimit
+	r.fileLimit = 1 << 20
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err == nil && lim.Cur < 1<<20 {
+		r.fileLimit = int64(lim.Cur)
+	}
 	r.closers = append(r.closers, ks.Queue)
 	for _, ln := range ks.Listeners {
 		r.closers = append(r.closers, ln)
@@ -170,6 +184,16 @@ func (r *Router) handleSYN(syn synqueue.SYN) {
 		r.verdict(syn, synqueue.Accept, r.cfg.KernelSockets.Marks.Refuse)
 		return
 	}
+	if r.nearFileLimit() {
+		// A kernel socket costs the router a descriptor more than the
+		// netstack's connection: past half the limit, keep them for flows.
+		r.wg.Done()
+		r.stats.kernelSocketsSkipped.Add(1)
+		r.warnOnceFor("kernel sockets: file limit", "kernel sockets: half of the open-file limit is in use; new connections go through the netstack",
+			"limit", r.fileLimit)
+		r.verdict(syn, synqueue.Accept, 0)
+		return
+	}
 	tracked := true
 	defer func() {
 		if tracked {
@@ -194,6 +218,7 @@ func (r *Router) handleSYN(syn synqueue.SYN) {
 		r.endFlow(f)
 		return
 	}
+	r.kernelFDs.Add(1) // the app's socket at the listener, until endTaken or the flow's end
 	e := &taken{f: f, out: out, origDst: orig}
 	key := takenKey{src, orig}
 	e.expire = time.AfterFunc(acceptWait, func() {
@@ -230,6 +255,7 @@ func (r *Router) handleSYN(syn synqueue.SYN) {
 
 // endTaken ends a dialed flow whose app connection never came.
 func (r *Router) endTaken(e *taken, why error) {
+	r.kernelFDs.Add(-1)
 	e.out.Close()
 	e.f.rec.Error = why.Error()
 	r.endFlow(e.f)
@@ -271,7 +297,10 @@ func (r *Router) startTaken(c *net.TCPConn) {
 		return
 	}
 	e.expire.Stop()
-	r.spliceTCP(e.f, c, e.out, splice.NewTCPTryWriter(c), splice.TCPWait(c), splice.TCPNotifier(c))
+	r.spliceTCP(e.f, c, e.out, splice.NewTCPTryWriter(c), splice.TCPWait(c), splice.TCPNotifier(c), func() {
+		r.kernelFDs.Add(-1)
+		r.wg.Done()
+	})
 }
 
 // servesDNS says whether a is one of the netstack's DNS addresses.

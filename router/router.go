@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -109,12 +110,16 @@ type Router struct {
 	warnOnce sync.Map // destinations already warned about
 	pending  pendingDials
 	taken    takenFlows // KernelSockets' flows waiting for the app's connection
-	pinger   *pinger
-	dnsCache *dnscache.Cache // nil with NoDNSCache
-	stats    Stats
-	closers  []io.Closer
-	onClose  []func()
-	closed   sync.Once
+	// kernelFDs counts the app's kernel sockets the router holds or waits
+	// for; fileLimit is its open-file limit (nearFileLimit).
+	kernelFDs atomic.Int64
+	fileLimit int64
+	pinger    *pinger
+	dnsCache  *dnscache.Cache // nil with NoDNSCache
+	stats     Stats
+	closers   []io.Closer
+	onClose   []func()
+	closed    sync.Once
 }
 
 // OnClose registers fn to run after the netstack has stopped (e.g. to

@@ -15,6 +15,9 @@ type Stats struct {
 	// tcpFlows); strangers the connections at their listener that no
 	// flow waited for.
 	kernelSockets, strangers atomic.Int64
+	// kernelSocketsSkipped counts the SYNs left to the netstack because
+	// the router neared its open-file limit.
+	kernelSocketsSkipped atomic.Int64
 }
 
 // StatsSnapshot is a copy of Stats at one moment.
@@ -31,6 +34,9 @@ type StatsSnapshot struct {
 	// TCPFlows; see KernelSockets), Strangers the connections to their
 	// listener that no flow waited for (closed at once).
 	KernelSockets, Strangers int64
+	// KernelSocketsSkipped counts the connections left to the netstack
+	// because the router neared its open-file limit.
+	KernelSocketsSkipped int64
 }
 
 func (s *Stats) snapshot() StatsSnapshot {
@@ -40,5 +46,6 @@ func (s *Stats) snapshot() StatsSnapshot {
 		Blocked:   s.blocked.Load(), Failed: s.failed.Load(), Open: s.open.Load(),
 		SYNsDropped:   s.synsDropped.Load(),
 		KernelSockets: s.kernelSockets.Load(), Strangers: s.strangers.Load(),
+		KernelSocketsSkipped: s.kernelSocketsSkipped.Load(),
 	}
 }

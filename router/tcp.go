@@ -83,21 +83,21 @@ func (r *Router) handleTCP(req *tcp.ForwarderRequest) {
 	req.Complete(false)
 	spliced = true
 	r.spliceTCP(f, gonet.NewTCPConn(&wq, ep), out, &endpointSink{ep: ep},
-		endpointWaiter(&wq, ep), &endpointNotifier{wq: &wq, ep: ep})
+		endpointWaiter(&wq, ep), &endpointNotifier{wq: &wq, ep: ep}, r.wg.Done)
 }
 
 // spliceTCP starts copying a TCP flow whose app side in is connected: a
 // host socket out gets keepalive once the flow has lasted, and a tunnel
 // stream's receive loop writes the pod's small frames into sink itself
-// while the copy from out waits (mux.Stream.SetSink). The flow's end is
-// its wg.Done.
-func (r *Router) spliceTCP(f *flow, in, out net.Conn, sink splice.TryWriter, inWait splice.WaitFunc, inNotify splice.Notifier) {
-	ended := r.wg.Done
+// while the copy from out waits (mux.Stream.SetSink). done runs when the
+// flow has ended.
+func (r *Router) spliceTCP(f *flow, in, out net.Conn, sink splice.TryWriter, inWait splice.WaitFunc, inNotify splice.Notifier, done func()) {
+	ended := done
 	if tc, ok := out.(*net.TCPConn); ok {
 		keepAlive := splice.KeepAliveLater(tc, keepAliveAfter)
 		ended = func() {
 			keepAlive.Stop()
-			r.wg.Done()
+			done()
 		}
 	}
 	if s, ok := out.(sinkSetter); ok {

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -174,5 +176,37 @@ func TestKernelSocketsOneLocalPortManyDestinations(t *testing.T) {
 		if perDst[a] != 1 {
 			t.Errorf("%d flows to %s, want 1 (all: %v)", perDst[a], a, perDst)
 		}
+	}
+}
+
+// A kernel socket costs the router one descriptor more than the netstack's
+// connection: near its open-file limit the router leaves new connections
+// to the netstack, so that an app holding many connections gets them all.
+// Here a limit of 512 and 250 connections held at once: as kernel sockets
+// alone they would need over 500 descriptors.
+func TestKernelSocketsLeaveTheFileLimitToFlows(t *testing.T) {
+	netnstest.RequireRoot(t)
+	netnstest.RequireCommand(t, "prlimit", "util-linux")
+	cleanCheck(t)
+	svc := newServiceNet(t)
+	serveEcho(svc.listen(t, 7000))
+	dir := t.TempDir()
+	release := filepath.Join(dir, "release")
+	must(t, os.WriteFile(release, nil, 0o644)) // close them once all are held
+	logPath := filepath.Join(dir, "flows.jsonl")
+	cmd := exec.Command("prlimit", "--nofile=512:512", cli(t), "sandbox", "run", "-q", "--no-kernel-path", "--flow-log", logPath,
+		"--", probe(t), "hold", svc.svcIP.String()+":7000", "250", release)
+	out, err := cmd.CombinedOutput()
+	t.Logf("%s", trim(string(out)))
+	if err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	contains(t, string(out), "held 250")
+	via := map[string]int{}
+	for _, rec := range readFlowLog(t, logPath) {
+		via[rec.Via]++ // (their errors: the app closes them all as it exits)
+	}
+	if via[router.ViaKernelSocket] == 0 || via[""] == 0 || via[router.ViaKernelSocket]+via[""] != 250 {
+		t.Errorf("flows by way: %v; want 250, some as kernel sockets, the rest through the netstack", via)
 	}
 }
