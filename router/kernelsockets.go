@@ -292,6 +292,7 @@ func (r *Router) startTaken(c *net.TCPConn) {
 		e = r.taken.arrived(peer, unmapAddrPort(orig))
 	}
 	if e == nil {
+		r.log.Debug("kernel sockets: closing a connection no flow waited for", "peer", peer, "orig", orig, "err", err)
 		r.stats.strangers.Add(1)
 		c.Close()
 		return
