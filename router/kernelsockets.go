@@ -147,7 +147,9 @@ func (r *Router) startKernelSockets() {
 	}))
 	go func() {
 		if err := ks.Queue.Run(r.ctx, func(syn synqueue.SYN) { go r.handleSYN(syn) }); err != nil {
-			// SYNs now find no reader and go to the TUN (--queue-bypass).
+			// Unbound, the queue lets SYNs by to the TUN (--queue-bypass);
+			// bound and unread, it would hold them.
+			ks.Queue.Close()
 			r.log.Warn("kernel sockets off: the SYN queue failed; new connections go through the netstack", "err", err)
 		}
 	}()
