@@ -33,7 +33,7 @@ func TestDoctorPassesOnThisHostAndSaysSoInJSON(t *testing.T) {
 			t.Errorf("%s: %s %s (%s)", c.Check, c.Status, c.Detail, c.Fix)
 		}
 	}
-	if got, want := strings.Join(checks, " "), "privileges tun netns nat kernel path state"; got != want {
+	if got, want := strings.Join(checks, " "), "privileges tun netns nat kernel path kernel sockets state"; got != want {
 		t.Errorf("checks %q, want %q", got, want)
 	}
 }
