@@ -356,11 +356,36 @@ func (s *Spec) superviseTask(ctx context.Context, task containerd.Task, exited <
 			if err != nil {
 				return 0, fmt.Errorf("container %s: %w", s.ID, err)
 			}
+			drainOutput(task)
 			if _, err := task.Delete(context.WithoutCancel(ctx)); err != nil {
 				return int(code), fmt.Errorf("delete the task of container %s: %w", s.ID, err)
 			}
 			return int(code), nil
 		}
+	}
+}
+
+// outputDrain bounds how long an exited task's output may take to arrive
+// (a process the container left behind may hold its stdout open).
+const outputDrain = 2 * time.Second
+
+// drainOutput waits until this process has copied all the exited task's
+// output, bounded by outputDrain. Delete cancels the copy and closes the
+// fifos: what it had not read yet of a short-lived container's last
+// output would be lost (CI saw a container's stderr line missing).
+func drainOutput(task containerd.Task) {
+	io := task.IO()
+	if io == nil {
+		return
+	}
+	done := make(chan struct{})
+	go func() {
+		io.Wait() // returns at the latest when Delete closes the fifos
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(outputDrain):
 	}
 }
 
