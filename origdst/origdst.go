@@ -26,18 +26,14 @@ func Of(c *net.TCPConn) (netip.AddrPort, error) {
 	if err != nil {
 		return netip.AddrPort{}, fmt.Errorf("original destination: %w", err)
 	}
-	peer, _ := netip.ParseAddrPort(c.RemoteAddr().String())
+	// The peer's family is the tuple's: an IPv4 peer, of an IPv4 socket or
+	// (mapped) of a dual-stack one, has an IPv4 tuple.
+	peer, _ := c.RemoteAddr().(*net.TCPAddr) // nil (a closed c): its getsockopt fails
+	v4 := peer.AddrPort().Addr().Unmap().Is4()
 	var dst netip.AddrPort
 	var serr error
 	err = raw.Control(func(fd uintptr) {
-		domain, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DOMAIN)
-		if err != nil {
-			serr = fmt.Errorf("SO_DOMAIN: %w", err)
-			return
-		}
-		// An IPv4 peer of a dual-stack socket (Go shows it unmapped) has
-		// an IPv4 tuple.
-		if domain == unix.AF_INET || peer.Addr().Unmap().Is4() {
+		if v4 {
 			// struct sockaddr_in fits the 20 bytes of an IPv6Mreq.
 			m, err := unix.GetsockoptIPv6Mreq(int(fd), unix.SOL_IP, unix.SO_ORIGINAL_DST)
 			if err != nil {
