@@ -140,7 +140,6 @@ func (r *Router) startKernelSockets() {
 	}
 	r.closers = append(r.closers, closerFunc(func() error {
 		for _, e := range r.taken.drain() {
-			e.expire.Stop()
 			r.endTaken(e, errors.New("the router closed before the app's connection arrived"))
 		}
 		return nil
@@ -176,7 +175,9 @@ func (r *Router) verdict(syn synqueue.SYN, d synqueue.Decision, bits uint32) err
 // handleSYN is handleTCP for a SYN held in the queue: dial first, then let
 // the SYN through to the listener, or refuse it, or drop it.
 func (r *Router) handleSYN(syn synqueue.SYN) {
-	src, orig := unmapAddrPort(syn.Src), unmapAddrPort(syn.Dst)
+	// The SYN parser and origdst give IPv4 addresses in their 4-byte form,
+	// so keys made of either compare equal.
+	src, orig := syn.Src, syn.Dst
 	if r.servesDNS(orig.Addr()) {
 		// The netstack's own DNS server answers TCP queries.
 		r.verdict(syn, synqueue.Accept, 0)
@@ -186,22 +187,21 @@ func (r *Router) handleSYN(syn synqueue.SYN) {
 		r.verdict(syn, synqueue.Accept, r.cfg.KernelSockets.Marks.Refuse)
 		return
 	}
-	if r.nearFileLimit() {
-		// A kernel socket costs the router a descriptor more than the
-		// netstack's connection: past half the limit, keep them for flows.
-		r.wg.Done()
-		r.stats.kernelSocketsSkipped.Add(1)
-		r.warnOnceFor("kernel sockets: file limit", "kernel sockets: half of the open-file limit is in use; new connections go through the netstack",
-			"limit", r.fileLimit)
-		r.verdict(syn, synqueue.Accept, 0)
-		return
-	}
 	tracked := true
 	defer func() {
 		if tracked {
 			r.wg.Done()
 		}
 	}()
+	if r.nearFileLimit() {
+		// A kernel socket costs the router a descriptor more than the
+		// netstack's connection: past half the limit, keep them for flows.
+		r.stats.kernelSocketsSkipped.Add(1)
+		r.warnOnceFor("kernel sockets: file limit", "kernel sockets: half of the open-file limit is in use; new connections go through the netstack",
+			"limit", r.fileLimit)
+		r.verdict(syn, synqueue.Accept, 0)
+		return
+	}
 	f, out, err := r.dialTCP(src, r.appDstAddr(orig), ViaKernelSocket)
 	if f == nil {
 		// A dropped SYN has no conntrack entry: its retransmission is
@@ -241,7 +241,6 @@ func (r *Router) handleSYN(syn synqueue.SYN) {
 	if r.ctx.Err() != nil {
 		// The router closed while we dialed: its drain may have run.
 		if r.taken.take(key, e) {
-			e.expire.Stop()
 			r.endTaken(e, errors.New("the router closed before the app's connection arrived"))
 		}
 		r.verdict(syn, synqueue.Accept, r.cfg.KernelSockets.Marks.Refuse)
@@ -249,14 +248,15 @@ func (r *Router) handleSYN(syn synqueue.SYN) {
 	}
 	if err := r.verdict(syn, synqueue.Accept, r.cfg.KernelSockets.Marks.Take); err != nil {
 		if r.taken.take(key, e) {
-			e.expire.Stop()
 			r.endTaken(e, fmt.Errorf("app side: %w", err))
 		}
 	}
 }
 
-// endTaken ends a dialed flow whose app connection never came.
+// endTaken ends a dialed flow whose app connection never came; the caller
+// took it out of r.taken (from the expiry timer itself, Stop does nothing).
 func (r *Router) endTaken(e *taken, why error) {
+	e.expire.Stop()
 	r.kernelFDs.Add(-1)
 	e.out.Close()
 	e.f.rec.Error = why.Error()
@@ -287,11 +287,12 @@ func (r *Router) acceptTaken(ln *net.TCPListener) {
 // takenFlows.arrived). A connection with none (nothing the router let
 // through) is closed.
 func (r *Router) startTaken(c *net.TCPConn) {
-	peer := unmapAddrPort(netip.MustParseAddrPort(c.RemoteAddr().String()))
+	peer := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+	peer = netip.AddrPortFrom(peer.Addr().Unmap(), peer.Port())
 	orig, err := origdst.Of(c)
 	var e *taken
 	if err == nil {
-		e = r.taken.arrived(peer, unmapAddrPort(orig))
+		e = r.taken.arrived(peer, orig)
 	}
 	if e == nil {
 		r.log.Debug("kernel sockets: closing a connection no flow waited for", "peer", peer, "orig", orig, "err", err)
@@ -314,20 +315,6 @@ func (r *Router) servesDNS(a netip.Addr) bool {
 		}
 	}
 	return false
-}
-
-// appDstAddr is appDst for an address the kernel reported.
-func (r *Router) appDstAddr(d netip.AddrPort) netip.AddrPort {
-	if r.cfg.LoopbackAlias != nil {
-		if lo, ok := r.cfg.LoopbackAlias(d.Addr()); ok {
-			return netip.AddrPortFrom(lo, d.Port())
-		}
-	}
-	return d
-}
-
-func unmapAddrPort(a netip.AddrPort) netip.AddrPort {
-	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
 }
 
 // tempErr says whether an accept error passes (out of descriptors, say).

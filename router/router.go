@@ -319,13 +319,18 @@ func addrFrom(a tcpip.Address) netip.Addr {
 // appDst turns the destination the netstack saw into the one the app
 // dialed (loopback aliases mapped back).
 func (r *Router) appDst(a tcpip.Address, port uint16) netip.AddrPort {
-	ip := addrFrom(a)
+	return r.appDstAddr(netip.AddrPortFrom(addrFrom(a), port))
+}
+
+// appDstAddr is appDst for a destination the kernel reported (a queued
+// SYN's).
+func (r *Router) appDstAddr(d netip.AddrPort) netip.AddrPort {
 	if r.cfg.LoopbackAlias != nil {
-		if lo, ok := r.cfg.LoopbackAlias(ip); ok {
-			ip = lo
+		if lo, ok := r.cfg.LoopbackAlias(d.Addr()); ok {
+			return netip.AddrPortFrom(lo, d.Port())
 		}
 	}
-	return netip.AddrPortFrom(ip, port)
+	return d
 }
 
 // FlowLogErr reports, once Close has returned, why records are missing
