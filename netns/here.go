@@ -1,8 +1,11 @@
 package netns
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"os"
+	"strconv"
 	"strings"
 )
 
@@ -25,6 +28,29 @@ func SetupHere(opts SandboxLink) (*os.File, error) {
 		return nil, fmt.Errorf("set up the sandbox's namespace: %w", err)
 	}
 	return tun, nil
+}
+
+// ListenLoopbackHere listens for TCP in the calling thread's namespace on
+// its loopback address of network's family (tcp4: 127.0.0.1, tcp6: ::1,
+// IPv6 only) and port (0: any free one). The socket stays in this
+// namespace. Connections it accepts get no keepalive from Go: they come
+// from inside the same host, and four setsockopt calls each are not free.
+func ListenLoopbackHere(network string, port uint16) (*net.TCPListener, error) {
+	host := "127.0.0.1"
+	switch network {
+	case "tcp4":
+	case "tcp6":
+		host = "::1"
+	default:
+		return nil, fmt.Errorf("listen on loopback: network %q is invalid: want tcp4 or tcp6", network)
+	}
+	addr := net.JoinHostPort(host, strconv.Itoa(int(port)))
+	lc := net.ListenConfig{KeepAlive: -1}
+	ln, err := lc.Listen(context.Background(), network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	return ln.(*net.TCPListener), nil
 }
 
 // ListeningPortsHere is ListeningPorts for the calling thread's namespace

@@ -1,8 +1,6 @@
 package sandbox
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"net"
 
@@ -81,27 +79,17 @@ func (n namedSpace) SYNQueue(num uint16) (*synqueue.Queue, error) {
 	return synqueue.Open(n.Namespace, synqueue.Config{Num: num})
 }
 
-// ListenLoopback listens inside n, where the socket stays. Without Go's
-// default keepalive on accepted connections: four setsockopt calls per
-// connection, for an app socket in the same namespace (the dialed side
-// gets keepalive once the flow has lasted, as every router flow).
-func (n namedSpace) ListenLoopback(network string, port uint16) (*net.TCPListener, error) {
-	host := "127.0.0.1"
-	if network == "tcp6" {
-		host = "::1"
-	}
-	addr := net.JoinHostPort(host, fmt.Sprint(port))
-	var ln net.Listener
-	err := n.Do(func() error {
-		var err error
-		lc := net.ListenConfig{KeepAlive: -1}
-		ln, err = lc.Listen(context.Background(), network, addr)
+// ListenLoopback is netns.ListenLoopbackHere inside n, where the socket
+// stays.
+func (n namedSpace) ListenLoopback(network string, port uint16) (ln *net.TCPListener, err error) {
+	err = n.Do(func() error {
+		ln, err = netns.ListenLoopbackHere(network, port)
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("listen on %s inside %s: %w", addr, n.Namespace, err)
+		return nil, fmt.Errorf("inside %s: %w", n.Namespace, err)
 	}
-	return ln.(*net.TCPListener), nil
+	return ln, nil
 }
 
 func (n namedSpace) InstallSYNRules(r synqueue.Rules) error { return r.Install(n.Namespace) }
@@ -118,16 +106,15 @@ func (ks *kernelSockets) install() error {
 	return ks.taker.InstallSYNRules(ks.rules)
 }
 
-// close releases what the router does not own yet.
+// close releases what the router does not own yet; nothing was queued or
+// accepted, so there is nothing their errors could lose.
 func (ks *kernelSockets) close() {
-	var errs []error
 	if ks.Queue != nil {
-		errs = append(errs, ks.Queue.Close())
+		_ = ks.Queue.Close()
 	}
 	for _, ln := range ks.Listeners {
-		errs = append(errs, ln.Close())
+		_ = ln.Close()
 	}
-	_ = errors.Join(errs...) // nothing was queued or accepted yet
 }
 
 // hidePort is a space whose listening TCP ports leave out the kernel

@@ -222,31 +222,18 @@ func openSYNQueue(num uint16) (*os.File, error) {
 // listenLoopback returns a TCP socket listening on this namespace's
 // loopback address of family, on port (0: any free one).
 func listenLoopback(family int, port uint16) (*os.File, error) {
-	var sa unix.Sockaddr
+	network := "tcp4"
 	switch family {
 	case unix.AF_INET:
-		sa = &unix.SockaddrInet4{Port: int(port), Addr: [4]byte{127, 0, 0, 1}}
 	case unix.AF_INET6:
-		sa = &unix.SockaddrInet6{Port: int(port), Addr: [16]byte{15: 1}}
+		network = "tcp6"
 	default:
 		return nil, fmt.Errorf("listen: family %d is invalid", family)
 	}
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	ln, err := netns.ListenLoopbackHere(network, port)
 	if err != nil {
-		return nil, fmt.Errorf("listen: socket: %w", err)
+		return nil, err
 	}
-	if family == unix.AF_INET6 {
-		err = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
-	}
-	if err == nil {
-		err = unix.Bind(fd, sa)
-	}
-	if err == nil {
-		err = unix.Listen(fd, unix.SOMAXCONN)
-	}
-	if err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("listen on loopback port %d: %w", port, err)
-	}
-	return os.NewFile(uintptr(fd), "listener"), nil
+	defer ln.Close() // the parent gets a duplicate
+	return ln.File()
 }
