@@ -112,17 +112,25 @@ func checkTUN(env Env) Result {
 	return r
 }
 
-// checkNetns creates a network namespace on a thread of its own, which
-// ends with the check (the namespace with it).
-func checkNetns(env Env) Result {
-	r := Result{Check: "netns"}
+// inNewNetns runs fn in a new network namespace on a thread of its own,
+// which ends with fn (the namespace, and whatever fn made in it, with it).
+func inNewNetns(fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-		errc <- unix.Unshare(unix.CLONE_NEWNET)
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("cannot create a network namespace: %w", err)
+			return
+		}
+		errc <- fn()
 	}()
-	if err := <-errc; err != nil {
-		r.Status, r.Detail = Fail, fmt.Sprintf("cannot create a network namespace: %v", err)
+	return <-errc
+}
+
+func checkNetns(env Env) Result {
+	r := Result{Check: "netns"}
+	if err := inNewNetns(func() error { return nil }); err != nil {
+		r.Status, r.Detail = Fail, err.Error()
 		r.Fix = "run with sudo; in a container, give it CAP_SYS_ADMIN and CAP_NET_ADMIN"
 		return r
 	}
@@ -172,27 +180,19 @@ func checkKernelPath(env Env) Result {
 
 // checkKernelSockets says whether a root run can take the app's TCP
 // connections as kernel sockets: it binds a SYN queue and adds the rules
-// that feed it in a network namespace of its own, on a thread that ends
-// with the check (the namespace, queue and rules with it).
+// that feed it in a network namespace of its own (gone with the check).
 func checkKernelSockets(env Env) Result {
 	r := Result{Check: "kernel sockets"}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("cannot create a network namespace: %w", err)
-			return
-		}
+	err := inNewNetns(func() error {
 		q, err := synqueue.Open(nil, synqueue.Config{Num: 1})
 		if err != nil {
-			errc <- err
-			return
+			return err
 		}
 		defer q.Close()
 		rules := synqueue.Rules{RunID: "doctor", Link: "tp0", Queue: 1, TakePort: 1, Marks: synqueue.DefaultMarks}
-		errc <- rules.InstallHere()
-	}()
-	if err := <-errc; err != nil {
+		return rules.InstallHere()
+	})
+	if err != nil {
 		r.Status, r.Detail = Warn, fmt.Sprintf("the app's TCP connections go through trafficpolice's netstack, not as kernel sockets (slower: README, Kernel sockets): %v", err)
 		r.Fix = "a kernel with nfnetlink_queue and the NFQUEUE, REDIRECT and REJECT targets (CONFIG_NETFILTER_NETLINK_QUEUE, CONFIG_NETFILTER_XT_TARGET_NFQUEUE; iptables-nft also CONFIG_NFT_COMPAT); or nothing: every run still works"
 		return r
