@@ -192,17 +192,17 @@ func (r Rules) InstallHere() error {
 // kernel refuses them, it tries each alone to name the one refused and
 // what it needs; the caller removes what was added.
 func installRules(proto iptables.Protocol, rules []rule) error {
-	out, err := restore(proto, ruleset(rules))
+	err := netns.IPTablesRestore(proto, ruleset(rules), true)
 	if err == nil {
 		return nil
 	}
 	for _, one := range rules {
-		if out, err := restore(proto, ruleset([]rule{one})); err != nil {
-			return fmt.Errorf("%s refused the %s rule `-A %s %s`: the kernel may lack %s: %w: %s",
-				restoreName(proto), one.table, one.chain, strings.Join(one.spec, " "), one.needs, err, out)
+		if err := netns.IPTablesRestore(proto, ruleset([]rule{one}), true); err != nil {
+			return fmt.Errorf("the %s rule `-A %s %s` was refused: the kernel may lack %s: %w",
+				one.table, one.chain, strings.Join(one.spec, " "), one.needs, err)
 		}
 	}
-	return fmt.Errorf("%s: %w: %s", restoreName(proto), err, out)
+	return err
 }
 
 // Remove deletes r's rules from n (RemoveLeftovers for r.RunID).
@@ -247,11 +247,9 @@ func removeTagged(proto iptables.Protocol, tag string) error {
 		if deletes == "" {
 			return nil
 		}
-		out, err := restore(proto, deletes)
-		if err == nil {
+		if last = netns.IPTablesRestore(proto, deletes, true); last == nil {
 			return nil
 		}
-		last = fmt.Errorf("%s of\n%s: %w: %s", restoreName(proto), deletes, err, out)
 	}
 	return last
 }
@@ -293,42 +291,20 @@ func hasComment(line, tag string) bool {
 	return false
 }
 
-func restoreName(proto iptables.Protocol) string {
-	if proto == iptables.ProtocolIPv6 {
-		return "ip6tables-restore"
-	}
-	return "iptables-restore"
-}
-
-// restore runs iptables-restore (or ip6tables-restore) --noflush on input
-// in the calling thread's namespace; out is its trimmed output.
-func restore(proto iptables.Protocol, input string) (out string, err error) {
-	return run(restoreName(proto), input, "--wait", "--noflush")
-}
-
 // save runs iptables-save (or ip6tables-save) in the calling thread's
-// namespace.
+// namespace: the child inherits it, so call it inside Namespace.Do.
 func save(proto iptables.Protocol) (string, error) {
 	name := "iptables-save"
 	if proto == iptables.ProtocolIPv6 {
 		name = "ip6tables-save"
 	}
-	out, err := run(name, "")
-	if err != nil {
-		return "", fmt.Errorf("%s: %w: %s", name, err, out)
-	}
-	return out, nil
-}
-
-// run starts name (found on PATH) with input on stdin. The child inherits
-// the calling thread's namespace: call it inside Namespace.Do.
-func run(name, input string, args ...string) (string, error) {
 	path, err := exec.LookPath(name)
 	if err != nil {
 		return "", fmt.Errorf("find %s (install the iptables package): %w", name, err)
 	}
-	cmd := exec.Command(path, args...)
-	cmd.Stdin = strings.NewReader(input)
-	out, err := cmd.CombinedOutput()
-	return strings.TrimSpace(string(out)), err
+	out, err := exec.Command(path).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("%s: %w: %s", name, err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
 }
