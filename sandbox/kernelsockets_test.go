@@ -14,19 +14,13 @@ import (
 	"github.com/trafficpolice/trafficpolice/router"
 )
 
-// kernelSocketsCase is one run of kernelSocketsScript and what its flow
-// log says.
-type kernelSocketsCase struct {
-	r     result
-	flows []router.FlowRecord
-}
-
 // runKernelSocketsScript runs, through the router (--no-kernel-path, so
 // that local flows are the router's), an app that echoes over two
 // connections to open (IPv4) and one to open6 (IPv6), connects to a
 // closed port with a non-blocking connect (Go) and a blocking one (bash),
-// to a blocked port, and to an address that never answers.
-func runKernelSocketsScript(t *testing.T, svc *serviceNet, open6 netip.AddrPort, opts ...runOpt) kernelSocketsCase {
+// to a blocked port, and to an address that never answers; it checks what
+// the app saw and returns the flow log.
+func runKernelSocketsScript(t *testing.T, svc *serviceNet, open6 netip.AddrPort, opts ...runOpt) []router.FlowRecord {
 	t.Helper()
 	p := probe(t)
 	ip := svc.svcIP.String()
@@ -47,7 +41,7 @@ func runKernelSocketsScript(t *testing.T, svc *serviceNet, open6 netip.AddrPort,
 	}
 	contains(t, r.stdout, "Connection refused") // bash's blocking connect
 	contains(t, r.stdout, "i/o timeout")        // the silent address, on the app's own clock
-	return kernelSocketsCase{r: r, flows: readFlowLog(t, logPath)}
+	return readFlowLog(t, logPath)
 }
 
 // serviceNet6 gives the service namespace an IPv6 link of its own and
@@ -75,12 +69,12 @@ func TestKernelSocketsKeepDialFirst(t *testing.T) {
 	serveEcho(ln6)
 	open6 := netip.AddrPortFrom(svc6, 7000)
 
-	c := runKernelSocketsScript(t, svc, open6)
+	flows := runKernelSocketsScript(t, svc, open6)
 	open4 := svc.svcIP.String() + ":7000"
 	closed := svc.svcIP.String() + ":7001"
 	blocked := svc.svcIP.String() + ":7002"
 	count := map[string]int{}
-	for _, rec := range c.flows {
+	for _, rec := range flows {
 		if rec.Proto != "tcp" {
 			continue
 		}
@@ -115,8 +109,8 @@ func TestKernelSocketsKeepDialFirst(t *testing.T) {
 	}
 
 	// --no-kernel-sockets: the same answers, through the netstack.
-	c = runKernelSocketsScript(t, svc, open6, func(o *Options) { o.NoKernelSockets = true })
-	for _, rec := range c.flows {
+	flows = runKernelSocketsScript(t, svc, open6, func(o *Options) { o.NoKernelSockets = true })
+	for _, rec := range flows {
 		if rec.Via != "" {
 			t.Errorf("--no-kernel-sockets: flow %+v: via %q, want none", rec, rec.Via)
 		}
