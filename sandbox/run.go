@@ -60,9 +60,9 @@ type Options struct {
 	// the kernel (package kernelpath).
 	NoKernelPath bool
 	// NoKernelSockets takes every TCP connection through the TUN and the
-	// router's netstack: without it, a root run holds each new
-	// connection's SYN in a queue while the router dials and then hands
-	// the app's connection to the router as a kernel socket
+	// router's netstack: without it, a run (root or rootless) holds each
+	// new connection's SYN in a queue while the router dials and then
+	// hands the app's connection to the router as a kernel socket
 	// (router.KernelSockets).
 	NoKernelSockets bool
 	// NoDNSCache asks the cluster for every name the app looks up: by

@@ -96,7 +96,7 @@ func newSandboxRunCommand() *cobra.Command {
 	fl.MarkHidden("debug-listen")
 	fl.StringArrayVar(&f.capAdd, "cap-add", nil, "give the app this capability too (repeatable; e.g. NET_ADMIN, or ALL); the default is Docker's set")
 	fl.BoolVar(&f.noKernelPath, "no-kernel-path", false, "send every flow through trafficpolice's router: by default a root run hands the flows its rules send local by address or port to the kernel")
-	fl.BoolVar(&f.noKernelSocks, "no-kernel-sockets", false, "take the app's TCP connections through the TUN and the router's netstack: by default a root run holds each new connection's SYN while the router dials, then takes the connection as a kernel socket")
+	fl.BoolVar(&f.noKernelSocks, "no-kernel-sockets", false, "take the app's TCP connections through the TUN and the router's netstack: by default a run holds each new connection's SYN while the router dials, then takes the connection as a kernel socket")
 	fl.BoolVar(&f.noDNSCache, "no-dns-cache", false, "ask the cluster for every name the app looks up: by default the cluster's answers are kept for their TTL")
 	fl.BoolVar(&f.rootless, "rootless", false, "run the sandbox in a user namespace of its own, as when not root (the default when not root)")
 	f.kube.add(fl)

@@ -83,7 +83,7 @@ type holderRequest struct {
 
 	Queue uint16          `json:"queue,omitempty"` // synqueue
 	Rules *synqueue.Rules `json:"rules,omitempty"` // synrules
-	// listen: Family and Port
+	// listen: Proto (tcp4 or tcp6) and Port
 }
 
 // holderReply answers a request; a file travels beside it for "setup"
@@ -455,15 +455,7 @@ func (h *Holder) SYNQueue(num uint16) (*synqueue.Queue, error) {
 // address of network's family (tcp4: 127.0.0.1, tcp6: ::1) and port (0:
 // any free one).
 func (h *Holder) ListenLoopback(network string, port uint16) (*net.TCPListener, error) {
-	family := unix.AF_INET
-	switch network {
-	case "tcp4":
-	case "tcp6":
-		family = unix.AF_INET6
-	default:
-		return nil, fmt.Errorf("listen inside %s: network %q is invalid: want tcp4 or tcp6", h, network)
-	}
-	f, err := h.call(holderRequest{Op: "listen", Family: family, Port: port}, nil)
+	f, err := h.call(holderRequest{Op: "listen", Proto: network, Port: port}, nil)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s loopback port %d inside %s: %w", network, port, h, err)
 	}

@@ -102,7 +102,7 @@ func (hs *holderState) serve() {
 				rep.Err = err.Error()
 			}
 		case "listen":
-			out, err = listenLoopback(req.Family, req.Port)
+			out, err = listenLoopback(req.Proto, req.Port)
 			if err != nil {
 				rep.Err = err.Error()
 			}
@@ -220,16 +220,8 @@ func openSYNQueue(num uint16) (*os.File, error) {
 }
 
 // listenLoopback returns a TCP socket listening on this namespace's
-// loopback address of family, on port (0: any free one).
-func listenLoopback(family int, port uint16) (*os.File, error) {
-	network := "tcp4"
-	switch family {
-	case unix.AF_INET:
-	case unix.AF_INET6:
-		network = "tcp6"
-	default:
-		return nil, fmt.Errorf("listen: family %d is invalid", family)
-	}
+// loopback (netns.ListenLoopbackHere).
+func listenLoopback(network string, port uint16) (*os.File, error) {
 	ln, err := netns.ListenLoopbackHere(network, port)
 	if err != nil {
 		return nil, err
