@@ -285,7 +285,7 @@ func (r *Router) acceptTaken(ln *net.TCPListener) {
 
 // startTaken matches an accepted connection with its dialed flow (see
 // takenFlows.arrived). A connection with none (nothing the router let
-// through) is closed.
+// through) is reset.
 func (r *Router) startTaken(c *net.TCPConn) {
 	peer := c.RemoteAddr().(*net.TCPAddr).AddrPort()
 	peer = netip.AddrPortFrom(peer.Addr().Unmap(), peer.Port())
@@ -297,7 +297,9 @@ func (r *Router) startTaken(c *net.TCPConn) {
 	if e == nil {
 		r.log.Debug("kernel sockets: closing a connection no flow waited for", "peer", peer, "orig", orig, "err", err)
 		r.stats.strangers.Add(1)
-		c.Close()
+		// A reset from the socket: the rules drop the bare RST its
+		// orphan would answer the app's next data with.
+		splice.Abort(c)
 		return
 	}
 	e.expire.Stop()

@@ -59,6 +59,21 @@ func (m Marks) validate() error {
 //	nat OUTPUT:    SYNs leaving by Link marked Take are redirected to
 //	               TakePort on loopback (127.0.0.1, ::1)
 //	filter OUTPUT: SYNs leaving by Link marked Refuse get a RST
+//	raw OUTPUT:    RSTs without ACK from TakePort on loopback are dropped
+//	               (the listener's "no such connection", see below)
+//
+// The raw rule works around a kernel race the verdict opens. The verdict
+// reinjects the app's SYN on the router's CPU, so the handshake's last ACK
+// is made and delivered there while the app's first data, sent as its
+// connect returns, is delivered on the app's CPU. When the data's socket
+// lookup falls between the request socket's removal and the child's
+// insertion, the listener answers it with a RST and the app's connection
+// is reset (about 1 in 300 000 connections on a 2-CPU machine, seen in a
+// packet capture as SYN, SYN-ACK, ACK, data, RST within 30 µs). Dropped,
+// the data is retransmitted to the child. It is dropped before conntrack
+// sees it (raw), which would otherwise close the connection's NAT entry.
+// What the router means to reset it resets from the socket (SO_LINGER 0:
+// RST+ACK); a bare RST from TakePort answers a segment no socket takes.
 //
 // Each rule is first in its chain and carries the comment TagPrefix+RunID.
 type Rules struct {
@@ -127,7 +142,11 @@ func (r Rules) rules(proto iptables.Protocol) []rule {
 		return s
 	}
 	const compat = "; with iptables-nft also CONFIG_NFT_COMPAT"
+	listenerRST := []string{"-o", "lo", "-p", "tcp", "-m", "tcp", "-s", pick("127.0.0.1", "::1"),
+		"--sport", strconv.Itoa(int(r.TakePort)), "--tcp-flags", "RST,ACK", "RST"}
 	return []rule{
+		{"raw", "OUTPUT", spec(listenerRST, tag, []string{"-j", "DROP"}),
+			pick("the IPv4 raw table (CONFIG_IP_NF_RAW", "the IPv6 raw table (CONFIG_IP6_NF_RAW") + ", CONFIG_NETFILTER_XT_MATCH_COMMENT" + compat + ")"},
 		{"mangle", "OUTPUT", spec(syn, newConn, tag, []string{"-j", "MARK", "--set-xmark", fmt.Sprintf("0x0/%#x", m.Mask)}),
 			"the tcp, conntrack and comment matches and the MARK target (CONFIG_NF_CONNTRACK, CONFIG_NETFILTER_XT_MATCH_CONNTRACK, CONFIG_NETFILTER_XT_MATCH_COMMENT, CONFIG_NETFILTER_XT_TARGET_MARK" + compat + ")"},
 		{"mangle", "OUTPUT", spec(syn, newConn, tag, []string{"-j", "NFQUEUE", "--queue-num", strconv.Itoa(int(r.Queue)), "--queue-bypass"}),

@@ -1,11 +1,17 @@
 package synqueue
 
 import (
+	"errors"
+	"io"
+	"net"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/coreos/go-iptables/iptables"
+	"golang.org/x/sys/unix"
 )
 
 func TestRulesRefuseBadInput(t *testing.T) {
@@ -87,8 +93,17 @@ func TestRulesAreInstalledAndRemovedWhole(t *testing.T) {
 			}
 		}
 		want := []string{"-j MARK --set-xmark 0x0/0x30000", "-j NFQUEUE --queue-num 9 --queue-bypass", "-j REDIRECT --to-ports 15001", "-j REJECT --reject-with tcp-reset"}
-		if len(ours) != len(want) {
-			t.Fatalf("%s shows %d rules of the run; want %d:\n%s", save, len(ours), len(want), strings.Join(ours, "\n"))
+		if len(ours) != len(want)+1 {
+			t.Fatalf("%s shows %d rules of the run; want %d:\n%s", save, len(ours), len(want)+1, strings.Join(ours, "\n"))
+		}
+		rst := 0
+		for _, r := range ours {
+			if strings.Contains(r, "-o lo ") && strings.Contains(r, "--sport 15001 --tcp-flags RST,ACK RST") && strings.HasSuffix(r, "-j DROP") {
+				rst++
+			}
+		}
+		if rst != 1 {
+			t.Errorf("%s: %d rules dropping the listener port's bare RSTs; want 1:\n%s", save, rst, strings.Join(ours, "\n"))
 		}
 		// iptables-save orders the tables its own way.
 		for _, w := range want {
@@ -132,4 +147,108 @@ func TestRefusedRuleIsNamedAndNothingIsLeft(t *testing.T) {
 	if n := l.tagged(t); n != 0 {
 		t.Errorf("%d rules of the run are left", n)
 	}
+}
+
+// TestListenersBareRSTIsDropped: a segment for a connection the listener's
+// port no longer has gets a bare RST; the rules drop it before conntrack
+// (see Rules). Here the segment is data written after the listener's side
+// closed (its orphan resets); in a run it is the app's first data in the
+// kernel's race with the child socket's insertion.
+func TestListenersBareRSTIsDropped(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		name := map[bool]string{false: "IPv4", true: "IPv6"}[v6]
+		t.Run(name, func(t *testing.T) {
+			l := newLab(t)
+			ln4, ln6, port := l.listen(t)
+			ln := ln4
+			if v6 {
+				ln = ln6
+			}
+			if !l.writeAfterClose(t, ln, waitLimit) {
+				t.Fatal("without the rules, a write after the listener's side closed was not reset")
+			}
+			l.install(t, labQueue, port)
+			if l.writeAfterClose(t, ln, time.Second) {
+				t.Error("with the rules, a write after the listener's side closed was reset; want its RST dropped")
+			}
+			save := map[bool]string{false: "iptables-save", true: "ip6tables-save"}[v6]
+			if n := l.rstDrops(t, save); n < 1 {
+				t.Errorf("%s counts %d packets on the rule dropping the listener's bare RSTs; want at least 1", save, n)
+			}
+		})
+	}
+}
+
+// writeAfterClose connects to ln inside the lab, closes the accepted side,
+// writes once its FIN arrived, and says whether the orphan's RST reset the
+// connection within wait.
+func (l *lab) writeAfterClose(t *testing.T, ln *net.TCPListener, wait time.Duration) bool {
+	t.Helper()
+	var c *net.TCPConn
+	if err := l.ns.Do(func() error {
+		nc, err := net.DialTimeout("tcp", ln.Addr().String(), waitLimit)
+		if err == nil {
+			c = nc.(*net.TCPConn)
+		}
+		return err
+	}); err != nil {
+		t.Fatalf("dial %s: %v", ln.Addr(), err)
+	}
+	defer c.Close()
+	ln.SetDeadline(time.Now().Add(waitLimit))
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatalf("accept: %v", err)
+	}
+	s.Close()
+	c.SetDeadline(time.Now().Add(waitLimit))
+	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("read the listener side's FIN: %v; want EOF", err)
+	}
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	// After the FIN a read says EOF either way: the socket's state tells.
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(wait); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		var info *unix.TCPInfo
+		var ierr error
+		if err := rc.Control(func(fd uintptr) { info, ierr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) }); err != nil || ierr != nil {
+			t.Fatalf("TCP_INFO: %v", errors.Join(err, ierr))
+		}
+		if info.State == tcpClose {
+			return true
+		}
+	}
+	return false
+}
+
+// tcpClose is TCP_CLOSE, the state a reset leaves a socket in.
+const tcpClose = 7
+
+// rstDrops reads the packet counter of the lab's rule that drops the
+// listener port's bare RSTs.
+func (l *lab) rstDrops(t *testing.T, save string) int {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", l.ns.Name(), save, "-c", "-t", "raw").CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v: %s", save, err, out)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if !hasComment(line, TagPrefix+l.runID) || !strings.HasSuffix(line, "-j DROP") {
+			continue
+		}
+		// [packets:bytes] -A OUTPUT ...
+		pkts, _, _ := strings.Cut(strings.TrimPrefix(line, "["), ":")
+		n, err := strconv.Atoi(pkts)
+		if err != nil {
+			t.Fatalf("%s: counters of %q: %v", save, line, err)
+		}
+		return n
+	}
+	t.Fatalf("%s shows no rule of the lab's dropping bare RSTs:\n%s", save, out)
+	return 0
 }
