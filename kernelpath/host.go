@@ -61,7 +61,7 @@ func (p *Path) hostRuleset(op, at string) string {
 // with it). What is already gone is not an error.
 func RemoveLeftovers(id string) error {
 	return errors.Join(
-		netns.DeleteTaggedRules(commentPrefix+id, netns.TableChain{Table: "nat", Chain: "POSTROUTING"}, netns.TableChain{Table: "filter", Chain: "FORWARD"}),
+		netns.RemoveTaggedRules(iptables.ProtocolIPv4, commentPrefix+id),
 		deleteLink(HostLinkPrefix+id))
 }
 

@@ -1,7 +1,6 @@
 package netns
 
 import (
-	"errors"
 	"fmt"
 	"os/exec"
 	"strconv"
@@ -71,50 +70,6 @@ func IPTablesRestore(proto iptables.Protocol, ruleset string, noflush bool) erro
 		return fmt.Errorf("%s of\n%s: %w: %s", name, ruleset, err, strings.TrimSpace(string(out)))
 	}
 	return nil
-}
-
-// TableChain is an iptables chain of a table.
-type TableChain struct{ Table, Chain string }
-
-// DeleteTaggedRules deletes, in the calling thread's namespace, every IPv4
-// rule of chains whose comment is tag (-m comment --comment TAG), however
-// the rest of it reads: what a killed process's rules are found by. A rule
-// another remover deleted first is not an error.
-func DeleteTaggedRules(tag string, chains ...TableChain) error {
-	ipt, err := newIPTables(iptables.ProtocolIPv4)
-	if err != nil {
-		return err
-	}
-	var errs []error
-	for _, tc := range chains {
-		rules, err := ipt.List(tc.Table, tc.Chain)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("iptables -t %s -S %s: %w", tc.Table, tc.Chain, err))
-			continue
-		}
-		for _, r := range rules {
-			f := strings.Fields(r)
-			if len(f) < 2 || f[0] != "-A" || f[1] != tc.Chain {
-				continue // the chain's policy line
-			}
-			spec := f[2:]
-			tagged := false
-			for i, a := range spec {
-				// iptables -S quotes a comment; ours have no spaces.
-				spec[i] = strings.Trim(a, `"`)
-				tagged = tagged || (spec[i] == tag && i > 0 && spec[i-1] == "--comment")
-			}
-			if !tagged {
-				continue
-			}
-			if err := ipt.Delete(tc.Table, tc.Chain, spec...); err != nil {
-				if ok, eerr := ipt.Exists(tc.Table, tc.Chain, spec...); eerr != nil || ok {
-					errs = append(errs, fmt.Errorf("iptables -t %s -D %s %s: %w", tc.Table, tc.Chain, strings.Join(spec, " "), err))
-				}
-			}
-		}
-	}
-	return errors.Join(errs...)
 }
 
 // loopbackRuleset is installLoopbackRules' nat table, in iptables-save's

@@ -3,7 +3,6 @@ package synqueue
 import (
 	"errors"
 	"fmt"
-	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
@@ -242,7 +241,7 @@ func RemoveLeftoversHere(runID string) error {
 	}
 	var errs []error
 	for _, proto := range []iptables.Protocol{iptables.ProtocolIPv4, iptables.ProtocolIPv6} {
-		if err := removeTagged(proto, TagPrefix+runID); err != nil {
+		if err := netns.RemoveTaggedRules(proto, TagPrefix+runID); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -250,80 +249,4 @@ func RemoveLeftoversHere(runID string) error {
 		return fmt.Errorf("remove synqueue rules of run %s: %w", runID, err)
 	}
 	return nil
-}
-
-// removeTagged deletes the rules of one family whose comment is tag, as
-// iptables-save prints them, in one iptables-restore. A remover racing
-// with us may delete some first: then the rules still there are retried.
-func removeTagged(proto iptables.Protocol, tag string) error {
-	var last error
-	for range 3 {
-		saved, err := save(proto)
-		if err != nil {
-			return err
-		}
-		deletes := taggedDeletes(saved, tag)
-		if deletes == "" {
-			return nil
-		}
-		if last = netns.IPTablesRestore(proto, deletes, true); last == nil {
-			return nil
-		}
-	}
-	return last
-}
-
-// taggedDeletes turns iptables-save output into the iptables-restore
-// input that deletes its rules whose comment is tag ("" if none).
-func taggedDeletes(saved, tag string) string {
-	var b strings.Builder
-	table, opened := "", false
-	for _, line := range strings.Split(saved, "\n") {
-		switch {
-		case strings.HasPrefix(line, "*"):
-			table, opened = line, false
-		case line == "COMMIT":
-			if opened {
-				b.WriteString("COMMIT\n")
-			}
-			table = ""
-		case strings.HasPrefix(line, "-A ") && table != "" && hasComment(line, tag):
-			if !opened {
-				b.WriteString(table + "\n")
-				opened = true
-			}
-			b.WriteString("-D " + strings.TrimPrefix(line, "-A ") + "\n")
-		}
-	}
-	return b.String()
-}
-
-// hasComment reports whether the saved rule line has the comment tag
-// (iptables-save quotes comments with spaces; ours have none).
-func hasComment(line, tag string) bool {
-	f := strings.Fields(line)
-	for i := 1; i < len(f); i++ {
-		if f[i-1] == "--comment" && strings.Trim(f[i], `"`) == tag {
-			return true
-		}
-	}
-	return false
-}
-
-// save runs iptables-save (or ip6tables-save) in the calling thread's
-// namespace: the child inherits it, so call it inside Namespace.Do.
-func save(proto iptables.Protocol) (string, error) {
-	name := "iptables-save"
-	if proto == iptables.ProtocolIPv6 {
-		name = "ip6tables-save"
-	}
-	path, err := exec.LookPath(name)
-	if err != nil {
-		return "", fmt.Errorf("find %s (install the iptables package): %w", name, err)
-	}
-	out, err := exec.Command(path).CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("%s: %w: %s", name, err, strings.TrimSpace(string(out)))
-	}
-	return string(out), nil
 }

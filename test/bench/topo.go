@@ -367,7 +367,7 @@ func sweepStale() []string {
 		deleteLink(t.podLink)
 		deleteLink(t.srvLink)
 		// Best effort, as the rest of the sweep: what stays is retried next time.
-		_ = netns.DeleteTaggedRules(namePrefix+st.ID, netns.TableChain{Table: "nat", Chain: "POSTROUTING"}, netns.TableChain{Table: "filter", Chain: "FORWARD"})
+		_ = netns.RemoveTaggedRules(iptables.ProtocolIPv4, namePrefix+st.ID)
 		os.Remove(path)
 		removed = append(removed, st.ID)
 	}
