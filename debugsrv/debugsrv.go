@@ -1,7 +1,8 @@
 // Package debugsrv serves a process's profiles and counters for the
 // person running it: net/http/pprof under /debug/pprof/ and expvar-style
 // JSON under /debug/vars (the process's expvars, memstats among them,
-// "goroutines", and what the caller adds), on the loopback only.
+// "goroutines", "sched_latency_us" and what the caller adds), on the
+// loopback only.
 package debugsrv
 
 import (
@@ -16,6 +17,7 @@ import (
 	"net/http/pprof"
 	"net/netip"
 	"runtime"
+	"runtime/metrics"
 	"time"
 )
 
@@ -52,6 +54,9 @@ func Serve(ctx context.Context, addr string, vars func(map[string]json.RawMessag
 		all := map[string]json.RawMessage{}
 		expvar.Do(func(kv expvar.KeyValue) { all[kv.Key] = json.RawMessage(kv.Value.String()) })
 		all["goroutines"] = json.RawMessage(fmt.Sprint(runtime.NumGoroutine()))
+		if b, err := json.Marshal(schedLatency()); err == nil {
+			all["sched_latency_us"] = b
+		}
 		if vars != nil {
 			vars(all)
 		}
@@ -66,4 +71,50 @@ func Serve(ctx context.Context, addr string, vars func(map[string]json.RawMessag
 	}()
 	context.AfterFunc(ctx, func() { srv.Close() })
 	return ln.Addr(), nil
+}
+
+// SchedLatency summarises how long goroutines waited, runnable, before they
+// ran, since the process started (runtime/metrics' /sched/latencies), in
+// µs: a latency tail that is scheduling shows here.
+type SchedLatency struct {
+	Count               uint64
+	P50, P99, P999, Max float64
+}
+
+func schedLatency() SchedLatency {
+	s := []metrics.Sample{{Name: "/sched/latencies:seconds"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindFloat64Histogram {
+		return SchedLatency{}
+	}
+	h := s[0].Value.Float64Histogram()
+	var out SchedLatency
+	for _, n := range h.Counts {
+		out.Count += n
+	}
+	// Each figure is the upper bound of the bucket it falls in.
+	upper := func(i int) float64 {
+		b := h.Buckets[i+1]
+		if b > 1e9 { // +Inf
+			b = h.Buckets[i]
+		}
+		return b * 1e6
+	}
+	var seen uint64
+	for i, n := range h.Counts {
+		if n == 0 {
+			continue
+		}
+		seen += n
+		for _, q := range []struct {
+			f *float64
+			p float64
+		}{{&out.P50, 0.5}, {&out.P99, 0.99}, {&out.P999, 0.999}} {
+			if *q.f == 0 && float64(seen) >= q.p*float64(out.Count) {
+				*q.f = upper(i)
+			}
+		}
+		out.Max = upper(i)
+	}
+	return out
 }
