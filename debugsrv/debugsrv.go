@@ -12,6 +12,7 @@ import (
 	"expvar"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -88,33 +89,25 @@ func schedLatency() SchedLatency {
 		return SchedLatency{}
 	}
 	h := s[0].Value.Float64Histogram()
-	var out SchedLatency
+	var total uint64
 	for _, n := range h.Counts {
-		out.Count += n
+		total += n
 	}
-	// Each figure is the upper bound of the bucket it falls in.
-	upper := func(i int) float64 {
-		b := h.Buckets[i+1]
-		if b > 1e9 { // +Inf
-			b = h.Buckets[i]
-		}
-		return b * 1e6
-	}
-	var seen uint64
-	for i, n := range h.Counts {
-		if n == 0 {
-			continue
-		}
-		seen += n
-		for _, q := range []struct {
-			f *float64
-			p float64
-		}{{&out.P50, 0.5}, {&out.P99, 0.99}, {&out.P999, 0.999}} {
-			if *q.f == 0 && float64(seen) >= q.p*float64(out.Count) {
-				*q.f = upper(i)
+	// at is the upper bound, in µs, of the bucket holding quantile q (of
+	// the last non-empty bucket for q = 1; its lower bound when the upper
+	// is +Inf).
+	at := func(q float64) float64 {
+		var seen uint64
+		for i, n := range h.Counts {
+			seen += n
+			if n > 0 && float64(seen) >= q*float64(total) {
+				if b := h.Buckets[i+1]; !math.IsInf(b, 1) {
+					return b * 1e6
+				}
+				return h.Buckets[i] * 1e6
 			}
 		}
-		out.Max = upper(i)
+		return 0
 	}
-	return out
+	return SchedLatency{Count: total, P50: at(0.5), P99: at(0.99), P999: at(0.999), Max: at(1)}
 }

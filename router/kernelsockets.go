@@ -295,7 +295,7 @@ func (r *Router) startTaken(c *net.TCPConn) {
 		e = r.taken.arrived(peer, orig)
 	}
 	if e == nil {
-		r.log.Debug("kernel sockets: closing a connection no flow waited for", "peer", peer, "orig", orig, "err", err)
+		r.log.Debug("kernel sockets: resetting a connection no flow waited for", "peer", peer, "orig", orig, "err", err)
 		r.stats.strangers.Add(1)
 		// A reset from the socket: the rules drop the bare RST its
 		// orphan would answer the app's next data with.

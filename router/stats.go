@@ -32,7 +32,7 @@ type StatsSnapshot struct {
 	SYNsDropped int64
 	// KernelSockets counts the TCP flows taken as kernel sockets (of
 	// TCPFlows; see KernelSockets), Strangers the connections to their
-	// listener that no flow waited for (closed at once).
+	// listener that no flow waited for (reset at once).
 	KernelSockets, Strangers int64
 	// KernelSocketsSkipped counts the connections left to the netstack
 	// because the router neared its open-file limit.
